@@ -1,0 +1,637 @@
+//! The Burn pack container: planning the layout, encoding the CBOR metadata exactly as Burn's
+//! writer (serde + ciborium) does, and reading a pack's index back with Burn's reader limits.
+//!
+//! Layout (Burn 0.20 and later): `"NRUB" | u16 version=1 | u32 metadata_len | CBOR | zero pad to 256 |
+//! tensors, each at a 256-aligned offset relative to the data start | EOF after the last tensor`.
+//! Burn 0.19 wrote the same version number with no padding at all.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+pub const MAGIC: u32 = 0x4255_524E; // "NRUB" on disk
+pub const FORMAT_VERSION: u16 = 1;
+pub const HEADER_SIZE: u64 = 10;
+pub const TENSOR_ALIGNMENT: u64 = 256;
+
+// The limits Burn's reader enforces; a pack over any of them would not load, so we refuse to write it.
+pub const MAX_METADATA_SIZE: u64 = 100 * 1024 * 1024;
+pub const MAX_TENSOR_SIZE: u64 = 10 * 1024 * 1024 * 1024;
+pub const MAX_TENSOR_COUNT: usize = 100_000;
+pub const MAX_FILE_SIZE: u64 = 100 * 1024 * 1024 * 1024;
+pub const MAX_CBOR_DEPTH: usize = 128;
+
+/// Which Burn release's reader the pack is written for. The bytes differ in two places only:
+/// 0.19 has no alignment padding, and 0.21 encodes Bool as `{"Bool": "Native"}` instead of `"Bool"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BurnTarget {
+    V0_19,
+    V0_20,
+    /// Burn 0.21 and 0.22 (identical for the dtypes a checkpoint can hold).
+    V0_21,
+}
+
+impl BurnTarget {
+    pub fn parse(s: &str) -> Option<BurnTarget> {
+        match s {
+            "0.19" => Some(BurnTarget::V0_19),
+            "0.20" => Some(BurnTarget::V0_20),
+            "0.21" | "0.22" => Some(BurnTarget::V0_21),
+            _ => None,
+        }
+    }
+
+    pub fn aligned(self) -> bool {
+        self != BurnTarget::V0_19
+    }
+
+    fn bool_has_store(self) -> bool {
+        self == BurnTarget::V0_21
+    }
+}
+
+pub fn align_up(offset: u64, alignment: u64) -> u64 {
+    offset.div_ceil(alignment) * alignment
+}
+
+/// One tensor as it will sit in the pack. `start`/`end` are relative to the data section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorPlan {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub param_id: Option<u64>,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TensorPlan {
+    pub fn byte_len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// Number of bytes a tensor of this dtype and shape occupies, or None on overflow.
+pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))?
+        .checked_mul(dtype.size())
+}
+
+/// The whole layout of a pack, computed before a byte of data is written.
+#[derive(Debug, Clone)]
+pub struct PackLayout {
+    pub target: BurnTarget,
+    /// Tensors in data order (the order their bytes follow each other in the file).
+    pub tensors: Vec<TensorPlan>,
+    pub metadata: BTreeMap<String, String>,
+    pub cbor: Vec<u8>,
+    /// Absolute offset of the data section.
+    pub data_start: u64,
+    pub file_size: u64,
+}
+
+impl PackLayout {
+    /// Assigns offsets in the given order and encodes the metadata.
+    /// `tensors` holds (name, dtype, shape, param_id); offsets in it are ignored and recomputed.
+    pub fn plan(
+        specs: Vec<(String, DType, Vec<u64>, Option<u64>)>,
+        metadata: BTreeMap<String, String>,
+        target: BurnTarget,
+    ) -> Result<PackLayout> {
+        if specs.len() > MAX_TENSOR_COUNT {
+            return Err(Error::Invalid(format!(
+                "{} tensors; Burn's reader accepts at most {MAX_TENSOR_COUNT}",
+                specs.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(specs.len());
+        let mut offset = 0u64;
+        let mut tensors = Vec::with_capacity(specs.len());
+        for (name, dtype, shape, param_id) in specs {
+            if !seen.insert(name.clone()) {
+                return Err(Error::Invalid(format!("tensor '{name}' appears twice in the pack")));
+            }
+            let len = byte_len(dtype, &shape).ok_or_else(|| {
+                Error::Invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits"))
+            })?;
+            if len > MAX_TENSOR_SIZE {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}' is {len} bytes; Burn's reader refuses tensors over {MAX_TENSOR_SIZE} bytes"
+                )));
+            }
+            let start = if target.aligned() { align_up(offset, TENSOR_ALIGNMENT) } else { offset };
+            let end = start + len;
+            offset = end;
+            tensors.push(TensorPlan { name, dtype, shape, param_id, start, end });
+        }
+        let cbor = encode_metadata(&tensors, &metadata, target)?;
+        if cbor.len() as u64 > MAX_METADATA_SIZE {
+            return Err(Error::Invalid(format!(
+                "metadata is {} bytes; Burn's reader accepts at most {MAX_METADATA_SIZE}",
+                cbor.len()
+            )));
+        }
+        let metadata_end = HEADER_SIZE + cbor.len() as u64;
+        let data_start = if target.aligned() {
+            align_up(metadata_end, TENSOR_ALIGNMENT)
+        } else {
+            metadata_end
+        };
+        let file_size = data_start + tensors.iter().map(|t| t.end).max().unwrap_or(0);
+        if file_size > MAX_FILE_SIZE {
+            return Err(Error::Invalid(format!(
+                "the pack would be {file_size} bytes; Burn's file loaders refuse files over {MAX_FILE_SIZE} bytes"
+            )));
+        }
+        Ok(PackLayout { target, tensors, metadata, cbor, data_start, file_size })
+    }
+
+    /// Header, CBOR metadata and the zero padding up to the data section.
+    pub fn preamble(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data_start as usize);
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.cbor.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.cbor);
+        out.resize(self.data_start as usize, 0);
+        out
+    }
+}
+
+/// Burn's `DType` as its derived `Serialize` writes it: unit variants as text,
+/// and from 0.21 on `Bool(BoolStore::Native)` as the map `{"Bool": "Native"}`.
+struct CborDType {
+    dtype: DType,
+    bool_has_store: bool,
+}
+
+impl Serialize for CborDType {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // ciborium ignores variant indices; only names reach the bytes.
+        if self.dtype == DType::Bool && self.bool_has_store {
+            struct Native;
+            impl Serialize for Native {
+                fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                    s.serialize_unit_variant("BoolStore", 0, "Native")
+                }
+            }
+            s.serialize_newtype_variant("DType", 0, "Bool", &Native)
+        } else {
+            s.serialize_unit_variant("DType", 0, self.dtype.name())
+        }
+    }
+}
+
+// Field order and skip rules mirror Burn's `BurnpackMetadata` / `TensorDescriptor`.
+#[derive(Serialize)]
+struct MetadataOut<'a> {
+    tensors: BTreeMap<&'a str, DescriptorOut<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<&'a str, &'a str>,
+}
+
+#[derive(Serialize)]
+struct DescriptorOut<'a> {
+    dtype: CborDType,
+    shape: &'a [u64],
+    data_offsets: (u64, u64),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param_id: Option<u64>,
+}
+
+fn encode_metadata(
+    tensors: &[TensorPlan],
+    metadata: &BTreeMap<String, String>,
+    target: BurnTarget,
+) -> Result<Vec<u8>> {
+    let out = MetadataOut {
+        tensors: tensors
+            .iter()
+            .map(|t| {
+                let descriptor = DescriptorOut {
+                    dtype: CborDType { dtype: t.dtype, bool_has_store: target.bool_has_store() },
+                    shape: &t.shape,
+                    data_offsets: (t.start, t.end),
+                    param_id: t.param_id,
+                };
+                (t.name.as_str(), descriptor)
+            })
+            .collect(),
+        metadata: metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    };
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&out, &mut cbor)
+        .map_err(|e| Error::Invalid(format!("cannot encode pack metadata: {e}")))?;
+    Ok(cbor)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// How a pack's data section is laid out, told apart by the file size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Burn 0.20 and later: 256-byte aligned.
+    Aligned,
+    /// Burn 0.19: tensors packed back to back right after the metadata.
+    Unaligned019,
+}
+
+impl Layout {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Aligned => "0.20+ (256-byte aligned)",
+            Layout::Unaligned019 => "0.19 (unaligned)",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PackTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub param_id: Option<u64>,
+    /// Relative to the data section.
+    pub start: u64,
+    pub end: u64,
+    /// Absolute offset of the first byte in the file.
+    pub file_offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackIndex {
+    pub path: PathBuf,
+    pub file_size: u64,
+    pub metadata_size: u64,
+    pub data_start: u64,
+    pub layout: Layout,
+    pub metadata: BTreeMap<String, String>,
+    /// Sorted by position in the file.
+    pub tensors: Vec<PackTensor>,
+}
+
+#[derive(Deserialize)]
+struct MetadataIn {
+    tensors: BTreeMap<String, DescriptorIn>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct DescriptorIn {
+    dtype: ciborium::Value,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+    #[serde(default)]
+    param_id: Option<u64>,
+}
+
+/// Reads `"F32"` (all versions), `"Bool"` (0.19/0.20) and `{"Bool": "Native"|"U8"}` (0.21+).
+fn decode_dtype(value: &ciborium::Value) -> Option<DType> {
+    match value {
+        ciborium::Value::Text(name) if name != "Flex32" => DType::parse(name).filter(|d| d.name() == name),
+        ciborium::Value::Map(entries) if entries.len() == 1 => match &entries[0] {
+            (ciborium::Value::Text(k), ciborium::Value::Text(store))
+                if k == "Bool" && (store == "Native" || store == "U8") =>
+            {
+                Some(DType::Bool)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Parses a pack's header and metadata and checks every descriptor against the file.
+pub fn read_index(path: &Path) -> Result<PackIndex> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open pack", e))?;
+    let file_size = file
+        .metadata()
+        .map_err(|e| Error::io(path, "cannot stat pack", e))?
+        .len();
+    let bad = |message: String| Error::pack(path, message);
+    if file_size > MAX_FILE_SIZE {
+        return Err(bad(format!("file is {file_size} bytes, over Burn's limit of {MAX_FILE_SIZE}")));
+    }
+    let mut header = [0u8; HEADER_SIZE as usize];
+    if file_size < HEADER_SIZE {
+        return Err(bad(format!("not a Burn pack: only {file_size} bytes, shorter than the 10-byte header")));
+    }
+    file.read_exact(&mut header).map_err(|e| Error::io(path, "cannot read header", e))?;
+    let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
+    if magic != MAGIC {
+        return Err(bad("not a Burn pack: bad magic number (expected \"NRUB\")".into()));
+    }
+    let version = u16::from_le_bytes(header[4..6].try_into().unwrap());
+    if version > FORMAT_VERSION {
+        return Err(bad(format!(
+            "unsupported Burn pack format version {version} (this reader knows version {FORMAT_VERSION})"
+        )));
+    }
+    let metadata_size = u32::from_le_bytes(header[6..10].try_into().unwrap()) as u64;
+    if metadata_size > MAX_METADATA_SIZE {
+        return Err(bad(format!("metadata size {metadata_size} exceeds the limit of {MAX_METADATA_SIZE} bytes")));
+    }
+    let metadata_end = HEADER_SIZE + metadata_size;
+    if file_size < metadata_end {
+        return Err(bad(format!(
+            "truncated: metadata needs {metadata_end} bytes but the file has {file_size}"
+        )));
+    }
+    let mut cbor = vec![0u8; metadata_size as usize];
+    file.read_exact(&mut cbor).map_err(|e| Error::io(path, "cannot read metadata", e))?;
+    parse_index(path, &cbor, file_size)
+}
+
+fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
+    let bad = |message: String| Error::pack(path, message);
+    let parsed: MetadataIn = ciborium::de::from_reader_with_recursion_limit(cbor, MAX_CBOR_DEPTH)
+        .map_err(|e| bad(format!("invalid CBOR metadata: {e}")))?;
+    if parsed.tensors.len() > MAX_TENSOR_COUNT {
+        return Err(bad(format!(
+            "{} tensors, over Burn's limit of {MAX_TENSOR_COUNT}",
+            parsed.tensors.len()
+        )));
+    }
+    let metadata_size = cbor.len() as u64;
+    let metadata_end = HEADER_SIZE + metadata_size;
+    let aligned_start = align_up(metadata_end, TENSOR_ALIGNMENT);
+
+    let mut tensors = Vec::with_capacity(parsed.tensors.len());
+    for (name, d) in parsed.tensors {
+        let dtype = decode_dtype(&d.dtype)
+            .ok_or_else(|| Error::tensor(path, &name, format!("unsupported dtype {:?}", d.dtype)))?;
+        let (start, end) = d.data_offsets;
+        if end < start {
+            return Err(Error::tensor(path, &name, format!("corrupt offsets: end {end} < start {start}")));
+        }
+        if end - start > MAX_TENSOR_SIZE {
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!("{} bytes, over Burn's per-tensor limit of {MAX_TENSOR_SIZE}", end - start),
+            ));
+        }
+        let expected = byte_len(dtype, &d.shape);
+        if expected != Some(end - start) {
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!("holds {} bytes but {dtype} {:?} needs {expected:?}", end - start, d.shape),
+            ));
+        }
+        tensors.push(PackTensor { name, dtype, shape: d.shape, param_id: d.param_id, start, end, file_offset: 0 });
+    }
+    let max_end = tensors.iter().map(|t| t.end).max().unwrap_or(0);
+    let (layout, data_start) = if file_size == aligned_start + max_end {
+        (Layout::Aligned, aligned_start)
+    } else if file_size == metadata_end + max_end {
+        (Layout::Unaligned019, metadata_end)
+    } else if file_size < aligned_start + max_end && file_size < metadata_end + max_end {
+        return Err(bad(format!(
+            "truncated: tensors need {} bytes but the file has {file_size}",
+            aligned_start + max_end
+        )));
+    } else {
+        return Err(bad(format!(
+            "file is {file_size} bytes: neither the 0.20+ layout ({}) nor the 0.19 layout ({}) fits",
+            aligned_start + max_end,
+            metadata_end + max_end
+        )));
+    };
+    for t in &mut tensors {
+        t.file_offset = data_start + t.start;
+    }
+    tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+    for pair in tensors.windows(2) {
+        if pair[1].start < pair[0].end {
+            return Err(Error::tensor(
+                path,
+                &pair[1].name,
+                format!("overlaps tensor '{}'", pair[0].name),
+            ));
+        }
+    }
+    Ok(PackIndex {
+        path: path.to_path_buf(),
+        file_size,
+        metadata_size,
+        data_start,
+        layout,
+        metadata: parsed.metadata,
+        tensors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The worked example of the format reference (one F32 [2,2] tensor, param_id 42,
+    /// BurnpackStore 0.21 metadata), written out byte by byte from the spec.
+    #[test]
+    fn preamble_matches_the_hand_written_burn_021_example() {
+        let layout = PackLayout::plan(
+            vec![("weight".into(), DType::F32, vec![2, 2], Some(42))],
+            md(&[("format", "burnpack"), ("producer", "burn"), ("version", "0.21.0")]),
+            BurnTarget::V0_21,
+        )
+        .unwrap();
+        let mut expected: Vec<u8> = vec![0x4e, 0x52, 0x55, 0x42, 0x01, 0x00, 0x77, 0x00, 0x00, 0x00];
+        expected.push(0xa2);
+        expected.push(0x67);
+        expected.extend(b"tensors");
+        expected.push(0xa1);
+        expected.push(0x66);
+        expected.extend(b"weight");
+        expected.push(0xa4);
+        expected.push(0x65);
+        expected.extend(b"dtype");
+        expected.push(0x63);
+        expected.extend(b"F32");
+        expected.push(0x65);
+        expected.extend(b"shape");
+        expected.extend([0x82, 0x02, 0x02]);
+        expected.push(0x6c);
+        expected.extend(b"data_offsets");
+        expected.extend([0x82, 0x00, 0x10]);
+        expected.push(0x68);
+        expected.extend(b"param_id");
+        expected.extend([0x18, 0x2a]);
+        expected.push(0x68);
+        expected.extend(b"metadata");
+        expected.push(0xa3);
+        expected.push(0x66);
+        expected.extend(b"format");
+        expected.push(0x68);
+        expected.extend(b"burnpack");
+        expected.push(0x68);
+        expected.extend(b"producer");
+        expected.push(0x64);
+        expected.extend(b"burn");
+        expected.push(0x67);
+        expected.extend(b"version");
+        expected.push(0x66);
+        expected.extend(b"0.21.0");
+        assert_eq!(expected.len(), 0x81);
+        expected.resize(256, 0);
+        assert_eq!(layout.preamble(), expected);
+        assert_eq!(layout.data_start, 256);
+        assert_eq!(layout.file_size, 272);
+    }
+
+    #[test]
+    fn two_tensor_example_offsets_and_key_order() {
+        // Reference: struct M { fc: Linear }, weight [3,2] written before bias [2].
+        let layout = PackLayout::plan(
+            vec![
+                ("fc.weight".into(), DType::F32, vec![3, 2], Some(1)),
+                ("fc.bias".into(), DType::F32, vec![2], Some(2)),
+            ],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+        )
+        .unwrap();
+        assert_eq!((layout.tensors[0].start, layout.tensors[0].end), (0, 24));
+        assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 264));
+        // bias sorts before weight in the CBOR map although it is written second.
+        let bias = layout.cbor.windows(7).position(|w| w == b"fc.bias").unwrap();
+        let weight = layout.cbor.windows(9).position(|w| w == b"fc.weight").unwrap();
+        assert!(bias < weight);
+        // data_offsets of the bias: array(2) [256, 264] with 2-byte integer heads.
+        assert!(layout.cbor.windows(7).any(|w| w == [0x82, 0x19, 0x01, 0x00, 0x19, 0x01, 0x08]));
+        assert_eq!(layout.cbor[0], 0xa1, "no metadata key when the map is empty");
+    }
+
+    #[test]
+    fn no_metadata_no_param_id_is_53_bytes() {
+        let layout = PackLayout::plan(
+            vec![("weight".into(), DType::F32, vec![2, 2], None)],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+        )
+        .unwrap();
+        let mut expected = vec![0xa1, 0x67];
+        expected.extend(b"tensors");
+        expected.extend([0xa1, 0x66]);
+        expected.extend(b"weight");
+        expected.extend([0xa3, 0x65]);
+        expected.extend(b"dtype");
+        expected.push(0x63);
+        expected.extend(b"F32");
+        expected.push(0x65);
+        expected.extend(b"shape");
+        expected.extend([0x82, 2, 2, 0x6c]);
+        expected.extend(b"data_offsets");
+        expected.extend([0x82, 0x00, 0x10]);
+        assert_eq!(layout.cbor, expected);
+        assert_eq!(layout.cbor.len(), 53);
+    }
+
+    #[test]
+    fn bool_encoding_depends_on_target() {
+        let plan = |t| {
+            PackLayout::plan(vec![("mask".into(), DType::Bool, vec![3], Some(7))], BTreeMap::new(), t).unwrap()
+        };
+        let mut v21 = vec![0x65];
+        v21.extend(b"dtype");
+        v21.push(0xa1);
+        v21.push(0x64);
+        v21.extend(b"Bool");
+        v21.push(0x66);
+        v21.extend(b"Native");
+        v21.push(0x65);
+        v21.extend(b"shape");
+        v21.extend([0x81, 0x03]);
+        assert!(plan(BurnTarget::V0_21).cbor.windows(v21.len()).any(|w| w == v21));
+        let mut v20 = vec![0x65];
+        v20.extend(b"dtype");
+        v20.push(0x64);
+        v20.extend(b"Bool");
+        v20.push(0x65);
+        v20.extend(b"shape");
+        v20.extend([0x81, 0x03]);
+        assert!(plan(BurnTarget::V0_20).cbor.windows(v20.len()).any(|w| w == v20));
+    }
+
+    #[test]
+    fn v019_layout_has_no_padding() {
+        let layout = PackLayout::plan(
+            vec![("weight".into(), DType::F32, vec![2, 2], Some(42))],
+            md(&[("format", "burnpack"), ("producer", "burn"), ("version", "0.19.1")]),
+            BurnTarget::V0_19,
+        )
+        .unwrap();
+        assert_eq!(layout.data_start, 129);
+        assert_eq!(layout.file_size, 145);
+    }
+
+    #[test]
+    fn empty_tensor_still_pads_and_a_pack_ends_at_the_last_start() {
+        let layout = PackLayout::plan(
+            vec![
+                ("a".into(), DType::U8, vec![3], None),
+                ("empty".into(), DType::F32, vec![0, 5], None),
+            ],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+        )
+        .unwrap();
+        assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 256));
+        assert_eq!(layout.file_size, layout.data_start + 256);
+    }
+
+    #[test]
+    fn rejects_duplicates_and_oversized_tensors() {
+        let dup = PackLayout::plan(
+            vec![("a".into(), DType::U8, vec![1], None), ("a".into(), DType::U8, vec![1], None)],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+        );
+        assert!(dup.unwrap_err().to_string().contains("'a' appears twice"));
+        let big = PackLayout::plan(
+            vec![("big".into(), DType::F32, vec![3, 1024, 1024, 1024], None)],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+        );
+        assert!(big.unwrap_err().to_string().contains("refuses tensors over"));
+    }
+
+    #[test]
+    fn index_round_trips_and_detects_layout() {
+        for target in [BurnTarget::V0_19, BurnTarget::V0_21] {
+            let layout = PackLayout::plan(
+                vec![
+                    ("z".into(), DType::BF16, vec![3], Some(u64::MAX)),
+                    ("a".into(), DType::Bool, vec![2, 1], None),
+                ],
+                md(&[("k", "v")]),
+                target,
+            )
+            .unwrap();
+            let index = parse_index(Path::new("x.bpk"), &layout.cbor, layout.file_size).unwrap();
+            let expected = if target == BurnTarget::V0_19 { Layout::Unaligned019 } else { Layout::Aligned };
+            assert_eq!(index.layout, expected);
+            assert_eq!(index.tensors[0].name, "z");
+            assert_eq!(index.tensors[0].param_id, Some(u64::MAX));
+            assert_eq!(index.tensors[1].dtype, DType::Bool);
+            assert_eq!(index.tensors[1].file_offset, layout.data_start + layout.tensors[1].start);
+            assert_eq!(index.metadata, md(&[("k", "v")]));
+            let short = parse_index(Path::new("x.bpk"), &layout.cbor, layout.file_size - 1);
+            assert!(short.unwrap_err().to_string().contains("x.bpk"));
+        }
+    }
+}

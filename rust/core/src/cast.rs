@@ -1,0 +1,143 @@
+//! Element conversions between float dtypes, on little-endian byte slices.
+//!
+//! Narrowing rounds to nearest, ties to even (as `torch.Tensor.to` does); NaN stays NaN and
+//! values past the target's range become infinities (IEEE overflow). Widening is exact.
+
+use half::{bf16, f16};
+
+use crate::dtype::DType;
+
+/// Whether `from` can be converted to `to` (identity included).
+pub fn supported(from: DType, to: DType) -> bool {
+    from == to || (from.is_float() && to.is_float())
+}
+
+/// Converts whole elements of `src` (dtype `from`) and appends them to `dst` (dtype `to`).
+/// `src.len()` must be a multiple of `from.size()`.
+pub fn convert(src: &[u8], from: DType, to: DType, dst: &mut Vec<u8>) {
+    debug_assert!(supported(from, to));
+    debug_assert_eq!(src.len() as u64 % from.size(), 0);
+    if from == to {
+        dst.extend_from_slice(src);
+        return;
+    }
+    dst.reserve(src.len() / from.size() as usize * to.size() as usize);
+    // f64 sources round once: `half`'s own f64 conversions drop the low 32 mantissa bits before
+    // rounding, so go through f32 with round-to-odd, which keeps the final rounding exact.
+    if from == DType::F64 {
+        let values = src.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()));
+        match to {
+            DType::F32 => values.for_each(|v| dst.extend_from_slice(&(v as f32).to_le_bytes())),
+            DType::F16 => values
+                .for_each(|v| dst.extend_from_slice(&f16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes())),
+            DType::BF16 => values
+                .for_each(|v| dst.extend_from_slice(&bf16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes())),
+            _ => unreachable!("checked by supported()"),
+        }
+        return;
+    }
+    // Every other float source widens to f32 exactly, then rounds once to the target.
+    let mut widened = Vec::with_capacity(src.len() / from.size() as usize);
+    match from {
+        DType::F32 => widened.extend(src.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()))),
+        DType::F16 => widened.extend(src.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::BF16 => widened.extend(src.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        _ => unreachable!("checked by supported()"),
+    }
+    match to {
+        DType::F64 => widened.iter().for_each(|&v| dst.extend_from_slice(&(v as f64).to_le_bytes())),
+        DType::F32 => widened.iter().for_each(|&v| dst.extend_from_slice(&v.to_le_bytes())),
+        DType::F16 => widened.iter().for_each(|&v| dst.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
+        DType::BF16 => widened.iter().for_each(|&v| dst.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
+        _ => unreachable!("checked by supported()"),
+    }
+}
+
+/// Rounds toward zero and sets the last bit when inexact ("round to odd"). A later round-to-nearest-even
+/// to a format at least two bits narrower then equals a single direct rounding.
+fn f64_to_f32_round_odd(v: f64) -> f32 {
+    let nearest = v as f32;
+    if !nearest.is_finite() || nearest as f64 == v {
+        return nearest;
+    }
+    let mut bits = nearest.to_bits();
+    if (nearest as f64).abs() > v.abs() {
+        bits -= 1; // nearest rounded away from zero: step back to the truncated value
+    }
+    f32::from_bits(bits | 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_to(to: DType, values: &[f32]) -> Vec<u8> {
+        let src: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        convert(&src, DType::F32, to, &mut out);
+        out
+    }
+
+    fn u16s(bytes: &[u8]) -> Vec<u16> {
+        bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+    }
+
+    #[test]
+    fn f32_to_bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 is exactly half way between bf16 1.0 (0x3F80) and 1.0078125 (0x3F81): ties to even -> 0x3F80.
+        // 1 + 3*2^-8 is half way between 0x3F81 and 0x3F82: ties to even -> 0x3F82.
+        // 1 + 2^-8 + 2^-20 is above half way -> 0x3F81 (truncation would give 0x3F80).
+        let v = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20)];
+        assert_eq!(u16s(&f32_to(DType::BF16, &v)), [0x3F80, 0x3F82, 0x3F81]);
+    }
+
+    #[test]
+    fn bf16_keeps_nan_and_overflows_to_infinity() {
+        let out = u16s(&f32_to(DType::BF16, &[f32::NAN, f32::MAX, -f32::MAX, f32::INFINITY]));
+        assert_eq!(out[0] & 0x7F80, 0x7F80);
+        assert_ne!(out[0] & 0x007F, 0, "NaN payload must stay non-zero");
+        assert_eq!(&out[1..], [0x7F80, 0xFF80, 0x7F80]);
+    }
+
+    #[test]
+    fn f32_to_f16_rounds_and_overflows() {
+        // 65520 is the half-way point above f16's max (65504) and rounds to infinity; 65519 rounds down.
+        let out = u16s(&f32_to(DType::F16, &[65519.0, 65520.0, 1.0 + 2f32.powi(-11), f32::NAN]));
+        assert_eq!(&out[..3], [0x7BFF, 0x7C00, 0x3C00]);
+        assert!(out[3] & 0x7C00 == 0x7C00 && out[3] & 0x03FF != 0);
+    }
+
+    #[test]
+    fn widening_is_exact() {
+        let bf: Vec<u8> = [0x3F81u16, 0xC2F7, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        convert(&bf, DType::BF16, DType::F32, &mut out);
+        let back: Vec<u32> = out.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(back, [0x3F81_0000, 0xC2F7_0000, 0x0001_0000]);
+    }
+
+    #[test]
+    fn f64_rounds_once() {
+        // 1 + 2^-8 + 2^-40: rounding via f32 first gives 1 + 2^-8 (a tie, -> 0x3F80);
+        // rounding once sees it is above the tie -> 0x3F81.
+        let v = 1.0f64 + 2f64.powi(-8) + 2f64.powi(-40);
+        let mut out = Vec::new();
+        convert(&v.to_le_bytes(), DType::F64, DType::BF16, &mut out);
+        assert_eq!(u16s(&out), [0x3F81]);
+        let mut out = Vec::new();
+        let exact_tie = 1.0f64 + 2f64.powi(-8);
+        convert(&exact_tie.to_le_bytes(), DType::F64, DType::BF16, &mut out);
+        assert_eq!(u16s(&out), [0x3F80]);
+        let mut out = Vec::new();
+        let above_f16_tie = 1.0f64 + 2f64.powi(-11) + 2f64.powi(-45);
+        convert(&above_f16_tie.to_le_bytes(), DType::F64, DType::F16, &mut out);
+        assert_eq!(u16s(&out), [0x3C01]);
+    }
+
+    #[test]
+    fn integers_only_pass_through() {
+        assert!(supported(DType::I64, DType::I64));
+        assert!(!supported(DType::I64, DType::F32));
+        assert!(!supported(DType::F32, DType::Bool));
+    }
+}

@@ -1,0 +1,18 @@
+//! heartmula-burn core: reads safetensors shards through mmap and writes Burn packs (`.bpk`)
+//! byte-compatible with Burn's own `BurnpackWriter`.
+//!
+//! Pure Rust, no Python types: the PyO3 binding in `rust/py` is a thin layer over this crate.
+
+pub mod burnpack;
+pub mod cast;
+pub mod dtype;
+pub mod error;
+pub mod output;
+pub mod pack;
+pub mod source;
+
+pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use pack::{pack, PackItem, PackRequest, PackSummary, Progress};
+pub use source::{Shard, ShardTensor};

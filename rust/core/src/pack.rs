@@ -1,0 +1,392 @@
+//! Packing: resolve every requested tensor in its shard, plan the layout, then stream the bytes
+//! into an atomic output file. Unchanged tensors are copied by the kernel (`copy_file_range`)
+//! where it can; conversions run in bounded chunks. Memory does not grow with the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::burnpack::{BurnTarget, PackLayout};
+use crate::cast;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+use crate::source::{Shard, ShardTensor};
+
+/// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
+/// are seen several times a second, large enough that syscall overhead does not show.
+const COPY_CHUNK: u64 = 64 << 20;
+const CONVERT_CHUNK: u64 = 8 << 20;
+
+/// One output tensor and where its bytes come from.
+#[derive(Debug, Clone)]
+pub struct PackItem {
+    /// Name in the pack.
+    pub name: String,
+    /// Safetensors file holding the source tensor.
+    pub source: PathBuf,
+    /// Key of the tensor in that file.
+    pub key: String,
+    /// Dtype in the pack.
+    pub dtype: DType,
+    pub param_id: Option<u64>,
+    /// What the caller believes the source holds; checked against the shard when given.
+    pub expect_source_dtype: Option<DType>,
+    pub expect_shape: Option<Vec<u64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackRequest {
+    pub items: Vec<PackItem>,
+    pub metadata: BTreeMap<String, String>,
+    pub target: BurnTarget,
+    pub output: PathBuf,
+    pub overwrite: bool,
+}
+
+/// How far a pack is: bytes of tensor data done out of the total.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PackSummary {
+    pub file_size: u64,
+    pub tensors: usize,
+    pub data_bytes: u64,
+    /// Bytes moved by `copy_file_range` (never through user memory).
+    pub kernel_copied: u64,
+    /// Unchanged bytes written from the mapping (when the kernel copy is not available).
+    pub buffer_copied: u64,
+    /// Output bytes produced by dtype conversion.
+    pub converted: u64,
+}
+
+/// Plans the pack without writing anything: opens shards, checks every item, lays the file out.
+pub fn plan(request: &PackRequest) -> Result<(PackLayout, Vec<Shard>, Vec<(usize, usize)>)> {
+    let mut shards: Vec<Shard> = Vec::new();
+    let mut shard_of: HashMap<PathBuf, usize> = HashMap::new();
+    for item in &request.items {
+        if !shard_of.contains_key(&item.source) {
+            shard_of.insert(item.source.clone(), shards.len());
+            shards.push(Shard::open(&item.source)?);
+        }
+    }
+    let lookups: Vec<HashMap<&str, usize>> = shards
+        .iter()
+        .map(|s| s.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect())
+        .collect();
+    let mut locations = Vec::with_capacity(request.items.len());
+    let mut specs = Vec::with_capacity(request.items.len());
+    for item in &request.items {
+        let s = shard_of[&item.source];
+        let t = *lookups[s]
+            .get(item.key.as_str())
+            .ok_or_else(|| Error::tensor(&item.source, &item.key, "not found in this file"))?;
+        check_item(&shards[s], &shards[s].tensors[t], item)?;
+        locations.push((s, t));
+        specs.push((item.name.clone(), item.dtype, shards[s].tensors[t].shape.clone(), item.param_id));
+    }
+    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target)?;
+    Ok((layout, shards, locations))
+}
+
+/// Checks an item against what its shard really holds.
+fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<()> {
+    let err = |m: String| Error::tensor(&shard.path, &tensor.name, m);
+    let source_dtype = tensor
+        .dtype
+        .ok_or_else(|| err(format!("dtype {} has no Burn equivalent", tensor.source_dtype)))?;
+    if let Some(expected) = item.expect_source_dtype {
+        if expected != source_dtype {
+            return Err(err(format!("expected dtype {expected}, the file has {source_dtype}")));
+        }
+    }
+    if let Some(shape) = &item.expect_shape {
+        if *shape != tensor.shape {
+            return Err(err(format!("expected shape {shape:?}, the file has {:?}", tensor.shape)));
+        }
+    }
+    if !cast::supported(source_dtype, item.dtype) {
+        return Err(err(format!("cannot convert {source_dtype} to {}", item.dtype)));
+    }
+    Ok(())
+}
+
+/// Refuses an output that would overwrite one of the inputs.
+fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for shard in shards {
+        if let Ok(m) = shard.file.metadata() {
+            if m.dev() == out.dev() && m.ino() == out.ino() {
+                return Err(Error::pack(output, "output is one of the input files"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the pack. `progress` is called after every chunk; returning false cancels the pack,
+/// which then fails with `Error::Cancelled` and leaves the destination as it was.
+pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
+    let (layout, shards, locations) = plan(request)?;
+    check_output_is_not_an_input(&request.output, &shards)?;
+    let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
+    out.write_at(&layout.preamble(), 0)?;
+
+    let total: u64 = layout.tensors.iter().map(|t| t.byte_len()).sum();
+    let mut summary = PackSummary {
+        file_size: layout.file_size,
+        tensors: layout.tensors.len(),
+        data_bytes: total,
+        ..Default::default()
+    };
+    let mut writer = TensorWriter { out: &out, done: 0, total, progress, kernel_copy: true };
+    for (plan, &(s, t)) in layout.tensors.iter().zip(&locations) {
+        let shard = &shards[s];
+        let tensor = &shard.tensors[t];
+        let source_dtype = tensor.dtype.expect("checked in plan");
+        let dst = layout.data_start + plan.start;
+        if source_dtype == plan.dtype {
+            writer.copy(shard, tensor, dst, &mut summary)?;
+        } else {
+            writer.convert(shard, tensor, source_dtype, plan.dtype, dst)?;
+            summary.converted += plan.byte_len();
+        }
+    }
+    if !(writer.progress)(Progress { done: total, total }) {
+        return Err(Error::Cancelled);
+    }
+    out.commit()?;
+    Ok(summary)
+}
+
+struct TensorWriter<'a> {
+    out: &'a AtomicFile,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(Progress) -> bool,
+    /// Cleared the first time the kernel says it cannot copy between these files.
+    kernel_copy: bool,
+}
+
+impl TensorWriter<'_> {
+    fn advance(&mut self, bytes: u64) -> Result<()> {
+        self.done += bytes;
+        if (self.progress)(Progress { done: self.done, total: self.total }) {
+            Ok(())
+        } else {
+            Err(Error::Cancelled)
+        }
+    }
+
+    /// Copies a tensor unchanged: in the kernel when possible, else from the mapping.
+    fn copy(&mut self, shard: &Shard, tensor: &ShardTensor, dst: u64, summary: &mut PackSummary) -> Result<()> {
+        let mut copied = 0u64;
+        while self.kernel_copy && copied < tensor.byte_len {
+            let want = (tensor.byte_len - copied).min(COPY_CHUNK);
+            match copy_file_range(&shard.file, tensor.file_offset + copied, &self.out.file, dst + copied, want) {
+                Ok(0) => {
+                    return Err(Error::tensor(&shard.path, &tensor.name, "file ended early (truncated while packing?)"))
+                }
+                Ok(n) => {
+                    copied += n;
+                    summary.kernel_copied += n;
+                    self.advance(n)?;
+                }
+                Err(e) if kernel_copy_unavailable(&e) => self.kernel_copy = false,
+                Err(e) => return Err(Error::io(&shard.path, "cannot copy tensor data", e)),
+            }
+        }
+        let bytes = shard.bytes(tensor);
+        while copied < tensor.byte_len {
+            let n = (tensor.byte_len - copied).min(COPY_CHUNK);
+            let chunk = &bytes[copied as usize..(copied + n) as usize];
+            self.out.write_at(chunk, dst + copied)?;
+            release(shard, tensor.file_offset + copied, n);
+            copied += n;
+            summary.buffer_copied += n;
+            self.advance(n)?;
+        }
+        Ok(())
+    }
+
+    fn convert(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, dst: u64) -> Result<()> {
+        let bytes = shard.bytes(tensor);
+        let step = CONVERT_CHUNK / from.size() * from.size();
+        let mut buffer = Vec::with_capacity((step / from.size() * to.size()) as usize);
+        let mut read = 0u64;
+        let mut written = 0u64;
+        while read < tensor.byte_len {
+            let n = (tensor.byte_len - read).min(step);
+            buffer.clear();
+            cast::convert(&bytes[read as usize..(read + n) as usize], from, to, &mut buffer);
+            self.out.write_at(&buffer, dst + written)?;
+            release(shard, tensor.file_offset + read, n);
+            read += n;
+            written += buffer.len() as u64;
+            self.advance(buffer.len() as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// Drops consumed pages of the mapping from our resident set (they stay in the page cache),
+/// so RSS stays flat however large the model is.
+fn release(shard: &Shard, offset: u64, len: u64) {
+    // SAFETY: the range is inside the read-only mapping and is not read again through it.
+    unsafe {
+        let _ = shard
+            .mmap
+            .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset as usize, len as usize);
+    }
+}
+
+fn kernel_copy_unavailable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::EBADF | libc::EPERM)
+    )
+}
+
+fn copy_file_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> std::io::Result<u64> {
+    let mut off_in = src_off as libc::loff_t;
+    let mut off_out = dst_off as libc::loff_t;
+    loop {
+        // SAFETY: valid descriptors and offset out-parameters; the kernel bounds-checks the rest.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len as usize, 0)
+        };
+        if n >= 0 {
+            return Ok(n as u64);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::burnpack::read_index;
+    use crate::source::tests::write_shard;
+
+    fn item(name: &str, source: &Path, key: &str, dtype: DType) -> PackItem {
+        PackItem {
+            name: name.into(),
+            source: source.into(),
+            key: key.into(),
+            dtype,
+            param_id: None,
+            expect_source_dtype: None,
+            expect_shape: None,
+        }
+    }
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn packs_copies_and_casts_across_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let b = dir.path().join("b.safetensors");
+        write_shard(&a, &[("w", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
+        write_shard(&b, &[("h", "F32", vec![3], f32_bytes(&[1.0, -2.0, 0.5])), ("i", "I64", vec![1], vec![7; 8])]);
+        let out = dir.path().join("out.bpk");
+        let request = PackRequest {
+            items: vec![
+                item("b.h", &b, "h", DType::BF16),
+                item("a.w", &a, "w", DType::F32),
+                item("ids", &b, "i", DType::I64),
+            ],
+            metadata: BTreeMap::from([("producer".to_string(), "test".to_string())]),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: false,
+        };
+        let mut calls = 0;
+        let summary = pack(&request, &mut |_| {
+            calls += 1;
+            true
+        })
+        .unwrap();
+        assert!(calls >= 3);
+        assert_eq!(summary.tensors, 3);
+        assert_eq!(summary.converted, 6);
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, summary.file_size);
+        let index = read_index(&out).unwrap();
+        let names: Vec<_> = index.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b.h", "a.w", "ids"], "data order is request order");
+        let range = |i: usize| {
+            let t = &index.tensors[i];
+            &bytes[t.file_offset as usize..(t.file_offset + t.end - t.start) as usize]
+        };
+        assert_eq!(range(0), [0x80, 0x3F, 0x00, 0xC0, 0x00, 0x3F]);
+        assert_eq!(range(1), f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(range(2), [7; 8]);
+        assert!(index.tensors.iter().all(|t| t.file_offset % 256 == 0));
+    }
+
+    #[test]
+    fn cancelling_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("w", "F32", vec![4], vec![0; 16])]);
+        let out = dir.path().join("out.bpk");
+        std::fs::write(&out, b"previous").unwrap();
+        let request = PackRequest {
+            items: vec![item("w", &a, "w", DType::F32)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: true,
+        };
+        assert!(matches!(pack(&request, &mut |_| false), Err(Error::Cancelled)));
+        assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn bad_requests_name_file_and_tensor_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("w", "F32", vec![4], vec![0; 16]), ("i", "I32", vec![1], vec![0; 4])]);
+        let out = dir.path().join("out.bpk");
+        let run = |it: PackItem| {
+            let request = PackRequest {
+                items: vec![it],
+                metadata: BTreeMap::new(),
+                target: BurnTarget::V0_21,
+                output: out.clone(),
+                overwrite: false,
+            };
+            pack(&request, &mut |_| true).err().unwrap().to_string()
+        };
+        let missing = run(item("x", &a, "nope", DType::F32));
+        assert!(missing.contains("a.safetensors") && missing.contains("'nope'"), "{missing}");
+        let cast = run(item("i", &a, "i", DType::F32));
+        assert!(cast.contains("cannot convert I32 to F32"), "{cast}");
+        let mut wrong = item("w", &a, "w", DType::F32);
+        wrong.expect_shape = Some(vec![2, 2]);
+        assert!(run(wrong).contains("expected shape [2, 2]"));
+        let self_overwrite = PackRequest {
+            items: vec![item("w", &a, "w", DType::F32)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: a.clone(),
+            overwrite: true,
+        };
+        let e = pack(&self_overwrite, &mut |_| true).err().unwrap().to_string();
+        assert!(e.contains("one of the input files"), "{e}");
+        assert!(!out.exists());
+    }
+}

@@ -1,0 +1,166 @@
+//! Safetensors shards, memory-mapped and indexed with the `safetensors` crate's own header parser
+//! (which also checks that offsets are contiguous, in range and match shape x dtype).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// One tensor of a shard, with its absolute byte range in the shard file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardTensor {
+    pub name: String,
+    /// Burn dtype, or None for safetensors dtypes Burn cannot hold (fp8, fp4, complex).
+    pub dtype: Option<DType>,
+    /// The safetensors dtype name as written in the header ("F32", "F8_E4M3", ...).
+    pub source_dtype: String,
+    pub shape: Vec<u64>,
+    pub file_offset: u64,
+    pub byte_len: u64,
+}
+
+/// A memory-mapped safetensors file and its parsed header, tensors in file order.
+pub struct Shard {
+    pub path: PathBuf,
+    pub file: File,
+    pub mmap: Mmap,
+    pub tensors: Vec<ShardTensor>,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Shard {
+    pub fn open(path: &Path) -> Result<Shard> {
+        let file = File::open(path).map_err(|e| Error::io(path, "cannot open shard", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "cannot stat shard", e))?
+            .len();
+        if len < 8 {
+            return Err(Error::BadShard {
+                path: path.to_path_buf(),
+                message: format!("only {len} bytes, shorter than the 8-byte header length"),
+            });
+        }
+        // SAFETY: the map is read-only; a shard truncated underneath us by another process is
+        // outside what any reader of mapped files can defend against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map shard", e))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadShard {
+            path: path.to_path_buf(),
+            message: describe_safetensors_error(&e, &mmap),
+        })?;
+        let data_start = 8 + header_len as u64;
+        let tensors = metadata
+            .offset_keys()
+            .into_iter()
+            .map(|name| {
+                let info = metadata.info(&name).expect("offset_keys lists known tensors");
+                let (start, end) = info.data_offsets;
+                ShardTensor {
+                    dtype: DType::from_safetensors(info.dtype),
+                    source_dtype: format!("{:?}", info.dtype),
+                    shape: info.shape.iter().map(|&d| d as u64).collect(),
+                    file_offset: data_start + start as u64,
+                    byte_len: (end - start) as u64,
+                    name,
+                }
+            })
+            .collect();
+        let mut extra: Vec<(String, String)> = metadata
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        extra.sort();
+        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata: extra })
+    }
+
+    pub fn find(&self, name: &str) -> Option<&ShardTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    pub fn bytes(&self, tensor: &ShardTensor) -> &[u8] {
+        &self.mmap[tensor.file_offset as usize..(tensor.file_offset + tensor.byte_len) as usize]
+    }
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidHeaderLength | E::HeaderTooLarge => {
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            format!("header length {n} does not fit in the file of {} bytes", bytes.len())
+        }
+        E::MetadataIncompleteBuffer => format!(
+            "file size {} does not match the end of the last tensor (truncated or trailing bytes)",
+            bytes.len()
+        ),
+        E::InvalidOffset(name) => {
+            format!("tensor '{name}': offsets overlap, leave a gap or are out of order")
+        }
+        E::TensorInvalidInfo => "a tensor's byte range does not match its shape x dtype".to_string(),
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Writes a safetensors file by hand: (name, dtype name, shape, bytes) in order.
+    pub fn write_shard(path: &Path, tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) {
+        let mut header = String::from("{");
+        let mut offset = 0usize;
+        for (i, (name, dtype, shape, bytes)) in tensors.iter().enumerate() {
+            if i > 0 {
+                header.push(',');
+            }
+            let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            header.push_str(&format!(
+                "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
+                shape.join(","),
+                offset + bytes.len()
+            ));
+            offset += bytes.len();
+        }
+        header.push('}');
+        let mut f = File::create(path).unwrap();
+        f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(header.as_bytes()).unwrap();
+        for (_, _, _, bytes) in tensors {
+            f.write_all(bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn lists_tensors_in_file_order_with_absolute_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        write_shard(&p, &[("z", "F32", vec![2], vec![1; 8]), ("a", "U8", vec![3], vec![2; 3])]);
+        let shard = Shard::open(&p).unwrap();
+        let names: Vec<_> = shard.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["z", "a"]);
+        assert_eq!(shard.bytes(&shard.tensors[1]), &[2, 2, 2]);
+        assert_eq!(shard.tensors[0].dtype, Some(DType::F32));
+    }
+
+    #[test]
+    fn truncated_and_garbage_shards_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        write_shard(&p, &[("w", "F32", vec![4], vec![0; 16])]);
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 1).unwrap();
+        let err = Shard::open(&p).err().unwrap().to_string();
+        assert!(err.contains("t.safetensors") && err.contains("truncated"), "{err}");
+
+        let g = dir.path().join("g.safetensors");
+        std::fs::write(&g, [255u8; 16]).unwrap();
+        let err = Shard::open(&g).err().unwrap().to_string();
+        assert!(err.contains("g.safetensors") && err.contains("header length"), "{err}");
+    }
+}
