@@ -1,0 +1,161 @@
+"""Finding a checkpoint's shards and tensors, with the index (when present) as the only truth
+about which shard holds which tensor."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _core
+from .errors import CheckpointError
+
+HEARTMULA_SUBDIR = "HeartMuLa-oss-3B"
+INDEX_SUFFIX = ".safetensors.index.json"
+# Files the runtime needs beside the pack.
+EXTRA_FILES = ("tokenizer.json", "gen_config.json")
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    name: str
+    file: Path
+    dtype: str | None  # Burn dtype name, None when Burn has no equivalent
+    source_dtype: str  # as written in the safetensors header
+    shape: tuple[int, ...]
+    byte_len: int
+
+
+@dataclass
+class Checkpoint:
+    root: Path
+    model_dir: Path
+    shards: list[Path]
+    tensors: list[SourceTensor]  # on-disk order: shard by shard, by offset within a shard
+    config: dict | None = None
+    config_path: Path | None = None
+    index_path: Path | None = None
+    extras: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.byte_len for t in self.tensors)
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read {what}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: {what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object")
+    return value
+
+
+def find_model_dir(root: Path, subdir: str | None = None) -> Path:
+    """The folder holding the shards: ROOT/<subdir>, ROOT/HeartMuLa-oss-3B, or ROOT itself."""
+    if not root.exists():
+        raise CheckpointError(f"{root}: checkpoint folder does not exist")
+    if root.is_file():
+        if root.suffix != ".safetensors":
+            raise CheckpointError(f"{root}: not a .safetensors file or a checkpoint folder")
+        return root.parent
+    if subdir is not None:
+        model_dir = root / subdir
+        if not model_dir.is_dir():
+            raise CheckpointError(f"{model_dir}: model folder does not exist")
+        return model_dir
+    if (root / HEARTMULA_SUBDIR).is_dir():
+        return root / HEARTMULA_SUBDIR
+    if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
+        return root
+    raise CheckpointError(
+        f"{root}: no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
+    )
+
+
+def _header(path: Path) -> list[dict]:
+    tensors, _metadata = _core.read_safetensors_header(str(path))
+    return tensors
+
+
+def _source(path: Path, t: dict) -> SourceTensor:
+    return SourceTensor(t["name"], path, t["dtype"], t["source_dtype"], tuple(t["shape"]), t["byte_len"])
+
+
+def _shards_from_index(model_dir: Path, index_path: Path) -> tuple[list[Path], list[SourceTensor]]:
+    index = read_json(index_path, "index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: index has no 'weight_map' of tensor name -> shard file")
+    shard_names = sorted(set(weight_map.values()))
+    tensors: list[SourceTensor] = []
+    for shard_name in shard_names:
+        shard = model_dir / shard_name
+        if not shard.is_file():
+            wanted = next(k for k, v in weight_map.items() if v == shard_name)
+            raise CheckpointError(
+                f"{index_path}: tensor '{wanted}': index names shard '{shard_name}', which does not exist"
+            )
+        present = set()
+        for t in _header(shard):
+            owner = weight_map.get(t["name"])
+            if owner is None:
+                raise CheckpointError(f"{shard}: tensor '{t['name']}': not listed in the index {index_path.name}")
+            if owner != shard_name:
+                raise CheckpointError(
+                    f"{shard}: tensor '{t['name']}': the index places it in '{owner}', not in this shard"
+                )
+            present.add(t["name"])
+            tensors.append(_source(shard, t))
+        for name, owner in weight_map.items():
+            if owner == shard_name and name not in present:
+                raise CheckpointError(f"{shard}: tensor '{name}': listed in the index but missing from the shard")
+    return [model_dir / s for s in shard_names], tensors
+
+
+def _shards_without_index(paths: list[Path]) -> list[SourceTensor]:
+    seen: dict[str, Path] = {}
+    tensors = []
+    for shard in paths:
+        for t in _header(shard):
+            if t["name"] in seen:
+                raise CheckpointError(f"{shard}: tensor '{t['name']}': also in {seen[t['name']].name}")
+            seen[t["name"]] = shard
+            tensors.append(_source(shard, t))
+    return tensors
+
+
+def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
+    root = Path(root)
+    model_dir = find_model_dir(root, subdir)
+    index_path = None
+    if root.is_file():
+        shards = [root]
+        tensors = _shards_without_index(shards)
+    else:
+        indexes = sorted(model_dir.glob("*" + INDEX_SUFFIX))
+        if len(indexes) > 1:
+            raise CheckpointError(f"{model_dir}: more than one index ({', '.join(p.name for p in indexes)})")
+        if indexes:
+            index_path = indexes[0]
+            shards, tensors = _shards_from_index(model_dir, index_path)
+        else:
+            shards = sorted(model_dir.glob("*.safetensors"))
+            if not shards:
+                raise CheckpointError(f"{model_dir}: no .safetensors files")
+            tensors = _shards_without_index(shards)
+    config_path = model_dir / "config.json"
+    config = read_json(config_path, "config.json") if config_path.exists() else None
+    extras = {}
+    for name in EXTRA_FILES:
+        for folder in (root if root.is_dir() else root.parent, model_dir):
+            if (folder / name).is_file():
+                extras[name] = folder / name
+                break
+    return Checkpoint(root, model_dir, shards, tensors, config, config_path if config else None, index_path, extras)

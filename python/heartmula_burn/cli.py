@@ -1,0 +1,233 @@
+"""Command line: `python -m heartmula_burn {pack,manifest,inspect,synthetic} ...`.
+
+Exit codes: 0 ok, 1 failure (one-line message on stderr, nothing half-written), 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .checkpoint import HEARTMULA_SUBDIR, load_checkpoint
+from .errors import PackError
+from .manifest import DTYPE_CHOICES, Manifest, build_manifest
+from .packfile import open_pack
+from .packing import pack_manifest
+
+BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
+
+DESCRIPTION = """\
+Convert a HeartMuLa (or any safetensors) checkpoint into a Burn pack (.bpk) that Burn's
+BurnpackStore loads directly. CKPT_ROOT is laid out as upstream ships it:
+  CKPT_ROOT/HeartMuLa-oss-3B/{config.json, model.safetensors.index.json, model-*.safetensors}
+  CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json
+A folder holding a single model.safetensors, or shards without an index, works too."""
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt_root", metavar="CKPT_ROOT", nargs="?", help="checkpoint folder (or one .safetensors file)")
+    p.add_argument(
+        "--subdir",
+        metavar="NAME",
+        help=f"model folder inside CKPT_ROOT (default: {HEARTMULA_SUBDIR} if present, else CKPT_ROOT itself)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="f32",
+        help="dtype of float tensors in the pack: f32 (default, as upstream), bf16, f16, or source (keep each "
+        "tensor's own). Narrowing rounds to nearest even, like torch; integer tensors are never converted",
+    )
+    p.add_argument(
+        "--any-model",
+        action="store_true",
+        help="pack any safetensors checkpoint as is, without checking it against the HeartMuLa preset",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m heartmula_burn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"heartmula-burn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "pack",
+        help="pack a checkpoint (or a manifest) into a .bpk",
+        description="Pack a checkpoint into a Burn pack. The HeartMuLa preset first checks that all 289 tensors "
+        "are present with the shapes config.json implies. The pack is written to a temporary file beside the "
+        "output and renamed into place only when complete; tokenizer.json and gen_config.json are copied beside it.",
+    )
+    _add_source_args(p)
+    p.add_argument("-o", "--output", default="heartmula.bpk", help="output pack (default: ./heartmula.bpk)")
+    p.add_argument("--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--burn-version",
+        choices=BURN_VERSIONS,
+        default="0.21",
+        help="Burn release whose reader the pack targets (default 0.21, also right for 0.22; 0.19 has no alignment)",
+    )
+    p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+
+    m = sub.add_parser(
+        "manifest",
+        help="write the manifest a pack would use, to edit names, order or dtypes",
+        description="Write the manifest (ordered tensors, sources, dtypes, metadata) for CKPT_ROOT. Edit it and "
+        "pack it with `pack --manifest FILE`. Paths inside are relative to the manifest's folder.",
+    )
+    _add_source_args(m)
+    m.add_argument("-o", "--output", default="manifest.json", help="manifest file (default: ./manifest.json)")
+    m.add_argument("-f", "--force", action="store_true", help="replace an existing manifest")
+
+    i = sub.add_parser("inspect", help="show a pack's metadata and tensors", description="Show a Burn pack's layout, metadata and tensor table.")
+    i.add_argument("pack", metavar="FILE.bpk")
+    i.add_argument("--json", action="store_true", help="print everything as JSON")
+
+    s = sub.add_parser(
+        "synthetic",
+        help="write a synthetic HeartMuLa checkpoint (for trying the tool, tests and benchmarks)",
+        description="Write a checkpoint with all 289 upstream tensor names, laid out as upstream ships it, with "
+        "deterministic random values. Tiny by default; --full writes the real shapes (15.75 GB in F32).",
+    )
+    s.add_argument("output", metavar="CKPT_ROOT")
+    s.add_argument("--full", action="store_true", help="real HeartMuLa-oss-3B shapes (15.75 GB in F32)")
+    s.add_argument("--dtype", choices=("F32", "BF16", "F16"), default="F32")
+    s.add_argument("--shards", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _progress_bar(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="packing", file=sys.stderr, smoothing=0.1)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _load_manifest(args) -> Manifest:
+    if args.manifest:
+        if args.ckpt_root:
+            raise PackError("give either CKPT_ROOT or --manifest, not both")
+        return Manifest.load(args.manifest)
+    if not args.ckpt_root:
+        raise PackError("give a CKPT_ROOT (or --manifest FILE)")
+    return build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
+
+
+def cmd_pack(args) -> int:
+    manifest = _load_manifest(args)
+    output = Path(args.output)
+    bar, update = _progress_bar(args.quiet)
+    try:
+        summary = pack_manifest(
+            manifest,
+            output,
+            force=args.force,
+            burn_version=args.burn_version,
+            progress=update,
+            copy_extras=not args.no_extras,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    rate = summary["data_bytes"] / summary["seconds"] / 1e6 if summary["seconds"] > 0 else 0.0
+    summary["mb_per_s"] = round(rate, 1)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(
+            f"wrote {output} ({summary['tensors']} tensors, {summary['file_size']:,} bytes, {summary['dtype']}) "
+            f"in {summary['seconds']:.1f} s ({rate:.0f} MB/s)",
+            file=sys.stderr,
+        )
+        for extra in summary["extras"]:
+            print(f"copied {extra}", file=sys.stderr)
+    return 0
+
+
+def cmd_manifest(args) -> int:
+    manifest = build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise PackError(f"{out}: output exists (use --force to replace it)")
+    manifest.save(out)
+    print(f"wrote {out} ({len(manifest.tensors)} tensors, {manifest.total_bytes:,} bytes of data)", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    with open_pack(args.pack) as pack:
+        if args.json:
+            doc = {
+                "path": str(pack.path),
+                "file_size": pack.file_size,
+                "layout": pack.layout,
+                "metadata_size": pack.metadata_size,
+                "data_start": pack.data_start,
+                "metadata": pack.metadata,
+                "tensors": [
+                    {
+                        "name": t.name,
+                        "dtype": t.dtype,
+                        "shape": list(t.shape),
+                        "param_id": t.param_id,
+                        "data_offsets": list(t.data_offsets),
+                        "file_offset": t.file_offset,
+                    }
+                    for t in pack
+                ],
+            }
+            print(json.dumps(doc, indent=2))
+            return 0
+        print(f"{pack.path}: Burn pack, {pack.file_size:,} bytes, layout {pack.layout}, {len(pack)} tensors")
+        for k, v in pack.metadata.items():
+            print(f"  {k} = {v}")
+        width = max((len(t.name) for t in pack), default=4)
+        print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset")
+        for t in pack:
+            print(f"  {t.name:<{width}}  {t.dtype:<5}  {str(list(t.shape)):<22}  {t.file_offset}")
+    return 0
+
+
+def cmd_synthetic(args) -> int:
+    from .synthetic import write_synthetic_checkpoint
+
+    root = write_synthetic_checkpoint(args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed)
+    print(f"wrote synthetic checkpoint {root}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"pack": cmd_pack, "manifest": cmd_manifest, "inspect": cmd_inspect, "synthetic": cmd_synthetic}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PackError as e:
+        print(f"heartmula-burn: error: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: not an error of ours.
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"heartmula-burn: error: {where}{e.strerror or e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("heartmula-burn: interrupted; nothing was written", file=sys.stderr)
+    return 1
