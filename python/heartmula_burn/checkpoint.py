@@ -94,14 +94,15 @@ def _shards_from_index(model_dir: Path, index_path: Path) -> tuple[list[Path], l
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index_path}: index has no 'weight_map' of tensor name -> shard file")
     shard_names = sorted(set(weight_map.values()))
-    tensors: list[SourceTensor] = []
     for shard_name in shard_names:
-        shard = model_dir / shard_name
-        if not shard.is_file():
+        if not (model_dir / shard_name).is_file():
             wanted = next(k for k, v in weight_map.items() if v == shard_name)
             raise CheckpointError(
                 f"{index_path}: tensor '{wanted}': index names shard '{shard_name}', which does not exist"
             )
+    tensors: list[SourceTensor] = []
+    for shard_name in shard_names:
+        shard = model_dir / shard_name
         present = set()
         for t in _header(shard):
             owner = weight_map.get(t["name"])

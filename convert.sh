@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One step from an upstream HeartMuLa checkpoint folder to heartmula.bpk.
+#
+#   ./convert.sh CKPT_ROOT [extra pack options, e.g. --dtype bf16 --force]
+#
+# Writes heartmula.bpk, tokenizer.json and gen_config.json at the repository root (or in
+# $HEARTMULA_OUT_DIR). The pack is written atomically: on failure nothing is left behind.
+# Needs the package installed (`pip install .`); $PYTHON picks the interpreter.
+set -euo pipefail
+
+if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    echo "usage: $0 CKPT_ROOT [pack options...]   (writes heartmula.bpk + tokenizer.json + gen_config.json)" >&2
+    [ $# -ge 1 ] && exit 0 || exit 2
+fi
+
+ckpt_root=$1
+shift
+out_dir=${HEARTMULA_OUT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+python=${PYTHON:-python3}
+
+if ! "$python" -c "import heartmula_burn" 2>/dev/null; then
+    echo "convert.sh: heartmula_burn is not installed for $python; run 'pip install .' first" >&2
+    exit 1
+fi
+
+exec "$python" -m heartmula_burn pack "$ckpt_root" -o "$out_dir/heartmula.bpk" "$@"
