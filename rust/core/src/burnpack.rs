@@ -396,17 +396,19 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
         (Layout::Aligned, aligned_start)
     } else if file_size == metadata_end + max_end {
         (Layout::Unaligned019, metadata_end)
-    } else if file_size < aligned_start + max_end && file_size < metadata_end + max_end {
-        return Err(bad(format!(
-            "truncated: tensors need {} bytes but the file has {file_size}",
-            aligned_start + max_end
-        )));
     } else {
-        return Err(bad(format!(
-            "file is {file_size} bytes: neither the 0.20+ layout ({}) nor the 0.19 layout ({}) fits",
-            aligned_start + max_end,
-            metadata_end + max_end
-        )));
+        // Neither size fits: judge the intended layout by the offsets (0.20+ writers align every start).
+        let aligned = tensors.iter().all(|t| t.start % TENSOR_ALIGNMENT == 0);
+        let (expected, name) = if aligned {
+            (aligned_start + max_end, Layout::Aligned.describe())
+        } else {
+            (metadata_end + max_end, Layout::Unaligned019.describe())
+        };
+        return Err(bad(if file_size < expected {
+            format!("truncated: the {name} layout needs {expected} bytes but the file has {file_size}")
+        } else {
+            format!("{} unexpected bytes after the last tensor ({name} layout ends at {expected})", file_size - expected)
+        }));
     };
     for t in &mut tensors {
         t.file_offset = data_start + t.start;
