@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's whole test suite, from a clean checkout: builds the wheel into a local virtual
+# environment, then runs the Rust core's tests and the Python tests (which drive the real CLI).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python=${PYTHON:-python3}
+venv=${VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+echo "== building and installing the package (maturin, release build)"
+"$venv/bin/python" -m pip install --quiet ".[test]"
+
+echo "== cargo test (Rust core)"
+cargo test --locked
+
+echo "== pytest"
+cd tests  # so that `import heartmula_burn` resolves to the installed package
+"$venv/bin/python" -m pytest -q -p no:cacheprovider .
