@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python=${PYTHON:-python3}
-venv=${VENV:-.venv}
+venv=$(realpath -m "${VENV:-.venv}")
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
