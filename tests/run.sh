@@ -16,6 +16,10 @@ echo "== building and installing the package (maturin, release build)"
 echo "== cargo test (Rust core)"
 cargo test --locked
 
-echo "== pytest"
+echo "== building the Burn compatibility checks (burn-store 0.21, real crates)"
+cargo test --release --locked --no-run --manifest-path rust/burn-compat/Cargo.toml
+
+echo "== pytest (with the Burn compatibility checks)"
+export HEARTMULA_BURN_COMPAT=1
 cd tests  # so that `import heartmula_burn` resolves to the installed package
 "$venv/bin/python" -m pytest -q -p no:cacheprovider .
