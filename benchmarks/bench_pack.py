@@ -24,14 +24,27 @@ from pathlib import Path
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
+    """Wall seconds and peak RSS (bytes) of one child process.
+
+    Peak RSS is the child's own VmHWM polled from /proc: `ru_maxrss` from wait4 would carry over
+    the high-water mark of this (forking) Python process across exec."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    status_path = f"/proc/{proc.pid}/status"
+    while proc.poll() is None:
+        try:
+            with open(status_path) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        time.sleep(0.02)
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed")
-    return wall, usage.ru_maxrss * 1024
+    return wall, peak
 
 
 def main() -> int:
