@@ -16,8 +16,11 @@ echo "== building and installing the package (maturin, release build)"
 echo "== cargo test (Rust core)"
 cargo test --locked
 
-echo "== building the Burn compatibility checks (burn-store 0.21, real crates)"
-cargo test --release --locked --no-run --manifest-path rust/burn-compat/Cargo.toml
+# The real Burn crates, one release per build: 0.21.0 (what runtimes use today) and 0.22.1 (newest stable).
+for burn in burn-021 burn-022; do
+    echo "== building the Burn compatibility checks ($burn)"
+    cargo test --release --locked --no-run --manifest-path rust/burn-compat/Cargo.toml --features "$burn"
+done
 
 echo "== pytest (with the Burn compatibility checks)"
 export HEARTMULA_BURN_COMPAT=1

@@ -1,4 +1,5 @@
-"""Burn compatibility, shown by Burn itself (rust/burn-compat builds against burn-store 0.21).
+"""Burn compatibility, shown by Burn itself (rust/burn-compat builds against burn-store 0.21.0
+and 0.22.1, one release per build).
 
 This module writes fixtures (packs made by our CLI plus the tensors they must hold), runs the Rust
 checks 1-3 over them, then does check 4 here: the packs Burn's writer produced read back through
@@ -121,17 +122,29 @@ def heartmula_cases(fix, ckpt):
     return cases
 
 
+# Burn release -> crate feature of rust/burn-compat. 0.21 is what HeartMuLa runtimes use today;
+# 0.22 is the newest stable release.
+BURN_VERSIONS = {"0.21": "burn-021", "0.22": "burn-022"}
+
+
 @pytest.fixture(scope="module")
-def compat(tmp_path_factory, tiny_ckpt):
+def fixtures(tmp_path_factory, tiny_ckpt):
     fix = tmp_path_factory.mktemp("compat")
     cases = heartmula_cases(fix, tiny_ckpt) + [edge_case(fix)] + hypothesis_cases(fix)
     for c in cases:
         c["pack"] = f"{c['name']}.bpk"
         c["expected"] = f"{c['name']}.expected.safetensors"
     (fix / "cases.json").write_text(json.dumps(cases))
+    return fix, cases
+
+
+@pytest.fixture(scope="module", params=sorted(BURN_VERSIONS))
+def compat(request, fixtures):
+    fix, cases = fixtures
+    version = request.param
     proc = subprocess.run(
         ["cargo", "test", "--release", "--locked", "--manifest-path", str(COMPAT / "Cargo.toml"),
-         "--", "--test-threads=1", "--nocapture"],
+         "--features", BURN_VERSIONS[version], "--", "--test-threads=1", "--nocapture"],
         env=dict(os.environ, HEARTMULA_COMPAT_FIXTURES=str(fix)),
         capture_output=True,
         text=True,
@@ -139,20 +152,21 @@ def compat(tmp_path_factory, tiny_ckpt):
     )
     print(proc.stdout[-6000:])
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-8000:]
-    return fix, cases, proc.stdout
+    return fix, cases, proc.stdout, version
 
 
 def test_checks_1_2_3_ran_on_every_case(compat):
-    _fix, cases, out = compat
+    _fix, cases, out, version = compat
     for c in cases:
-        assert f"check 1 ok: {c['name']} " in out
-        assert f"check 2 ok: {c['name']} " in out
-    assert "check 3 ok: tiny_f32 " in out and "check 3 ok: tiny_bf16 " in out
+        assert f"check 1 ok (burn {version}): {c['name']} " in out
+        assert f"check 2 ok (burn {version}): {c['name']} " in out
+    for name in ("tiny_f32", "tiny_bf16"):
+        assert f"check 3 ok (burn {version}): {name} " in out
 
 
 def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
-    fix, _cases, _out = compat
-    forward = json.loads((fix / "forward_tiny_f32.json").read_text())
+    fix, _cases, _out, version = compat
+    forward = json.loads((fix / f"forward_{version}_tiny_f32.json").read_text())
     source = source_of(tiny_ckpt)
 
     def fixed_input(rows, cols):
@@ -172,10 +186,10 @@ def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
 
 
 def test_check_4_we_read_burns_packs(compat):
-    fix, cases, _out = compat
+    fix, cases, _out, version = compat
     for c in cases:
         expected = load_file(fix / c["expected"])
-        with open_pack(fix / "burn_written" / f"{c['name']}.bpk") as pack:
+        with open_pack(fix / f"burn_written_{version}" / f"{c['name']}.bpk") as pack:
             assert pack.metadata == c["metadata"], c["name"]
             assert pack.layout == "0.20+"
             assert sorted(t.name for t in pack) == sorted(expected), c["name"]

@@ -1,13 +1,36 @@
-//! Helpers for checking heartmula-burn packs against the real Burn 0.21 crates.
+//! Checks of heartmula-burn packs against the real Burn crates, one Burn release per build:
+//! `--features burn-021` (burn-store 0.21.0, what HeartMuLa runtimes use today) or
+//! `--features burn-022` (0.22.1, the newest stable release). Development only, not in the wheel.
 //!
 //! The fixtures (packs made by our CLI, the tensors they must hold, param_ids and metadata) are
 //! written by `tests/test_burn_compat.py`, which then runs this crate's tests with
 //! `HEARTMULA_COMPAT_FIXTURES` pointing at them.
 
+#[cfg(all(feature = "burn-021", feature = "burn-022"))]
+compile_error!("build with one of the features burn-021, burn-022 at a time");
+#[cfg(not(any(feature = "burn-021", feature = "burn-022")))]
+compile_error!("build with --features burn-021 or --features burn-022");
+
+#[cfg(feature = "burn-021")]
+pub use {
+    burn_core_021 as burn_core, burn_flex_021 as burn_flex, burn_nn_021 as burn_nn, burn_store_021 as burn_store,
+    burn_tensor_021 as burn_tensor,
+};
+#[cfg(feature = "burn-022")]
+pub use {
+    burn_core_022 as burn_core, burn_nn_022 as burn_nn, burn_pack_022 as burn_pack, burn_store_022 as burn_store,
+    burn_tensor_022 as burn_tensor,
+};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn_tensor::{BoolStore, DType};
+
+#[cfg(feature = "burn-021")]
+pub const BURN_VERSION: &str = "0.21";
+#[cfg(feature = "burn-022")]
+pub const BURN_VERSION: &str = "0.22";
 
 /// One fixture: a pack made by our CLI and the tensors it must hold.
 #[derive(Debug, Clone)]
@@ -33,11 +56,6 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn load_cases(dir: &Path) -> Vec<Case> {
     let text = std::fs::read_to_string(dir.join("cases.json")).expect("cases.json");
     let doc: serde_json::Value = serde_json::from_str(&text).expect("cases.json is JSON");
-    let strings = |v: &serde_json::Value| -> BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
-            .unwrap_or_default()
-    };
     let cases: Vec<Case> = doc
         .as_array()
         .expect("a list of cases")
@@ -51,7 +69,10 @@ pub fn load_cases(dir: &Path) -> Vec<Case> {
                 .as_object()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect())
                 .unwrap_or_default(),
-            metadata: strings(&c["metadata"]),
+            metadata: c["metadata"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+                .unwrap_or_default(),
             heartmula_config: c["heartmula_config"].as_str().map(|p| dir.join(p)),
         })
         .collect();
@@ -59,7 +80,7 @@ pub fn load_cases(dir: &Path) -> Vec<Case> {
     cases
 }
 
-/// Burn's dtype for a safetensors dtype (Burn 0.21 stores bools natively, one byte each).
+/// Burn's dtype for a safetensors dtype (bools are stored natively, one byte each).
 pub fn burn_dtype(dtype: safetensors::Dtype) -> DType {
     use safetensors::Dtype as S;
     match dtype {
@@ -80,12 +101,101 @@ pub fn burn_dtype(dtype: safetensors::Dtype) -> DType {
     }
 }
 
-/// The expected tensors of a case: name -> (dtype, shape, bytes).
-pub fn expected_tensors(case: &Case) -> BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> {
+/// A tensor as Burn sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurnTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// The expected tensors of a case: name -> tensor.
+pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
     let bytes = std::fs::read(&case.expected).expect("expected safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.tensors()
         .into_iter()
-        .map(|(name, view)| (name, (burn_dtype(view.dtype()), view.shape().to_vec(), view.data().to_vec())))
+        .map(|(name, view)| {
+            let t = BurnTensor { dtype: burn_dtype(view.dtype()), shape: view.shape().to_vec(), bytes: view.data().to_vec() };
+            (name, t)
+        })
         .collect()
+}
+
+/// What Burn's own reader finds in a pack: tensors, and where the public API exposes them,
+/// param_ids and the metadata map (burn-store 0.21 keeps both private).
+pub struct BurnRead {
+    pub tensors: BTreeMap<String, BurnTensor>,
+    pub param_ids: Option<BTreeMap<String, Option<u64>>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[cfg(feature = "burn-021")]
+pub fn burn_read(path: &Path) -> BurnRead {
+    use burn_store::{BurnpackStore, ModuleStore};
+    let mut store = BurnpackStore::from_file(path).auto_extension(false);
+    let snapshots = store.get_all_snapshots().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = snapshots
+        .iter()
+        .map(|(name, snap)| {
+            let data = snap.to_data().unwrap_or_else(|e| panic!("'{name}': {e:?}"));
+            let t = BurnTensor { dtype: snap.dtype, shape: snap.shape.as_slice().to_vec(), bytes: data.as_bytes().to_vec() };
+            (name.clone(), t)
+        })
+        .collect();
+    BurnRead { tensors, param_ids: None, metadata: None }
+}
+
+#[cfg(feature = "burn-022")]
+pub fn burn_read(path: &Path) -> BurnRead {
+    use burn_store::{BurnpackStore, ModuleStore};
+    let mut store = BurnpackStore::from_file(path).auto_extension(false);
+    let all = store.get_all_tensors().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut tensors = BTreeMap::new();
+    let mut param_ids = BTreeMap::new();
+    for (name, t) in all {
+        let bytes = t.to_bytes().unwrap_or_else(|e| panic!("'{name}': {e:?}"));
+        tensors.insert(name.clone(), BurnTensor { dtype: t.dtype, shape: t.shape.as_slice().to_vec(), bytes: bytes.to_vec() });
+        param_ids.insert(name.clone(), t.param_id);
+    }
+    let reader = burn_pack::Reader::from_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    BurnRead { tensors, param_ids: Some(param_ids), metadata: Some(reader.metadata().clone()) }
+}
+
+/// Burn's own writer, given the tensors in data order with their param_ids, and the metadata.
+#[cfg(feature = "burn-021")]
+pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    use burn_core::module::ParamId;
+    use burn_store::{BurnpackWriter, TensorSnapshot};
+    let snapshots = tensors
+        .into_iter()
+        .map(|(name, t, param_id)| {
+            let data = burn_tensor::TensorData::from_bytes_vec(t.bytes, t.shape, t.dtype);
+            // The snapshot's name is its path stack joined with '.', so splitting on '.' round-trips.
+            let path = name.split('.').map(String::from).collect();
+            let mut snap = TensorSnapshot::from_data(data, path, vec![], ParamId::new());
+            snap.tensor_id = param_id.map(ParamId::from);
+            snap
+        })
+        .collect();
+    let mut writer = BurnpackWriter::new(snapshots);
+    for (k, v) in metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    writer.to_bytes().expect("Burn writes the pack").to_vec()
+}
+
+#[cfg(feature = "burn-022")]
+pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, t, param_id)| {
+            burn_pack::Tensor::new(name, t.dtype, t.shape, param_id, burn_pack::Bytes::from_bytes_vec(t.bytes))
+        })
+        .collect();
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (k, v) in metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    writer.into_bytes().expect("Burn writes the pack").to_vec()
 }
