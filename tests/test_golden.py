@@ -62,7 +62,7 @@ def test_golden_burn_019_layout(tmp_path):
     out = tmp_path / "golden019.bpk"
     METADATA["version"] = "0.19.1"
     try:
-        run_cli("pack", "--manifest", golden_manifest(tmp_path), "-o", out, "-q", "--burn-version", "0.19", check_rc=0)
+        run_cli("pack", "--manifest", golden_manifest(tmp_path), "-o", out, "-q", "--burn-layout", "0.19", check_rc=0)
     finally:
         METADATA["version"] = "0.21.0"
     data = out.read_bytes()

@@ -68,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
     p.add_argument(
         "--burn-version",
+        "--burn-layout",
+        dest="burn_version",
         choices=BURN_VERSIONS,
         default="0.21",
-        help="Burn release whose reader the pack targets (default 0.21, also right for 0.22; 0.19 has no alignment)",
+        help="Burn release whose reader the pack targets (default 0.21, also right for 0.22). 0.19 wrote no "
+        "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
     )
     p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
