@@ -93,6 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("pack", metavar="FILE.bpk")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
 
+    e = sub.add_parser(
+        "export-raw",
+        help="export a checkpoint to one .npy per tensor plus a manifest (the two-step workflow)",
+        description="Write OUTPUT_ROOT/heartmula_raw_<dtype>/ (one .npy per tensor, bf16 stored as <u2, and a "
+        "manifest.json) plus tokenizer.json and gen_config.json in OUTPUT_ROOT. `pack --manifest "
+        "OUTPUT_ROOT/heartmula_raw_<dtype>/manifest.json` then gives the same pack, byte for byte, as the one-step pack.",
+    )
+    e.add_argument("--checkpoint-root", required=True, metavar="CKPT_ROOT", help="checkpoint folder")
+    e.add_argument("--heartmula-subdir", metavar="NAME", help=f"model folder inside CKPT_ROOT (default {HEARTMULA_SUBDIR})")
+    e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help="dtype of float tensors (default f32)")
+    e.add_argument("--any-model", action="store_true", help="skip the HeartMuLa check")
+    e.add_argument("-f", "--force", action="store_true", help="replace an existing export")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    pl = sub.add_parser(
+        "publish-layout",
+        help="assemble a folder to publish as a model repository",
+        description="Assemble OUT_DIR with heartmula.bpk (hard-linked when possible), tokenizer.json, gen_config.json, "
+        "a .gitattributes routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose "
+        "figures (tensor count, dtype, architecture, sizes, sha256) are read from the pack.",
+    )
+    pl.add_argument("out_dir", metavar="OUT_DIR")
+    pl.add_argument("--pack", required=True, help="the pack to publish")
+    pl.add_argument("--tokenizer", help="tokenizer.json (default: beside the pack)")
+    pl.add_argument("--gen-config", help="gen_config.json (default: beside the pack)")
+    pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     s = sub.add_parser(
         "synthetic",
         help="write a synthetic HeartMuLa checkpoint (for trying the tool, tests and benchmarks)",
@@ -207,6 +236,50 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export_raw(args) -> int:
+    from .export import export_raw
+
+    bar, update = _progress_bar(args.quiet)
+    try:
+        summary = export_raw(
+            args.checkpoint_root,
+            args.output_root,
+            subdir=args.heartmula_subdir,
+            dtype=args.dtype,
+            any_model=args.any_model,
+            force=args.force,
+            progress=update,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"wrote {summary['output']} ({summary['tensors']} tensors); pack it with: "
+              f"python -m heartmula_burn pack --manifest {summary['manifest']} -o heartmula.bpk", file=sys.stderr)
+    return 0
+
+
+def cmd_publish_layout(args) -> int:
+    from .publish import publish_layout
+
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="sha256", file=sys.stderr)
+    try:
+        summary = publish_layout(
+            args.out_dir, args.pack, tokenizer=args.tokenizer, gen_config=args.gen_config, force=args.force,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"wrote {summary['output']}", file=sys.stderr)
+    return 0
+
+
 def cmd_synthetic(args) -> int:
     from .synthetic import write_synthetic_checkpoint
 
@@ -215,7 +288,14 @@ def cmd_synthetic(args) -> int:
     return 0
 
 
-COMMANDS = {"pack": cmd_pack, "manifest": cmd_manifest, "inspect": cmd_inspect, "synthetic": cmd_synthetic}
+COMMANDS = {
+    "pack": cmd_pack,
+    "manifest": cmd_manifest,
+    "inspect": cmd_inspect,
+    "export-raw": cmd_export_raw,
+    "publish-layout": cmd_publish_layout,
+    "synthetic": cmd_synthetic,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,12 @@ from .manifest import Manifest, build_manifest
 ProgressFn = Callable[[int, int], None]
 
 
-def _extra_targets(manifest: Manifest, output: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(source, destination) for each runtime file still to copy; refuses to clobber without force."""
+def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
+    """(source, destination in `folder`) for each runtime file still to copy; refuses to clobber
+    a different file without force."""
     todo = []
-    for name, source in manifest.extras.items():
-        dest = output.parent / name
+    for name, source in extras.items():
+        dest = folder / name
         if not source.is_file():
             raise CheckpointError(f"{source}: {name} not found")
         if dest.exists():
@@ -34,7 +35,7 @@ def _extra_targets(manifest: Manifest, output: Path, force: bool) -> list[tuple[
     return todo
 
 
-def _copy_atomic(source: Path, dest: Path) -> None:
+def copy_atomic(source: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         shutil.copyfile(source, tmp)
@@ -58,7 +59,7 @@ def pack_manifest(
     """Writes the pack described by `manifest` to `output` (atomically) and copies the runtime
     files beside it. Returns a summary dict (sizes, timings, how bytes were moved)."""
     output = Path(output)
-    extras = _extra_targets(manifest, output, force) if copy_extras else []
+    extras = extra_targets(manifest.extras, output.parent, force) if copy_extras else []
     started = time.perf_counter()
     summary = dict(
         _core.pack(
@@ -72,7 +73,7 @@ def pack_manifest(
     )
     summary["seconds"] = time.perf_counter() - started
     for source, dest in extras:
-        _copy_atomic(source, dest)
+        copy_atomic(source, dest)
     summary["output"] = str(output)
     summary["extras"] = [str(dest) for _, dest in extras]
     summary["dtype"] = manifest.metadata.get("dtype", "")
@@ -91,3 +92,19 @@ def pack_checkpoint(
     """One step from a checkpoint folder to a pack: scan, check, build the manifest, pack."""
     manifest = build_manifest(load_checkpoint(root, subdir), dtype=dtype, any_model=any_model)
     return pack_manifest(manifest, output, **kwargs)
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Renames `new` to `dest`; an existing `dest` is moved aside first and removed afterwards."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+        os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

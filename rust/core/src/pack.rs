@@ -3,15 +3,17 @@
 //! where it can; conversions run in bounded chunks. Memory does not grow with the model.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::burnpack::{BurnTarget, PackLayout};
+use crate::burnpack::{byte_len, BurnTarget, PackLayout};
 use crate::cast;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
+use crate::npy;
+use crate::output::{free_space, AtomicFile};
 use crate::source::{Shard, ShardTensor};
 
 /// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
@@ -65,11 +67,17 @@ pub struct PackSummary {
     pub converted: u64,
 }
 
-/// Plans the pack without writing anything: opens shards, checks every item, lays the file out.
-pub fn plan(request: &PackRequest) -> Result<(PackLayout, Vec<Shard>, Vec<(usize, usize)>)> {
+/// Where each item's bytes are: its shard, the tensor's index there, and the source dtype.
+struct Resolved {
+    shards: Vec<Shard>,
+    locations: Vec<(usize, usize, DType)>,
+}
+
+/// Opens every shard once and checks every item against what its shard really holds.
+fn resolve(items: &[PackItem]) -> Result<Resolved> {
     let mut shards: Vec<Shard> = Vec::new();
     let mut shard_of: HashMap<PathBuf, usize> = HashMap::new();
-    for item in &request.items {
+    for item in items {
         if !shard_of.contains_key(&item.source) {
             shard_of.insert(item.source.clone(), shards.len());
             shards.push(Shard::open(&item.source)?);
@@ -79,27 +87,43 @@ pub fn plan(request: &PackRequest) -> Result<(PackLayout, Vec<Shard>, Vec<(usize
         .iter()
         .map(|s| s.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect())
         .collect();
-    let mut locations = Vec::with_capacity(request.items.len());
-    let mut specs = Vec::with_capacity(request.items.len());
-    for item in &request.items {
+    let mut locations = Vec::with_capacity(items.len());
+    for item in items {
         let s = shard_of[&item.source];
         let t = *lookups[s]
             .get(item.key.as_str())
             .ok_or_else(|| Error::tensor(&item.source, &item.key, "not found in this file"))?;
-        check_item(&shards[s], &shards[s].tensors[t], item)?;
-        locations.push((s, t));
-        specs.push((item.name.clone(), item.dtype, shards[s].tensors[t].shape.clone(), item.param_id));
+        let source_dtype = check_item(&shards[s], &shards[s].tensors[t], item)?;
+        locations.push((s, t, source_dtype));
     }
-    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target)?;
-    Ok((layout, shards, locations))
+    Ok(Resolved { shards, locations })
 }
 
-/// Checks an item against what its shard really holds.
-fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<()> {
+/// Plans the pack without writing anything: opens shards, checks every item, lays the file out.
+fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
+    let resolved = resolve(&request.items)?;
+    let specs = request
+        .items
+        .iter()
+        .zip(&resolved.locations)
+        .map(|(item, &(s, t, _))| {
+            (item.name.clone(), item.dtype, resolved.shards[s].tensors[t].shape.clone(), item.param_id)
+        })
+        .collect();
+    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target)?;
+    Ok((layout, resolved))
+}
+
+/// Checks an item against what its shard really holds; returns the source dtype.
+fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<DType> {
     let err = |m: String| Error::tensor(&shard.path, &tensor.name, m);
-    let source_dtype = tensor
+    let mut source_dtype = tensor
         .dtype
         .ok_or_else(|| err(format!("dtype {} has no Burn equivalent", tensor.source_dtype)))?;
+    // NumPy has no bfloat16: raw exports store it as `<u2` and the manifest says BF16.
+    if shard.is_npy && source_dtype == DType::U16 && item.expect_source_dtype == Some(DType::BF16) {
+        source_dtype = DType::BF16;
+    }
     if let Some(expected) = item.expect_source_dtype {
         if expected != source_dtype {
             return Err(err(format!("expected dtype {expected}, the file has {source_dtype}")));
@@ -113,7 +137,7 @@ fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<()
     if !cast::supported(source_dtype, item.dtype) {
         return Err(err(format!("cannot convert {source_dtype} to {}", item.dtype)));
     }
-    Ok(())
+    Ok(source_dtype)
 }
 
 /// Refuses an output that would overwrite one of the inputs.
@@ -133,8 +157,8 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
 /// Writes the pack. `progress` is called after every chunk; returning false cancels the pack,
 /// which then fails with `Error::Cancelled` and leaves the destination as it was.
 pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
-    let (layout, shards, locations) = plan(request)?;
-    check_output_is_not_an_input(&request.output, &shards)?;
+    let (layout, resolved) = plan(request)?;
+    check_output_is_not_an_input(&request.output, &resolved.shards)?;
     let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
     out.write_at(&layout.preamble(), 0)?;
 
@@ -145,33 +169,89 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
         data_bytes: total,
         ..Default::default()
     };
-    let mut writer = TensorWriter { out: &out, done: 0, total, progress, kernel_copy: true };
-    for (plan, &(s, t)) in layout.tensors.iter().zip(&locations) {
-        let shard = &shards[s];
-        let tensor = &shard.tensors[t];
-        let source_dtype = tensor.dtype.expect("checked in plan");
-        let dst = layout.data_start + plan.start;
-        if source_dtype == plan.dtype {
-            writer.copy(shard, tensor, dst, &mut summary)?;
-        } else {
-            writer.convert(shard, tensor, source_dtype, plan.dtype, dst)?;
-            summary.converted += plan.byte_len();
-        }
+    let mut writer = TensorWriter { done: 0, total, progress, kernel_copy: true, summary: &mut summary };
+    for (plan, &(s, t, source_dtype)) in layout.tensors.iter().zip(&resolved.locations) {
+        let shard = &resolved.shards[s];
+        let target = Target { file: &out.file, path: &request.output, offset: layout.data_start + plan.start };
+        writer.write_tensor(shard, &shard.tensors[t], source_dtype, plan.dtype, target)?;
     }
-    if !(writer.progress)(Progress { done: total, total }) {
-        return Err(Error::Cancelled);
-    }
+    writer.finish()?;
     out.commit()?;
     Ok(summary)
 }
 
+/// Writes each item as a `.npy` file in `dir` (named by `file_names`, which must not exist yet),
+/// streaming exactly as `pack` does. BF16 is stored as `<u2`. Files are flushed to disk before
+/// returning; on error, those written so far are left for the caller, who owns `dir`.
+pub fn export_npy(
+    items: &[PackItem],
+    dir: &Path,
+    file_names: &[String],
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<PackSummary> {
+    assert_eq!(items.len(), file_names.len());
+    let resolved = resolve(items)?;
+    let mut summary = PackSummary { tensors: items.len(), ..Default::default() };
+    let mut plans = Vec::with_capacity(items.len());
+    for (item, &(s, t, _)) in items.iter().zip(&resolved.locations) {
+        let shape = &resolved.shards[s].tensors[t].shape;
+        let len = byte_len(item.dtype, shape).ok_or_else(|| Error::tensor(&item.source, &item.key, "shape overflows"))?;
+        summary.data_bytes += len;
+        plans.push((npy::header(item.dtype, shape), len));
+    }
+    summary.file_size = plans.iter().map(|(h, len)| h.len() as u64 + len).sum();
+    let available = free_space(dir).map_err(|e| Error::io(dir, "cannot read free space", e))?;
+    if available < summary.file_size {
+        return Err(Error::pack(
+            dir,
+            format!("not enough free space: the export needs {} bytes, {available} are free", summary.file_size),
+        ));
+    }
+    let total = summary.data_bytes;
+    let mut writer = TensorWriter { done: 0, total, progress, kernel_copy: true, summary: &mut summary };
+    for ((item, &(s, t, source_dtype)), ((header, len), name)) in
+        items.iter().zip(&resolved.locations).zip(plans.iter().zip(file_names))
+    {
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "cannot create", e))?;
+        file.set_len(header.len() as u64 + len).map_err(|e| Error::io(&path, "cannot size", e))?;
+        file.write_all_at(header, 0).map_err(|e| Error::io(&path, "cannot write", e))?;
+        let shard = &resolved.shards[s];
+        let target = Target { file: &file, path: &path, offset: header.len() as u64 };
+        writer.write_tensor(shard, &shard.tensors[t], source_dtype, item.dtype, target)?;
+        file.sync_all().map_err(|e| Error::io(&path, "cannot flush to disk", e))?;
+    }
+    writer.finish()?;
+    Ok(summary)
+}
+
+/// Where a tensor's bytes go.
+struct Target<'a> {
+    file: &'a File,
+    path: &'a Path,
+    offset: u64,
+}
+
+impl Target<'_> {
+    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+        self.file
+            .write_all_at(bytes, self.offset + at)
+            .map_err(|e| Error::io(self.path, "cannot write", e))
+    }
+}
+
 struct TensorWriter<'a> {
-    out: &'a AtomicFile,
     done: u64,
     total: u64,
     progress: &'a mut dyn FnMut(Progress) -> bool,
     /// Cleared the first time the kernel says it cannot copy between these files.
     kernel_copy: bool,
+    summary: &'a mut PackSummary,
 }
 
 impl TensorWriter<'_> {
@@ -184,18 +264,32 @@ impl TensorWriter<'_> {
         }
     }
 
+    /// The final progress report; the caller may still cancel here, before anything is committed.
+    fn finish(&mut self) -> Result<()> {
+        self.done = self.total;
+        self.advance(0)
+    }
+
+    fn write_tensor(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, target: Target) -> Result<()> {
+        if from == to {
+            self.copy(shard, tensor, &target)
+        } else {
+            self.convert(shard, tensor, from, to, &target)
+        }
+    }
+
     /// Copies a tensor unchanged: in the kernel when possible, else from the mapping.
-    fn copy(&mut self, shard: &Shard, tensor: &ShardTensor, dst: u64, summary: &mut PackSummary) -> Result<()> {
+    fn copy(&mut self, shard: &Shard, tensor: &ShardTensor, target: &Target) -> Result<()> {
         let mut copied = 0u64;
         while self.kernel_copy && copied < tensor.byte_len {
             let want = (tensor.byte_len - copied).min(COPY_CHUNK);
-            match copy_file_range(&shard.file, tensor.file_offset + copied, &self.out.file, dst + copied, want) {
+            match copy_file_range(&shard.file, tensor.file_offset + copied, target.file, target.offset + copied, want) {
                 Ok(0) => {
                     return Err(Error::tensor(&shard.path, &tensor.name, "file ended early (truncated while packing?)"))
                 }
                 Ok(n) => {
                     copied += n;
-                    summary.kernel_copied += n;
+                    self.summary.kernel_copied += n;
                     self.advance(n)?;
                 }
                 Err(e) if kernel_copy_unavailable(&e) => self.kernel_copy = false,
@@ -205,17 +299,16 @@ impl TensorWriter<'_> {
         let bytes = shard.bytes(tensor);
         while copied < tensor.byte_len {
             let n = (tensor.byte_len - copied).min(COPY_CHUNK);
-            let chunk = &bytes[copied as usize..(copied + n) as usize];
-            self.out.write_at(chunk, dst + copied)?;
+            target.write_at(&bytes[copied as usize..(copied + n) as usize], copied)?;
             release(shard, tensor.file_offset + copied, n);
             copied += n;
-            summary.buffer_copied += n;
+            self.summary.buffer_copied += n;
             self.advance(n)?;
         }
         Ok(())
     }
 
-    fn convert(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, dst: u64) -> Result<()> {
+    fn convert(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, target: &Target) -> Result<()> {
         let bytes = shard.bytes(tensor);
         let step = CONVERT_CHUNK / from.size() * from.size();
         let mut buffer = Vec::with_capacity((step / from.size() * to.size()) as usize);
@@ -225,10 +318,11 @@ impl TensorWriter<'_> {
             let n = (tensor.byte_len - read).min(step);
             buffer.clear();
             cast::convert(&bytes[read as usize..(read + n) as usize], from, to, &mut buffer);
-            self.out.write_at(&buffer, dst + written)?;
+            target.write_at(&buffer, written)?;
             release(shard, tensor.file_offset + read, n);
             read += n;
             written += buffer.len() as u64;
+            self.summary.converted += buffer.len() as u64;
             self.advance(buffer.len() as u64)?;
         }
         Ok(())
@@ -334,6 +428,36 @@ mod tests {
         assert_eq!(range(1), f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
         assert_eq!(range(2), [7; 8]);
         assert!(index.tensors.iter().all(|t| t.file_offset % 256 == 0));
+    }
+
+    #[test]
+    fn export_npy_then_pack_equals_direct_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("w", "F32", vec![2, 3], f32_bytes(&[1.0, 2.5, -3.0, 4.0, 1e-3, 7.0])), ("n", "I32", vec![], vec![9, 0, 0, 0])]);
+        let items = vec![item("w", &a, "w", DType::BF16), item("n", &a, "n", DType::I32)];
+        let raw = dir.path().join("raw");
+        std::fs::create_dir(&raw).unwrap();
+        let names = vec!["w.npy".to_string(), "n.npy".to_string()];
+        export_npy(&items, &raw, &names, &mut |_| true).unwrap();
+        let direct = PackRequest {
+            items: items.clone(),
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: dir.path().join("direct.bpk"),
+            overwrite: false,
+        };
+        pack(&direct, &mut |_| true).unwrap();
+        let mut from_npy = direct.clone();
+        from_npy.output = dir.path().join("from_npy.bpk");
+        from_npy.items = vec![item("w", &raw.join("w.npy"), "w", DType::BF16), item("n", &raw.join("n.npy"), "n", DType::I32)];
+        from_npy.items[0].expect_source_dtype = Some(DType::BF16);
+        pack(&from_npy, &mut |_| true).unwrap();
+        assert_eq!(std::fs::read(&direct.output).unwrap(), std::fs::read(&from_npy.output).unwrap());
+        // Without the manifest saying BF16, a `<u2` file is U16 and cannot become BF16.
+        from_npy.items[0].expect_source_dtype = None;
+        from_npy.output = dir.path().join("x.bpk");
+        assert!(pack(&from_npy, &mut |_| true).err().unwrap().to_string().contains("cannot convert U16 to BF16"));
     }
 
     #[test]

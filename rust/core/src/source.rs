@@ -30,6 +30,8 @@ pub struct Shard {
     pub mmap: Mmap,
     pub tensors: Vec<ShardTensor>,
     pub metadata: Vec<(String, String)>,
+    /// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
+    pub is_npy: bool,
 }
 
 impl Shard {
@@ -48,6 +50,9 @@ impl Shard {
         // SAFETY: the map is read-only; a shard truncated underneath us by another process is
         // outside what any reader of mapped files can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map shard", e))?;
+        if path.extension().is_some_and(|e| e == "npy") {
+            return Self::from_npy(path, file, mmap);
+        }
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadShard {
             path: path.to_path_buf(),
             message: describe_safetensors_error(&e, &mmap),
@@ -75,7 +80,34 @@ impl Shard {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         extra.sort();
-        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata: extra })
+        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata: extra, is_npy: false })
+    }
+
+    fn from_npy(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
+        let bad = |message: String| Error::BadShard { path: path.to_path_buf(), message };
+        let header = crate::npy::parse_header(&mmap).map_err(|m| Error::BadShard {
+            path: path.to_path_buf(),
+            message: format!("not a valid .npy file: {m}"),
+        })?;
+        let byte_len = crate::burnpack::byte_len(header.dtype, &header.shape)
+            .ok_or_else(|| bad("shape overflows 64 bits".into()))?;
+        let available = mmap.len() as u64 - header.data_offset.min(mmap.len() as u64);
+        if available != byte_len {
+            return Err(bad(format!(
+                "holds {available} data bytes but {} {:?} needs {byte_len} (truncated?)",
+                header.dtype, header.shape
+            )));
+        }
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let tensor = ShardTensor {
+            name,
+            dtype: Some(header.dtype),
+            source_dtype: header.dtype.name().to_string(),
+            shape: header.shape,
+            file_offset: header.data_offset,
+            byte_len,
+        };
+        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors: vec![tensor], metadata: Vec::new(), is_npy: true })
     }
 
     pub fn find(&self, name: &str) -> Option<&ShardTensor> {
@@ -146,6 +178,22 @@ pub(crate) mod tests {
         assert_eq!(names, ["z", "a"]);
         assert_eq!(shard.bytes(&shard.tensors[1]), &[2, 2, 2]);
         assert_eq!(shard.tensors[0].dtype, Some(DType::F32));
+    }
+
+    #[test]
+    fn npy_files_are_one_tensor_named_after_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("layer.0.weight.npy");
+        let mut bytes = crate::npy::header(DType::F32, &[2, 2]);
+        bytes.extend([1u8; 16]);
+        std::fs::write(&p, &bytes).unwrap();
+        let shard = Shard::open(&p).unwrap();
+        assert!(shard.is_npy);
+        assert_eq!(shard.tensors[0].name, "layer.0.weight");
+        assert_eq!(shard.bytes(&shard.tensors[0]), &[1u8; 16]);
+        std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
+        let err = Shard::open(&p).err().unwrap().to_string();
+        assert!(err.contains("layer.0.weight.npy") && err.contains("truncated"), "{err}");
     }
 
     #[test]

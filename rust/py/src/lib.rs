@@ -28,22 +28,8 @@ fn parse_dtype(name: &str) -> PyResult<core::DType> {
 /// expected source dtype, expected shape).
 type ItemTuple = (String, PathBuf, String, String, Option<u64>, Option<String>, Option<Vec<u64>>);
 
-/// Packs tensors into a Burn pack. `progress(done_bytes, total_bytes)` is called from the packing
-/// thread with the GIL held, at most every 100 ms; Ctrl-C stops the pack and raises KeyboardInterrupt.
-#[pyfunction]
-#[pyo3(signature = (items, metadata, output, *, overwrite=false, burn_version="0.21", progress=None))]
-fn pack<'py>(
-    py: Python<'py>,
-    items: Vec<ItemTuple>,
-    metadata: BTreeMap<String, String>,
-    output: PathBuf,
-    overwrite: bool,
-    burn_version: &str,
-    progress: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let target = core::BurnTarget::parse(burn_version)
-        .ok_or_else(|| PackError::new_err(format!("unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)")))?;
-    let items = items
+fn to_items(items: Vec<ItemTuple>) -> PyResult<Vec<core::PackItem>> {
+    items
         .into_iter()
         .map(|(name, source, key, dtype, param_id, source_dtype, shape)| {
             Ok(core::PackItem {
@@ -56,9 +42,16 @@ fn pack<'py>(
                 expect_shape: shape,
             })
         })
-        .collect::<PyResult<Vec<_>>>()?;
-    let request = core::PackRequest { items, metadata, target, output, overwrite };
+        .collect()
+}
 
+/// Runs `work` with the GIL released. Progress reaches `progress(done, total)` (GIL held) at most
+/// every 100 ms; Ctrl-C or an exception from the callback cancels the work and is re-raised.
+fn with_progress<'py>(
+    py: Python<'py>,
+    progress: Option<Py<PyAny>>,
+    work: impl Send + FnOnce(&mut dyn FnMut(core::Progress) -> bool) -> core::Result<core::PackSummary>,
+) -> PyResult<Bound<'py, PyDict>> {
     let (result, interrupt) = py.detach(|| {
         let mut interrupt: Option<PyErr> = None;
         let mut last = Instant::now();
@@ -72,16 +65,10 @@ fn pack<'py>(
                     Some(cb) => cb.call1(py, (p.done, p.total)).map(|_| ()),
                     None => Ok(()),
                 });
-                match outcome {
-                    Ok(()) => true,
-                    Err(e) => {
-                        interrupt = Some(e);
-                        false
-                    }
-                }
+                outcome.map_err(|e| interrupt = Some(e)).is_ok()
             })
         };
-        let result = core::pack(&request, &mut on_progress);
+        let result = work(&mut on_progress);
         (result, interrupt)
     });
     let summary = match (result, interrupt) {
@@ -97,6 +84,41 @@ fn pack<'py>(
     d.set_item("buffer_copied", summary.buffer_copied)?;
     d.set_item("converted", summary.converted)?;
     Ok(d)
+}
+
+/// Packs tensors into a Burn pack, atomically. See `with_progress` for progress and Ctrl-C.
+#[pyfunction]
+#[pyo3(signature = (items, metadata, output, *, overwrite=false, burn_version="0.21", progress=None))]
+fn pack<'py>(
+    py: Python<'py>,
+    items: Vec<ItemTuple>,
+    metadata: BTreeMap<String, String>,
+    output: PathBuf,
+    overwrite: bool,
+    burn_version: &str,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let target = core::BurnTarget::parse(burn_version)
+        .ok_or_else(|| PackError::new_err(format!("unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)")))?;
+    let request = core::PackRequest { items: to_items(items)?, metadata, target, output, overwrite };
+    with_progress(py, progress, |on_progress| core::pack(&request, on_progress))
+}
+
+/// Writes each tensor as a `.npy` file in `directory` under the given file names (BF16 as `<u2`).
+#[pyfunction]
+#[pyo3(signature = (items, directory, file_names, *, progress=None))]
+fn export_npy<'py>(
+    py: Python<'py>,
+    items: Vec<ItemTuple>,
+    directory: PathBuf,
+    file_names: Vec<String>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if items.len() != file_names.len() {
+        return Err(PackError::new_err("one file name per item is needed"));
+    }
+    let items = to_items(items)?;
+    with_progress(py, progress, |on_progress| core::pack::export_npy(&items, &directory, &file_names, on_progress))
 }
 
 /// Reads a safetensors header: (tensors in file order as dicts, the header's __metadata__ dict).
@@ -171,6 +193,7 @@ fn cast_bytes(data: &[u8], from_dtype: &str, to_dtype: &str) -> PyResult<Vec<u8>
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PackError", m.py().get_type::<PackError>())?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
+    m.add_function(wrap_pyfunction!(export_npy, m)?)?;
     m.add_function(wrap_pyfunction!(read_safetensors_header, m)?)?;
     m.add_function(wrap_pyfunction!(read_pack_index, m)?)?;
     m.add_function(wrap_pyfunction!(cast_bytes, m)?)?;

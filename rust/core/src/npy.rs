@@ -1,0 +1,149 @@
+//! `.npy` files (NumPy's format, versions 1-3): one little-endian C-order array after a text header.
+//! Used for the two-step raw export: tensors are written as `.npy` and packed from them zero-copy.
+
+use crate::dtype::DType;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+/// NumPy pads headers so the data starts on a 64-byte boundary.
+const ALIGN: usize = 64;
+
+/// NumPy's type string for a dtype. BF16 has none: it is stored as `<u2`, its dtype kept elsewhere.
+pub fn descr(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F64 => "<f8",
+        DType::F32 => "<f4",
+        DType::F16 => "<f2",
+        DType::BF16 | DType::U16 => "<u2",
+        DType::I64 => "<i8",
+        DType::I32 => "<i4",
+        DType::I16 => "<i2",
+        DType::I8 => "|i1",
+        DType::U64 => "<u8",
+        DType::U32 => "<u4",
+        DType::U8 => "|u1",
+        DType::Bool => "|b1",
+    }
+}
+
+fn dtype_of_descr(descr: &str) -> Option<DType> {
+    // '=' and '<' are both little-endian on the platforms we build for; '|' means byte-sized.
+    let normalized = descr.replacen('=', "<", 1);
+    DType::ALL
+        .into_iter()
+        .filter(|&d| d != DType::BF16)
+        .find(|&d| self::descr(d) == normalized || self::descr(d).replacen('|', "<", 1) == normalized)
+}
+
+/// The header for an array of `dtype` and `shape`, padded so that data starts 64-byte aligned.
+pub fn header(dtype: DType, shape: &[u64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut text = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}", descr(dtype));
+    let (version, prefix) = if text.len() + 1 + 10 <= u16::MAX as usize { (1u8, 10) } else { (2u8, 12) };
+    let padding = (ALIGN - (prefix + text.len() + 1) % ALIGN) % ALIGN;
+    text.extend(std::iter::repeat_n(' ', padding));
+    text.push('\n');
+    let mut out = Vec::with_capacity(prefix + text.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// What a `.npy` header says: dtype, shape and where the data starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data_offset: u64,
+}
+
+pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (bad magic)".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let text = bytes
+        .get(start..start + len)
+        .ok_or_else(|| format!("header of {len} bytes runs past the end of the file"))?;
+    let text = std::str::from_utf8(text).map_err(|_| "header is not text".to_string())?;
+    let field = |key: &str| -> Result<&str, String> {
+        let at = text.find(&format!("'{key}':")).ok_or_else(|| format!("header has no '{key}'"))?;
+        Ok(text[at + key.len() + 3..].trim_start())
+    };
+    let descr_text = field("descr")?;
+    let descr = descr_text
+        .strip_prefix('\'')
+        .and_then(|rest| rest.split('\'').next())
+        .ok_or_else(|| "malformed 'descr'".to_string())?;
+    let dtype = dtype_of_descr(descr).ok_or_else(|| format!("unsupported dtype '{descr}' (little-endian only)"))?;
+    if field("fortran_order")?.starts_with("True") {
+        return Err("Fortran-ordered arrays are not supported".into());
+    }
+    let shape_text = field("shape")?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|rest| rest.split(')').next())
+        .ok_or_else(|| "malformed 'shape'".to_string())?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().map_err(|_| format!("malformed 'shape' ({inner})")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NpyHeader { dtype, shape, data_offset: (start + len) as u64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_matches_what_numpy_writes() {
+        // numpy.save of np.zeros((3, 4), '<f4'): 128-byte preamble (v1.0, 118-byte header text).
+        let h = header(DType::F32, &[3, 4]);
+        assert_eq!(h.len() % 64, 0);
+        let text = std::str::from_utf8(&h[10..]).unwrap();
+        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"));
+        assert!(text.ends_with(" \n"));
+        assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
+        assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, h.len() - 10);
+    }
+
+    #[test]
+    fn round_trips_every_dtype_and_shape() {
+        for dtype in DType::ALL {
+            for shape in [vec![], vec![5], vec![0, 3], vec![2, 3, 4]] {
+                let parsed = parse_header(&header(dtype, &shape)).unwrap();
+                let want = if dtype == DType::BF16 { DType::U16 } else { dtype };
+                assert_eq!((parsed.dtype, parsed.shape.clone()), (want, shape.clone()));
+                assert_eq!(parsed.data_offset % 64, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_big_endian_and_fortran_order() {
+        let mut h = header(DType::F32, &[2]);
+        let at = h.windows(3).position(|w| w == b"<f4").unwrap();
+        h[at] = b'>';
+        assert!(parse_header(&h).unwrap_err().contains("little-endian"));
+        let mut f = header(DType::F32, &[2]);
+        let at = f.windows(5).position(|w| w == b"False").unwrap();
+        f[at..at + 5].copy_from_slice(b"True ");
+        assert!(parse_header(&f).unwrap_err().contains("Fortran"));
+        assert!(parse_header(b"PK\x03\x04").unwrap_err().contains("magic"));
+    }
+}

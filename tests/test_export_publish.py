@@ -1,0 +1,119 @@
+"""The two-step raw export (one .npy per tensor + manifest) and the publishable folder."""
+
+import hashlib
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from heartmula_burn import open_pack
+
+from conftest import assert_clean_failure, run_cli
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_export_raw_then_pack_equals_the_direct_pack(tiny_ckpt, tmp_path, dtype):
+    root = tmp_path / "artifacts" / "heartmula-oss-3b"
+    run_cli("export-raw", "--checkpoint-root", tiny_ckpt, "--output-root", root, "--dtype", dtype, "-q", check_rc=0)
+    raw = root / f"heartmula_raw_{dtype}"
+    assert len(list(raw.glob("*.npy"))) == 289
+    assert sorted(p.name for p in root.iterdir()) == ["gen_config.json", f"heartmula_raw_{dtype}", "tokenizer.json"]
+    # numpy reads the files; bf16 is stored as <u2 holding the bfloat16 bits.
+    source = {}
+    for shard in sorted((tiny_ckpt / "HeartMuLa-oss-3B").glob("*.safetensors")):
+        source.update(load_file(shard))
+    head = np.load(raw / "audio_head.npy")
+    if dtype == "bf16":
+        assert head.dtype == np.dtype("<u2")
+        np.testing.assert_array_equal(head.view(ml_dtypes.bfloat16), source["audio_head"].astype(ml_dtypes.bfloat16))
+    else:
+        np.testing.assert_array_equal(head, source["audio_head"])
+    direct = tmp_path / "direct" / "heartmula.bpk"
+    direct.parent.mkdir()
+    run_cli("pack", tiny_ckpt, "-o", direct, "--dtype", dtype, "-q", check_rc=0)
+    two_step = tmp_path / "two-step" / "heartmula.bpk"
+    two_step.parent.mkdir()
+    run_cli("pack", "--manifest", raw / "manifest.json", "-o", two_step, "-q", check_rc=0)
+    assert two_step.read_bytes() == direct.read_bytes()
+    for extra in ("tokenizer.json", "gen_config.json"):
+        assert (two_step.parent / extra).read_bytes() == (tiny_ckpt / extra).read_bytes()
+
+
+def test_export_raw_keeps_an_existing_export_unless_forced(tiny_ckpt, tmp_path):
+    root = tmp_path / "out"
+    run_cli("export-raw", "--checkpoint-root", tiny_ckpt, "--output-root", root, "-q", check_rc=0)
+    marker = root / "heartmula_raw_f32" / "manifest.json"
+    before = marker.read_bytes()
+    proc = run_cli("export-raw", "--checkpoint-root", tiny_ckpt, "--output-root", root, "-q")
+    assert_clean_failure(proc, "heartmula_raw_f32", "--force")
+    assert marker.read_bytes() == before
+    run_cli("export-raw", "--checkpoint-root", tiny_ckpt, "--output-root", root, "-q", "--force", check_rc=0)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")], "no temporary folder left"
+
+
+def test_a_lying_npy_is_refused(tiny_ckpt, tmp_path):
+    root = tmp_path / "out"
+    run_cli("export-raw", "--checkpoint-root", tiny_ckpt, "--output-root", root, "-q", check_rc=0)
+    victim = root / "heartmula_raw_f32" / "muq_linear.bias.npy"
+    victim.write_bytes(victim.read_bytes()[:-4])
+    proc = run_cli("pack", "--manifest", root / "heartmula_raw_f32" / "manifest.json", "-o", tmp_path / "x.bpk")
+    assert_clean_failure(proc, "muq_linear.bias.npy", "truncated")
+    assert not (tmp_path / "x.bpk").exists()
+
+
+def card_facts(card: str) -> dict:
+    facts = {}
+    for line in card.splitlines():
+        if line.startswith("- Tensors:"):
+            facts["tensors"] = line
+        if line.startswith("| `heartmula.bpk` |"):
+            facts["pack_row"] = line
+        if line.startswith("| hidden size |"):
+            facts["hidden"] = line
+    return facts
+
+
+def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
+    f32 = tmp_path / "f32" / "heartmula.bpk"
+    f32.parent.mkdir()
+    run_cli("pack", tiny_ckpt, "-o", f32, "-q", check_rc=0)
+    out = tmp_path / "repo"
+    run_cli("publish-layout", out, "--pack", f32, "-q", check_rc=0)
+    assert sorted(p.name for p in out.iterdir()) == [".gitattributes", "README.md", "gen_config.json", "heartmula.bpk", "tokenizer.json"]
+    assert "*.bpk filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text()
+    card = (out / "README.md").read_text()
+    assert "license: apache-2.0" in card and "base_model: HeartMuLa/HeartMuLa-oss-3B" in card
+    with open_pack(f32) as pack:
+        params = sum(int(np.prod(t.shape)) for t in pack)
+        size = pack.file_size
+    assert f"- Tensors: 289 ({params:,} parameters), dtype F32" in card
+    digest = hashlib.sha256((out / "heartmula.bpk").read_bytes()).hexdigest()
+    assert f"| `heartmula.bpk` | {size:,} | `{digest}` |" in card
+    tok = (out / "tokenizer.json").read_bytes()
+    assert f"| `tokenizer.json` | {len(tok):,} | `{hashlib.sha256(tok).hexdigest()}` |" in card
+    assert "| layers | 28 | 3 |" in card and "| hidden size | 32 | 16 |" in card and "| intermediate size | 64 | 48 |" in card
+    assert "audio vocabulary 37 per codebook,\n8 codebooks" in card and "Text vocabulary 300" in card
+    assert "0.21.0 and 0.22.1" in card
+
+    # Change the pack: the card follows.
+    bf16 = tmp_path / "bf16" / "heartmula.bpk"
+    bf16.parent.mkdir()
+    run_cli("pack", tiny_ckpt, "-o", bf16, "--dtype", "bf16", "-q", check_rc=0)
+    assert_clean_failure(run_cli("publish-layout", out, "--pack", bf16, "-q"), str(out), "--force")
+    run_cli("publish-layout", out, "--pack", bf16, "-q", "--force", check_rc=0)
+    new_card = (out / "README.md").read_text()
+    assert "parameters), dtype BF16;" in new_card and "parameters), dtype F32" not in new_card
+    assert card_facts(new_card)["pack_row"] != card_facts(card)["pack_row"]
+    assert card_facts(new_card)["hidden"] == card_facts(card)["hidden"]
+    assert (out / "heartmula.bpk").read_bytes() == bf16.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_publish_layout_needs_the_runtime_files(tiny_ckpt, tmp_path):
+    pack = tmp_path / "heartmula.bpk"
+    run_cli("pack", tiny_ckpt, "-o", pack, "-q", "--no-extras", check_rc=0)
+    proc = run_cli("publish-layout", tmp_path / "repo", "--pack", pack)
+    assert_clean_failure(proc, "tokenizer.json", "not found")
+    assert not (tmp_path / "repo").exists()
