@@ -17,22 +17,9 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from heartmula_burn import _core, open_pack
+from heartmula_burn.packfile import NUMPY_DTYPES
 
-NUMPY = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "Bool": np.dtype("?"),
-}
+NUMPY = NUMPY_DTYPES  # Burn dtype name -> numpy dtype
 FLOATS = ("F64", "F32", "F16", "BF16")
 
 names = st.text(
