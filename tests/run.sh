@@ -26,3 +26,7 @@ echo "== pytest (with the Burn compatibility checks)"
 export HEARTMULA_BURN_COMPAT=1
 cd tests  # so that `import heartmula_burn` resolves to the installed package
 "$venv/bin/python" -m pytest -q -p no:cacheprovider .
+
+echo "== fuzzing the safetensors and .bpk parsers (${FUZZ_SECONDS:-60}s a target)"
+cd ..
+PYTHON="$venv/bin/python" bash rust/core/fuzz/run.sh "${FUZZ_SECONDS:-60}"

@@ -36,6 +36,8 @@ class Checkpoint:
     config_path: Path | None = None
     index_path: Path | None = None
     extras: dict[str, Path] = field(default_factory=dict)
+    # Each shard's __metadata__ (where `unpack` keeps the original pack's metadata and param_ids).
+    shard_metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -79,8 +81,9 @@ def find_model_dir(root: Path, subdir: str | None = None) -> Path:
     )
 
 
-def _header(path: Path) -> list[dict]:
-    tensors, _metadata = _core.read_safetensors_header(str(path))
+def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[dict]:
+    tensors, metadata = _core.read_safetensors_header(str(path))
+    shard_metadata[path] = dict(metadata)
     return tensors
 
 
@@ -88,7 +91,7 @@ def _source(path: Path, t: dict) -> SourceTensor:
     return SourceTensor(t["name"], path, t["dtype"], t["source_dtype"], tuple(t["shape"]), t["byte_len"])
 
 
-def _shards_from_index(model_dir: Path, index_path: Path) -> tuple[list[Path], list[SourceTensor]]:
+def _shards_from_index(model_dir: Path, index_path: Path, shard_metadata: dict) -> tuple[list[Path], list[SourceTensor]]:
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -104,7 +107,7 @@ def _shards_from_index(model_dir: Path, index_path: Path) -> tuple[list[Path], l
     for shard_name in shard_names:
         shard = model_dir / shard_name
         present = set()
-        for t in _header(shard):
+        for t in _header(shard, shard_metadata):
             owner = weight_map.get(t["name"])
             if owner is None:
                 raise CheckpointError(f"{shard}: tensor '{t['name']}': not listed in the index {index_path.name}")
@@ -120,11 +123,11 @@ def _shards_from_index(model_dir: Path, index_path: Path) -> tuple[list[Path], l
     return [model_dir / s for s in shard_names], tensors
 
 
-def _shards_without_index(paths: list[Path]) -> list[SourceTensor]:
+def _shards_without_index(paths: list[Path], shard_metadata: dict) -> list[SourceTensor]:
     seen: dict[str, Path] = {}
     tensors = []
     for shard in paths:
-        for t in _header(shard):
+        for t in _header(shard, shard_metadata):
             if t["name"] in seen:
                 raise CheckpointError(f"{shard}: tensor '{t['name']}': also in {seen[t['name']].name}")
             seen[t["name"]] = shard
@@ -136,21 +139,22 @@ def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
     root = Path(root)
     model_dir = find_model_dir(root, subdir)
     index_path = None
+    shard_metadata: dict[Path, dict[str, str]] = {}
     if root.is_file():
         shards = [root]
-        tensors = _shards_without_index(shards)
+        tensors = _shards_without_index(shards, shard_metadata)
     else:
         indexes = sorted(model_dir.glob("*" + INDEX_SUFFIX))
         if len(indexes) > 1:
             raise CheckpointError(f"{model_dir}: more than one index ({', '.join(p.name for p in indexes)})")
         if indexes:
             index_path = indexes[0]
-            shards, tensors = _shards_from_index(model_dir, index_path)
+            shards, tensors = _shards_from_index(model_dir, index_path, shard_metadata)
         else:
             shards = sorted(model_dir.glob("*.safetensors"))
             if not shards:
                 raise CheckpointError(f"{model_dir}: no .safetensors files")
-            tensors = _shards_without_index(shards)
+            tensors = _shards_without_index(shards, shard_metadata)
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None
     extras = {}
@@ -159,4 +163,6 @@ def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
             if (folder / name).is_file():
                 extras[name] = folder / name
                 break
-    return Checkpoint(root, model_dir, shards, tensors, config, config_path if config else None, index_path, extras)
+    return Checkpoint(
+        root, model_dir, shards, tensors, config, config_path if config else None, index_path, extras, shard_metadata
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -122,6 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    v = sub.add_parser(
+        "verify",
+        help="check a pack bit for bit against its checkpoint or manifest, and its container",
+        description="Stream the pack and its source and check every tensor bit for bit (or against the exact "
+        "cast when dtypes differ), plus the container: header, metadata limits, offsets, 256-byte alignment, "
+        "overlaps, zero padding, sizes. Each problem is reported with the tensor's name; exit 1 on any.",
+    )
+    v.add_argument("pack", metavar="PACK")
+    v.add_argument("--against", required=True, metavar="CKPT_ROOT|MANIFEST", help="checkpoint folder or manifest.json")
+    v.add_argument("--subdir", metavar="NAME", help="model folder inside CKPT_ROOT")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    u = sub.add_parser(
+        "unpack",
+        help="write a pack's tensors back to safetensors",
+        description="Write the pack's tensors to OUT as safetensors (model.safetensors, or shards plus "
+        "model.safetensors.index.json when larger than --max-shard-size). The pack's metadata and param_ids "
+        "are kept in the shards' __metadata__, so `pack --any-model --dtype source OUT` gives back the identical pack.",
+    )
+    u.add_argument("pack", metavar="PACK")
+    u.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (must not exist)")
+    u.add_argument("--max-shard-size", type=_size, default="5GB", help="largest shard, e.g. 5GB (default), 500MB, 2GiB")
+    u.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     s = sub.add_parser(
         "synthetic",
         help="write a synthetic HeartMuLa checkpoint (for trying the tool, tests and benchmarks)",
@@ -134,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
     return parser
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _size(text: str) -> int:
+    """'5GB' -> 5000000000, '2GiB' -> 2147483648, '1000' -> 1000."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB, 2GiB)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
 
 
 def _progress_bar(quiet: bool):
@@ -280,6 +322,39 @@ def cmd_publish_layout(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    bar, update = _progress_bar(args.quiet)
+    try:
+        problems = verify(args.pack, args.against, subdir=args.subdir, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    for line in problems:
+        print(f"heartmula-burn: {line}", file=sys.stderr)
+    if problems:
+        print(f"heartmula-burn: error: {args.pack}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{args.pack}: ok, every tensor matches {args.against}", file=sys.stderr)
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    from .verify import unpack
+
+    bar, update = _progress_bar(args.quiet)
+    try:
+        summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)", file=sys.stderr)
+    return 0
+
+
 def cmd_synthetic(args) -> int:
     from .synthetic import write_synthetic_checkpoint
 
@@ -294,12 +369,16 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "export-raw": cmd_export_raw,
     "publish-layout": cmd_publish_layout,
+    "verify": cmd_verify,
+    "unpack": cmd_unpack,
     "synthetic": cmd_synthetic,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Over a file-size limit (ulimit -f), fail with a message instead of dying from SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return COMMANDS[args.command](args)
     except PackError as e:

@@ -19,6 +19,10 @@ MANIFEST_FORMAT = "heartmula-burn-manifest"
 MANIFEST_VERSION = 1
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 DTYPE_CHOICES = ("f32", "bf16", "f16", "source")
+# Keys under which `unpack` keeps, in each shard's __metadata__, what safetensors cannot otherwise
+# hold, so that packing the unpacked folder gives back the identical pack.
+PACK_METADATA_KEY = "heartmula_burn.pack_metadata"
+PARAM_IDS_KEY = "heartmula_burn.param_ids"
 
 
 def package_version() -> str:
@@ -193,4 +197,28 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         ManifestTensor(t.name, t.file, t.name, t.dtype, output_dtype(t.dtype, dtype), t.shape) for t in ckpt.tensors
     ]
     metadata["dtype"] = ",".join(sorted({t.dtype for t in tensors}))
+    restored = _unpacked_pack_state(ckpt)
+    if restored is not None:
+        # An unpacked pack: give back its own metadata and param_ids, so repacking is lossless.
+        metadata, param_ids = restored
+        for t in tensors:
+            t.param_id = param_ids.get(t.name)
     return Manifest(tensors, metadata, dict(ckpt.extras))
+
+
+def _unpacked_pack_state(ckpt: Checkpoint) -> tuple[dict[str, str], dict[str, int]] | None:
+    """The original metadata and param_ids `unpack` kept in every shard's __metadata__, if it did."""
+    states = {(m.get(PACK_METADATA_KEY), m.get(PARAM_IDS_KEY)) for m in ckpt.shard_metadata.values()}
+    if len(states) != 1:
+        return None
+    ((metadata_text, param_ids_text),) = states
+    if metadata_text is None:
+        return None
+    try:
+        metadata = json.loads(metadata_text)
+        param_ids = json.loads(param_ids_text or "{}")
+    except json.JSONDecodeError:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        return None
+    return metadata, param_ids

@@ -318,15 +318,32 @@ pub fn read_index(path: &Path) -> Result<PackIndex> {
         .metadata()
         .map_err(|e| Error::io(path, "cannot stat pack", e))?
         .len();
+    let mut header = [0u8; HEADER_SIZE as usize];
+    let available = file_size.min(HEADER_SIZE) as usize;
+    file.read_exact(&mut header[..available]).map_err(|e| Error::io(path, "cannot read header", e))?;
+    let metadata_size = check_header(path, &header[..available], file_size)?;
+    let mut cbor = vec![0u8; metadata_size as usize];
+    file.read_exact(&mut cbor).map_err(|e| Error::io(path, "cannot read metadata", e))?;
+    parse_index(path, &cbor, file_size)
+}
+
+/// The same as `read_index`, for a pack already in memory (`path` only names it in errors).
+pub fn index_from_bytes(path: &Path, bytes: &[u8]) -> Result<PackIndex> {
+    let metadata_size = check_header(path, &bytes[..bytes.len().min(HEADER_SIZE as usize)], bytes.len() as u64)?;
+    let cbor = &bytes[HEADER_SIZE as usize..(HEADER_SIZE + metadata_size) as usize];
+    parse_index(path, cbor, bytes.len() as u64)
+}
+
+/// Checks the 10-byte header against Burn's limits; returns the metadata size, which is known
+/// to fit in the file.
+fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
     let bad = |message: String| Error::pack(path, message);
     if file_size > MAX_FILE_SIZE {
         return Err(bad(format!("file is {file_size} bytes, over Burn's limit of {MAX_FILE_SIZE}")));
     }
-    let mut header = [0u8; HEADER_SIZE as usize];
-    if file_size < HEADER_SIZE {
+    if header.len() < HEADER_SIZE as usize {
         return Err(bad(format!("not a Burn pack: only {file_size} bytes, shorter than the 10-byte header")));
     }
-    file.read_exact(&mut header).map_err(|e| Error::io(path, "cannot read header", e))?;
     let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
     if magic != MAGIC {
         return Err(bad("not a Burn pack: bad magic number (expected \"NRUB\")".into()));
@@ -347,9 +364,7 @@ pub fn read_index(path: &Path) -> Result<PackIndex> {
             "truncated: metadata needs {metadata_end} bytes but the file has {file_size}"
         )));
     }
-    let mut cbor = vec![0u8; metadata_size as usize];
-    file.read_exact(&mut cbor).map_err(|e| Error::io(path, "cannot read metadata", e))?;
-    parse_index(path, &cbor, file_size)
+    Ok(metadata_size)
 }
 
 fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {

@@ -11,6 +11,8 @@ pub mod npy;
 pub mod output;
 pub mod pack;
 pub mod source;
+pub mod unpack;
+pub mod verify;
 
 pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
 pub use dtype::DType;

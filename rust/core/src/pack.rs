@@ -68,13 +68,13 @@ pub struct PackSummary {
 }
 
 /// Where each item's bytes are: its shard, the tensor's index there, and the source dtype.
-struct Resolved {
-    shards: Vec<Shard>,
-    locations: Vec<(usize, usize, DType)>,
+pub(crate) struct Resolved {
+    pub(crate) shards: Vec<Shard>,
+    pub(crate) locations: Vec<(usize, usize, DType)>,
 }
 
 /// Opens every shard once and checks every item against what its shard really holds.
-fn resolve(items: &[PackItem]) -> Result<Resolved> {
+pub(crate) fn resolve(items: &[PackItem]) -> Result<Resolved> {
     let mut shards: Vec<Shard> = Vec::new();
     let mut shard_of: HashMap<PathBuf, usize> = HashMap::new();
     for item in items {
@@ -163,20 +163,33 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
     out.write_at(&layout.preamble(), 0)?;
 
     let total: u64 = layout.tensors.iter().map(|t| t.byte_len()).sum();
-    let mut summary = PackSummary {
-        file_size: layout.file_size,
-        tensors: layout.tensors.len(),
-        data_bytes: total,
-        ..Default::default()
-    };
+    let targets: Vec<u64> = layout.tensors.iter().map(|t| layout.data_start + t.start).collect();
+    let written = write_tensors(&request.items, &resolved, &out.file, &request.output, &targets, progress)?;
+    out.commit()?;
+    Ok(PackSummary { file_size: layout.file_size, tensors: layout.tensors.len(), data_bytes: total, ..written })
+}
+
+/// Streams every item's bytes (copied or converted) to `targets[i]` in `file`.
+pub(crate) fn write_tensors(
+    items: &[PackItem],
+    resolved: &Resolved,
+    file: &File,
+    path: &Path,
+    targets: &[u64],
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<PackSummary> {
+    let mut summary = PackSummary::default();
+    let total = items
+        .iter()
+        .zip(&resolved.locations)
+        .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
+        .sum();
     let mut writer = TensorWriter { done: 0, total, progress, kernel_copy: true, summary: &mut summary };
-    for (plan, &(s, t, source_dtype)) in layout.tensors.iter().zip(&resolved.locations) {
+    for ((item, &(s, t, source_dtype)), &offset) in items.iter().zip(&resolved.locations).zip(targets) {
         let shard = &resolved.shards[s];
-        let target = Target { file: &out.file, path: &request.output, offset: layout.data_start + plan.start };
-        writer.write_tensor(shard, &shard.tensors[t], source_dtype, plan.dtype, target)?;
+        writer.write_tensor(shard, &shard.tensors[t], source_dtype, item.dtype, Target { file, path, offset })?;
     }
     writer.finish()?;
-    out.commit()?;
     Ok(summary)
 }
 

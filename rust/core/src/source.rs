@@ -53,34 +53,30 @@ impl Shard {
         if path.extension().is_some_and(|e| e == "npy") {
             return Self::from_npy(path, file, mmap);
         }
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadShard {
-            path: path.to_path_buf(),
-            message: describe_safetensors_error(&e, &mmap),
-        })?;
-        let data_start = 8 + header_len as u64;
-        let tensors = metadata
-            .offset_keys()
+        if path.extension().is_some_and(|e| e == "bpk") {
+            return Self::from_pack(path, file, mmap);
+        }
+        let (tensors, metadata) = parse_safetensors(path, &mmap)?;
+        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata, is_npy: false })
+    }
+
+    /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
+    fn from_pack(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
+        let index = crate::burnpack::read_index(path)?;
+        let tensors = index
+            .tensors
             .into_iter()
-            .map(|name| {
-                let info = metadata.info(&name).expect("offset_keys lists known tensors");
-                let (start, end) = info.data_offsets;
-                ShardTensor {
-                    dtype: DType::from_safetensors(info.dtype),
-                    source_dtype: format!("{:?}", info.dtype),
-                    shape: info.shape.iter().map(|&d| d as u64).collect(),
-                    file_offset: data_start + start as u64,
-                    byte_len: (end - start) as u64,
-                    name,
-                }
+            .map(|t| ShardTensor {
+                source_dtype: t.dtype.name().to_string(),
+                dtype: Some(t.dtype),
+                byte_len: t.end - t.start,
+                file_offset: t.file_offset,
+                shape: t.shape,
+                name: t.name,
             })
             .collect();
-        let mut extra: Vec<(String, String)> = metadata
-            .metadata()
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        extra.sort();
-        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata: extra, is_npy: false })
+        let metadata = index.metadata.into_iter().collect();
+        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata, is_npy: false })
     }
 
     fn from_npy(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
@@ -119,6 +115,45 @@ impl Shard {
     }
 }
 
+/// Parses and checks a safetensors file's header (the `safetensors` crate's own parser): tensors in
+/// file order with absolute offsets, and the sorted `__metadata__`. `bytes` is the whole file.
+pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, Vec<(String, String)>)> {
+    if bytes.len() < 8 {
+        return Err(Error::BadShard {
+            path: path.to_path_buf(),
+            message: format!("only {} bytes, shorter than the 8-byte header length", bytes.len()),
+        });
+    }
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| Error::BadShard {
+        path: path.to_path_buf(),
+        message: describe_safetensors_error(&e, bytes),
+    })?;
+    let data_start = 8 + header_len as u64;
+    let tensors = metadata
+        .offset_keys()
+        .into_iter()
+        .map(|name| {
+            let info = metadata.info(&name).expect("offset_keys lists known tensors");
+            let (start, end) = info.data_offsets;
+            ShardTensor {
+                dtype: DType::from_safetensors(info.dtype),
+                source_dtype: format!("{:?}", info.dtype),
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                file_offset: data_start + start as u64,
+                byte_len: (end - start) as u64,
+                name,
+            }
+        })
+        .collect();
+    let mut extra: Vec<(String, String)> = metadata
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    extra.sort();
+    Ok((tensors, extra))
+}
+
 fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     match e {
@@ -126,16 +161,52 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) ->
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
             format!("header length {n} does not fit in the file of {} bytes", bytes.len())
         }
-        E::MetadataIncompleteBuffer => format!(
-            "file size {} does not match the end of the last tensor (truncated or trailing bytes)",
-            bytes.len()
-        ),
-        E::InvalidOffset(name) => {
-            format!("tensor '{name}': offsets overlap, leave a gap or are out of order")
+        E::MetadataIncompleteBuffer | E::InvalidOffset(_) | E::TensorInvalidInfo | E::ValidationOverflow => {
+            diagnose_layout(bytes).unwrap_or_else(|| e.to_string().replace('\n', " "))
         }
-        E::TensorInvalidInfo => "a tensor's byte range does not match its shape x dtype".to_string(),
         other => other.to_string().replace('\n', " "),
     }
+}
+
+/// Names the first tensor whose byte range is wrong (the `safetensors` crate does not always say).
+/// Only called on a header the crate already parsed, so the JSON is known to be well formed.
+fn diagnose_layout(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
+    let data_len = (bytes.len() - 8 - n) as u64;
+    let mut tensors: Vec<(&String, u64, u64, Option<u64>)> = Vec::new();
+    for (name, info) in header.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let dtype: safetensors::Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
+        let numel = info.get("shape")?.as_array()?.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.as_u64()?));
+        let size = numel.and_then(|n| n.checked_mul(dtype.bitsize() as u64)).map(|bits| bits / 8);
+        tensors.push((name, start, end, size));
+    }
+    tensors.sort_by_key(|t| (t.1, t.2));
+    let mut expected_start = 0;
+    for (name, start, end, size) in &tensors {
+        if end < start {
+            return Some(format!("tensor '{name}': offsets [{start}, {end}] end before they start"));
+        }
+        if *start != expected_start {
+            let what = if *start < expected_start { "overlaps the tensor before it" } else { "leaves a gap before it" };
+            return Some(format!("tensor '{name}': offsets [{start}, {end}] {what}"));
+        }
+        if *end > data_len {
+            return Some(format!("tensor '{name}': offsets [{start}, {end}] run past the end of the data ({data_len} bytes; truncated?)"));
+        }
+        if *size != Some(end - start) {
+            return Some(format!("tensor '{name}': {} bytes do not match its shape x dtype ({size:?})", end - start));
+        }
+        expected_start = *end;
+    }
+    (expected_start != data_len).then(|| {
+        format!("file size does not match the end of the last tensor: {data_len} data bytes, tensors end at {expected_start} (truncated or trailing bytes)")
+    })
 }
 
 #[cfg(test)]

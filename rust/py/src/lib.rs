@@ -47,11 +47,11 @@ fn to_items(items: Vec<ItemTuple>) -> PyResult<Vec<core::PackItem>> {
 
 /// Runs `work` with the GIL released. Progress reaches `progress(done, total)` (GIL held) at most
 /// every 100 ms; Ctrl-C or an exception from the callback cancels the work and is re-raised.
-fn with_progress<'py>(
-    py: Python<'py>,
+fn with_progress<T: Send>(
+    py: Python<'_>,
     progress: Option<Py<PyAny>>,
-    work: impl Send + FnOnce(&mut dyn FnMut(core::Progress) -> bool) -> core::Result<core::PackSummary>,
-) -> PyResult<Bound<'py, PyDict>> {
+    work: impl Send + FnOnce(&mut dyn FnMut(core::Progress) -> bool) -> core::Result<T>,
+) -> PyResult<T> {
     let (result, interrupt) = py.detach(|| {
         let mut interrupt: Option<PyErr> = None;
         let mut last = Instant::now();
@@ -71,11 +71,14 @@ fn with_progress<'py>(
         let result = work(&mut on_progress);
         (result, interrupt)
     });
-    let summary = match (result, interrupt) {
-        (Ok(s), _) => s,
-        (Err(core::Error::Cancelled), Some(e)) => return Err(e),
-        (Err(e), _) => return Err(to_py(e)),
-    };
+    match (result, interrupt) {
+        (Ok(value), _) => Ok(value),
+        (Err(core::Error::Cancelled), Some(e)) => Err(e),
+        (Err(e), _) => Err(to_py(e)),
+    }
+}
+
+fn summary_dict<'py>(py: Python<'py>, summary: core::PackSummary) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("file_size", summary.file_size)?;
     d.set_item("tensors", summary.tensors)?;
@@ -84,6 +87,10 @@ fn with_progress<'py>(
     d.set_item("buffer_copied", summary.buffer_copied)?;
     d.set_item("converted", summary.converted)?;
     Ok(d)
+}
+
+fn problems_list(problems: Vec<core::verify::Problem>) -> Vec<(Option<String>, String)> {
+    problems.into_iter().map(|p| (p.tensor, p.message)).collect()
 }
 
 /// Packs tensors into a Burn pack, atomically. See `with_progress` for progress and Ctrl-C.
@@ -101,7 +108,8 @@ fn pack<'py>(
     let target = core::BurnTarget::parse(burn_version)
         .ok_or_else(|| PackError::new_err(format!("unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)")))?;
     let request = core::PackRequest { items: to_items(items)?, metadata, target, output, overwrite };
-    with_progress(py, progress, |on_progress| core::pack(&request, on_progress))
+    let summary = with_progress(py, progress, |on_progress| core::pack(&request, on_progress))?;
+    summary_dict(py, summary)
 }
 
 /// Writes each tensor as a `.npy` file in `directory` under the given file names (BF16 as `<u2`).
@@ -118,7 +126,50 @@ fn export_npy<'py>(
         return Err(PackError::new_err("one file name per item is needed"));
     }
     let items = to_items(items)?;
-    with_progress(py, progress, |on_progress| core::pack::export_npy(&items, &directory, &file_names, on_progress))
+    let summary =
+        with_progress(py, progress, |on_progress| core::pack::export_npy(&items, &directory, &file_names, on_progress))?;
+    summary_dict(py, summary)
+}
+
+/// Writes the items (unchanged dtypes, in order) as one safetensors file, atomically.
+#[pyfunction]
+#[pyo3(signature = (items, output, metadata, *, overwrite=false, progress=None))]
+fn write_safetensors<'py>(
+    py: Python<'py>,
+    items: Vec<ItemTuple>,
+    output: PathBuf,
+    metadata: BTreeMap<String, String>,
+    overwrite: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let items = to_items(items)?;
+    let summary = with_progress(py, progress, |on_progress| {
+        core::unpack::write_safetensors(&items, &output, &metadata, overwrite, on_progress)
+    })?;
+    summary_dict(py, summary)
+}
+
+/// Checks a pack's container: raises PackError where Burn's reader would refuse it, else returns
+/// the (tensor or None, message) problems Burn tolerates (alignment, non-zero padding).
+#[pyfunction]
+fn check_container(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(Option<String>, String)>> {
+    let (_, problems) = py.detach(|| core::verify::check_container(&path)).map_err(to_py)?;
+    Ok(problems_list(problems))
+}
+
+/// Compares every tensor of a pack with its source (items name the pack tensors and the dtype
+/// they must hold); returns the (tensor, message) problems found.
+#[pyfunction]
+#[pyo3(signature = (path, items, *, progress=None))]
+fn verify_against(
+    py: Python<'_>,
+    path: PathBuf,
+    items: Vec<ItemTuple>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Vec<(Option<String>, String)>> {
+    let items = to_items(items)?;
+    let problems = with_progress(py, progress, |on_progress| core::verify::verify_against(&path, &items, on_progress))?;
+    Ok(problems_list(problems))
 }
 
 /// Reads a safetensors header: (tensors in file order as dicts, the header's __metadata__ dict).
@@ -194,6 +245,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PackError", m.py().get_type::<PackError>())?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(export_npy, m)?)?;
+    m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(check_container, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_against, m)?)?;
     m.add_function(wrap_pyfunction!(read_safetensors_header, m)?)?;
     m.add_function(wrap_pyfunction!(read_pack_index, m)?)?;
     m.add_function(wrap_pyfunction!(cast_bytes, m)?)?;

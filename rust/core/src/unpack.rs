@@ -1,0 +1,93 @@
+//! Writing tensors back out as a safetensors file (for `unpack`), streamed like a pack and atomic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+use crate::pack::{resolve, write_tensors, PackItem, PackSummary, Progress};
+
+/// The safetensors header's name for a dtype.
+pub fn safetensors_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Bool => "BOOL",
+        other => other.name(),
+    }
+}
+
+/// Writes `items` (in order, unchanged dtypes) as one safetensors file with `metadata` as its
+/// `__metadata__`.
+pub fn write_safetensors(
+    items: &[PackItem],
+    output: &Path,
+    metadata: &BTreeMap<String, String>,
+    overwrite: bool,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<PackSummary> {
+    let resolved = resolve(items)?;
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(items.len());
+    for (item, &(s, t, source_dtype)) in items.iter().zip(&resolved.locations) {
+        if item.dtype != source_dtype {
+            return Err(Error::Invalid(format!("tensor '{}': unpacking does not convert dtypes", item.name)));
+        }
+        let tensor = &resolved.shards[s].tensors[t];
+        let entry = serde_json::json!({
+            "dtype": safetensors_dtype(item.dtype),
+            "shape": tensor.shape,
+            "data_offsets": [offset, offset + tensor.byte_len],
+        });
+        if header.insert(item.name.clone(), entry).is_some() || item.name == "__metadata__" {
+            return Err(Error::Invalid(format!("tensor '{}' cannot be written twice or under that name", item.name)));
+        }
+        offsets.push(offset);
+        offset += tensor.byte_len;
+    }
+    let mut text = serde_json::to_vec(&header).expect("JSON serializes");
+    text.resize(text.len().div_ceil(8) * 8, b' '); // as the safetensors library pads its header
+    let data_start = 8 + text.len() as u64;
+    let out = AtomicFile::create(output, data_start + offset, overwrite)?;
+    let mut preamble = (text.len() as u64).to_le_bytes().to_vec();
+    preamble.extend_from_slice(&text);
+    out.write_at(&preamble, 0)?;
+    let targets: Vec<u64> = offsets.iter().map(|o| data_start + o).collect();
+    let summary = write_tensors(items, &resolved, &out.file, output, &targets, progress)?;
+    out.commit()?;
+    Ok(PackSummary { file_size: data_start + offset, ..summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{tests::write_shard, Shard};
+
+    #[test]
+    fn written_files_parse_with_the_safetensors_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("x", "BOOL", vec![3], vec![1, 0, 1]), ("y", "BF16", vec![2], vec![1, 2, 3, 4])]);
+        let item = |name: &str, dtype| PackItem {
+            name: format!("out.{name}"),
+            source: a.clone(),
+            key: name.into(),
+            dtype,
+            param_id: None,
+            expect_source_dtype: None,
+            expect_shape: None,
+        };
+        let out = dir.path().join("b.safetensors");
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&[item("y", DType::BF16), item("x", DType::Bool)], &out, &metadata, false, &mut |_| true)
+            .unwrap();
+        let shard = Shard::open(&out).unwrap();
+        let names: Vec<_> = shard.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["out.y", "out.x"]);
+        assert_eq!(shard.bytes(&shard.tensors[1]), &[1, 0, 1]);
+        assert_eq!(shard.metadata, vec![("format".to_string(), "pt".to_string())]);
+    }
+}

@@ -1,0 +1,204 @@
+//! Verifying a pack: the container against the format (what Burn's reader checks, plus alignment
+//! and zero padding), and every tensor against its source, bit for bit or against the exact cast.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::burnpack::{read_index, Layout, PackIndex, HEADER_SIZE, TENSOR_ALIGNMENT};
+use crate::cast;
+use crate::error::{Error, Result};
+use crate::pack::{resolve, PackItem, Progress};
+use crate::source::Shard;
+
+/// One thing wrong with a pack, tied to a tensor where there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub tensor: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn tensor(name: &str, message: impl Into<String>) -> Self {
+        Problem { tensor: Some(name.to_string()), message: message.into() }
+    }
+}
+
+fn read_range(file: &mut File, path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buffer = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, "cannot seek", e))?;
+    file.read_exact(&mut buffer).map_err(|e| Error::io(path, "cannot read", e))?;
+    Ok(buffer)
+}
+
+/// Checks the container. Anything Burn's reader would reject is an `Err` (the pack cannot be
+/// read at all); alignment and padding problems, which Burn tolerates, are listed.
+pub fn check_container(path: &Path) -> Result<(PackIndex, Vec<Problem>)> {
+    let index = read_index(path)?;
+    let mut problems = Vec::new();
+    let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open pack", e))?;
+    let metadata_end = HEADER_SIZE + index.metadata_size;
+    if read_range(&mut file, path, metadata_end, index.data_start - metadata_end)?.iter().any(|&b| b != 0) {
+        problems.push(Problem { tensor: None, message: "padding after the metadata is not zero".into() });
+    }
+    let mut previous_end = index.data_start;
+    for t in &index.tensors {
+        if index.layout == Layout::Aligned && t.file_offset % TENSOR_ALIGNMENT != 0 {
+            problems.push(Problem::tensor(&t.name, format!("starts at {}, not on a 256-byte boundary", t.file_offset)));
+        }
+        if t.file_offset > previous_end
+            && read_range(&mut file, path, previous_end, t.file_offset - previous_end)?.iter().any(|&b| b != 0)
+        {
+            problems.push(Problem::tensor(&t.name, "padding before this tensor is not zero"));
+        }
+        previous_end = previous_end.max(t.file_offset + (t.end - t.start));
+    }
+    Ok((index, problems))
+}
+
+/// Compares every tensor of the pack with its source. `items` name the pack tensors (`name`),
+/// their sources (`source`, `key`) and the dtype the pack must hold (`dtype`): bytes must equal
+/// the source's, or the exact cast of them. Memory stays bounded: both sides are streamed.
+pub fn verify_against(
+    pack_path: &Path,
+    items: &[PackItem],
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Vec<Problem>> {
+    let pack = Shard::open(pack_path)?;
+    let sources = resolve(items)?;
+    let mut problems = Vec::new();
+    let by_name: std::collections::HashMap<&str, usize> =
+        pack.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let total: u64 = items
+        .iter()
+        .filter_map(|item| by_name.get(item.name.as_str()).map(|&i| pack.tensors[i].byte_len))
+        .sum();
+    let mut done = 0u64;
+    let mut converted = Vec::new();
+    for (item, &(s, t, source_dtype)) in items.iter().zip(&sources.locations) {
+        let Some(&p) = by_name.get(item.name.as_str()) else {
+            problems.push(Problem::tensor(&item.name, "missing from the pack"));
+            continue;
+        };
+        let packed = &pack.tensors[p];
+        let source = &sources.shards[s].tensors[t];
+        let packed_dtype = packed.dtype.expect("pack dtypes are Burn dtypes");
+        if packed_dtype != item.dtype {
+            problems.push(Problem::tensor(&item.name, format!("dtype {packed_dtype}, expected {}", item.dtype)));
+            continue;
+        }
+        if packed.shape != source.shape {
+            problems.push(Problem::tensor(&item.name, format!("shape {:?}, the source has {:?}", packed.shape, source.shape)));
+            continue;
+        }
+        let got = pack.bytes(packed);
+        let src = sources.shards[s].bytes(source);
+        let (in_size, out_size) = (source_dtype.size(), packed_dtype.size());
+        let step = (8u64 << 20) / in_size;
+        let mut element = 0u64;
+        let elements = source.byte_len / in_size;
+        while element < elements {
+            let n = step.min(elements - element);
+            let src_chunk = &src[(element * in_size) as usize..((element + n) * in_size) as usize];
+            let got_chunk = &got[(element * out_size) as usize..((element + n) * out_size) as usize];
+            let want: &[u8] = if source_dtype == packed_dtype {
+                src_chunk
+            } else {
+                converted.clear();
+                cast::convert(src_chunk, source_dtype, packed_dtype, &mut converted);
+                &converted
+            };
+            if got_chunk != want {
+                let at = got_chunk.iter().zip(want).position(|(a, b)| a != b).unwrap() as u64 / out_size;
+                let how = if source_dtype == packed_dtype { "differs from" } else { "is not the exact cast of" };
+                problems.push(Problem::tensor(
+                    &item.name,
+                    format!("element {} {how} {}:{}", element + at, sources.shards[s].path.display(), source.name),
+                ));
+                break;
+            }
+            element += n;
+            done += n * out_size;
+            if !progress(Progress { done, total }) {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+    let wanted: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    for t in &pack.tensors {
+        if !wanted.contains(t.name.as_str()) {
+            problems.push(Problem::tensor(&t.name, "in the pack but not in the source"));
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::burnpack::BurnTarget;
+    use crate::dtype::DType;
+    use crate::pack::{pack, PackRequest};
+    use crate::source::tests::write_shard;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::FileExt;
+
+    fn setup(dir: &Path) -> (PackRequest, Vec<PackItem>) {
+        let a = dir.join("a.safetensors");
+        let w: Vec<u8> = (0..24u32).flat_map(|i| (i as f32 * 0.37).to_le_bytes()).collect();
+        write_shard(&a, &[("w", "F32", vec![4, 6], w), ("b", "U8", vec![3], vec![1, 2, 3])]);
+        let item = |name: &str, dtype| PackItem {
+            name: name.into(),
+            source: a.clone(),
+            key: name.into(),
+            dtype,
+            param_id: None,
+            expect_source_dtype: None,
+            expect_shape: None,
+        };
+        let items = vec![item("w", DType::BF16), item("b", DType::U8)];
+        let request = PackRequest {
+            items: items.clone(),
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: dir.join("p.bpk"),
+            overwrite: false,
+        };
+        (request, items)
+    }
+
+    #[test]
+    fn a_good_pack_verifies_and_a_flipped_bit_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (request, items) = setup(dir.path());
+        pack(&request, &mut |_| true).unwrap();
+        assert_eq!(check_container(&request.output).unwrap().1, vec![]);
+        assert_eq!(verify_against(&request.output, &items, &mut |_| true).unwrap(), vec![]);
+
+        let index = read_index(&request.output).unwrap();
+        let w = index.tensors.iter().find(|t| t.name == "w").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).read(true).open(&request.output).unwrap();
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, w.file_offset + 11).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x10], w.file_offset + 11).unwrap();
+        let problems = verify_against(&request.output, &items, &mut |_| true).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].tensor.as_deref(), Some("w"));
+        assert!(problems[0].message.starts_with("element 5 is not the exact cast of"), "{:?}", problems[0]);
+    }
+
+    #[test]
+    fn dirty_padding_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (request, _) = setup(dir.path());
+        pack(&request, &mut |_| true).unwrap();
+        let index = read_index(&request.output).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&request.output).unwrap();
+        f.write_all_at(&[7], index.data_start - 1).unwrap();
+        let second = &index.tensors[1];
+        f.write_all_at(&[7], second.file_offset - 1).unwrap();
+        let problems = check_container(&request.output).unwrap().1;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[1].tensor.as_deref(), Some(second.name.as_str()));
+    }
+}
