@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 failure (one-line message on stderr, nothing half-written), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -178,19 +179,25 @@ def _size(text: str) -> int:
     return value
 
 
-def _progress_bar(quiet: bool):
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, desc: str = "packing"):
+    """Yields a `progress(done, total)` callback drawing a bar on stderr (a terminal only), or None."""
     if quiet or not sys.stderr.isatty():
-        return None, None
+        yield None
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="packing", file=sys.stderr, smoothing=0.1)
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr, smoothing=0.1)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
 
-    return bar, update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _load_manifest(args) -> Manifest:
@@ -206,8 +213,7 @@ def _load_manifest(args) -> Manifest:
 def cmd_pack(args) -> int:
     manifest = _load_manifest(args)
     output = Path(args.output)
-    bar, update = _progress_bar(args.quiet)
-    try:
+    with _progress_bar(args.quiet) as update:
         summary = pack_manifest(
             manifest,
             output,
@@ -216,9 +222,6 @@ def cmd_pack(args) -> int:
             progress=update,
             copy_extras=not args.no_extras,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     rate = summary["data_bytes"] / summary["seconds"] / 1e6 if summary["seconds"] > 0 else 0.0
     summary["mb_per_s"] = round(rate, 1)
     if args.json:
@@ -281,8 +284,7 @@ def cmd_inspect(args) -> int:
 def cmd_export_raw(args) -> int:
     from .export import export_raw
 
-    bar, update = _progress_bar(args.quiet)
-    try:
+    with _progress_bar(args.quiet, "exporting") as update:
         summary = export_raw(
             args.checkpoint_root,
             args.output_root,
@@ -292,9 +294,6 @@ def cmd_export_raw(args) -> int:
             force=args.force,
             progress=update,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if not args.quiet:
         print(f"wrote {summary['output']} ({summary['tensors']} tensors); pack it with: "
               f"python -m heartmula_burn pack --manifest {summary['manifest']} -o heartmula.bpk", file=sys.stderr)
@@ -325,12 +324,8 @@ def cmd_publish_layout(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import verify
 
-    bar, update = _progress_bar(args.quiet)
-    try:
+    with _progress_bar(args.quiet, "verifying") as update:
         problems = verify(args.pack, args.against, subdir=args.subdir, progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     for line in problems:
         print(f"heartmula-burn: {line}", file=sys.stderr)
     if problems:
@@ -344,12 +339,8 @@ def cmd_verify(args) -> int:
 def cmd_unpack(args) -> int:
     from .verify import unpack
 
-    bar, update = _progress_bar(args.quiet)
-    try:
+    with _progress_bar(args.quiet, "unpacking") as update:
         summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
     if not args.quiet:
         print(f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)", file=sys.stderr)
     return 0
