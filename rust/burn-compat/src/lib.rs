@@ -64,14 +64,23 @@ pub fn load_cases(dir: &Path) -> Vec<Case> {
             name: c["name"].as_str().unwrap().to_string(),
             pack: dir.join(c["pack"].as_str().unwrap()),
             expected: dir.join(c["expected"].as_str().unwrap()),
-            order: c["order"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect(),
+            order: c["order"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect(),
             param_ids: c["param_ids"]
                 .as_object()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect())
                 .unwrap_or_default(),
             metadata: c["metadata"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             heartmula_config: c["heartmula_config"].as_str().map(|p| dir.join(p)),
         })
@@ -116,7 +125,11 @@ pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
     st.tensors()
         .into_iter()
         .map(|(name, view)| {
-            let t = BurnTensor { dtype: burn_dtype(view.dtype()), shape: view.shape().to_vec(), bytes: view.data().to_vec() };
+            let t = BurnTensor {
+                dtype: burn_dtype(view.dtype()),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            };
             (name, t)
         })
         .collect()
@@ -134,32 +147,55 @@ pub struct BurnRead {
 pub fn burn_read(path: &Path) -> BurnRead {
     use burn_store::{BurnpackStore, ModuleStore};
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
-    let snapshots = store.get_all_snapshots().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let snapshots = store
+        .get_all_snapshots()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tensors = snapshots
         .iter()
         .map(|(name, snap)| {
             let data = snap.to_data().unwrap_or_else(|e| panic!("'{name}': {e:?}"));
-            let t = BurnTensor { dtype: snap.dtype, shape: snap.shape.as_slice().to_vec(), bytes: data.as_bytes().to_vec() };
+            let t = BurnTensor {
+                dtype: snap.dtype,
+                shape: snap.shape.as_slice().to_vec(),
+                bytes: data.as_bytes().to_vec(),
+            };
             (name.clone(), t)
         })
         .collect();
-    BurnRead { tensors, param_ids: None, metadata: None }
+    BurnRead {
+        tensors,
+        param_ids: None,
+        metadata: None,
+    }
 }
 
 #[cfg(feature = "burn-022")]
 pub fn burn_read(path: &Path) -> BurnRead {
     use burn_store::{BurnpackStore, ModuleStore};
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
-    let all = store.get_all_tensors().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all = store
+        .get_all_tensors()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut tensors = BTreeMap::new();
     let mut param_ids = BTreeMap::new();
     for (name, t) in all {
         let bytes = t.to_bytes().unwrap_or_else(|e| panic!("'{name}': {e:?}"));
-        tensors.insert(name.clone(), BurnTensor { dtype: t.dtype, shape: t.shape.as_slice().to_vec(), bytes: bytes.to_vec() });
+        tensors.insert(
+            name.clone(),
+            BurnTensor {
+                dtype: t.dtype,
+                shape: t.shape.as_slice().to_vec(),
+                bytes: bytes.to_vec(),
+            },
+        );
         param_ids.insert(name.clone(), t.param_id);
     }
     let reader = burn_pack::Reader::from_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    BurnRead { tensors, param_ids: Some(param_ids), metadata: Some(reader.metadata().clone()) }
+    BurnRead {
+        tensors,
+        param_ids: Some(param_ids),
+        metadata: Some(reader.metadata().clone()),
+    }
 }
 
 /// Burn's own writer, given the tensors in data order with their param_ids, and the metadata.
@@ -190,7 +226,13 @@ pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BT
     let tensors = tensors
         .into_iter()
         .map(|(name, t, param_id)| {
-            burn_pack::Tensor::new(name, t.dtype, t.shape, param_id, burn_pack::Bytes::from_bytes_vec(t.bytes))
+            burn_pack::Tensor::new(
+                name,
+                t.dtype,
+                t.shape,
+                param_id,
+                burn_pack::Bytes::from_bytes_vec(t.bytes),
+            )
         })
         .collect();
     let mut writer = burn_pack::Writer::new(tensors);

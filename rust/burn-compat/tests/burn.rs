@@ -29,7 +29,12 @@ fn burn_reads_our_packs() {
         let expected = expected_tensors(&case);
         let read = burn_read(&case.pack);
         let names: Vec<&String> = read.tensors.keys().collect();
-        assert_eq!(names, expected.keys().collect::<Vec<_>>(), "{}: tensor names", case.name);
+        assert_eq!(
+            names,
+            expected.keys().collect::<Vec<_>>(),
+            "{}: tensor names",
+            case.name
+        );
         for (name, got) in &read.tensors {
             let want = &expected[name];
             assert_eq!(got.dtype, want.dtype, "{}: dtype of '{name}'", case.name);
@@ -38,13 +43,22 @@ fn burn_reads_our_packs() {
         }
         if let Some(param_ids) = &read.param_ids {
             for (name, id) in param_ids {
-                assert_eq!(id.as_ref(), case.param_ids.get(name), "{}: param_id of '{name}'", case.name);
+                assert_eq!(
+                    id.as_ref(),
+                    case.param_ids.get(name),
+                    "{}: param_id of '{name}'",
+                    case.name
+                );
             }
         }
         if let Some(metadata) = &read.metadata {
             assert_eq!(metadata, &case.metadata, "{}: metadata", case.name);
         }
-        println!("check 1 ok (burn {BURN_VERSION}): {} ({} tensors)", case.name, expected.len());
+        println!(
+            "check 1 ok (burn {BURN_VERSION}): {} ({} tensors)",
+            case.name,
+            expected.len()
+        );
     }
 }
 
@@ -75,7 +89,11 @@ fn burn_writes_the_same_bytes() {
             burn_bytes.len()
         );
         std::fs::write(out_dir.join(format!("{}.bpk", case.name)), &burn_bytes).unwrap();
-        println!("check 2 ok (burn {BURN_VERSION}): {} ({} bytes identical)", case.name, ours.len());
+        println!(
+            "check 2 ok (burn {BURN_VERSION}): {} ({} bytes identical)",
+            case.name,
+            ours.len()
+        );
     }
 }
 
@@ -83,7 +101,11 @@ fn burn_writes_the_same_bytes() {
 #[test]
 fn burn_writes_the_reference_example() {
     let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let weight = heartmula_burn_compat::BurnTensor { dtype: DType::F32, shape: vec![2, 2], bytes };
+    let weight = heartmula_burn_compat::BurnTensor {
+        dtype: DType::F32,
+        shape: vec![2, 2],
+        bytes,
+    };
     let metadata = [("format", "burnpack"), ("producer", "burn"), ("version", "0.21.0")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -93,7 +115,10 @@ fn burn_writes_the_reference_example() {
     assert_eq!(&bytes[..10], b"NRUB\x01\x00\x77\x00\x00\x00");
     assert_eq!(&bytes[10..20], b"\xa2\x67tensors\xa1");
     assert!(bytes[129..256].iter().all(|&b| b == 0));
-    assert_eq!(&bytes[256..], &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40, 0, 0, 0x80, 0x40]);
+    assert_eq!(
+        &bytes[256..],
+        &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x40, 0, 0, 0x40, 0x40, 0, 0, 0x80, 0x40]
+    );
 }
 
 // ---- check 3: a HeartMuLa-shaped module, built as Burn HeartMuLa runtimes build it ----
@@ -186,11 +211,16 @@ fn flavor(config: &serde_json::Value, key: &str) -> Flavor {
 }
 
 fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> LinearM {
-    LinearConfig::new(d_in, d_out).with_bias(bias).with_layout(LinearLayout::Col).init(device)
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_layout(LinearLayout::Col)
+        .init(device)
 }
 
 fn norm(dim: usize, device: &Device) -> RmsNormM {
-    RmsNorm { scale: Param::from_tensor(Tensor::ones([dim], device)) }
+    RmsNorm {
+        scale: Param::from_tensor(Tensor::ones([dim], device)),
+    }
 }
 
 fn transformer(f: &Flavor, device: &Device) -> TransformerM {
@@ -212,7 +242,10 @@ fn transformer(f: &Flavor, device: &Device) -> TransformerM {
             mlp_norm: norm(f.dim, device),
         })
         .collect();
-    Transformer { layers, norm: norm(f.dim, device) }
+    Transformer {
+        layers,
+        norm: norm(f.dim, device),
+    }
 }
 
 fn heartmula(config: &serde_json::Value, device: &Device) -> HeartMuLaM {
@@ -235,7 +268,11 @@ fn values(t: Tensor2) -> serde_json::Value {
     let dims = t.dims();
     assert_eq!(t.dtype(), DType::F32);
     let data = t.into_data();
-    let flat: Vec<f32> = data.as_bytes().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let flat: Vec<f32> = data
+        .as_bytes()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     serde_json::json!({"shape": dims, "values": flat})
 }
 
@@ -253,14 +290,23 @@ fn burn_module_loads_heartmula_packs() {
     let device = Default::default();
     let mut checked = 0;
     for case in load_cases(&dir) {
-        let Some(config_path) = &case.heartmula_config else { continue };
+        let Some(config_path) = &case.heartmula_config else {
+            continue;
+        };
         let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config_path).unwrap()).unwrap();
         let mut model = heartmula(&config, &device);
         let mut store = open_store(&case.pack);
-        let result = model.load_from(&mut store).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let result = model
+            .load_from(&mut store)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         assert!(result.errors.is_empty(), "{}: {:?}", case.name, result.errors);
         assert!(result.missing.is_empty(), "{}: missing {:?}", case.name, result.missing);
-        assert_eq!(result.unused, vec!["audio_embeddings.weight".to_string()], "{}", case.name);
+        assert_eq!(
+            result.unused,
+            vec!["audio_embeddings.weight".to_string()],
+            "{}",
+            case.name
+        );
         assert_eq!(result.applied.len(), 288, "{}", case.name);
         // The Col layout keeps [out, in] in the file: after loading, a weight's dtype is the file's.
         let k = model.backbone.layers[0].attn.k_proj.weight.val();

@@ -119,18 +119,28 @@ impl PackLayout {
             if !seen.insert(name.clone()) {
                 return Err(Error::Invalid(format!("tensor '{name}' appears twice in the pack")));
             }
-            let len = byte_len(dtype, &shape).ok_or_else(|| {
-                Error::Invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits"))
-            })?;
+            let len = byte_len(dtype, &shape)
+                .ok_or_else(|| Error::Invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits")))?;
             if len > MAX_TENSOR_SIZE {
                 return Err(Error::Invalid(format!(
                     "tensor '{name}' is {len} bytes; Burn's reader refuses tensors over {MAX_TENSOR_SIZE} bytes"
                 )));
             }
-            let start = if target.aligned() { align_up(offset, TENSOR_ALIGNMENT) } else { offset };
+            let start = if target.aligned() {
+                align_up(offset, TENSOR_ALIGNMENT)
+            } else {
+                offset
+            };
             let end = start + len;
             offset = end;
-            tensors.push(TensorPlan { name, dtype, shape, param_id, start, end });
+            tensors.push(TensorPlan {
+                name,
+                dtype,
+                shape,
+                param_id,
+                start,
+                end,
+            });
         }
         let cbor = encode_metadata(&tensors, &metadata, target)?;
         if cbor.len() as u64 > MAX_METADATA_SIZE {
@@ -151,7 +161,14 @@ impl PackLayout {
                 "the pack would be {file_size} bytes; Burn's file loaders refuse files over {MAX_FILE_SIZE} bytes"
             )));
         }
-        Ok(PackLayout { target, tensors, metadata, cbor, data_start, file_size })
+        Ok(PackLayout {
+            target,
+            tensors,
+            metadata,
+            cbor,
+            data_start,
+            file_size,
+        })
     }
 
     /// Header, CBOR metadata and the zero padding up to the data section.
@@ -207,17 +224,16 @@ struct DescriptorOut<'a> {
     param_id: Option<u64>,
 }
 
-fn encode_metadata(
-    tensors: &[TensorPlan],
-    metadata: &BTreeMap<String, String>,
-    target: BurnTarget,
-) -> Result<Vec<u8>> {
+fn encode_metadata(tensors: &[TensorPlan], metadata: &BTreeMap<String, String>, target: BurnTarget) -> Result<Vec<u8>> {
     let out = MetadataOut {
         tensors: tensors
             .iter()
             .map(|t| {
                 let descriptor = DescriptorOut {
-                    dtype: CborDType { dtype: t.dtype, bool_has_store: target.bool_has_store() },
+                    dtype: CborDType {
+                        dtype: t.dtype,
+                        bool_has_store: target.bool_has_store(),
+                    },
                     shape: &t.shape,
                     data_offsets: (t.start, t.end),
                     param_id: t.param_id,
@@ -228,8 +244,7 @@ fn encode_metadata(
         metadata: metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
     };
     let mut cbor = Vec::new();
-    ciborium::into_writer(&out, &mut cbor)
-        .map_err(|e| Error::Invalid(format!("cannot encode pack metadata: {e}")))?;
+    ciborium::into_writer(&out, &mut cbor).map_err(|e| Error::Invalid(format!("cannot encode pack metadata: {e}")))?;
     Ok(cbor)
 }
 
@@ -320,16 +335,22 @@ pub fn read_index(path: &Path) -> Result<PackIndex> {
         .len();
     let mut header = [0u8; HEADER_SIZE as usize];
     let available = file_size.min(HEADER_SIZE) as usize;
-    file.read_exact(&mut header[..available]).map_err(|e| Error::io(path, "cannot read header", e))?;
+    file.read_exact(&mut header[..available])
+        .map_err(|e| Error::io(path, "cannot read header", e))?;
     let metadata_size = check_header(path, &header[..available], file_size)?;
     let mut cbor = vec![0u8; metadata_size as usize];
-    file.read_exact(&mut cbor).map_err(|e| Error::io(path, "cannot read metadata", e))?;
+    file.read_exact(&mut cbor)
+        .map_err(|e| Error::io(path, "cannot read metadata", e))?;
     parse_index(path, &cbor, file_size)
 }
 
 /// The same as `read_index`, for a pack already in memory (`path` only names it in errors).
 pub fn index_from_bytes(path: &Path, bytes: &[u8]) -> Result<PackIndex> {
-    let metadata_size = check_header(path, &bytes[..bytes.len().min(HEADER_SIZE as usize)], bytes.len() as u64)?;
+    let metadata_size = check_header(
+        path,
+        &bytes[..bytes.len().min(HEADER_SIZE as usize)],
+        bytes.len() as u64,
+    )?;
     let cbor = &bytes[HEADER_SIZE as usize..(HEADER_SIZE + metadata_size) as usize];
     parse_index(path, cbor, bytes.len() as u64)
 }
@@ -339,10 +360,14 @@ pub fn index_from_bytes(path: &Path, bytes: &[u8]) -> Result<PackIndex> {
 fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
     let bad = |message: String| Error::pack(path, message);
     if file_size > MAX_FILE_SIZE {
-        return Err(bad(format!("file is {file_size} bytes, over Burn's limit of {MAX_FILE_SIZE}")));
+        return Err(bad(format!(
+            "file is {file_size} bytes, over Burn's limit of {MAX_FILE_SIZE}"
+        )));
     }
     if header.len() < HEADER_SIZE as usize {
-        return Err(bad(format!("not a Burn pack: only {file_size} bytes, shorter than the 10-byte header")));
+        return Err(bad(format!(
+            "not a Burn pack: only {file_size} bytes, shorter than the 10-byte header"
+        )));
     }
     let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
     if magic != MAGIC {
@@ -356,7 +381,9 @@ fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
     }
     let metadata_size = u32::from_le_bytes(header[6..10].try_into().unwrap()) as u64;
     if metadata_size > MAX_METADATA_SIZE {
-        return Err(bad(format!("metadata size {metadata_size} exceeds the limit of {MAX_METADATA_SIZE} bytes")));
+        return Err(bad(format!(
+            "metadata size {metadata_size} exceeds the limit of {MAX_METADATA_SIZE} bytes"
+        )));
     }
     let metadata_end = HEADER_SIZE + metadata_size;
     if file_size < metadata_end {
@@ -387,13 +414,20 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
             .ok_or_else(|| Error::tensor(path, &name, format!("unsupported dtype {:?}", d.dtype)))?;
         let (start, end) = d.data_offsets;
         if end < start {
-            return Err(Error::tensor(path, &name, format!("corrupt offsets: end {end} < start {start}")));
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!("corrupt offsets: end {end} < start {start}"),
+            ));
         }
         if end - start > MAX_TENSOR_SIZE {
             return Err(Error::tensor(
                 path,
                 &name,
-                format!("{} bytes, over Burn's per-tensor limit of {MAX_TENSOR_SIZE}", end - start),
+                format!(
+                    "{} bytes, over Burn's per-tensor limit of {MAX_TENSOR_SIZE}",
+                    end - start
+                ),
             ));
         }
         let expected = byte_len(dtype, &d.shape);
@@ -401,10 +435,22 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
             return Err(Error::tensor(
                 path,
                 &name,
-                format!("holds {} bytes but {dtype} {:?} needs {expected:?}", end - start, d.shape),
+                format!(
+                    "holds {} bytes but {dtype} {:?} needs {expected:?}",
+                    end - start,
+                    d.shape
+                ),
             ));
         }
-        tensors.push(PackTensor { name, dtype, shape: d.shape, param_id: d.param_id, start, end, file_offset: 0 });
+        tensors.push(PackTensor {
+            name,
+            dtype,
+            shape: d.shape,
+            param_id: d.param_id,
+            start,
+            end,
+            file_offset: 0,
+        });
     }
     let max_end = tensors.iter().map(|t| t.end).max().unwrap_or(0);
     let (layout, data_start) = if file_size == aligned_start + max_end {
@@ -422,7 +468,10 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
         return Err(bad(if file_size < expected {
             format!("truncated: the {name} layout needs {expected} bytes but the file has {file_size}")
         } else {
-            format!("{} unexpected bytes after the last tensor ({name} layout ends at {expected})", file_size - expected)
+            format!(
+                "{} unexpected bytes after the last tensor ({name} layout ends at {expected})",
+                file_size - expected
+            )
         }));
     };
     for t in &mut tensors {
@@ -529,7 +578,10 @@ mod tests {
         let weight = layout.cbor.windows(9).position(|w| w == b"fc.weight").unwrap();
         assert!(bias < weight);
         // data_offsets of the bias: array(2) [256, 264] with 2-byte integer heads.
-        assert!(layout.cbor.windows(7).any(|w| w == [0x82, 0x19, 0x01, 0x00, 0x19, 0x01, 0x08]));
+        assert!(layout
+            .cbor
+            .windows(7)
+            .any(|w| w == [0x82, 0x19, 0x01, 0x00, 0x19, 0x01, 0x08]));
         assert_eq!(layout.cbor[0], 0xa1, "no metadata key when the map is empty");
     }
 
@@ -560,9 +612,8 @@ mod tests {
 
     #[test]
     fn bool_encoding_depends_on_target() {
-        let plan = |t| {
-            PackLayout::plan(vec![("mask".into(), DType::Bool, vec![3], Some(7))], BTreeMap::new(), t).unwrap()
-        };
+        let plan =
+            |t| PackLayout::plan(vec![("mask".into(), DType::Bool, vec![3], Some(7))], BTreeMap::new(), t).unwrap();
         let mut v21 = vec![0x65];
         v21.extend(b"dtype");
         v21.push(0xa1);
@@ -614,7 +665,10 @@ mod tests {
     #[test]
     fn rejects_duplicates_and_oversized_tensors() {
         let dup = PackLayout::plan(
-            vec![("a".into(), DType::U8, vec![1], None), ("a".into(), DType::U8, vec![1], None)],
+            vec![
+                ("a".into(), DType::U8, vec![1], None),
+                ("a".into(), DType::U8, vec![1], None),
+            ],
             BTreeMap::new(),
             BurnTarget::V0_21,
         );
@@ -640,12 +694,19 @@ mod tests {
             )
             .unwrap();
             let index = parse_index(Path::new("x.bpk"), &layout.cbor, layout.file_size).unwrap();
-            let expected = if target == BurnTarget::V0_19 { Layout::Unaligned019 } else { Layout::Aligned };
+            let expected = if target == BurnTarget::V0_19 {
+                Layout::Unaligned019
+            } else {
+                Layout::Aligned
+            };
             assert_eq!(index.layout, expected);
             assert_eq!(index.tensors[0].name, "z");
             assert_eq!(index.tensors[0].param_id, Some(u64::MAX));
             assert_eq!(index.tensors[1].dtype, DType::Bool);
-            assert_eq!(index.tensors[1].file_offset, layout.data_start + layout.tensors[1].start);
+            assert_eq!(
+                index.tensors[1].file_offset,
+                layout.data_start + layout.tensors[1].start
+            );
             assert_eq!(index.metadata, md(&[("k", "v")]));
             let short = parse_index(Path::new("x.bpk"), &layout.cbor, layout.file_size - 1);
             assert!(short.unwrap_err().to_string().contains("x.bpk"));

@@ -28,10 +28,12 @@ pub fn convert(src: &[u8], from: DType, to: DType, dst: &mut Vec<u8>) {
         let values = src.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()));
         match to {
             DType::F32 => values.for_each(|v| dst.extend_from_slice(&(v as f32).to_le_bytes())),
-            DType::F16 => values
-                .for_each(|v| dst.extend_from_slice(&f16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes())),
-            DType::BF16 => values
-                .for_each(|v| dst.extend_from_slice(&bf16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes())),
+            DType::F16 => {
+                values.for_each(|v| dst.extend_from_slice(&f16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes()))
+            }
+            DType::BF16 => {
+                values.for_each(|v| dst.extend_from_slice(&bf16::from_f32(f64_to_f32_round_odd(v)).to_le_bytes()))
+            }
             _ => unreachable!("checked by supported()"),
         }
         return;
@@ -45,10 +47,16 @@ pub fn convert(src: &[u8], from: DType, to: DType, dst: &mut Vec<u8>) {
         _ => unreachable!("checked by supported()"),
     }
     match to {
-        DType::F64 => widened.iter().for_each(|&v| dst.extend_from_slice(&(v as f64).to_le_bytes())),
+        DType::F64 => widened
+            .iter()
+            .for_each(|&v| dst.extend_from_slice(&(v as f64).to_le_bytes())),
         DType::F32 => widened.iter().for_each(|&v| dst.extend_from_slice(&v.to_le_bytes())),
-        DType::F16 => widened.iter().for_each(|&v| dst.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
-        DType::BF16 => widened.iter().for_each(|&v| dst.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
+        DType::F16 => widened
+            .iter()
+            .for_each(|&v| dst.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
+        DType::BF16 => widened
+            .iter()
+            .for_each(|&v| dst.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
         _ => unreachable!("checked by supported()"),
     }
 }
@@ -79,7 +87,10 @@ mod tests {
     }
 
     fn u16s(bytes: &[u8]) -> Vec<u16> {
-        bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect()
     }
 
     #[test]
@@ -87,7 +98,11 @@ mod tests {
         // 1 + 2^-8 is exactly half way between bf16 1.0 (0x3F80) and 1.0078125 (0x3F81): ties to even -> 0x3F80.
         // 1 + 3*2^-8 is half way between 0x3F81 and 0x3F82: ties to even -> 0x3F82.
         // 1 + 2^-8 + 2^-20 is above half way -> 0x3F81 (truncation would give 0x3F80).
-        let v = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20)];
+        let v = [
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            1.0 + 2f32.powi(-8) + 2f32.powi(-20),
+        ];
         assert_eq!(u16s(&f32_to(DType::BF16, &v)), [0x3F80, 0x3F82, 0x3F81]);
     }
 
@@ -109,10 +124,16 @@ mod tests {
 
     #[test]
     fn widening_is_exact() {
-        let bf: Vec<u8> = [0x3F81u16, 0xC2F7, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf: Vec<u8> = [0x3F81u16, 0xC2F7, 0x0001]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let mut out = Vec::new();
         convert(&bf, DType::BF16, DType::F32, &mut out);
-        let back: Vec<u32> = out.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let back: Vec<u32> = out
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(back, [0x3F81_0000, 0xC2F7_0000, 0x0001_0000]);
     }
 

@@ -41,8 +41,15 @@ pub fn header(dtype: DType, shape: &[u64]) -> Vec<u8> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut text = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}", descr(dtype));
-    let (version, prefix) = if text.len() + 1 + 10 <= u16::MAX as usize { (1u8, 10) } else { (2u8, 12) };
+    let mut text = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
+        descr(dtype)
+    );
+    let (version, prefix) = if text.len() + 1 + 10 <= u16::MAX as usize {
+        (1u8, 10)
+    } else {
+        (2u8, 12)
+    };
     let padding = (ALIGN - (prefix + text.len() + 1) % ALIGN) % ALIGN;
     text.extend(std::iter::repeat_n(' ', padding));
     text.push('\n');
@@ -80,7 +87,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
         .ok_or_else(|| format!("header of {len} bytes runs past the end of the file"))?;
     let text = std::str::from_utf8(text).map_err(|_| "header is not text".to_string())?;
     let field = |key: &str| -> Result<&str, String> {
-        let at = text.find(&format!("'{key}':")).ok_or_else(|| format!("header has no '{key}'"))?;
+        let at = text
+            .find(&format!("'{key}':"))
+            .ok_or_else(|| format!("header has no '{key}'"))?;
         Ok(text[at + key.len() + 3..].trim_start())
     };
     let descr_text = field("descr")?;
@@ -103,7 +112,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().map_err(|_| format!("malformed 'shape' ({inner})")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(NpyHeader { dtype, shape, data_offset: (start + len) as u64 })
+    Ok(NpyHeader {
+        dtype,
+        shape,
+        data_offset: (start + len) as u64,
+    })
 }
 
 #[cfg(test)]

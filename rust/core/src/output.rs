@@ -24,7 +24,9 @@ pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
     };
     let prefix = format!(".{}.", name.to_string_lossy());
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return removed };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return removed;
+    };
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = file_name
@@ -56,8 +58,8 @@ pub fn parent_dir(path: &Path) -> Option<PathBuf> {
 
 /// Bytes available to this user on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> std::io::Result<u64> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c =
+        CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
@@ -77,8 +79,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Checks the destination can be written and creates the temp file, `size` bytes long.
     pub fn create(destination: &Path, size: u64, overwrite: bool) -> Result<AtomicFile> {
-        let dir = parent_dir(destination)
-            .ok_or_else(|| Error::pack(destination, "output path has no file name"))?;
+        let dir = parent_dir(destination).ok_or_else(|| Error::pack(destination, "output path has no file name"))?;
         let file_name = destination
             .file_name()
             .ok_or_else(|| Error::pack(destination, "output path has no file name"))?
@@ -91,9 +92,7 @@ impl AtomicFile {
         }
         match std::fs::symlink_metadata(destination) {
             Ok(m) if m.is_dir() => return Err(Error::pack(destination, "output is an existing folder")),
-            Ok(_) if !overwrite => {
-                return Err(Error::pack(destination, "output exists (use --force to replace it)"))
-            }
+            Ok(_) if !overwrite => return Err(Error::pack(destination, "output exists (use --force to replace it)")),
             _ => {}
         }
         let available = free_space(&dir).map_err(|e| Error::io(&dir, "cannot read free space", e))?;
@@ -112,7 +111,12 @@ impl AtomicFile {
             .mode(0o644)
             .open(&temp_path)
             .map_err(|e| Error::io(&temp_path, "cannot create temp file", e))?;
-        let atomic = AtomicFile { file, temp_path, destination: destination.to_path_buf(), committed: false };
+        let atomic = AtomicFile {
+            file,
+            temp_path,
+            destination: destination.to_path_buf(),
+            committed: false,
+        };
         atomic.reserve(size)?;
         Ok(atomic)
     }
@@ -133,9 +137,16 @@ impl AtomicFile {
                 .map_err(|e| Error::io(&self.temp_path, "cannot size temp file", e)),
             libc::ENOSPC | libc::EFBIG => Err(Error::pack(
                 &self.destination,
-                format!("not enough space for the {size}-byte pack: {}", std::io::Error::from_raw_os_error(rc)),
+                format!(
+                    "not enough space for the {size}-byte pack: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                ),
             )),
-            errno => Err(Error::io(&self.temp_path, "cannot allocate temp file", std::io::Error::from_raw_os_error(errno))),
+            errno => Err(Error::io(
+                &self.temp_path,
+                "cannot allocate temp file",
+                std::io::Error::from_raw_os_error(errno),
+            )),
         }
     }
 
@@ -217,14 +228,23 @@ mod tests {
     fn refuses_when_space_is_short_before_creating_anything() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("huge.bpk");
-        let err = AtomicFile::create(&dest, u64::MAX / 2, false).err().unwrap().to_string();
+        let err = AtomicFile::create(&dest, u64::MAX / 2, false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not enough free space"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
     fn missing_output_folder_is_named() {
-        let err = AtomicFile::create(Path::new("/nonexistent-dir/x.bpk"), 1, false).err().unwrap().to_string();
-        assert!(err.contains("/nonexistent-dir/x.bpk") && err.contains("does not exist"), "{err}");
+        let err = AtomicFile::create(Path::new("/nonexistent-dir/x.bpk"), 1, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent-dir/x.bpk") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

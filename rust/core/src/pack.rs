@@ -85,7 +85,13 @@ pub(crate) fn resolve(items: &[PackItem]) -> Result<Resolved> {
     }
     let lookups: Vec<HashMap<&str, usize>> = shards
         .iter()
-        .map(|s| s.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect())
+        .map(|s| {
+            s.tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.as_str(), i))
+                .collect()
+        })
         .collect();
     let mut locations = Vec::with_capacity(items.len());
     for item in items {
@@ -107,7 +113,12 @@ fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
         .iter()
         .zip(&resolved.locations)
         .map(|(item, &(s, t, _))| {
-            (item.name.clone(), item.dtype, resolved.shards[s].tensors[t].shape.clone(), item.param_id)
+            (
+                item.name.clone(),
+                item.dtype,
+                resolved.shards[s].tensors[t].shape.clone(),
+                item.param_id,
+            )
         })
         .collect();
     let layout = PackLayout::plan(specs, request.metadata.clone(), request.target)?;
@@ -131,7 +142,10 @@ fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<DT
     }
     if let Some(shape) = &item.expect_shape {
         if *shape != tensor.shape {
-            return Err(err(format!("expected shape {shape:?}, the file has {:?}", tensor.shape)));
+            return Err(err(format!(
+                "expected shape {shape:?}, the file has {:?}",
+                tensor.shape
+            )));
         }
     }
     if !cast::supported(source_dtype, item.dtype) {
@@ -143,7 +157,9 @@ fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<DT
 /// Refuses an output that would overwrite one of the inputs.
 fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    let Ok(out) = std::fs::metadata(output) else {
+        return Ok(());
+    };
     for shard in shards {
         if let Ok(m) = shard.file.metadata() {
             if m.dev() == out.dev() && m.ino() == out.ino() {
@@ -164,9 +180,21 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
 
     let total: u64 = layout.tensors.iter().map(|t| t.byte_len()).sum();
     let targets: Vec<u64> = layout.tensors.iter().map(|t| layout.data_start + t.start).collect();
-    let written = write_tensors(&request.items, &resolved, &out.file, &request.output, &targets, progress)?;
+    let written = write_tensors(
+        &request.items,
+        &resolved,
+        &out.file,
+        &request.output,
+        &targets,
+        progress,
+    )?;
     out.commit()?;
-    Ok(PackSummary { file_size: layout.file_size, tensors: layout.tensors.len(), data_bytes: total, ..written })
+    Ok(PackSummary {
+        file_size: layout.file_size,
+        tensors: layout.tensors.len(),
+        data_bytes: total,
+        ..written
+    })
 }
 
 /// Streams every item's bytes (copied or converted) to `targets[i]` in `file`.
@@ -184,10 +212,22 @@ pub(crate) fn write_tensors(
         .zip(&resolved.locations)
         .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
         .sum();
-    let mut writer = TensorWriter { done: 0, total, progress, kernel_copy: true, summary: &mut summary };
+    let mut writer = TensorWriter {
+        done: 0,
+        total,
+        progress,
+        kernel_copy: true,
+        summary: &mut summary,
+    };
     for ((item, &(s, t, source_dtype)), &offset) in items.iter().zip(&resolved.locations).zip(targets) {
         let shard = &resolved.shards[s];
-        writer.write_tensor(shard, &shard.tensors[t], source_dtype, item.dtype, Target { file, path, offset })?;
+        writer.write_tensor(
+            shard,
+            &shard.tensors[t],
+            source_dtype,
+            item.dtype,
+            Target { file, path, offset },
+        )?;
     }
     writer.finish()?;
     Ok(summary)
@@ -204,11 +244,15 @@ pub fn export_npy(
 ) -> Result<PackSummary> {
     assert_eq!(items.len(), file_names.len());
     let resolved = resolve(items)?;
-    let mut summary = PackSummary { tensors: items.len(), ..Default::default() };
+    let mut summary = PackSummary {
+        tensors: items.len(),
+        ..Default::default()
+    };
     let mut plans = Vec::with_capacity(items.len());
     for (item, &(s, t, _)) in items.iter().zip(&resolved.locations) {
         let shape = &resolved.shards[s].tensors[t].shape;
-        let len = byte_len(item.dtype, shape).ok_or_else(|| Error::tensor(&item.source, &item.key, "shape overflows"))?;
+        let len =
+            byte_len(item.dtype, shape).ok_or_else(|| Error::tensor(&item.source, &item.key, "shape overflows"))?;
         summary.data_bytes += len;
         plans.push((npy::header(item.dtype, shape), len));
     }
@@ -217,11 +261,20 @@ pub fn export_npy(
     if available < summary.file_size {
         return Err(Error::pack(
             dir,
-            format!("not enough free space: the export needs {} bytes, {available} are free", summary.file_size),
+            format!(
+                "not enough free space: the export needs {} bytes, {available} are free",
+                summary.file_size
+            ),
         ));
     }
     let total = summary.data_bytes;
-    let mut writer = TensorWriter { done: 0, total, progress, kernel_copy: true, summary: &mut summary };
+    let mut writer = TensorWriter {
+        done: 0,
+        total,
+        progress,
+        kernel_copy: true,
+        summary: &mut summary,
+    };
     for ((item, &(s, t, source_dtype)), ((header, len), name)) in
         items.iter().zip(&resolved.locations).zip(plans.iter().zip(file_names))
     {
@@ -232,12 +285,19 @@ pub fn export_npy(
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, "cannot create", e))?;
-        file.set_len(header.len() as u64 + len).map_err(|e| Error::io(&path, "cannot size", e))?;
-        file.write_all_at(header, 0).map_err(|e| Error::io(&path, "cannot write", e))?;
+        file.set_len(header.len() as u64 + len)
+            .map_err(|e| Error::io(&path, "cannot size", e))?;
+        file.write_all_at(header, 0)
+            .map_err(|e| Error::io(&path, "cannot write", e))?;
         let shard = &resolved.shards[s];
-        let target = Target { file: &file, path: &path, offset: header.len() as u64 };
+        let target = Target {
+            file: &file,
+            path: &path,
+            offset: header.len() as u64,
+        };
         writer.write_tensor(shard, &shard.tensors[t], source_dtype, item.dtype, target)?;
-        file.sync_all().map_err(|e| Error::io(&path, "cannot flush to disk", e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&path, "cannot flush to disk", e))?;
     }
     writer.finish()?;
     Ok(summary)
@@ -270,7 +330,10 @@ struct TensorWriter<'a> {
 impl TensorWriter<'_> {
     fn advance(&mut self, bytes: u64) -> Result<()> {
         self.done += bytes;
-        if (self.progress)(Progress { done: self.done, total: self.total }) {
+        if (self.progress)(Progress {
+            done: self.done,
+            total: self.total,
+        }) {
             Ok(())
         } else {
             Err(Error::Cancelled)
@@ -283,7 +346,14 @@ impl TensorWriter<'_> {
         self.advance(0)
     }
 
-    fn write_tensor(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, target: Target) -> Result<()> {
+    fn write_tensor(
+        &mut self,
+        shard: &Shard,
+        tensor: &ShardTensor,
+        from: DType,
+        to: DType,
+        target: Target,
+    ) -> Result<()> {
         if from == to {
             self.copy(shard, tensor, &target)
         } else {
@@ -296,9 +366,19 @@ impl TensorWriter<'_> {
         let mut copied = 0u64;
         while self.kernel_copy && copied < tensor.byte_len {
             let want = (tensor.byte_len - copied).min(COPY_CHUNK);
-            match copy_file_range(&shard.file, tensor.file_offset + copied, target.file, target.offset + copied, want) {
+            match copy_file_range(
+                &shard.file,
+                tensor.file_offset + copied,
+                target.file,
+                target.offset + copied,
+                want,
+            ) {
                 Ok(0) => {
-                    return Err(Error::tensor(&shard.path, &tensor.name, "file ended early (truncated while packing?)"))
+                    return Err(Error::tensor(
+                        &shard.path,
+                        &tensor.name,
+                        "file ended early (truncated while packing?)",
+                    ))
                 }
                 Ok(n) => {
                     copied += n;
@@ -366,7 +446,14 @@ fn copy_file_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64)
     loop {
         // SAFETY: valid descriptors and offset out-parameters; the kernel bounds-checks the rest.
         let n = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len as usize, 0)
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                len as usize,
+                0,
+            )
         };
         if n >= 0 {
             return Ok(n as u64);
@@ -379,12 +466,12 @@ fn copy_file_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::burnpack::read_index;
     use crate::source::tests::write_shard;
 
-    fn item(name: &str, source: &Path, key: &str, dtype: DType) -> PackItem {
+    pub(crate) fn item(name: &str, source: &Path, key: &str, dtype: DType) -> PackItem {
         PackItem {
             name: name.into(),
             source: source.into(),
@@ -406,7 +493,13 @@ mod tests {
         let a = dir.path().join("a.safetensors");
         let b = dir.path().join("b.safetensors");
         write_shard(&a, &[("w", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
-        write_shard(&b, &[("h", "F32", vec![3], f32_bytes(&[1.0, -2.0, 0.5])), ("i", "I64", vec![1], vec![7; 8])]);
+        write_shard(
+            &b,
+            &[
+                ("h", "F32", vec![3], f32_bytes(&[1.0, -2.0, 0.5])),
+                ("i", "I64", vec![1], vec![7; 8]),
+            ],
+        );
         let out = dir.path().join("out.bpk");
         let request = PackRequest {
             items: vec![
@@ -447,7 +540,13 @@ mod tests {
     fn export_npy_then_pack_equals_direct_pack() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
-        write_shard(&a, &[("w", "F32", vec![2, 3], f32_bytes(&[1.0, 2.5, -3.0, 4.0, 1e-3, 7.0])), ("n", "I32", vec![], vec![9, 0, 0, 0])]);
+        write_shard(
+            &a,
+            &[
+                ("w", "F32", vec![2, 3], f32_bytes(&[1.0, 2.5, -3.0, 4.0, 1e-3, 7.0])),
+                ("n", "I32", vec![], vec![9, 0, 0, 0]),
+            ],
+        );
         let items = vec![item("w", &a, "w", DType::BF16), item("n", &a, "n", DType::I32)];
         let raw = dir.path().join("raw");
         std::fs::create_dir(&raw).unwrap();
@@ -463,14 +562,24 @@ mod tests {
         pack(&direct, &mut |_| true).unwrap();
         let mut from_npy = direct.clone();
         from_npy.output = dir.path().join("from_npy.bpk");
-        from_npy.items = vec![item("w", &raw.join("w.npy"), "w", DType::BF16), item("n", &raw.join("n.npy"), "n", DType::I32)];
+        from_npy.items = vec![
+            item("w", &raw.join("w.npy"), "w", DType::BF16),
+            item("n", &raw.join("n.npy"), "n", DType::I32),
+        ];
         from_npy.items[0].expect_source_dtype = Some(DType::BF16);
         pack(&from_npy, &mut |_| true).unwrap();
-        assert_eq!(std::fs::read(&direct.output).unwrap(), std::fs::read(&from_npy.output).unwrap());
+        assert_eq!(
+            std::fs::read(&direct.output).unwrap(),
+            std::fs::read(&from_npy.output).unwrap()
+        );
         // Without the manifest saying BF16, a `<u2` file is U16 and cannot become BF16.
         from_npy.items[0].expect_source_dtype = None;
         from_npy.output = dir.path().join("x.bpk");
-        assert!(pack(&from_npy, &mut |_| true).err().unwrap().to_string().contains("cannot convert U16 to BF16"));
+        assert!(pack(&from_npy, &mut |_| true)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("cannot convert U16 to BF16"));
     }
 
     #[test]
@@ -496,7 +605,10 @@ mod tests {
     fn bad_requests_name_file_and_tensor_and_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
-        write_shard(&a, &[("w", "F32", vec![4], vec![0; 16]), ("i", "I32", vec![1], vec![0; 4])]);
+        write_shard(
+            &a,
+            &[("w", "F32", vec![4], vec![0; 16]), ("i", "I32", vec![1], vec![0; 4])],
+        );
         let out = dir.path().join("out.bpk");
         let run = |it: PackItem| {
             let request = PackRequest {
@@ -509,7 +621,10 @@ mod tests {
             pack(&request, &mut |_| true).err().unwrap().to_string()
         };
         let missing = run(item("x", &a, "nope", DType::F32));
-        assert!(missing.contains("a.safetensors") && missing.contains("'nope'"), "{missing}");
+        assert!(
+            missing.contains("a.safetensors") && missing.contains("'nope'"),
+            "{missing}"
+        );
         let cast = run(item("i", &a, "i", DType::F32));
         assert!(cast.contains("cannot convert I32 to F32"), "{cast}");
         let mut wrong = item("w", &a, "w", DType::F32);

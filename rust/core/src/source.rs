@@ -57,7 +57,14 @@ impl Shard {
             return Self::from_pack(path, file, mmap);
         }
         let (tensors, metadata) = parse_safetensors(path, &mmap)?;
-        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata, is_npy: false })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            file,
+            mmap,
+            tensors,
+            metadata,
+            is_npy: false,
+        })
     }
 
     /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
@@ -76,11 +83,21 @@ impl Shard {
             })
             .collect();
         let metadata = index.metadata.into_iter().collect();
-        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors, metadata, is_npy: false })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            file,
+            mmap,
+            tensors,
+            metadata,
+            is_npy: false,
+        })
     }
 
     fn from_npy(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
-        let bad = |message: String| Error::BadShard { path: path.to_path_buf(), message };
+        let bad = |message: String| Error::BadShard {
+            path: path.to_path_buf(),
+            message,
+        };
         let header = crate::npy::parse_header(&mmap).map_err(|m| Error::BadShard {
             path: path.to_path_buf(),
             message: format!("not a valid .npy file: {m}"),
@@ -94,7 +111,10 @@ impl Shard {
                 header.dtype, header.shape
             )));
         }
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tensor = ShardTensor {
             name,
             dtype: Some(header.dtype),
@@ -103,7 +123,14 @@ impl Shard {
             file_offset: header.data_offset,
             byte_len,
         };
-        Ok(Shard { path: path.to_path_buf(), file, mmap, tensors: vec![tensor], metadata: Vec::new(), is_npy: true })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            file,
+            mmap,
+            tensors: vec![tensor],
+            metadata: Vec::new(),
+            is_npy: true,
+        })
     }
 
     pub fn find(&self, name: &str) -> Option<&ShardTensor> {
@@ -182,25 +209,42 @@ fn diagnose_layout(bytes: &[u8]) -> Option<String> {
         let offsets = info.get("data_offsets")?.as_array()?;
         let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
         let dtype: safetensors::Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
-        let numel = info.get("shape")?.as_array()?.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.as_u64()?));
-        let size = numel.and_then(|n| n.checked_mul(dtype.bitsize() as u64)).map(|bits| bits / 8);
+        let numel = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(d.as_u64()?));
+        let size = numel
+            .and_then(|n| n.checked_mul(dtype.bitsize() as u64))
+            .map(|bits| bits / 8);
         tensors.push((name, start, end, size));
     }
     tensors.sort_by_key(|t| (t.1, t.2));
     let mut expected_start = 0;
     for (name, start, end, size) in &tensors {
         if end < start {
-            return Some(format!("tensor '{name}': offsets [{start}, {end}] end before they start"));
+            return Some(format!(
+                "tensor '{name}': offsets [{start}, {end}] end before they start"
+            ));
         }
         if *start != expected_start {
-            let what = if *start < expected_start { "overlaps the tensor before it" } else { "leaves a gap before it" };
+            let what = if *start < expected_start {
+                "overlaps the tensor before it"
+            } else {
+                "leaves a gap before it"
+            };
             return Some(format!("tensor '{name}': offsets [{start}, {end}] {what}"));
         }
         if *end > data_len {
-            return Some(format!("tensor '{name}': offsets [{start}, {end}] run past the end of the data ({data_len} bytes; truncated?)"));
+            return Some(format!(
+                "tensor '{name}': offsets [{start}, {end}] run past the end of the data ({data_len} bytes; truncated?)"
+            ));
         }
         if *size != Some(end - start) {
-            return Some(format!("tensor '{name}': {} bytes do not match its shape x dtype ({size:?})", end - start));
+            return Some(format!(
+                "tensor '{name}': {} bytes do not match its shape x dtype ({size:?})",
+                end - start
+            ));
         }
         expected_start = *end;
     }
@@ -243,7 +287,10 @@ pub(crate) mod tests {
     fn lists_tensors_in_file_order_with_absolute_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.safetensors");
-        write_shard(&p, &[("z", "F32", vec![2], vec![1; 8]), ("a", "U8", vec![3], vec![2; 3])]);
+        write_shard(
+            &p,
+            &[("z", "F32", vec![2], vec![1; 8]), ("a", "U8", vec![3], vec![2; 3])],
+        );
         let shard = Shard::open(&p).unwrap();
         let names: Vec<_> = shard.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["z", "a"]);
@@ -273,7 +320,12 @@ pub(crate) mod tests {
         let p = dir.path().join("t.safetensors");
         write_shard(&p, &[("w", "F32", vec![4], vec![0; 16])]);
         let len = std::fs::metadata(&p).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 1).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
         let err = Shard::open(&p).err().unwrap().to_string();
         assert!(err.contains("t.safetensors") && err.contains("truncated"), "{err}");
 

@@ -28,13 +28,19 @@ pub fn write_safetensors(
     let resolved = resolve(items)?;
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("strings serialize"),
+        );
     }
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(items.len());
     for (item, &(s, t, source_dtype)) in items.iter().zip(&resolved.locations) {
         if item.dtype != source_dtype {
-            return Err(Error::Invalid(format!("tensor '{}': unpacking does not convert dtypes", item.name)));
+            return Err(Error::Invalid(format!(
+                "tensor '{}': unpacking does not convert dtypes",
+                item.name
+            )));
         }
         let tensor = &resolved.shards[s].tensors[t];
         let entry = serde_json::json!({
@@ -43,7 +49,10 @@ pub fn write_safetensors(
             "data_offsets": [offset, offset + tensor.byte_len],
         });
         if header.insert(item.name.clone(), entry).is_some() || item.name == "__metadata__" {
-            return Err(Error::Invalid(format!("tensor '{}' cannot be written twice or under that name", item.name)));
+            return Err(Error::Invalid(format!(
+                "tensor '{}' cannot be written twice or under that name",
+                item.name
+            )));
         }
         offsets.push(offset);
         offset += tensor.byte_len;
@@ -58,7 +67,10 @@ pub fn write_safetensors(
     let targets: Vec<u64> = offsets.iter().map(|o| data_start + o).collect();
     let summary = write_tensors(items, &resolved, &out.file, output, &targets, progress)?;
     out.commit()?;
-    Ok(PackSummary { file_size: data_start + offset, ..summary })
+    Ok(PackSummary {
+        file_size: data_start + offset,
+        ..summary
+    })
 }
 
 #[cfg(test)]
@@ -70,20 +82,27 @@ mod tests {
     fn written_files_parse_with_the_safetensors_crate() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
-        write_shard(&a, &[("x", "BOOL", vec![3], vec![1, 0, 1]), ("y", "BF16", vec![2], vec![1, 2, 3, 4])]);
+        write_shard(
+            &a,
+            &[
+                ("x", "BOOL", vec![3], vec![1, 0, 1]),
+                ("y", "BF16", vec![2], vec![1, 2, 3, 4]),
+            ],
+        );
         let item = |name: &str, dtype| PackItem {
             name: format!("out.{name}"),
-            source: a.clone(),
-            key: name.into(),
-            dtype,
-            param_id: None,
-            expect_source_dtype: None,
-            expect_shape: None,
+            ..crate::pack::tests::item(name, &a, name, dtype)
         };
         let out = dir.path().join("b.safetensors");
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&[item("y", DType::BF16), item("x", DType::Bool)], &out, &metadata, false, &mut |_| true)
-            .unwrap();
+        write_safetensors(
+            &[item("y", DType::BF16), item("x", DType::Bool)],
+            &out,
+            &metadata,
+            false,
+            &mut |_| true,
+        )
+        .unwrap();
         let shard = Shard::open(&out).unwrap();
         let names: Vec<_> = shard.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["out.y", "out.x"]);

@@ -20,14 +20,19 @@ pub struct Problem {
 
 impl Problem {
     fn tensor(name: &str, message: impl Into<String>) -> Self {
-        Problem { tensor: Some(name.to_string()), message: message.into() }
+        Problem {
+            tensor: Some(name.to_string()),
+            message: message.into(),
+        }
     }
 }
 
 fn read_range(file: &mut File, path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
     let mut buffer = vec![0u8; len as usize];
-    file.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, "cannot seek", e))?;
-    file.read_exact(&mut buffer).map_err(|e| Error::io(path, "cannot read", e))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, "cannot seek", e))?;
+    file.read_exact(&mut buffer)
+        .map_err(|e| Error::io(path, "cannot read", e))?;
     Ok(buffer)
 }
 
@@ -38,16 +43,27 @@ pub fn check_container(path: &Path) -> Result<(PackIndex, Vec<Problem>)> {
     let mut problems = Vec::new();
     let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open pack", e))?;
     let metadata_end = HEADER_SIZE + index.metadata_size;
-    if read_range(&mut file, path, metadata_end, index.data_start - metadata_end)?.iter().any(|&b| b != 0) {
-        problems.push(Problem { tensor: None, message: "padding after the metadata is not zero".into() });
+    if read_range(&mut file, path, metadata_end, index.data_start - metadata_end)?
+        .iter()
+        .any(|&b| b != 0)
+    {
+        problems.push(Problem {
+            tensor: None,
+            message: "padding after the metadata is not zero".into(),
+        });
     }
     let mut previous_end = index.data_start;
     for t in &index.tensors {
         if index.layout == Layout::Aligned && t.file_offset % TENSOR_ALIGNMENT != 0 {
-            problems.push(Problem::tensor(&t.name, format!("starts at {}, not on a 256-byte boundary", t.file_offset)));
+            problems.push(Problem::tensor(
+                &t.name,
+                format!("starts at {}, not on a 256-byte boundary", t.file_offset),
+            ));
         }
         if t.file_offset > previous_end
-            && read_range(&mut file, path, previous_end, t.file_offset - previous_end)?.iter().any(|&b| b != 0)
+            && read_range(&mut file, path, previous_end, t.file_offset - previous_end)?
+                .iter()
+                .any(|&b| b != 0)
         {
             problems.push(Problem::tensor(&t.name, "padding before this tensor is not zero"));
         }
@@ -67,8 +83,12 @@ pub fn verify_against(
     let pack = Shard::open(pack_path)?;
     let sources = resolve(items)?;
     let mut problems = Vec::new();
-    let by_name: std::collections::HashMap<&str, usize> =
-        pack.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let by_name: std::collections::HashMap<&str, usize> = pack
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let total: u64 = items
         .iter()
         .filter_map(|item| by_name.get(item.name.as_str()).map(|&i| pack.tensors[i].byte_len))
@@ -84,11 +104,17 @@ pub fn verify_against(
         let source = &sources.shards[s].tensors[t];
         let packed_dtype = packed.dtype.expect("pack dtypes are Burn dtypes");
         if packed_dtype != item.dtype {
-            problems.push(Problem::tensor(&item.name, format!("dtype {packed_dtype}, expected {}", item.dtype)));
+            problems.push(Problem::tensor(
+                &item.name,
+                format!("dtype {packed_dtype}, expected {}", item.dtype),
+            ));
             continue;
         }
         if packed.shape != source.shape {
-            problems.push(Problem::tensor(&item.name, format!("shape {:?}, the source has {:?}", packed.shape, source.shape)));
+            problems.push(Problem::tensor(
+                &item.name,
+                format!("shape {:?}, the source has {:?}", packed.shape, source.shape),
+            ));
             continue;
         }
         let got = pack.bytes(packed);
@@ -110,10 +136,19 @@ pub fn verify_against(
             };
             if got_chunk != want {
                 let at = got_chunk.iter().zip(want).position(|(a, b)| a != b).unwrap() as u64 / out_size;
-                let how = if source_dtype == packed_dtype { "differs from" } else { "is not the exact cast of" };
+                let how = if source_dtype == packed_dtype {
+                    "differs from"
+                } else {
+                    "is not the exact cast of"
+                };
                 problems.push(Problem::tensor(
                     &item.name,
-                    format!("element {} {how} {}:{}", element + at, sources.shards[s].path.display(), source.name),
+                    format!(
+                        "element {} {how} {}:{}",
+                        element + at,
+                        sources.shards[s].path.display(),
+                        source.name
+                    ),
                 ));
                 break;
             }
@@ -147,15 +182,7 @@ mod tests {
         let a = dir.join("a.safetensors");
         let w: Vec<u8> = (0..24u32).flat_map(|i| (i as f32 * 0.37).to_le_bytes()).collect();
         write_shard(&a, &[("w", "F32", vec![4, 6], w), ("b", "U8", vec![3], vec![1, 2, 3])]);
-        let item = |name: &str, dtype| PackItem {
-            name: name.into(),
-            source: a.clone(),
-            key: name.into(),
-            dtype,
-            param_id: None,
-            expect_source_dtype: None,
-            expect_shape: None,
-        };
+        let item = |name: &str, dtype| crate::pack::tests::item(name, &a, name, dtype);
         let items = vec![item("w", DType::BF16), item("b", DType::U8)];
         let request = PackRequest {
             items: items.clone(),
@@ -177,14 +204,22 @@ mod tests {
 
         let index = read_index(&request.output).unwrap();
         let w = index.tensors.iter().find(|t| t.name == "w").unwrap();
-        let f = std::fs::OpenOptions::new().write(true).read(true).open(&request.output).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&request.output)
+            .unwrap();
         let mut byte = [0u8];
         f.read_exact_at(&mut byte, w.file_offset + 11).unwrap();
         f.write_all_at(&[byte[0] ^ 0x10], w.file_offset + 11).unwrap();
         let problems = verify_against(&request.output, &items, &mut |_| true).unwrap();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].tensor.as_deref(), Some("w"));
-        assert!(problems[0].message.starts_with("element 5 is not the exact cast of"), "{:?}", problems[0]);
+        assert!(
+            problems[0].message.starts_with("element 5 is not the exact cast of"),
+            "{:?}",
+            problems[0]
+        );
     }
 
     #[test]

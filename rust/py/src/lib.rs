@@ -11,7 +11,12 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-create_exception!(_core, PackError, PyException, "A pack could not be read or written; the message names the file and tensor.");
+create_exception!(
+    _core,
+    PackError,
+    PyException,
+    "A pack could not be read or written; the message names the file and tensor."
+);
 
 /// How often progress reaches Python (and Ctrl-C is noticed) at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -26,7 +31,15 @@ fn parse_dtype(name: &str) -> PyResult<core::DType> {
 
 /// One output tensor: (name, source file, key in that file, output dtype, param_id,
 /// expected source dtype, expected shape).
-type ItemTuple = (String, PathBuf, String, String, Option<u64>, Option<String>, Option<Vec<u64>>);
+type ItemTuple = (
+    String,
+    PathBuf,
+    String,
+    String,
+    Option<u64>,
+    Option<String>,
+    Option<Vec<u64>>,
+);
 
 fn to_items(items: Vec<ItemTuple>) -> PyResult<Vec<core::PackItem>> {
     items
@@ -105,9 +118,18 @@ fn pack<'py>(
     burn_version: &str,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let target = core::BurnTarget::parse(burn_version)
-        .ok_or_else(|| PackError::new_err(format!("unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)")))?;
-    let request = core::PackRequest { items: to_items(items)?, metadata, target, output, overwrite };
+    let target = core::BurnTarget::parse(burn_version).ok_or_else(|| {
+        PackError::new_err(format!(
+            "unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)"
+        ))
+    })?;
+    let request = core::PackRequest {
+        items: to_items(items)?,
+        metadata,
+        target,
+        output,
+        overwrite,
+    };
     let summary = with_progress(py, progress, |on_progress| core::pack(&request, on_progress))?;
     summary_dict(py, summary)
 }
@@ -126,8 +148,9 @@ fn export_npy<'py>(
         return Err(PackError::new_err("one file name per item is needed"));
     }
     let items = to_items(items)?;
-    let summary =
-        with_progress(py, progress, |on_progress| core::pack::export_npy(&items, &directory, &file_names, on_progress))?;
+    let summary = with_progress(py, progress, |on_progress| {
+        core::pack::export_npy(&items, &directory, &file_names, on_progress)
+    })?;
     summary_dict(py, summary)
 }
 
@@ -168,7 +191,9 @@ fn verify_against(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Vec<(Option<String>, String)>> {
     let items = to_items(items)?;
-    let problems = with_progress(py, progress, |on_progress| core::verify::verify_against(&path, &items, on_progress))?;
+    let problems = with_progress(py, progress, |on_progress| {
+        core::verify::verify_against(&path, &items, on_progress)
+    })?;
     Ok(problems_list(problems))
 }
 
@@ -233,7 +258,10 @@ fn cast_bytes(data: &[u8], from_dtype: &str, to_dtype: &str) -> PyResult<Vec<u8>
         return Err(PackError::new_err(format!("cannot convert {from} to {to}")));
     }
     if data.len() as u64 % from.size() != 0 {
-        return Err(PackError::new_err(format!("{} bytes is not a whole number of {from} elements", data.len())));
+        return Err(PackError::new_err(format!(
+            "{} bytes is not a whole number of {from} elements",
+            data.len()
+        )));
     }
     let mut out = Vec::new();
     core::cast::convert(data, from, to, &mut out);
