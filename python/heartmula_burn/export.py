@@ -46,8 +46,7 @@ def export_raw(
     started = time.perf_counter()
     try:
         names = [npy_file_name(t.name) for t in manifest.tensors]
-        items = [(t.name, str(t.file), t.key, t.dtype, t.param_id, t.source_dtype, list(t.shape)) for t in manifest.tensors]
-        summary = dict(_core.export_npy(items, str(partial), names, progress=progress))
+        summary = dict(_core.export_npy(manifest.core_items(), str(partial), names, progress=progress))
         raw = Manifest(
             [
                 ManifestTensor(t.name, partial / name, name[: -len(".npy")], t.dtype, t.dtype, t.shape, t.param_id)

@@ -68,6 +68,19 @@ pub fn free_space(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Refuses to start writing `size` bytes into `dir` when the filesystem has less free
+/// (`what` names the output in the error).
+pub fn ensure_free_space(what: &Path, dir: &Path, size: u64) -> Result<()> {
+    let available = free_space(dir).map_err(|e| Error::io(dir, "cannot read free space", e))?;
+    if available < size {
+        return Err(Error::pack(
+            what,
+            format!("not enough free space: {size} bytes are needed, {available} are free"),
+        ));
+    }
+    Ok(())
+}
+
 /// A file being written beside its destination. Dropped without `commit`, it deletes itself.
 pub struct AtomicFile {
     pub file: File,
@@ -95,13 +108,7 @@ impl AtomicFile {
             Ok(_) if !overwrite => return Err(Error::pack(destination, "output exists (use --force to replace it)")),
             _ => {}
         }
-        let available = free_space(&dir).map_err(|e| Error::io(&dir, "cannot read free space", e))?;
-        if available < size {
-            return Err(Error::pack(
-                destination,
-                format!("not enough free space: the pack needs {size} bytes, {available} are free"),
-            ));
-        }
+        ensure_free_space(destination, &dir, size)?;
         remove_stale_partials(destination);
         let temp_path = dir.join(partial_name(&file_name, std::process::id()));
         let file = OpenOptions::new()

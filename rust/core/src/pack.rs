@@ -13,7 +13,7 @@ use crate::cast;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::output::{free_space, AtomicFile};
+use crate::output::{ensure_free_space, AtomicFile};
 use crate::source::{Shard, ShardTensor};
 
 /// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
@@ -212,13 +212,7 @@ pub(crate) fn write_tensors(
         .zip(&resolved.locations)
         .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
         .sum();
-    let mut writer = TensorWriter {
-        done: 0,
-        total,
-        progress,
-        kernel_copy: true,
-        summary: &mut summary,
-    };
+    let mut writer = TensorWriter::new(total, progress, &mut summary);
     for ((item, &(s, t, source_dtype)), &offset) in items.iter().zip(&resolved.locations).zip(targets) {
         let shard = &resolved.shards[s];
         writer.write_tensor(
@@ -257,24 +251,9 @@ pub fn export_npy(
         plans.push((npy::header(item.dtype, shape), len));
     }
     summary.file_size = plans.iter().map(|(h, len)| h.len() as u64 + len).sum();
-    let available = free_space(dir).map_err(|e| Error::io(dir, "cannot read free space", e))?;
-    if available < summary.file_size {
-        return Err(Error::pack(
-            dir,
-            format!(
-                "not enough free space: the export needs {} bytes, {available} are free",
-                summary.file_size
-            ),
-        ));
-    }
+    ensure_free_space(dir, dir, summary.file_size)?;
     let total = summary.data_bytes;
-    let mut writer = TensorWriter {
-        done: 0,
-        total,
-        progress,
-        kernel_copy: true,
-        summary: &mut summary,
-    };
+    let mut writer = TensorWriter::new(total, progress, &mut summary);
     for ((item, &(s, t, source_dtype)), ((header, len), name)) in
         items.iter().zip(&resolved.locations).zip(plans.iter().zip(file_names))
     {
@@ -327,7 +306,17 @@ struct TensorWriter<'a> {
     summary: &'a mut PackSummary,
 }
 
-impl TensorWriter<'_> {
+impl<'a> TensorWriter<'a> {
+    fn new(total: u64, progress: &'a mut dyn FnMut(Progress) -> bool, summary: &'a mut PackSummary) -> Self {
+        TensorWriter {
+            done: 0,
+            total,
+            progress,
+            kernel_copy: true,
+            summary,
+        }
+    }
+
     fn advance(&mut self, bytes: u64) -> Result<()> {
         self.done += bytes;
         if (self.progress)(Progress {

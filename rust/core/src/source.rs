@@ -69,7 +69,7 @@ impl Shard {
 
     /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
     fn from_pack(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
-        let index = crate::burnpack::read_index(path)?;
+        let index = crate::burnpack::index_from_bytes(path, &mmap)?; // already mapped: no second read
         let tensors = index
             .tensors
             .into_iter()
