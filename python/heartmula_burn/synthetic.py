@@ -130,13 +130,27 @@ def write_synthetic_checkpoint(
     num_shards: int = 4,
     seed: int = 0,
     with_index: bool = True,
+    backbone_layers: int | None = None,
 ) -> Path:
     """Writes ROOT/HeartMuLa-oss-3B/{config.json, index, shards}, ROOT/tokenizer.json and
-    ROOT/gen_config.json. Returns ROOT."""
+    ROOT/gen_config.json. Returns ROOT.
+
+    `backbone_layers` scales the checkpoint for benchmarks: the backbone gets that many layers
+    (a custom flavour with the same dims, described under "flavors" in config.json)."""
     root = Path(root)
     model_dir = root / HEARTMULA_SUBDIR
     model_dir.mkdir(parents=True, exist_ok=True)
     config = dict(FULL_CONFIG if full else TINY_CONFIG)
+    if backbone_layers is not None:
+        config["flavors"] = dict(config.get("flavors", {}))
+        base_name = config["backbone_flavor"]
+        if base_name in heartmula.FLAVORS:
+            base = {k: getattr(heartmula.FLAVORS[base_name], k) for k in (*heartmula.FLAVOR_KEYS, "max_seq_len")}
+        else:
+            base = config["flavors"][base_name]
+        name = f"{base_name}-{backbone_layers}L"
+        config["flavors"][name] = {**base, "num_layers": backbone_layers}
+        config["backbone_flavor"] = name
     if dtype != "F32":
         config["torch_dtype"] = {"BF16": "bfloat16", "F16": "float16"}[dtype]
     cfg = heartmula.parse_config(config, model_dir / "config.json")
