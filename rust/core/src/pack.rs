@@ -65,6 +65,11 @@ pub struct PackSummary {
     pub buffer_copied: u64,
     /// Output bytes produced by dtype conversion.
     pub converted: u64,
+    /// Wall seconds of each phase: planning (shard headers, layout, creating and allocating the
+    /// output), tensor data, and the final flush to disk (fsync, rename).
+    pub plan_seconds: f64,
+    pub data_seconds: f64,
+    pub sync_seconds: f64,
 }
 
 /// Where each item's bytes are: its shard, the tensor's index there, and the source dtype.
@@ -173,6 +178,7 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
 /// Writes the pack. `progress` is called after every chunk; returning false cancels the pack,
 /// which then fails with `Error::Cancelled` and leaves the destination as it was.
 pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
+    let started = std::time::Instant::now();
     let (layout, resolved) = plan(request)?;
     check_output_is_not_an_input(&request.output, &resolved.shards)?;
     let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
@@ -180,6 +186,7 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
 
     let total: u64 = layout.tensors.iter().map(|t| t.byte_len()).sum();
     let targets: Vec<u64> = layout.tensors.iter().map(|t| layout.data_start + t.start).collect();
+    let planned = started.elapsed().as_secs_f64();
     let written = write_tensors(
         &request.items,
         &resolved,
@@ -188,11 +195,15 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
         &targets,
         progress,
     )?;
+    let wrote = started.elapsed().as_secs_f64();
     out.commit()?;
     Ok(PackSummary {
         file_size: layout.file_size,
         tensors: layout.tensors.len(),
         data_bytes: total,
+        plan_seconds: planned,
+        data_seconds: wrote - planned,
+        sync_seconds: started.elapsed().as_secs_f64() - wrote,
         ..written
     })
 }

@@ -99,6 +99,9 @@ fn summary_dict<'py>(py: Python<'py>, summary: core::PackSummary) -> PyResult<Bo
     d.set_item("kernel_copied", summary.kernel_copied)?;
     d.set_item("buffer_copied", summary.buffer_copied)?;
     d.set_item("converted", summary.converted)?;
+    d.set_item("plan_seconds", summary.plan_seconds)?;
+    d.set_item("data_seconds", summary.data_seconds)?;
+    d.set_item("sync_seconds", summary.sync_seconds)?;
     Ok(d)
 }
 
