@@ -24,6 +24,7 @@ class SourceTensor:
     source_dtype: str  # as written in the safetensors header
     shape: tuple[int, ...]
     byte_len: int
+    file_offset: int = 0  # of the first byte in its shard
 
 
 @dataclass
@@ -88,7 +89,9 @@ def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[dict
 
 
 def _source(path: Path, t: dict) -> SourceTensor:
-    return SourceTensor(t["name"], path, t["dtype"], t["source_dtype"], tuple(t["shape"]), t["byte_len"])
+    return SourceTensor(
+        t["name"], path, t["dtype"], t["source_dtype"], tuple(t["shape"]), t["byte_len"], t["file_offset"]
+    )
 
 
 def _shards_from_index(model_dir: Path, index_path: Path, shard_metadata: dict) -> tuple[list[Path], list[SourceTensor]]:

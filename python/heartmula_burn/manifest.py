@@ -193,6 +193,9 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         metadata["model"] = "heartmula"
         metadata["backbone_flavor"] = cfg.backbone_flavor
         metadata["decoder_flavor"] = cfg.decoder_flavor
+        # The model's sizes travel with the pack (runtimes and `sanity` need them; custom flavours
+        # cannot be looked up by name).
+        metadata["config"] = json.dumps(ckpt.config, sort_keys=True, separators=(",", ":"))
     tensors = [
         ManifestTensor(t.name, t.file, t.name, t.dtype, output_dtype(t.dtype, dtype), t.shape) for t in ckpt.tensors
     ]
