@@ -149,6 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    sn = sub.add_parser(
+        "sanity",
+        help="run HeartMuLa from a pack's weights and check that it behaves (needs torch)",
+        description="Load the pack tensor by tensor (zero-copy from the mapped file) and run a deterministic "
+        "HeartMuLa forward in f32 on fixed token ids: every weight finite, codebook-0 logits of the prompt, "
+        "teacher-forced logits of codebooks 1-7, a second frame through the KV cache (and against a full "
+        "recompute), greedy decoding of --frames frames. With --reference (the checkpoint folder or another "
+        "pack) the same forward runs on the reference weights cast to the pack's dtypes and must agree "
+        "exactly; for a lossy pack (e.g. BF16 from F32) the difference from the uncast reference is reported. "
+        "Exit 0 when every check passes, 1 otherwise. Needs PyTorch: pip install 'heartmula-burn[sanity]'.",
+    )
+    sn.add_argument("pack", metavar="PACK")
+    sn.add_argument("--reference", metavar="CKPT_ROOT|PACK", help="compare with this checkpoint folder or pack")
+    sn.add_argument("--subdir", metavar="NAME", help="model folder inside the reference CKPT_ROOT")
+    sn.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda, cuda:N or cpu")
+    sn.add_argument("--frames", type=int, default=2, help="audio frames to decode greedily (default 2)")
+    sn.add_argument("--config", metavar="CONFIG_JSON", help="the model's config.json (default: the one in the "
+                    "pack's metadata, else the reference's)")
+    sn.add_argument("--json", action="store_true", help="print every check and figure as JSON on stdout")
+
     s = sub.add_parser(
         "synthetic",
         help="write a synthetic HeartMuLa checkpoint (for trying the tool, tests and benchmarks)",
@@ -346,6 +366,23 @@ def cmd_unpack(args) -> int:
     return 0
 
 
+def cmd_sanity(args) -> int:
+    from .sanity import format_table, run
+
+    result = run(args.pack, reference=args.reference, device=args.device, frames=args.frames,
+                 config=args.config, subdir=args.subdir)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+    if not result.ok:
+        failed = "; ".join(f"{c.name} ({c.figure})" for c in result.failed[:3])
+        more = f"; and {len(result.failed) - 3} more" if len(result.failed) > 3 else ""
+        print(f"heartmula-burn: error: {args.pack}: sanity check failed: {failed}{more}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_synthetic(args) -> int:
     from .synthetic import write_synthetic_checkpoint
 
@@ -362,6 +399,7 @@ COMMANDS = {
     "publish-layout": cmd_publish_layout,
     "verify": cmd_verify,
     "unpack": cmd_unpack,
+    "sanity": cmd_sanity,
     "synthetic": cmd_synthetic,
 }
 
