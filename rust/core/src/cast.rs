@@ -22,6 +22,22 @@ pub fn convert(src: &[u8], from: DType, to: DType, dst: &mut Vec<u8>) {
         return;
     }
     dst.reserve(src.len() / from.size() as usize * to.size() as usize);
+    // The common narrowing (F32 checkpoints packed as BF16 or F16): straight into the output,
+    // one pass, in a loop the compiler vectorises.
+    if from == DType::F32 && matches!(to, DType::BF16 | DType::F16) {
+        let start = dst.len();
+        dst.resize(start + src.len() / 2, 0);
+        let out = dst[start..].chunks_exact_mut(2);
+        let values = src.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()));
+        if to == DType::BF16 {
+            out.zip(values)
+                .for_each(|(o, v)| o.copy_from_slice(&f32_bits_to_bf16(v).to_le_bytes()));
+        } else {
+            out.zip(values)
+                .for_each(|(o, v)| o.copy_from_slice(&f16::from_f32(f32::from_bits(v)).to_le_bytes()));
+        }
+        return;
+    }
     // f64 sources round once: `half`'s own f64 conversions drop the low 32 mantissa bits before
     // rounding, so go through f32 with round-to-odd, which keeps the final rounding exact.
     if from == DType::F64 {
@@ -58,6 +74,19 @@ pub fn convert(src: &[u8], from: DType, to: DType, dst: &mut Vec<u8>) {
             .iter()
             .for_each(|&v| dst.extend_from_slice(&bf16::from_f32(v).to_le_bytes())),
         _ => unreachable!("checked by supported()"),
+    }
+}
+
+/// `bf16::from_f32` without branches on the value (so it vectorises): round to nearest, ties to
+/// even, by adding 0x7FFF plus the lowest kept bit; NaN keeps its top payload bits and is quieted.
+#[inline(always)]
+fn f32_bits_to_bf16(x: u32) -> u16 {
+    let rounded = (x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16) as u16;
+    let nan = ((x >> 16) | 0x0040) as u16;
+    if x & 0x7FFF_FFFF > 0x7F80_0000 {
+        nan
+    } else {
+        rounded
     }
 }
 
@@ -153,6 +182,70 @@ mod tests {
         let above_f16_tie = 1.0f64 + 2f64.powi(-11) + 2f64.powi(-45);
         convert(&above_f16_tie.to_le_bytes(), DType::F64, DType::F16, &mut out);
         assert_eq!(u16s(&out), [0x3C01]);
+    }
+
+    #[test]
+    fn fast_bf16_matches_half_bit_for_bit() {
+        // Every exponent and sign with mantissas around each rounding boundary, plus a spread.
+        let mut bits: Vec<u32> = Vec::new();
+        for high in 0..=0xFFFFu32 {
+            for low in [0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF] {
+                bits.push(high << 16 | low);
+            }
+        }
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            bits.push(x);
+        }
+        for &b in &bits {
+            assert_eq!(
+                f32_bits_to_bf16(b),
+                bf16::from_f32(f32::from_bits(b)).to_bits(),
+                "{b:#010x}"
+            );
+        }
+        // And through `convert`, which must equal the element-wise reference.
+        let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let mut out = vec![0xAA]; // appends after what is there
+        convert(&src, DType::F32, DType::BF16, &mut out);
+        let want: Vec<u8> = std::iter::once(0xAA)
+            .chain(
+                bits.iter()
+                    .flat_map(|&b| bf16::from_f32(f32::from_bits(b)).to_le_bytes()),
+            )
+            .collect();
+        assert_eq!(out, want);
+        let mut out = Vec::new();
+        convert(&src, DType::F32, DType::F16, &mut out);
+        let want: Vec<u8> = bits
+            .iter()
+            .flat_map(|&b| f16::from_f32(f32::from_bits(b)).to_le_bytes())
+            .collect();
+        assert_eq!(out, want);
+    }
+
+    /// Conversion speed, for the README's performance notes (by hand:
+    /// `cargo test --release -p heartmula-burn-core conversion_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn conversion_speed() {
+        let src: Vec<u8> = (0..64u32 << 20).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
+        let mut out = Vec::with_capacity(src.len());
+        for to in [DType::BF16, DType::F16] {
+            let chunk = 8 << 20; // as the packer converts
+            let started = std::time::Instant::now();
+            for _ in 0..4 {
+                for piece in src.chunks(chunk) {
+                    out.clear();
+                    convert(piece, DType::F32, to, &mut out);
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!("F32 -> {to}: {:.2} GB/s of input", 4.0 * src.len() as f64 / secs / 1e9);
+        }
     }
 
     #[test]
