@@ -20,6 +20,11 @@ use crate::source::{Shard, ShardTensor};
 /// are seen several times a second, large enough that syscall overhead does not show.
 const COPY_CHUNK: u64 = 64 << 20;
 const CONVERT_CHUNK: u64 = 8 << 20;
+/// Output is handed to the disk in windows of this size as it is written, with this many windows
+/// (1 GiB) still in flight before the writer waits for the oldest (see `Writeback`). Measured on
+/// cold caches: 16 beat 1 and 4, and all beat leaving it to the kernel and one final fsync.
+const WRITEBACK_WINDOW: u64 = 64 << 20;
+const WRITEBACK_INFLIGHT: u64 = 16;
 
 /// One output tensor and where its bytes come from.
 #[derive(Debug, Clone)]
@@ -224,6 +229,7 @@ pub(crate) fn write_tensors(
         .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
         .sum();
     let mut writer = TensorWriter::new(total, progress, &mut summary);
+    writer.writeback = Some(Writeback::default());
     for ((item, &(s, t, source_dtype)), &offset) in items.iter().zip(&resolved.locations).zip(targets) {
         let shard = &resolved.shards[s];
         writer.write_tensor(
@@ -315,6 +321,8 @@ struct TensorWriter<'a> {
     /// Cleared the first time the kernel says it cannot copy between these files.
     kernel_copy: bool,
     summary: &'a mut PackSummary,
+    /// Set when all tensors go to one file in increasing offset order.
+    writeback: Option<Writeback>,
 }
 
 impl<'a> TensorWriter<'a> {
@@ -325,6 +333,7 @@ impl<'a> TensorWriter<'a> {
             progress,
             kernel_copy: true,
             summary,
+            writeback: None,
         }
     }
 
@@ -337,6 +346,13 @@ impl<'a> TensorWriter<'a> {
             Ok(())
         } else {
             Err(Error::Cancelled)
+        }
+    }
+
+    /// Notes that `target` now holds `len` bytes of the current tensor.
+    fn wrote(&mut self, target: &Target, len: u64) {
+        if let Some(wb) = &mut self.writeback {
+            wb.advance(target.file, target.offset + len);
         }
     }
 
@@ -383,6 +399,7 @@ impl<'a> TensorWriter<'a> {
                 Ok(n) => {
                     copied += n;
                     self.summary.kernel_copied += n;
+                    self.wrote(target, copied);
                     self.advance(n)?;
                 }
                 Err(e) if kernel_copy_unavailable(&e) => self.kernel_copy = false,
@@ -395,6 +412,7 @@ impl<'a> TensorWriter<'a> {
             target.write_at(&bytes[copied as usize..(copied + n) as usize], copied)?;
             release(shard, tensor.file_offset + copied, n);
             copied += n;
+            self.wrote(target, copied);
             self.summary.buffer_copied += n;
             self.advance(n)?;
         }
@@ -415,10 +433,75 @@ impl<'a> TensorWriter<'a> {
             release(shard, tensor.file_offset + read, n);
             read += n;
             written += buffer.len() as u64;
+            self.wrote(target, written);
             self.summary.converted += buffer.len() as u64;
             self.advance(buffer.len() as u64)?;
         }
         Ok(())
+    }
+}
+
+/// Keeps the output flowing to disk while it is written, instead of letting dirty pages pile up
+/// to the kernel's dirty limit and then stalling the writer (and leaving gigabytes for the final
+/// fsync). Each full window is handed to the disk as soon as it is written
+/// (`SYNC_FILE_RANGE_WRITE`); once `WRITEBACK_INFLIGHT` windows are in flight the oldest is
+/// waited for and dropped from the page cache (`POSIX_FADV_DONTNEED`), so the pack does not
+/// push other files out of the cache either. Best effort: errors are left for the final fsync.
+struct Writeback {
+    window: u64,
+    inflight: u64,
+    /// Writeback started for [0, started).
+    started: u64,
+    /// Written to disk and dropped from the cache for [0, settled).
+    settled: u64,
+}
+
+impl Default for Writeback {
+    fn default() -> Self {
+        Writeback {
+            window: WRITEBACK_WINDOW,
+            inflight: WRITEBACK_INFLIGHT,
+            started: 0,
+            settled: 0,
+        }
+    }
+}
+
+impl Writeback {
+    /// Bytes up to `end` are written (offsets only grow).
+    fn advance(&mut self, file: &File, end: u64) {
+        let fd = file.as_raw_fd();
+        let window = self.window;
+        while end >= self.started + window {
+            // SAFETY: plain syscalls on an open descriptor.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.started as libc::off64_t,
+                    window as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started += window;
+        }
+        while self.started >= self.settled + (1 + self.inflight) * window {
+            // SAFETY: as above.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.settled as libc::off64_t,
+                    window as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::posix_fadvise(
+                    fd,
+                    self.settled as libc::off_t,
+                    window as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.settled += window;
+        }
     }
 }
 
@@ -580,6 +663,33 @@ pub(crate) mod tests {
             .unwrap()
             .to_string()
             .contains("cannot convert U16 to BF16"));
+    }
+
+    #[test]
+    fn writeback_keeps_the_bytes_and_settles_all_but_the_windows_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        let mut wb = Writeback {
+            window: 4096,
+            inflight: 2,
+            ..Default::default()
+        };
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in data.chunks(3000) {
+            let at = piece.as_ptr() as u64 - data.as_ptr() as u64;
+            file.write_all_at(piece, at).unwrap();
+            wb.advance(&file, at + piece.len() as u64);
+        }
+        assert_eq!(wb.started, 100_000 / 4096 * 4096);
+        assert_eq!(wb.settled, wb.started - 2 * 4096);
+        file.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
