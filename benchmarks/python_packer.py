@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import cbor2
@@ -41,7 +42,8 @@ def align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def pack(manifest_path: Path, output: Path) -> int:
+def pack(manifest_path: Path, output: Path, timings: dict | None = None) -> int:
+    started = time.perf_counter()
     doc = json.loads(manifest_path.read_text())
     base = manifest_path.parent
     tensors = doc["tensors"]
@@ -64,6 +66,7 @@ def pack(manifest_path: Path, output: Path) -> int:
         meta["metadata"] = dict(sorted(doc["metadata"].items()))
     cbor = cbor2.dumps(meta)
     data_start = align(HEADER_SIZE + len(cbor))
+    planned = time.perf_counter()
 
     with open(output, "wb") as f:
         f.write(MAGIC + FORMAT_VERSION.to_bytes(2, "little") + len(cbor).to_bytes(4, "little"))
@@ -84,15 +87,21 @@ def pack(manifest_path: Path, output: Path) -> int:
             written = descriptors[t["name"]]["data_offsets"][1]
             del tensor
         f.flush()
+        wrote = time.perf_counter()
         os.fsync(f.fileno())
+    if timings is not None:
+        done = time.perf_counter()
+        timings.update(plan_s=planned - started, write_s=wrote - planned, fsync_s=done - wrote, seconds=done - started)
     return data_start + written
 
 
 def main() -> int:
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    size = pack(Path(sys.argv[1]), Path(sys.argv[2]))
+    timings: dict = {}
+    size = pack(Path(sys.argv[1]), Path(sys.argv[2]), timings)
     print(f"wrote {sys.argv[2]} ({size:,} bytes)", file=sys.stderr)
+    print(json.dumps(timings))  # phase timings, read by benchmarks/bench_pack.py
     return 0
 
 
