@@ -227,27 +227,6 @@ mod tests {
         assert_eq!(out, want);
     }
 
-    /// Conversion speed, for the README's performance notes (by hand:
-    /// `cargo test --release -p heartmula-burn-core conversion_speed -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn conversion_speed() {
-        let src: Vec<u8> = (0..64u32 << 20).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
-        let mut out = Vec::with_capacity(src.len());
-        for to in [DType::BF16, DType::F16] {
-            let chunk = 8 << 20; // as the packer converts
-            let started = std::time::Instant::now();
-            for _ in 0..4 {
-                for piece in src.chunks(chunk) {
-                    out.clear();
-                    convert(piece, DType::F32, to, &mut out);
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
-            println!("F32 -> {to}: {:.2} GB/s of input", 4.0 * src.len() as f64 / secs / 1e9);
-        }
-    }
-
     #[test]
     fn integers_only_pass_through() {
         assert!(supported(DType::I64, DType::I64));
