@@ -22,6 +22,8 @@ for burn in burn-021 burn-022; do
     echo "== building the Burn compatibility checks ($burn)"
     cargo test --release --locked --no-run --manifest-path rust/burn-compat/Cargo.toml --features "$burn"
 done
+# Burn's own writer as a benchmark baseline (its output is tested to equal ours byte for byte).
+cargo build --release --locked --manifest-path rust/burn-compat/Cargo.toml --features burn-021 --bin burn_writer_bench
 
 echo "== pytest (with the Burn compatibility checks)"
 export HEARTMULA_BURN_COMPAT=1 HEARTMULA_REQUIRE_TORCH=1
