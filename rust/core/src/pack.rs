@@ -473,26 +473,15 @@ impl Writeback {
         let fd = file.as_raw_fd();
         let window = self.window;
         while end >= self.started + window {
-            // SAFETY: plain syscalls on an open descriptor.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.started as libc::off64_t,
-                    window as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
+            sync_range(fd, self.started, window, libc::SYNC_FILE_RANGE_WRITE);
             self.started += window;
         }
         while self.started >= self.settled + (1 + self.inflight) * window {
-            // SAFETY: as above.
+            let wait =
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            sync_range(fd, self.settled, window, wait);
+            // SAFETY: a plain syscall on an open descriptor.
             unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.settled as libc::off64_t,
-                    window as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
                 libc::posix_fadvise(
                     fd,
                     self.settled as libc::off_t,
@@ -502,6 +491,14 @@ impl Writeback {
             }
             self.settled += window;
         }
+    }
+}
+
+/// `sync_file_range` over one window; best effort (errors are left for the final fsync).
+fn sync_range(fd: std::os::fd::RawFd, offset: u64, len: u64, flags: libc::c_uint) {
+    // SAFETY: a plain syscall on an open descriptor.
+    unsafe {
+        libc::sync_file_range(fd, offset as libc::off64_t, len as libc::off64_t, flags);
     }
 }
 
