@@ -11,7 +11,6 @@ CPU; one host-to-device copy per tensor on a GPU)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -25,7 +24,7 @@ import numpy as np
 from . import heartmula
 from .checkpoint import load_checkpoint, read_json
 from .errors import CheckpointError
-from .packfile import NUMPY_DTYPES, open_pack
+from .packfile import NUMPY_DTYPES, dtype_size, open_pack
 
 INSTALL_HINT = "pip install 'heartmula-burn[sanity]' (or: pip install torch)"
 
@@ -409,16 +408,15 @@ def run(pack: str | Path, reference: str | Path | None = None, device: str = "au
             ref.close()
 
 
-_WIDTH = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16}
-
-
 def _narrower(pack_dtype: str, ref_dtype: str) -> bool:
-    """Whether casting the reference to the pack's dtype can lose information."""
-    if pack_dtype == ref_dtype:
+    """Whether casting the reference to the pack's dtype can lose information (floats only:
+    the packer never converts integers)."""
+    floats = ("F64", "F32", "F16", "BF16")
+    if pack_dtype == ref_dtype or pack_dtype not in floats or ref_dtype not in floats:
         return False
     if {pack_dtype, ref_dtype} == {"F16", "BF16"}:
         return True
-    return _WIDTH.get(pack_dtype, math.inf) < _WIDTH.get(ref_dtype, 0)
+    return dtype_size(pack_dtype) < dtype_size(ref_dtype)
 
 
 def format_table(result: SanityResult) -> str:
