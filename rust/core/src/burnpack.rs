@@ -358,7 +358,7 @@ pub fn index_from_bytes(path: &Path, bytes: &[u8]) -> Result<PackIndex> {
 /// Checks the 10-byte header against Burn's limits; returns the metadata size, which is known
 /// to fit in the file.
 fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
-    let bad = |message: String| Error::pack(path, message);
+    let bad = |message: String| Error::pack_file(path, message);
     if file_size > MAX_FILE_SIZE {
         return Err(bad(format!(
             "file is {file_size} bytes, over Burn's limit of {MAX_FILE_SIZE}"
@@ -395,7 +395,7 @@ fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
 }
 
 fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
-    let bad = |message: String| Error::pack(path, message);
+    let bad = |message: String| Error::pack_file(path, message);
     let parsed: MetadataIn = ciborium::de::from_reader_with_recursion_limit(cbor, MAX_CBOR_DEPTH)
         .map_err(|e| bad(format!("invalid CBOR metadata: {e}")))?;
     if parsed.tensors.len() > MAX_TENSOR_COUNT {
@@ -411,17 +411,17 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
     let mut tensors = Vec::with_capacity(parsed.tensors.len());
     for (name, d) in parsed.tensors {
         let dtype = decode_dtype(&d.dtype)
-            .ok_or_else(|| Error::tensor(path, &name, format!("unsupported dtype {:?}", d.dtype)))?;
+            .ok_or_else(|| Error::pack_tensor(path, &name, format!("unsupported dtype {:?}", d.dtype)))?;
         let (start, end) = d.data_offsets;
         if end < start {
-            return Err(Error::tensor(
+            return Err(Error::pack_tensor(
                 path,
                 &name,
                 format!("corrupt offsets: end {end} < start {start}"),
             ));
         }
         if end - start > MAX_TENSOR_SIZE {
-            return Err(Error::tensor(
+            return Err(Error::pack_tensor(
                 path,
                 &name,
                 format!(
@@ -432,7 +432,7 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
         }
         let expected = byte_len(dtype, &d.shape);
         if expected != Some(end - start) {
-            return Err(Error::tensor(
+            return Err(Error::pack_tensor(
                 path,
                 &name,
                 format!(
@@ -480,7 +480,7 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
     tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
     for pair in tensors.windows(2) {
         if pair[1].start < pair[0].end {
-            return Err(Error::tensor(
+            return Err(Error::pack_tensor(
                 path,
                 &pair[1].name,
                 format!("overlaps tensor '{}'", pair[0].name),

@@ -1,4 +1,6 @@
 //! One error type whose `Display` is a single line naming the file and, where there is one, the tensor.
+//! The variants say whose fault it is (an input, a pack being read, the output), so that bindings
+//! can raise the matching exception class.
 
 use std::path::{Path, PathBuf};
 
@@ -7,32 +9,44 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure on a named file.
-    #[error("{path}: {what}: {source}")]
+    #[error("{}: {what}: {source}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    /// A safetensors shard whose header or layout is not valid.
-    #[error("{path}: not a valid safetensors file: {message}")]
-    BadShard { path: PathBuf, message: String },
-    /// A tensor that cannot be packed as asked (missing, wrong dtype or shape, unsupported cast).
-    #[error("{path}: tensor '{tensor}': {message}")]
-    Tensor {
+    /// An input (safetensors shard, `.npy` file, or a pack read as a source) or one of its tensors
+    /// is not what it should be.
+    #[error("{}", located(path, tensor.as_deref(), message))]
+    Source {
         path: PathBuf,
-        tensor: String,
+        tensor: Option<String>,
         message: String,
     },
-    /// A Burn pack that cannot be read, or a pack that cannot be written as asked.
-    #[error("{path}: {message}")]
-    Pack { path: PathBuf, message: String },
+    /// A Burn pack that cannot be read (or would not be read by Burn).
+    #[error("{}", located(path, tensor.as_deref(), message))]
+    PackFile {
+        path: PathBuf,
+        tensor: Option<String>,
+        message: String,
+    },
+    /// The output cannot be written as asked (exists, no room, no such folder, is an input).
+    #[error("{}: {message}", path.display())]
+    Output { path: PathBuf, message: String },
     /// An invalid request that names no file (e.g. duplicate output names).
     #[error("{0}")]
     Invalid(String),
-    /// The caller asked to stop (Ctrl-C).
+    /// The caller asked to stop (Ctrl-C, a signal, an exception in the progress callback).
     #[error("interrupted")]
     Cancelled,
+}
+
+fn located(path: &Path, tensor: Option<&str>, message: &str) -> String {
+    match tensor {
+        Some(tensor) => format!("{}: tensor '{tensor}': {message}", path.display()),
+        None => format!("{}: {message}", path.display()),
+    }
 }
 
 impl Error {
@@ -44,18 +58,64 @@ impl Error {
         }
     }
 
-    pub fn pack(path: &Path, message: impl Into<String>) -> Self {
-        Error::Pack {
+    pub fn source(path: &Path, message: impl Into<String>) -> Self {
+        Error::Source {
             path: path.to_path_buf(),
+            tensor: None,
             message: message.into(),
         }
     }
 
-    pub fn tensor(path: &Path, tensor: &str, message: impl Into<String>) -> Self {
-        Error::Tensor {
+    pub fn source_tensor(path: &Path, tensor: &str, message: impl Into<String>) -> Self {
+        Error::Source {
             path: path.to_path_buf(),
-            tensor: tensor.to_string(),
+            tensor: Some(tensor.to_string()),
             message: message.into(),
         }
+    }
+
+    pub fn pack_file(path: &Path, message: impl Into<String>) -> Self {
+        Error::PackFile {
+            path: path.to_path_buf(),
+            tensor: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn pack_tensor(path: &Path, tensor: &str, message: impl Into<String>) -> Self {
+        Error::PackFile {
+            path: path.to_path_buf(),
+            tensor: Some(tensor.to_string()),
+            message: message.into(),
+        }
+    }
+
+    pub fn output(path: &Path, message: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_file_and_the_tensor() {
+        let p = Path::new("/x/a.safetensors");
+        assert_eq!(
+            Error::source_tensor(p, "w", "not found").to_string(),
+            "/x/a.safetensors: tensor 'w': not found"
+        );
+        assert_eq!(
+            Error::pack_file(p, "bad magic").to_string(),
+            "/x/a.safetensors: bad magic"
+        );
+        let io = Error::io(p, "cannot open shard", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(io
+            .to_string()
+            .starts_with("/x/a.safetensors: cannot open shard: No such file"));
     }
 }

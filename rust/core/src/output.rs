@@ -1,5 +1,8 @@
-//! Atomic output: all bytes go to a hidden sibling temp file that is renamed over the destination
-//! only once it is complete and on disk. Until then the destination is exactly as it was.
+//! Atomic output, and the one naming scheme for temporary outputs. All bytes go to a hidden
+//! sibling, `.<name>.<pid>.heartmula-partial` (a file, or a folder for outputs that are folders),
+//! which is renamed over the destination only once it is complete and on disk. Until then the
+//! destination is exactly as it was. A run killed outright (SIGKILL) leaves its partial behind;
+//! the next run for the same destination removes it, since its process no longer exists.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -10,14 +13,28 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 const PARTIAL_SUFFIX: &str = ".heartmula-partial";
+/// Where a folder being replaced waits while the new one moves in (only where the filesystem
+/// cannot swap two folders atomically); cleaned up like a partial.
+const ASIDE_SUFFIX: &str = ".heartmula-aside";
 
-/// The temp file's name: `.<name>.<pid>.heartmula-partial`, so a later run can tell whose it was.
-fn partial_name(file_name: &str, pid: u32) -> String {
-    format!(".{file_name}.{pid}{PARTIAL_SUFFIX}")
+fn partial_name(file_name: &str, pid: u32, suffix: &str) -> String {
+    format!(".{file_name}.{pid}{suffix}")
 }
 
-/// Removes temp files that earlier runs for the same destination left behind when they were killed
-/// (their process no longer exists). Returns the paths removed.
+/// This process's temporary path for `destination`: `.<name>.<pid>.heartmula-partial` beside it.
+pub fn partial_path(destination: &Path) -> Result<PathBuf> {
+    sibling(destination, PARTIAL_SUFFIX)
+}
+
+fn sibling(destination: &Path, suffix: &str) -> Result<PathBuf> {
+    let (Some(dir), Some(name)) = (parent_dir(destination), destination.file_name()) else {
+        return Err(Error::output(destination, "output path has no file name"));
+    };
+    Ok(dir.join(partial_name(&name.to_string_lossy(), std::process::id(), suffix)))
+}
+
+/// Removes temporary files and folders that earlier runs for the same destination left behind
+/// when they were killed (their process no longer exists). Returns the paths removed.
 pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (parent_dir(destination), destination.file_name()) else {
         return Vec::new();
@@ -31,7 +48,10 @@ pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = file_name
             .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(PARTIAL_SUFFIX))
+            .and_then(|rest| {
+                rest.strip_suffix(PARTIAL_SUFFIX)
+                    .or_else(|| rest.strip_suffix(ASIDE_SUFFIX))
+            })
             .and_then(|pid| pid.parse::<i32>().ok())
         else {
             continue;
@@ -41,8 +61,16 @@ pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
             let rc = unsafe { libc::kill(pid, 0) };
             rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
         };
-        if !alive && std::fs::remove_file(entry.path()).is_ok() {
-            removed.push(entry.path());
+        if alive {
+            continue;
+        }
+        let path = entry.path();
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+            _ => std::fs::remove_file(&path).is_ok(),
+        };
+        if gone {
+            removed.push(path);
         }
     }
     removed
@@ -58,8 +86,7 @@ pub fn parent_dir(path: &Path) -> Option<PathBuf> {
 
 /// Bytes available to this user on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> std::io::Result<u64> {
-    let c =
-        CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = c_path(dir)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
@@ -73,7 +100,7 @@ pub fn free_space(dir: &Path) -> std::io::Result<u64> {
 pub fn ensure_free_space(what: &Path, dir: &Path, size: u64) -> Result<()> {
     let available = free_space(dir).map_err(|e| Error::io(dir, "cannot read free space", e))?;
     if available < size {
-        return Err(Error::pack(
+        return Err(Error::output(
             what,
             format!("not enough free space: {size} bytes are needed, {available} are free"),
         ));
@@ -81,36 +108,38 @@ pub fn ensure_free_space(what: &Path, dir: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `destination` can be written: its folder exists, and it is not a folder itself
+/// (unless `folder`) nor, without `overwrite`, an existing file.
+pub fn check_destination(destination: &Path, overwrite: bool, folder: bool) -> Result<PathBuf> {
+    let dir = parent_dir(destination).ok_or_else(|| Error::output(destination, "output path has no file name"))?;
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::output(destination, "output folder is not a folder")),
+        Err(_) => return Err(Error::output(destination, "output folder does not exist")),
+    }
+    match std::fs::symlink_metadata(destination) {
+        Ok(m) if m.is_dir() && !folder => Err(Error::output(destination, "output is an existing folder")),
+        Ok(_) if !overwrite => Err(Error::output(destination, "output exists (use --force to replace it)")),
+        _ => Ok(dir),
+    }
+}
+
 /// A file being written beside its destination. Dropped without `commit`, it deletes itself.
 pub struct AtomicFile {
     pub file: File,
     temp_path: PathBuf,
     destination: PathBuf,
+    overwrite: bool,
     committed: bool,
 }
 
 impl AtomicFile {
     /// Checks the destination can be written and creates the temp file, `size` bytes long.
     pub fn create(destination: &Path, size: u64, overwrite: bool) -> Result<AtomicFile> {
-        let dir = parent_dir(destination).ok_or_else(|| Error::pack(destination, "output path has no file name"))?;
-        let file_name = destination
-            .file_name()
-            .ok_or_else(|| Error::pack(destination, "output path has no file name"))?
-            .to_string_lossy()
-            .into_owned();
-        match std::fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(Error::pack(destination, "output folder is not a folder")),
-            Err(_) => return Err(Error::pack(destination, "output folder does not exist")),
-        }
-        match std::fs::symlink_metadata(destination) {
-            Ok(m) if m.is_dir() => return Err(Error::pack(destination, "output is an existing folder")),
-            Ok(_) if !overwrite => return Err(Error::pack(destination, "output exists (use --force to replace it)")),
-            _ => {}
-        }
+        let dir = check_destination(destination, overwrite, false)?;
         ensure_free_space(destination, &dir, size)?;
         remove_stale_partials(destination);
-        let temp_path = dir.join(partial_name(&file_name, std::process::id()));
+        let temp_path = partial_path(destination)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -122,6 +151,7 @@ impl AtomicFile {
             file,
             temp_path,
             destination: destination.to_path_buf(),
+            overwrite,
             committed: false,
         };
         atomic.reserve(size)?;
@@ -142,10 +172,10 @@ impl AtomicFile {
                 .file
                 .set_len(size)
                 .map_err(|e| Error::io(&self.temp_path, "cannot size temp file", e)),
-            libc::ENOSPC | libc::EFBIG => Err(Error::pack(
+            libc::ENOSPC | libc::EFBIG => Err(Error::output(
                 &self.destination,
                 format!(
-                    "not enough space for the {size}-byte pack: {}",
+                    "not enough space for the {size}-byte output: {}",
                     std::io::Error::from_raw_os_error(rc)
                 ),
             )),
@@ -160,26 +190,31 @@ impl AtomicFile {
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
         self.file
             .write_all_at(bytes, offset)
-            .map_err(|e| Error::io(&self.destination, "cannot write pack", e))
+            .map_err(|e| Error::io(&self.destination, "cannot write", e))
     }
 
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
     }
 
-    /// fsync the data, rename over the destination, fsync the folder.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn destination(&self) -> &Path {
+        &self.destination
+    }
+
+    /// fsync the data (everything written to the temp file, through this handle or any other).
+    pub fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
-            .map_err(|e| Error::io(&self.destination, "cannot flush pack to disk", e))?;
-        std::fs::rename(&self.temp_path, &self.destination)
-            .map_err(|e| Error::io(&self.destination, "cannot move pack into place", e))?;
+            .map_err(|e| Error::io(&self.destination, "cannot flush to disk", e))
+    }
+
+    /// fsync the data, rename over the destination, fsync the folder. Without `overwrite`, a
+    /// destination that appeared meanwhile (another run) is not replaced: the rename refuses.
+    pub fn commit(mut self) -> Result<()> {
+        self.sync()?;
+        rename_into_place(&self.temp_path, &self.destination, self.overwrite)?;
         self.committed = true;
-        if let Some(dir) = parent_dir(&self.destination) {
-            if let Ok(d) = File::open(&dir) {
-                let _ = d.sync_all(); // best effort: some filesystems refuse fsync on folders
-            }
-        }
+        sync_parent(&self.destination);
         Ok(())
     }
 }
@@ -190,6 +225,91 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.temp_path);
         }
     }
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = parent_dir(path) {
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all(); // best effort: some filesystems refuse fsync on folders
+        }
+    }
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// `renameat2(2)` through the raw syscall (glibc only wraps it from 2.28 on).
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the current folder.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP))
+}
+
+/// Renames `from` to `to`; without `overwrite`, atomically refuses an existing `to`.
+fn rename_into_place(from: &Path, to: &Path, overwrite: bool) -> Result<()> {
+    let moved = if overwrite {
+        std::fs::rename(from, to)
+    } else {
+        match renameat2(from, to, libc::RENAME_NOREPLACE) {
+            // Filesystems without RENAME_NOREPLACE: a hard link refuses an existing name as well.
+            Err(e) if unsupported(&e) => std::fs::hard_link(from, to).and_then(|()| std::fs::remove_file(from)),
+            other => other,
+        }
+    };
+    moved.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::output(to, "output exists (use --force to replace it)"),
+        _ => Error::io(to, "cannot move into place", e),
+    })
+}
+
+/// Puts the finished folder `partial` in place of `destination`. An existing destination (only
+/// with `overwrite`) is swapped out atomically where the filesystem can (`RENAME_EXCHANGE`), else
+/// moved aside first; either way the old folder is then removed.
+pub fn commit_dir(partial: &Path, destination: &Path, overwrite: bool) -> Result<()> {
+    let exists = std::fs::symlink_metadata(destination).is_ok();
+    if !exists || !overwrite {
+        rename_into_place(partial, destination, false)?;
+        sync_parent(destination);
+        return Ok(());
+    }
+    let old = match renameat2(partial, destination, libc::RENAME_EXCHANGE) {
+        Ok(()) => partial.to_path_buf(), // now holds the old folder
+        Err(e) if unsupported(&e) => {
+            let aside = sibling(destination, ASIDE_SUFFIX)?;
+            std::fs::rename(destination, &aside).map_err(|e| Error::io(destination, "cannot move aside", e))?;
+            if let Err(e) = std::fs::rename(partial, destination) {
+                let _ = std::fs::rename(&aside, destination);
+                return Err(Error::io(destination, "cannot move into place", e));
+            }
+            aside
+        }
+        Err(e) => return Err(Error::io(destination, "cannot move into place", e)),
+    };
+    sync_parent(destination);
+    let removed = match std::fs::symlink_metadata(&old) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&old),
+        _ => std::fs::remove_file(&old),
+    };
+    removed.map_err(|e| Error::io(&old, "cannot remove the replaced output", e))
 }
 
 #[cfg(test)]
@@ -218,8 +338,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.bpk");
         // pid 0x7FFFFFF0 does not exist; our own pid does.
-        let stale = dir.path().join(partial_name("out.bpk", 0x7FFF_FFF0));
-        let live = dir.path().join(partial_name("out.bpk", std::process::id()));
+        let stale = dir.path().join(partial_name("out.bpk", 0x7FFF_FFF0, PARTIAL_SUFFIX));
+        let live = dir
+            .path()
+            .join(partial_name("out.bpk", std::process::id(), PARTIAL_SUFFIX));
         std::fs::write(&stale, b"x").unwrap();
         std::fs::write(&live, b"x").unwrap();
         assert_eq!(remove_stale_partials(&dest), vec![stale.clone()]);
@@ -253,5 +375,48 @@ mod tests {
             err.contains("/nonexistent-dir/x.bpk") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn without_overwrite_a_destination_that_appears_meanwhile_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        let f = AtomicFile::create(&dest, 3, false).unwrap();
+        f.write_at(b"new", 0).unwrap();
+        std::fs::write(&dest, b"theirs").unwrap(); // another run finished first
+        let err = f.commit().err().unwrap().to_string();
+        assert!(err.contains("output exists"), "{err}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"theirs");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
+    }
+
+    #[test]
+    fn folders_replace_atomically_and_stale_partial_folders_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("export");
+        let build = |content: &[u8]| {
+            let partial = partial_path(&dest).unwrap();
+            std::fs::create_dir(&partial).unwrap();
+            std::fs::write(partial.join("f"), content).unwrap();
+            partial
+        };
+        let first = build(b"one");
+        commit_dir(&first, &dest, false).unwrap();
+        let second = build(b"two");
+        let err = commit_dir(&second, &dest, false).err().unwrap().to_string();
+        assert!(err.contains("output exists"), "{err}");
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"one");
+        commit_dir(&second, &dest, true).unwrap();
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["export"]);
+
+        let stale = dir.path().join(partial_name("export", 0x7FFF_FFF0, ASIDE_SUFFIX));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("x"), b"x").unwrap();
+        assert_eq!(remove_stale_partials(&dest), vec![stale]);
     }
 }

@@ -27,7 +27,7 @@ const WRITEBACK_WINDOW: u64 = 64 << 20;
 const WRITEBACK_INFLIGHT: u64 = 16;
 
 /// One output tensor and where its bytes come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackItem {
     /// Name in the pack.
     pub name: String,
@@ -108,7 +108,7 @@ pub(crate) fn resolve(items: &[PackItem]) -> Result<Resolved> {
         let s = shard_of[&item.source];
         let t = *lookups[s]
             .get(item.key.as_str())
-            .ok_or_else(|| Error::tensor(&item.source, &item.key, "not found in this file"))?;
+            .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "not found in this file"))?;
         let source_dtype = check_item(&shards[s], &shards[s].tensors[t], item)?;
         locations.push((s, t, source_dtype));
     }
@@ -137,7 +137,7 @@ fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
 
 /// Checks an item against what its shard really holds; returns the source dtype.
 fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<DType> {
-    let err = |m: String| Error::tensor(&shard.path, &tensor.name, m);
+    let err = |m: String| Error::source_tensor(&shard.path, &tensor.name, m);
     let mut source_dtype = tensor
         .dtype
         .ok_or_else(|| err(format!("dtype {} has no Burn equivalent", tensor.source_dtype)))?;
@@ -173,7 +173,7 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
     for shard in shards {
         if let Ok(m) = shard.file.metadata() {
             if m.dev() == out.dev() && m.ino() == out.ino() {
-                return Err(Error::pack(output, "output is one of the input files"));
+                return Err(Error::output(output, "output is one of the input files"));
             }
         }
     }
@@ -183,6 +183,20 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
 /// Writes the pack. `progress` is called after every chunk; returning false cancels the pack,
 /// which then fails with `Error::Cancelled` and leaves the destination as it was.
 pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
+    let (mut summary, staged) = pack_staged(request, progress)?;
+    let started = std::time::Instant::now();
+    staged.commit()?;
+    summary.sync_seconds += started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Writes the whole pack to its temporary file and flushes it to disk, but leaves the destination
+/// as it is: the caller commits the returned file (renaming it into place, as `pack` does) or
+/// drops it (deleting it). Lets several outputs be written first and put in place together.
+pub fn pack_staged(
+    request: &PackRequest,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<(PackSummary, AtomicFile)> {
     let started = std::time::Instant::now();
     let (layout, resolved) = plan(request)?;
     check_output_is_not_an_input(&request.output, &resolved.shards)?;
@@ -201,8 +215,12 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
         progress,
     )?;
     let wrote = started.elapsed().as_secs_f64();
-    out.commit()?;
-    Ok(PackSummary {
+    out.sync()?;
+    // A last chance to stop after the (possibly long) flush, before anyone commits.
+    if !progress(Progress { done: total, total }) {
+        return Err(Error::Cancelled);
+    }
+    let summary = PackSummary {
         file_size: layout.file_size,
         tensors: layout.tensors.len(),
         data_bytes: total,
@@ -210,7 +228,8 @@ pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -
         data_seconds: wrote - planned,
         sync_seconds: started.elapsed().as_secs_f64() - wrote,
         ..written
-    })
+    };
+    Ok((summary, out))
 }
 
 /// Streams every item's bytes (copied or converted) to `targets[i]` in `file`.
@@ -262,8 +281,8 @@ pub fn export_npy(
     let mut plans = Vec::with_capacity(items.len());
     for (item, &(s, t, _)) in items.iter().zip(&resolved.locations) {
         let shape = &resolved.shards[s].tensors[t].shape;
-        let len =
-            byte_len(item.dtype, shape).ok_or_else(|| Error::tensor(&item.source, &item.key, "shape overflows"))?;
+        let len = byte_len(item.dtype, shape)
+            .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "shape overflows"))?;
         summary.data_bytes += len;
         plans.push((npy::header(item.dtype, shape), len));
     }
@@ -390,10 +409,10 @@ impl<'a> TensorWriter<'a> {
                 want,
             ) {
                 Ok(0) => {
-                    return Err(Error::tensor(
+                    return Err(Error::source_tensor(
                         &shard.path,
                         &tensor.name,
-                        "file ended early (truncated while packing?)",
+                        "the file ended early: it shrank while being read (was it still being written or replaced?)",
                     ))
                 }
                 Ok(n) => {
@@ -410,6 +429,7 @@ impl<'a> TensorWriter<'a> {
         while copied < tensor.byte_len {
             let n = (tensor.byte_len - copied).min(COPY_CHUNK);
             target.write_at(&bytes[copied as usize..(copied + n) as usize], copied)?;
+            shard.check(Some(tensor))?;
             release(shard, tensor.file_offset + copied, n);
             copied += n;
             self.wrote(target, copied);
@@ -429,6 +449,7 @@ impl<'a> TensorWriter<'a> {
             let n = (tensor.byte_len - read).min(step);
             buffer.clear();
             cast::convert(&bytes[read as usize..(read + n) as usize], from, to, &mut buffer);
+            shard.check(Some(tensor))?;
             target.write_at(&buffer, written)?;
             release(shard, tensor.file_offset + read, n);
             read += n;
@@ -524,15 +545,17 @@ fn copy_file_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64)
     let mut off_in = src_off as libc::loff_t;
     let mut off_out = dst_off as libc::loff_t;
     loop {
+        // The raw syscall: glibc only wraps it from 2.27 on, and wheels target glibc 2.17.
         // SAFETY: valid descriptors and offset out-parameters; the kernel bounds-checks the rest.
         let n = unsafe {
-            libc::copy_file_range(
+            libc::syscall(
+                libc::SYS_copy_file_range,
                 src.as_raw_fd(),
-                &mut off_in,
+                &mut off_in as *mut libc::loff_t,
                 dst.as_raw_fd(),
-                &mut off_out,
+                &mut off_out as *mut libc::loff_t,
                 len as usize,
-                0,
+                0u32,
             )
         };
         if n >= 0 {
@@ -747,5 +770,71 @@ pub(crate) mod tests {
         let e = pack(&self_overwrite, &mut |_| true).err().unwrap().to_string();
         assert!(e.contains("one of the input files"), "{e}");
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_source_that_shrinks_while_packing_fails_naming_it_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let n = 24usize << 20; // 96 MiB of F32: more than one kernel copy, many conversion chunks
+        write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
+        let out = dir.path().join("out.bpk");
+        for (dtype, what) in [(DType::BF16, "shrank while being read"), (DType::F32, "ended early")] {
+            let request = PackRequest {
+                items: vec![item("big", &a, "big", dtype)],
+                metadata: BTreeMap::new(),
+                target: BurnTarget::V0_21,
+                output: out.clone(),
+                overwrite: false,
+            };
+            let mut shrunk = false;
+            let err = pack(&request, &mut |_| {
+                if !shrunk {
+                    let f = OpenOptions::new().write(true).open(&a).unwrap();
+                    f.set_len(4096).unwrap();
+                    shrunk = true;
+                }
+                true
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(
+                err.contains("a.safetensors") && err.contains("'big'") && err.contains(what),
+                "{err}"
+            );
+            assert!(!out.exists());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
+            write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
+        }
+    }
+
+    #[test]
+    fn a_staged_pack_waits_for_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("w", "F32", vec![4], vec![1; 16])]);
+        let request = PackRequest {
+            items: vec![item("w", &a, "w", DType::F32)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: dir.path().join("out.bpk"),
+            overwrite: false,
+        };
+        let (summary, staged) = pack_staged(&request, &mut |_| true).unwrap();
+        assert!(!request.output.exists());
+        assert_eq!(std::fs::metadata(staged.temp_path()).unwrap().len(), summary.file_size);
+        staged.commit().unwrap();
+        assert_eq!(std::fs::metadata(&request.output).unwrap().len(), summary.file_size);
+        let (_, dropped) = pack_staged(
+            &PackRequest {
+                overwrite: true,
+                ..request.clone()
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+        drop(dropped);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

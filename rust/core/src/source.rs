@@ -9,6 +9,7 @@ use safetensors::SafeTensors;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::guard::MapGuard;
 
 /// One tensor of a shard, with its absolute byte range in the shard file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct ShardTensor {
 pub struct Shard {
     pub path: PathBuf,
     pub file: File,
+    /// Keeps the process alive if the file shrinks under the map (see `guard`); declared before
+    /// `mmap` so that it is unregistered before the map goes.
+    guard: MapGuard,
     pub mmap: Mmap,
     pub tensors: Vec<ShardTensor>,
     pub metadata: Vec<(String, String)>,
@@ -42,33 +46,37 @@ impl Shard {
             .map_err(|e| Error::io(path, "cannot stat shard", e))?
             .len();
         if len < 8 {
-            return Err(Error::BadShard {
-                path: path.to_path_buf(),
-                message: format!("only {len} bytes, shorter than the 8-byte header length"),
-            });
+            return Err(Error::source(
+                path,
+                format!("not a valid safetensors file: only {len} bytes, shorter than the 8-byte header length"),
+            ));
         }
-        // SAFETY: the map is read-only; a shard truncated underneath us by another process is
-        // outside what any reader of mapped files can defend against.
+        // SAFETY: the map is read-only. A file truncated underneath it would fault on reads past
+        // its new end; the guard turns that into zeros plus a recorded fault that `check` reports.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map shard", e))?;
+        let guard = MapGuard::register(mmap.as_ptr(), mmap.len());
         if path.extension().is_some_and(|e| e == "npy") {
-            return Self::from_npy(path, file, mmap);
+            return Self::from_npy(path, file, guard, mmap);
         }
         if path.extension().is_some_and(|e| e == "bpk") {
-            return Self::from_pack(path, file, mmap);
+            return Self::from_pack(path, file, guard, mmap);
         }
         let (tensors, metadata) = parse_safetensors(path, &mmap)?;
-        Ok(Shard {
+        let shard = Shard {
             path: path.to_path_buf(),
             file,
+            guard,
             mmap,
             tensors,
             metadata,
             is_npy: false,
-        })
+        };
+        shard.check(None)?;
+        Ok(shard)
     }
 
     /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
-    fn from_pack(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
+    fn from_pack(path: &Path, file: File, guard: MapGuard, mmap: Mmap) -> Result<Shard> {
         let index = crate::burnpack::index_from_bytes(path, &mmap)?; // already mapped: no second read
         let tensors = index
             .tensors
@@ -83,25 +91,22 @@ impl Shard {
             })
             .collect();
         let metadata = index.metadata.into_iter().collect();
-        Ok(Shard {
+        let shard = Shard {
             path: path.to_path_buf(),
             file,
+            guard,
             mmap,
             tensors,
             metadata,
             is_npy: false,
-        })
+        };
+        shard.check(None)?;
+        Ok(shard)
     }
 
-    fn from_npy(path: &Path, file: File, mmap: Mmap) -> Result<Shard> {
-        let bad = |message: String| Error::BadShard {
-            path: path.to_path_buf(),
-            message,
-        };
-        let header = crate::npy::parse_header(&mmap).map_err(|m| Error::BadShard {
-            path: path.to_path_buf(),
-            message: format!("not a valid .npy file: {m}"),
-        })?;
+    fn from_npy(path: &Path, file: File, guard: MapGuard, mmap: Mmap) -> Result<Shard> {
+        let bad = |message: String| Error::source(path, format!("not a valid .npy file: {message}"));
+        let header = crate::npy::parse_header(&mmap).map_err(bad)?;
         let byte_len = crate::burnpack::byte_len(header.dtype, &header.shape)
             .ok_or_else(|| bad("shape overflows 64 bits".into()))?;
         let available = mmap.len() as u64 - header.data_offset.min(mmap.len() as u64);
@@ -123,14 +128,17 @@ impl Shard {
             file_offset: header.data_offset,
             byte_len,
         };
-        Ok(Shard {
+        let shard = Shard {
             path: path.to_path_buf(),
             file,
+            guard,
             mmap,
             tensors: vec![tensor],
             metadata: Vec::new(),
             is_npy: true,
-        })
+        };
+        shard.check(None)?;
+        Ok(shard)
     }
 
     pub fn find(&self, name: &str) -> Option<&ShardTensor> {
@@ -140,21 +148,50 @@ impl Shard {
     pub fn bytes(&self, tensor: &ShardTensor) -> &[u8] {
         &self.mmap[tensor.file_offset as usize..(tensor.file_offset + tensor.byte_len) as usize]
     }
+
+    /// Fails if any read of the map so far faulted because the file shrank under it (the bytes
+    /// read there were zeros, not the file's). Call after reading each chunk of `tensor`.
+    pub fn check(&self, tensor: Option<&ShardTensor>) -> Result<()> {
+        let Some(offset) = self.guard.fault() else {
+            return Ok(());
+        };
+        let size = self
+            .file
+            .metadata()
+            .map(|m| m.len().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let message = format!(
+            "the file shrank while being read (byte {offset} is past its end; it is {size} bytes now): \
+             was it still being written or replaced?"
+        );
+        let name = tensor
+            .map(|t| t.name.as_str())
+            .or_else(|| self.tensor_at(offset).map(|t| t.name.as_str()));
+        Err(match name {
+            Some(name) => Error::source_tensor(&self.path, name, message),
+            None => Error::source(&self.path, message),
+        })
+    }
+
+    fn tensor_at(&self, offset: u64) -> Option<&ShardTensor> {
+        self.tensors
+            .iter()
+            .find(|t| offset >= t.file_offset && offset < t.file_offset + t.byte_len.max(1))
+    }
 }
 
 /// Parses and checks a safetensors file's header (the `safetensors` crate's own parser): tensors in
 /// file order with absolute offsets, and the sorted `__metadata__`. `bytes` is the whole file.
 pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, Vec<(String, String)>)> {
+    let bad = |message: String| Error::source(path, format!("not a valid safetensors file: {message}"));
     if bytes.len() < 8 {
-        return Err(Error::BadShard {
-            path: path.to_path_buf(),
-            message: format!("only {} bytes, shorter than the 8-byte header length", bytes.len()),
-        });
+        return Err(bad(format!(
+            "only {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        )));
     }
-    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| Error::BadShard {
-        path: path.to_path_buf(),
-        message: describe_safetensors_error(&e, bytes),
-    })?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(describe_safetensors_error(&e, bytes)))?;
     let data_start = 8 + header_len as u64;
     let tensors = metadata
         .offset_keys()

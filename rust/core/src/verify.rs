@@ -134,6 +134,9 @@ pub fn verify_against(
                 cast::convert(src_chunk, source_dtype, packed_dtype, &mut converted);
                 &converted
             };
+            // Both maps were read: a fault in either means these bytes were zeros, not the file's.
+            pack.check(Some(packed))?;
+            sources.shards[s].check(Some(source))?;
             if got_chunk != want {
                 let at = got_chunk.iter().zip(want).position(|(a, b)| a != b).unwrap() as u64 / out_size;
                 let how = if source_dtype == packed_dtype {
