@@ -245,14 +245,14 @@ BAD_PACKS = {
 @pytest.mark.parametrize("case", sorted(BAD_PACKS))
 @pytest.mark.parametrize("command", ["inspect", "verify", "open_pack"])
 def test_bad_packs(tmp_path, tiny_ckpt, case, command):
-    from heartmula_burn import PackError, open_pack
+    from heartmula_burn import PackFileError, open_pack
 
     data, needle, tensor = BAD_PACKS[case]
     bad = tmp_path / "bad.bpk"
     bad.write_bytes(data)
     needles = [str(bad), needle] + ([f"'{tensor}'"] if tensor else [])
     if command == "open_pack":
-        with pytest.raises(PackError) as err:
+        with pytest.raises(PackFileError) as err:
             open_pack(bad)
         assert all(n in str(err.value) for n in needles), str(err.value)
         return

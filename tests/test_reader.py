@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from heartmula_burn import PackError, open_pack
+from heartmula_burn import PackFileError, open_pack
 
 from conftest import run_cli
 
@@ -43,6 +43,6 @@ def test_views_are_zero_copy_read_only_bfloat16(bf16_pack):
 def test_bad_packs_raise_pack_error_naming_the_file(bf16_pack, tmp_path, corrupt, message):
     bad = tmp_path / "bad.bpk"
     bad.write_bytes(corrupt(bf16_pack.read_bytes()))
-    with pytest.raises(PackError) as err:
+    with pytest.raises(PackFileError) as err:
         open_pack(bad)
     assert str(bad) in str(err.value) and message in str(err.value)

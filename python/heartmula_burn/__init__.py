@@ -1,8 +1,7 @@
 """heartmula-burn: convert HeartMuLa (and any safetensors) checkpoints into Burn packs (.bpk)."""
 
-from ._core import PackError
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, HeartmulaBurnError, OutputError, PackFileError, SourceError
 from .manifest import Manifest, ManifestTensor, build_manifest, package_version
 from .packfile import Pack, PackedTensor, open_pack
 from .packing import pack_checkpoint, pack_manifest
@@ -12,11 +11,14 @@ __version__ = package_version()
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "HeartmulaBurnError",
     "Manifest",
     "ManifestTensor",
     "Pack",
-    "PackError",
+    "OutputError",
+    "PackFileError",
     "PackedTensor",
+    "SourceError",
     "build_manifest",
     "load_checkpoint",
     "open_pack",

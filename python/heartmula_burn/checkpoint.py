@@ -8,23 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _core
+from ._core import TensorInfo as SourceTensor
 from .errors import CheckpointError
 
 HEARTMULA_SUBDIR = "HeartMuLa-oss-3B"
 INDEX_SUFFIX = ".safetensors.index.json"
 # Files the runtime needs beside the pack.
 EXTRA_FILES = ("tokenizer.json", "gen_config.json")
-
-
-@dataclass(frozen=True)
-class SourceTensor:
-    name: str
-    file: Path
-    dtype: str | None  # Burn dtype name, None when Burn has no equivalent
-    source_dtype: str  # as written in the safetensors header
-    shape: tuple[int, ...]
-    byte_len: int
-    file_offset: int = 0  # of the first byte in its shard
 
 
 @dataclass
@@ -50,79 +40,69 @@ def read_json(path: Path, what: str) -> dict:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: {what} not found") from None
+        raise CheckpointError.at(path, f"{what} not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read {what}: {e}") from None
+        raise CheckpointError.at(path, f"cannot read {what}: {e}") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: {what} is not valid JSON: {e}") from None
+        raise CheckpointError.at(path, f"{what} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: {what} must be a JSON object")
+        raise CheckpointError.at(path, f"{what} must be a JSON object")
     return value
 
 
 def find_model_dir(root: Path, subdir: str | None = None) -> Path:
     """The folder holding the shards: ROOT/<subdir>, ROOT/HeartMuLa-oss-3B, or ROOT itself."""
     if not root.exists():
-        raise CheckpointError(f"{root}: checkpoint folder does not exist")
+        raise CheckpointError.at(root, f"checkpoint folder does not exist")
     if root.is_file():
         if root.suffix != ".safetensors":
-            raise CheckpointError(f"{root}: not a .safetensors file or a checkpoint folder")
+            raise CheckpointError.at(root, f"not a .safetensors file or a checkpoint folder")
         return root.parent
     if subdir is not None:
         model_dir = root / subdir
         if not model_dir.is_dir():
-            raise CheckpointError(f"{model_dir}: model folder does not exist")
+            raise CheckpointError.at(model_dir, f"model folder does not exist")
         return model_dir
     if (root / HEARTMULA_SUBDIR).is_dir():
         return root / HEARTMULA_SUBDIR
     if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
         return root
-    raise CheckpointError(
-        f"{root}: no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
+    raise CheckpointError.at(root, f"no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
     )
 
 
-def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[dict]:
-    tensors, metadata = _core.read_safetensors_header(str(path))
-    shard_metadata[path] = dict(metadata)
+def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[SourceTensor]:
+    tensors, metadata = _core.read_safetensors_header(path)
+    shard_metadata[path] = metadata
     return tensors
-
-
-def _source(path: Path, t: dict) -> SourceTensor:
-    return SourceTensor(
-        t["name"], path, t["dtype"], t["source_dtype"], tuple(t["shape"]), t["byte_len"], t["file_offset"]
-    )
 
 
 def _shards_from_index(model_dir: Path, index_path: Path, shard_metadata: dict) -> tuple[list[Path], list[SourceTensor]]:
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index_path}: index has no 'weight_map' of tensor name -> shard file")
+        raise CheckpointError.at(index_path, f"index has no 'weight_map' of tensor name -> shard file")
     shard_names = sorted(set(weight_map.values()))
     for shard_name in shard_names:
         if not (model_dir / shard_name).is_file():
             wanted = next(k for k, v in weight_map.items() if v == shard_name)
-            raise CheckpointError(
-                f"{index_path}: tensor '{wanted}': index names shard '{shard_name}', which does not exist"
+            raise CheckpointError.at(index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
             )
     tensors: list[SourceTensor] = []
     for shard_name in shard_names:
         shard = model_dir / shard_name
         present = set()
         for t in _header(shard, shard_metadata):
-            owner = weight_map.get(t["name"])
+            owner = weight_map.get(t.name)
             if owner is None:
-                raise CheckpointError(f"{shard}: tensor '{t['name']}': not listed in the index {index_path.name}")
+                raise CheckpointError.at(shard, f"not listed in the index {index_path.name}", tensor=t.name)
             if owner != shard_name:
-                raise CheckpointError(
-                    f"{shard}: tensor '{t['name']}': the index places it in '{owner}', not in this shard"
-                )
-            present.add(t["name"])
-            tensors.append(_source(shard, t))
+                raise CheckpointError.at(shard, f"the index places it in '{owner}', not in this shard", tensor=t.name)
+            present.add(t.name)
+            tensors.append(t)
         for name, owner in weight_map.items():
             if owner == shard_name and name not in present:
-                raise CheckpointError(f"{shard}: tensor '{name}': listed in the index but missing from the shard")
+                raise CheckpointError.at(shard, "listed in the index but missing from the shard", tensor=name)
     return [model_dir / s for s in shard_names], tensors
 
 
@@ -131,10 +111,10 @@ def _shards_without_index(paths: list[Path], shard_metadata: dict) -> list[Sourc
     tensors = []
     for shard in paths:
         for t in _header(shard, shard_metadata):
-            if t["name"] in seen:
-                raise CheckpointError(f"{shard}: tensor '{t['name']}': also in {seen[t['name']].name}")
-            seen[t["name"]] = shard
-            tensors.append(_source(shard, t))
+            if t.name in seen:
+                raise CheckpointError.at(shard, f"also in {seen[t.name].name}", tensor=t.name)
+            seen[t.name] = shard
+            tensors.append(t)
     return tensors
 
 
@@ -149,14 +129,14 @@ def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
     else:
         indexes = sorted(model_dir.glob("*" + INDEX_SUFFIX))
         if len(indexes) > 1:
-            raise CheckpointError(f"{model_dir}: more than one index ({', '.join(p.name for p in indexes)})")
+            raise CheckpointError.at(model_dir, f"more than one index ({', '.join(p.name for p in indexes)})")
         if indexes:
             index_path = indexes[0]
             shards, tensors = _shards_from_index(model_dir, index_path, shard_metadata)
         else:
             shards = sorted(model_dir.glob("*.safetensors"))
             if not shards:
-                raise CheckpointError(f"{model_dir}: no .safetensors files")
+                raise CheckpointError.at(model_dir, f"no .safetensors files")
             tensors = _shards_without_index(shards, shard_metadata)
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import HEARTMULA_SUBDIR, load_checkpoint
-from .errors import PackError
+from .errors import HeartmulaBurnError, OutputError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
 from .packing import pack_manifest
@@ -220,13 +220,17 @@ def _progress_bar(quiet: bool, desc: str = "packing"):
         bar.close()
 
 
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together: exit 2, with the usage line."""
+
+
 def _load_manifest(args) -> Manifest:
     if args.manifest:
         if args.ckpt_root:
-            raise PackError("give either CKPT_ROOT or --manifest, not both")
+            raise UsageError("give either CKPT_ROOT or --manifest, not both")
         return Manifest.load(args.manifest)
     if not args.ckpt_root:
-        raise PackError("give a CKPT_ROOT (or --manifest FILE)")
+        raise UsageError("give a CKPT_ROOT (or --manifest FILE)")
     return build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
 
 
@@ -260,9 +264,7 @@ def cmd_pack(args) -> int:
 def cmd_manifest(args) -> int:
     manifest = build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise PackError(f"{out}: output exists (use --force to replace it)")
-    manifest.save(out)
+    manifest.save(out, overwrite=args.force)
     print(f"wrote {out} ({len(manifest.tensors)} tensors, {manifest.total_bytes:,} bytes of data)", file=sys.stderr)
     return 0
 
@@ -405,12 +407,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # Over a file-size limit (ulimit -f), fail with a message instead of dying from SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return COMMANDS[args.command](args)
-    except PackError as e:
+    except UsageError as e:
+        parser.error(str(e))  # exits 2
+    except HeartmulaBurnError as e:
         print(f"heartmula-burn: error: {e}", file=sys.stderr)
     except BrokenPipeError:
         # Output piped into e.g. `head`: not an error of ours.

@@ -47,19 +47,18 @@ class HeartMuLaConfig:
 def _flavor(config: dict, key: str, path: Path) -> tuple[str, Flavor]:
     name = config.get(key)
     if not isinstance(name, str):
-        raise CheckpointError(f"{path}: '{key}' missing or not a string")
+        raise CheckpointError.at(path, f"'{key}' missing or not a string")
     if name in FLAVORS:
         return name, FLAVORS[name]
     # Synthetic and experimental checkpoints describe their own flavour under "flavors".
     custom = (config.get("flavors") or {}).get(name)
     if not isinstance(custom, dict) or not all(isinstance(custom.get(k), int) for k in FLAVOR_KEYS):
         known = ", ".join(FLAVORS)
-        raise CheckpointError(
-            f"{path}: unknown {key} '{name}' (known: {known}; others need a 'flavors' entry with {', '.join(FLAVOR_KEYS)})"
+        raise CheckpointError.at(path, f"unknown {key} '{name}' (known: {known}; others need a 'flavors' entry with {', '.join(FLAVOR_KEYS)})"
         )
     flavor = Flavor(**{k: custom[k] for k in FLAVOR_KEYS}, max_seq_len=custom.get("max_seq_len", 2048))
     if flavor.embed_dim % flavor.num_heads or flavor.num_heads % flavor.num_kv_heads:
-        raise CheckpointError(f"{path}: flavour '{name}': heads must divide embed_dim and kv heads divide heads")
+        raise CheckpointError.at(path, f"flavour '{name}': heads must divide embed_dim and kv heads divide heads")
     return name, flavor
 
 
@@ -70,7 +69,7 @@ def parse_config(config: dict, path: Path) -> HeartMuLaConfig:
     for key in ("text_vocab_size", "audio_vocab_size", "audio_num_codebooks", "muq_dim"):
         value = config.get(key)
         if not isinstance(value, int) or value <= 0:
-            raise CheckpointError(f"{path}: '{key}' missing or not a positive integer")
+            raise CheckpointError.at(path, f"'{key}' missing or not a positive integer")
         sizes[key] = value
     return HeartMuLaConfig(backbone, decoder, backbone_flavor=backbone_name, decoder_flavor=decoder_name, **sizes)
 
@@ -133,8 +132,7 @@ def check_tensors(found: dict[str, tuple[int, ...]], cfg: HeartMuLaConfig, where
             problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
         if misshaped:
             problems.append(f"{len(misshaped)} mis-shaped: {_listing(misshaped)}")
-        raise CheckpointError(
-            f"{where}: does not match its config.json ({cfg.backbone_flavor} / {cfg.decoder_flavor}): "
+        raise CheckpointError.at(where, f"does not match its config.json ({cfg.backbone_flavor} / {cfg.decoder_flavor}): "
             + "; ".join(problems)
             + " (--any-model packs it without this check)"
         )

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
 
-from . import heartmula
+from . import _core, heartmula
+from .atomic import write_text
 from .checkpoint import Checkpoint, read_json
 from .errors import CheckpointError
 from .packfile import dtype_size
@@ -66,10 +67,13 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(math.prod(t.shape) * dtype_size(t.dtype) for t in self.tensors)
 
-    def core_items(self) -> list[tuple]:
-        """The tuples `_core.pack` takes: the Rust core re-checks each source against its file."""
+    def core_items(self) -> list[_core.PackItem]:
+        """What `_core.pack` takes: the Rust core re-checks each source against its file."""
         return [
-            (t.name, str(t.file), t.key, t.dtype, t.param_id, t.source_dtype, list(t.shape)) for t in self.tensors
+            _core.PackItem(
+                t.name, t.file, t.key, t.dtype, param_id=t.param_id, source_dtype=t.source_dtype, shape=t.shape
+            )
+            for t in self.tensors
         ]
 
     def to_json(self, path: Path) -> dict:
@@ -89,7 +93,7 @@ class Manifest:
         base = path.resolve().parent
 
         def fail(message: str) -> CheckpointError:
-            return CheckpointError(f"{path}: {message}")
+            return CheckpointError.at(path, f"{message}")
 
         if doc.get("format") != MANIFEST_FORMAT:
             raise fail(f"not a heartmula-burn manifest (format must be '{MANIFEST_FORMAT}')")
@@ -135,8 +139,8 @@ class Manifest:
         extras = {name: base / p for name, p in (doc.get("extras") or {}).items()}
         return cls(tensors, metadata, extras)
 
-    def save(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(self.to_json(path), indent=2) + "\n")
+    def save(self, path: Path, *, overwrite: bool = True) -> None:
+        write_text(path, json.dumps(self.to_json(path), indent=2) + "\n", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
@@ -146,19 +150,6 @@ class Manifest:
 
 def _relative(p: Path, base: Path) -> str:
     return os.path.relpath(Path(p).resolve(), base)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def output_dtype(source_dtype: str | None, requested: str) -> str:
@@ -172,10 +163,10 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
     """The default manifest: every tensor under its upstream name, in on-disk order (so reads are
     sequential), converted to `dtype`. Unless `any_model`, the HeartMuLa preset checks it first."""
     if dtype not in DTYPE_CHOICES:
-        raise CheckpointError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPE_CHOICES)})")
+        raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPE_CHOICES)})")
     for t in ckpt.tensors:
         if t.dtype is None:
-            raise CheckpointError(f"{t.file}: tensor '{t.name}': dtype {t.source_dtype} cannot be stored in a Burn pack")
+            raise CheckpointError.at(t.file, f"dtype {t.source_dtype} cannot be stored in a Burn pack", tensor=t.name)
     metadata = {
         "format": "burnpack",
         "producer": "heartmula-burn",
@@ -185,8 +176,7 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
     }
     if not any_model:
         if ckpt.config is None:
-            raise CheckpointError(
-                f"{ckpt.model_dir / 'config.json'}: config.json not found (--any-model packs without the HeartMuLa check)"
+            raise CheckpointError.at(ckpt.model_dir / 'config.json', f"config.json not found (--any-model packs without the HeartMuLa check)"
             )
         cfg = heartmula.parse_config(ckpt.config, ckpt.config_path)
         heartmula.check_tensors({t.name: t.shape for t in ckpt.tensors}, cfg, ckpt.model_dir)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
 from . import _core
+from ._core import PackTensor as PackedTensor
 
 # Burn dtype name -> numpy dtype (little-endian, as Burn stores elements).
 NUMPY_DTYPES = {
@@ -33,36 +33,19 @@ def dtype_size(name: str) -> int:
     return NUMPY_DTYPES[name].itemsize
 
 
-@dataclass(frozen=True)
-class PackedTensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    param_id: int | None
-    data_offsets: tuple[int, int]  # relative to the data section, as stored in the pack
-    file_offset: int  # absolute offset of the first byte
-
-    @property
-    def nbytes(self) -> int:
-        return self.data_offsets[1] - self.data_offsets[0]
-
-
 class Pack:
     """An open Burn pack. Tensors are listed in file order; `pack[name]` is a read-only numpy view
     straight over the mapped file (no copy)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        index = _core.read_pack_index(str(self.path))
-        self.file_size: int = index["file_size"]
-        self.metadata_size: int = index["metadata_size"]
-        self.data_start: int = index["data_start"]
-        self.layout: str = index["layout"]
-        self.metadata: dict[str, str] = dict(index["metadata"])
-        self.tensors = [
-            PackedTensor(t["name"], t["dtype"], tuple(t["shape"]), t["param_id"], tuple(t["data_offsets"]), t["file_offset"])
-            for t in index["tensors"]
-        ]
+        index = _core.read_pack_index(self.path)
+        self.file_size = index.file_size
+        self.metadata_size = index.metadata_size
+        self.data_start = index.data_start
+        self.layout = index.layout
+        self.metadata = index.metadata
+        self.tensors = index.tensors
         self._by_name = {t.name: t for t in self.tensors}
         with open(self.path, "rb") as f:
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

@@ -10,11 +10,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from .errors import CheckpointError
+from .atomic import staged_folder
+from .errors import PackFileError, SourceError
 from .packfile import Pack, open_pack
-from .packing import copy_atomic, replace_folder
 
 # Burn releases the compatibility checks (rust/burn-compat) run against.
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")
@@ -37,7 +37,7 @@ def architecture(pack: Pack) -> dict[str, int]:
 
     def shape(name: str) -> tuple[int, ...]:
         if name not in pack:
-            raise CheckpointError(f"{pack.path}: tensor '{name}' missing: not a HeartMuLa pack")
+            raise PackFileError.at(pack.path, "missing: not a HeartMuLa pack", tensor=name)
         return pack.info(name).shape
 
     def layers(prefix: str) -> int:
@@ -138,7 +138,7 @@ def _link_or_copy(source: Path, dest: Path) -> None:
     try:
         os.link(source, dest)  # same filesystem: instant, no second 16 GB on disk
     except OSError:
-        copy_atomic(source, dest)
+        shutil.copyfile(source, dest)
 
 
 def publish_layout(
@@ -149,7 +149,7 @@ def publish_layout(
     gen_config: str | Path | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Assembles OUT_DIR; it appears whole or not at all (built beside it, then renamed)."""
     out_dir, pack_path = Path(out_dir), Path(pack_path)
     runtime = {
@@ -158,26 +158,16 @@ def publish_layout(
     }
     for name, path in runtime.items():
         if not path.is_file():
-            raise CheckpointError(f"{path}: {name} not found (give it with --{name.split('.')[0].replace('_', '-')})")
-    if out_dir.exists() and not force:
-        raise CheckpointError(f"{out_dir}: output exists (use --force to replace it)")
-    with open_pack(pack_path) as pack:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        try:
-            _link_or_copy(pack_path, partial / "heartmula.bpk")
-            for name, path in runtime.items():
-                shutil.copyfile(path, partial / name)
-            files = {}
-            for name in ("heartmula.bpk", "tokenizer.json", "gen_config.json"):
-                path = partial / name
-                files[name] = (path.stat().st_size, sha256_of(path, progress))
-            (partial / ".gitattributes").write_text(gitattributes(files))
-            (partial / "README.md").write_text(model_card(pack, files))
-            replace_folder(partial, out_dir)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
+            option = "--" + name.split(".")[0].replace("_", "-")
+            raise SourceError.at(path, f"{name} not found (give it with {option})")
+    with open_pack(pack_path) as pack, staged_folder(out_dir, overwrite=force) as partial:
+        _link_or_copy(pack_path, partial / "heartmula.bpk")
+        for name, path in runtime.items():
+            shutil.copyfile(path, partial / name)
+        files = {}
+        for name in ("heartmula.bpk", "tokenizer.json", "gen_config.json"):
+            path = partial / name
+            files[name] = (path.stat().st_size, sha256_of(path, progress))
+        (partial / ".gitattributes").write_text(gitattributes(files))
+        (partial / "README.md").write_text(model_card(pack, files))
     return {"output": str(out_dir), "files": {k: {"bytes": s, "sha256": d} for k, (s, d) in files.items()}}

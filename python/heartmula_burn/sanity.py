@@ -23,7 +23,7 @@ import numpy as np
 
 from . import heartmula
 from .checkpoint import load_checkpoint, read_json
-from .errors import CheckpointError
+from .errors import CheckpointError, HeartmulaBurnError
 from .packfile import NUMPY_DTYPES, dtype_size, open_pack
 
 INSTALL_HINT = "pip install 'heartmula-burn[sanity]' (or: pip install torch)"
@@ -87,7 +87,7 @@ class CheckpointArrays:
     def dtype(self, name: str) -> str:
         t = self._tensors[name]
         if t.dtype not in NUMPY_DTYPES:
-            raise CheckpointError(f"{t.file}: tensor '{name}': dtype {t.source_dtype} is not supported here")
+            raise CheckpointError.at(t.file, f"dtype {t.source_dtype} is not supported here", tensor=name)
         return t.dtype
 
     def numpy(self, name: str) -> np.ndarray:
@@ -128,7 +128,7 @@ def _import_torch():
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"the sanity check needs PyTorch, which is not installed: {INSTALL_HINT}") from None
+        raise HeartmulaBurnError(f"the sanity check needs PyTorch, which is not installed: {INSTALL_HINT}") from None
     return torch
 
 
@@ -171,7 +171,7 @@ def resolve_config(pack: PackArrays, reference, config_path: str | Path | None) 
         try:
             config = json.loads(pack.pack.metadata["config"])
         except json.JSONDecodeError as e:
-            raise CheckpointError(f"{pack.path}: metadata 'config' is not valid JSON: {e}") from None
+            raise CheckpointError.at(pack.path, f"metadata 'config' is not valid JSON: {e}") from None
         return heartmula.parse_config(config, pack.path)
     if isinstance(reference, CheckpointArrays) and reference.checkpoint.config is not None:
         return heartmula.parse_config(reference.checkpoint.config, reference.checkpoint.config_path)
@@ -187,10 +187,9 @@ def resolve_config(pack: PackArrays, reference, config_path: str | Path | None) 
                 "muq_dim": shapes["muq_linear.weight"][1],
             }
         except (KeyError, IndexError) as e:
-            raise CheckpointError(f"{pack.path}: tensor {e} missing or mis-shaped; cannot size the model") from None
+            raise CheckpointError.at(pack.path, f"tensor {e} missing or mis-shaped; cannot size the model") from None
         return heartmula.parse_config(config, pack.path)
-    raise CheckpointError(
-        f"{pack.path}: the pack does not say which HeartMuLa it holds (no 'config' in its metadata); "
+    raise CheckpointError.at(pack.path, f"the pack does not say which HeartMuLa it holds (no 'config' in its metadata); "
         "pass --config CONFIG_JSON"
     )
 
@@ -341,13 +340,13 @@ def pick_device(device: str):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise CheckpointError(f"--device {device}: CUDA is not available to this torch {torch.__version__}")
+            raise HeartmulaBurnError(f"--device {device}: CUDA is not available to this torch {torch.__version__}")
         # Exact comparisons need the same arithmetic on both runs: no TF32, deterministic kernels.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     elif device != "cpu":
-        raise CheckpointError(f"--device {device}: choose auto, cuda or cpu")
+        raise HeartmulaBurnError(f"--device {device}: choose auto, cuda or cpu")
     return torch.device(device)
 
 
@@ -355,7 +354,7 @@ def run(pack: str | Path, reference: str | Path | None = None, device: str = "au
         config: str | Path | None = None, subdir: str | None = None) -> SanityResult:
     """Run the checks; see the module's docstring. `reference` is a checkpoint folder or a pack."""
     if frames < 0:
-        raise CheckpointError(f"--frames {frames}: must be 0 or more")
+        raise HeartmulaBurnError(f"--frames {frames}: must be 0 or more")
     torch_device = pick_device(device)
     torch = _import_torch()
     ours = PackArrays(pack)

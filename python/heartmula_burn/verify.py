@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 from . import _core
+from .atomic import staged_folder
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError
+from .errors import OutputError
 from .manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
 from .packfile import Pack, dtype_size, open_pack
-from .packing import ProgressFn, replace_folder
+from .packing import ProgressFn
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
@@ -24,7 +23,7 @@ def verify(pack_path: str | Path, against: str | Path, *, subdir: str | None = N
     `against` is a checkpoint folder (each tensor is expected under its own name, in the dtype
     the pack holds) or a manifest (exactly what it says)."""
     pack_path = Path(pack_path)
-    lines = [f"{pack_path}: " + (f"tensor '{t}': " if t else "") + m for t, m in _core.check_container(str(pack_path))]
+    lines = [_line(pack_path, p) for p in _core.check_container(pack_path)]
     against = Path(against)
     if against.suffix == ".json":
         manifest = Manifest.load(against)
@@ -34,9 +33,12 @@ def verify(pack_path: str | Path, against: str | Path, *, subdir: str | None = N
             for t in manifest.tensors:
                 if t.name in pack:
                     t.dtype = pack.info(t.name).dtype  # compare against the exact cast to what the pack holds
-    problems = _core.verify_against(str(pack_path), manifest.core_items(), progress=progress)
-    lines += [f"{pack_path}: tensor '{t}': {m}" for t, m in problems]
+    lines += [_line(pack_path, p) for p in _core.verify_against(pack_path, manifest.core_items(), progress=progress)]
     return lines
+
+
+def _line(pack_path: Path, problem: _core.Problem) -> str:
+    return f"{pack_path}: " + (f"tensor '{problem.tensor}': " if problem.tensor is not None else "") + problem.message
 
 
 def shard_plan(pack: Pack, max_shard_size: int) -> list[list[str]]:
@@ -61,11 +63,9 @@ def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = 
     not at all."""
     pack_path, out_dir = Path(pack_path), Path(out_dir)
     if max_shard_size <= 0:
-        raise CheckpointError(f"--max-shard-size must be positive, not {max_shard_size}")
+        raise ValueError(f"--max-shard-size must be positive, not {max_shard_size}")
     if out_dir.exists() and not force:
-        raise CheckpointError(f"{out_dir}: output exists (use --force to replace it)")
-    if not out_dir.parent.is_dir():
-        raise CheckpointError(f"{out_dir}: output folder's parent does not exist")
+        raise OutputError.at(out_dir, "output exists (use --force to replace it)")
     with open_pack(pack_path) as pack:
         groups = shard_plan(pack, max_shard_size)
         metadata = {"format": "pt", PACK_METADATA_KEY: json.dumps(pack.metadata, sort_keys=True)}
@@ -76,11 +76,8 @@ def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = 
         total = sum(t.nbytes for t in pack)
     names = (["model.safetensors"] if len(groups) == 1
              else [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)])
-    partial = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     done = 0
-    try:
+    with staged_folder(out_dir, overwrite=force) as partial:
         for name, group in zip(names, groups):
             base = done
 
@@ -88,15 +85,11 @@ def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = 
                 if progress:
                     progress(base + d, total)
 
-            items = [(n, str(pack_path), n, dtypes[n], None, None, None) for n in group]
-            summary = _core.write_safetensors(items, str(partial / name), metadata, progress=shard_progress)
-            done += summary["data_bytes"]
+            items = [_core.PackItem(n, pack_path, n, dtypes[n]) for n in group]
+            summary = _core.write_safetensors(items, partial / name, metadata, progress=shard_progress)
+            done += summary.data_bytes
         if len(groups) > 1:
             index = {"metadata": {"total_size": total},
                      "weight_map": {n: name for name, group in zip(names, groups) for n in group}}
             (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        replace_folder(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {"output": str(out_dir), "shards": names, "data_bytes": total}

@@ -1,65 +1,402 @@
-//! Thin PyO3 binding over `heartmula_burn_core`: converts arguments, releases the GIL while
-//! packing, forwards progress to a Python callable and turns Ctrl-C into a clean stop.
+//! Thin PyO3 binding over `heartmula_burn_core`: typed values across the boundary (frozen classes,
+//! no positional tuples), core errors raised as the package's exception classes (I/O failures as
+//! the builtin `OSError` subclasses), the GIL released while working, progress forwarded to a
+//! Python callable, and Ctrl-C or a signal handler's exception turned into a clean stop.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use heartmula_burn_core as core;
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-
-create_exception!(
-    _core,
-    PackError,
-    PyException,
-    "A pack could not be read or written; the message names the file and tensor."
-);
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 /// How often progress reaches Python (and Ctrl-C is noticed) at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Where the exception classes live (Python code, so that they pickle like any other).
+const ERRORS_MODULE: &str = "heartmula_burn.errors";
 
-fn to_py(e: core::Error) -> PyErr {
-    PackError::new_err(e.to_string())
+/// A core error as the matching Python exception: `SourceError`, `PackFileError`, `OutputError`
+/// (each with `.path` and `.tensor`), the base `HeartmulaBurnError`, or for I/O failures the builtin
+/// `OSError` subclass that Python picks for the errno (`FileNotFoundError`, `PermissionError`, ...).
+fn to_py(py: Python<'_>, e: core::Error) -> PyErr {
+    let message = e.to_string();
+    let (class, path, tensor) = match e {
+        core::Error::Io { path, what, source } => {
+            let errno = source.raw_os_error().unwrap_or(libc::EIO);
+            // "No such file or directory (os error 2)" -> "No such file or directory"
+            let text = source.to_string();
+            let reason = text.split(" (os error").next().unwrap_or(&text);
+            return PyOSError::new_err((errno, format!("{what}: {reason}"), path.into_os_string()));
+        }
+        core::Error::Source { path, tensor, .. } => ("SourceError", Some(path), tensor),
+        core::Error::PackFile { path, tensor, .. } => ("PackFileError", Some(path), tensor),
+        core::Error::Output { path, .. } => ("OutputError", Some(path), None),
+        core::Error::Invalid(_) | core::Error::Cancelled => ("HeartmulaBurnError", None, None),
+    };
+    let raised = (|| -> PyResult<PyErr> {
+        let class = py.import(ERRORS_MODULE)?.getattr(class)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("path", path.map(|p| p.to_string_lossy().into_owned()))?;
+        kwargs.set_item("tensor", tensor)?;
+        Ok(PyErr::from_value(class.call((message,), Some(&kwargs))?))
+    })();
+    raised.unwrap_or_else(|import_failed| import_failed)
 }
 
 fn parse_dtype(name: &str) -> PyResult<core::DType> {
-    core::DType::parse(name).ok_or_else(|| PackError::new_err(format!("unknown dtype '{name}'")))
+    core::DType::parse(name).ok_or_else(|| PyValueError::new_err(format!("unknown dtype '{name}'")))
 }
 
-/// One output tensor: (name, source file, key in that file, output dtype, param_id,
-/// expected source dtype, expected shape).
-type ItemTuple = (
-    String,
-    PathBuf,
-    String,
-    String,
-    Option<u64>,
-    Option<String>,
-    Option<Vec<u64>>,
-);
+fn tuple<'py>(py: Python<'py>, values: &[u64]) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(py, values)
+}
 
-fn to_items(items: Vec<ItemTuple>) -> PyResult<Vec<core::PackItem>> {
-    items
+/// One output tensor: its name in the pack, where its bytes come from (`source` file, `key` in it),
+/// the dtype it gets in the pack, an optional Burn param_id, and what the caller expects the source
+/// to hold (checked against the file before anything is written).
+#[pyclass(frozen, eq, from_py_object, module = "heartmula_burn._core")]
+#[derive(Clone, PartialEq)]
+struct PackItem(core::PackItem);
+
+#[pymethods]
+impl PackItem {
+    #[new]
+    #[pyo3(signature = (name, source, key, dtype, *, param_id=None, source_dtype=None, shape=None))]
+    fn new(
+        name: String,
+        source: PathBuf,
+        key: String,
+        dtype: &str,
+        param_id: Option<u64>,
+        source_dtype: Option<&str>,
+        shape: Option<Vec<u64>>,
+    ) -> PyResult<Self> {
+        Ok(PackItem(core::PackItem {
+            name,
+            source,
+            key,
+            dtype: parse_dtype(dtype)?,
+            param_id,
+            expect_source_dtype: source_dtype.map(parse_dtype).transpose()?,
+            expect_shape: shape,
+        }))
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+    #[getter]
+    fn source(&self) -> PathBuf {
+        self.0.source.clone()
+    }
+    #[getter]
+    fn key(&self) -> &str {
+        &self.0.key
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.0.dtype.name()
+    }
+    #[getter]
+    fn param_id(&self) -> Option<u64> {
+        self.0.param_id
+    }
+    #[getter]
+    fn source_dtype(&self) -> Option<&'static str> {
+        self.0.expect_source_dtype.map(|d| d.name())
+    }
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.0.expect_shape.as_deref().map(|s| tuple(py, s)).transpose()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "PackItem(name={:?}, source={:?}, key={:?}, dtype={:?})",
+            self.0.name,
+            self.0.source.display().to_string(),
+            self.0.key,
+            self.0.dtype.name()
+        )
+    }
+}
+
+fn core_items(items: Vec<PackItem>) -> Vec<core::PackItem> {
+    items.into_iter().map(|item| item.0).collect()
+}
+
+/// What a pack (or export) wrote, and how long each phase took.
+#[pyclass(frozen, get_all, module = "heartmula_burn._core")]
+#[derive(Clone)]
+struct PackSummary {
+    /// Bytes of the whole output.
+    file_size: u64,
+    tensors: usize,
+    /// Bytes of tensor data.
+    data_bytes: u64,
+    /// Bytes copied inside the kernel (`copy_file_range`), never through user memory.
+    kernel_copied: u64,
+    /// Unchanged bytes written from the mapping (where the kernel copy is not available).
+    buffer_copied: u64,
+    /// Output bytes produced by dtype conversion.
+    converted: u64,
+    plan_seconds: f64,
+    data_seconds: f64,
+    sync_seconds: f64,
+}
+
+impl From<core::PackSummary> for PackSummary {
+    fn from(s: core::PackSummary) -> Self {
+        PackSummary {
+            file_size: s.file_size,
+            tensors: s.tensors,
+            data_bytes: s.data_bytes,
+            kernel_copied: s.kernel_copied,
+            buffer_copied: s.buffer_copied,
+            converted: s.converted,
+            plan_seconds: s.plan_seconds,
+            data_seconds: s.data_seconds,
+            sync_seconds: s.sync_seconds,
+        }
+    }
+}
+
+/// One tensor of a safetensors (or `.npy`) file's header.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct TensorInfo {
+    file: PathBuf,
+    tensor: core::ShardTensor,
+}
+
+#[pymethods]
+impl TensorInfo {
+    #[getter]
+    fn name(&self) -> &str {
+        &self.tensor.name
+    }
+    /// The file holding it.
+    #[getter]
+    fn file(&self) -> PathBuf {
+        self.file.clone()
+    }
+    /// Burn's name for its dtype, or None where Burn has none (fp8, fp4, complex).
+    #[getter]
+    fn dtype(&self) -> Option<&'static str> {
+        self.tensor.dtype.map(|d| d.name())
+    }
+    /// The dtype as the file's header spells it ("F32", "F8_E4M3", ...).
+    #[getter]
+    fn source_dtype(&self) -> &str {
+        &self.tensor.source_dtype
+    }
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        tuple(py, &self.tensor.shape)
+    }
+    /// Absolute offset of its first byte in the file.
+    #[getter]
+    fn file_offset(&self) -> u64 {
+        self.tensor.file_offset
+    }
+    #[getter]
+    fn byte_len(&self) -> u64 {
+        self.tensor.byte_len
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "TensorInfo(name={:?}, dtype={:?}, shape={:?})",
+            self.tensor.name, self.tensor.source_dtype, self.tensor.shape
+        )
+    }
+}
+
+/// One tensor of a Burn pack, as its metadata describes it.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct PackTensor(core::burnpack::PackTensor);
+
+#[pymethods]
+impl PackTensor {
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.0.dtype.name()
+    }
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        tuple(py, &self.0.shape)
+    }
+    #[getter]
+    fn param_id(&self) -> Option<u64> {
+        self.0.param_id
+    }
+    /// (start, end) relative to the data section, as stored in the pack.
+    #[getter]
+    fn data_offsets(&self) -> (u64, u64) {
+        (self.0.start, self.0.end)
+    }
+    /// Absolute offset of its first byte in the file.
+    #[getter]
+    fn file_offset(&self) -> u64 {
+        self.0.file_offset
+    }
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.0.end - self.0.start
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "PackTensor(name={:?}, dtype={:?}, shape={:?})",
+            self.0.name,
+            self.0.dtype.name(),
+            self.0.shape
+        )
+    }
+}
+
+/// A Burn pack's header and metadata, checked against the file.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct PackIndex {
+    index: core::PackIndex,
+    tensors: Vec<Py<PackTensor>>,
+}
+
+#[pymethods]
+impl PackIndex {
+    #[getter]
+    fn file_size(&self) -> u64 {
+        self.index.file_size
+    }
+    #[getter]
+    fn metadata_size(&self) -> u64 {
+        self.index.metadata_size
+    }
+    /// Absolute offset of the data section.
+    #[getter]
+    fn data_start(&self) -> u64 {
+        self.index.data_start
+    }
+    /// "0.20+" (256-byte aligned, Burn 0.20 and later) or "0.19" (unaligned).
+    #[getter]
+    fn layout(&self) -> &'static str {
+        match self.index.layout {
+            core::burnpack::Layout::Aligned => "0.20+",
+            core::burnpack::Layout::Unaligned019 => "0.19",
+        }
+    }
+    #[getter]
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.index.metadata.clone()
+    }
+    /// In file order.
+    #[getter]
+    fn tensors(&self, py: Python<'_>) -> Vec<Py<PackTensor>> {
+        self.tensors.iter().map(|t| t.clone_ref(py)).collect()
+    }
+}
+
+/// One thing wrong with a pack, tied to a tensor where there is one.
+#[pyclass(frozen, eq, get_all, module = "heartmula_burn._core")]
+#[derive(Clone, PartialEq)]
+struct Problem {
+    tensor: Option<String>,
+    message: String,
+}
+
+#[pymethods]
+impl Problem {
+    fn __repr__(&self) -> String {
+        format!("Problem(tensor={:?}, message={:?})", self.tensor, self.message)
+    }
+}
+
+fn problems(found: Vec<core::verify::Problem>) -> Vec<Problem> {
+    found
         .into_iter()
-        .map(|(name, source, key, dtype, param_id, source_dtype, shape)| {
-            Ok(core::PackItem {
-                name,
-                source,
-                key,
-                dtype: parse_dtype(&dtype)?,
-                param_id,
-                expect_source_dtype: source_dtype.as_deref().map(parse_dtype).transpose()?,
-                expect_shape: shape,
-            })
+        .map(|p| Problem {
+            tensor: p.tensor,
+            message: p.message,
         })
         .collect()
 }
 
+/// An output written in full to its temporary sibling (`.NAME.PID.heartmula-partial`) and not yet
+/// in place: `commit()` renames it over the destination, `discard()` (or dropping it) deletes it.
+/// Built directly, it is an empty temporary file for the caller to fill through `temp_path`.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct StagedFile {
+    file: Mutex<Option<core::AtomicFile>>,
+    destination: PathBuf,
+    temp_path: PathBuf,
+}
+
+impl StagedFile {
+    fn wrap(file: core::AtomicFile) -> Self {
+        StagedFile {
+            destination: file.destination().to_path_buf(),
+            temp_path: file.temp_path().to_path_buf(),
+            file: Mutex::new(Some(file)),
+        }
+    }
+
+    fn take(&self) -> PyResult<core::AtomicFile> {
+        self.file
+            .lock()
+            .map_err(|_| PyValueError::new_err("staged file lock poisoned"))?
+            .take()
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "{}: already committed or discarded",
+                    self.destination.display()
+                ))
+            })
+    }
+}
+
+#[pymethods]
+impl StagedFile {
+    #[new]
+    #[pyo3(signature = (destination, *, overwrite=false))]
+    fn new(py: Python<'_>, destination: PathBuf, overwrite: bool) -> PyResult<Self> {
+        let file = core::AtomicFile::create(&destination, 0, overwrite).map_err(|e| to_py(py, e))?;
+        Ok(StagedFile::wrap(file))
+    }
+
+    #[getter]
+    fn destination(&self) -> PathBuf {
+        self.destination.clone()
+    }
+    #[getter]
+    fn temp_path(&self) -> PathBuf {
+        self.temp_path.clone()
+    }
+
+    /// Flushes the file to disk and renames it over the destination.
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        let file = self.take()?;
+        py.detach(|| file.commit()).map_err(|e| to_py(py, e))
+    }
+
+    /// Deletes the temporary file; the destination stays as it was. Does nothing when done already.
+    fn discard(&self) -> PyResult<()> {
+        if let Ok(mut slot) = self.file.lock() {
+            slot.take();
+        }
+        Ok(())
+    }
+}
+
 /// Runs `work` with the GIL released. Progress reaches `progress(done, total)` (GIL held) at most
-/// every 100 ms; Ctrl-C or an exception from the callback cancels the work and is re-raised.
+/// every 100 ms; a signal handler's exception (KeyboardInterrupt on Ctrl-C) or an exception from
+/// the callback cancels the work and is re-raised.
 fn with_progress<T: Send>(
     py: Python<'_>,
     progress: Option<Py<PyAny>>,
@@ -87,193 +424,208 @@ fn with_progress<T: Send>(
     match (result, interrupt) {
         (Ok(value), _) => Ok(value),
         (Err(core::Error::Cancelled), Some(e)) => Err(e),
-        (Err(e), _) => Err(to_py(e)),
+        (Err(e), _) => Err(to_py(py, e)),
     }
 }
 
-fn summary_dict<'py>(py: Python<'py>, summary: core::PackSummary) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("file_size", summary.file_size)?;
-    d.set_item("tensors", summary.tensors)?;
-    d.set_item("data_bytes", summary.data_bytes)?;
-    d.set_item("kernel_copied", summary.kernel_copied)?;
-    d.set_item("buffer_copied", summary.buffer_copied)?;
-    d.set_item("converted", summary.converted)?;
-    d.set_item("plan_seconds", summary.plan_seconds)?;
-    d.set_item("data_seconds", summary.data_seconds)?;
-    d.set_item("sync_seconds", summary.sync_seconds)?;
-    Ok(d)
+fn target(burn_version: &str) -> PyResult<core::BurnTarget> {
+    core::BurnTarget::parse(burn_version).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)"
+        ))
+    })
 }
 
-fn problems_list(problems: Vec<core::verify::Problem>) -> Vec<(Option<String>, String)> {
-    problems.into_iter().map(|p| (p.tensor, p.message)).collect()
-}
-
-/// Packs tensors into a Burn pack, atomically. See `with_progress` for progress and Ctrl-C.
+/// Writes a Burn pack to a temporary file beside `output` and flushes it to disk; returns what was
+/// written and the staged file, which the caller commits (or discards). See `with_progress`.
 #[pyfunction]
 #[pyo3(signature = (items, metadata, output, *, overwrite=false, burn_version="0.21", progress=None))]
-fn pack<'py>(
-    py: Python<'py>,
-    items: Vec<ItemTuple>,
+fn pack(
+    py: Python<'_>,
+    items: Vec<PackItem>,
     metadata: BTreeMap<String, String>,
     output: PathBuf,
     overwrite: bool,
     burn_version: &str,
     progress: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let target = core::BurnTarget::parse(burn_version).ok_or_else(|| {
-        PackError::new_err(format!(
-            "unknown Burn version '{burn_version}' (0.19, 0.20, 0.21, 0.22)"
-        ))
-    })?;
+) -> PyResult<(PackSummary, StagedFile)> {
     let request = core::PackRequest {
-        items: to_items(items)?,
+        items: core_items(items),
         metadata,
-        target,
+        target: target(burn_version)?,
         output,
         overwrite,
     };
-    let summary = with_progress(py, progress, |on_progress| core::pack(&request, on_progress))?;
-    summary_dict(py, summary)
+    let (summary, staged) = with_progress(py, progress, |on_progress| core::pack_staged(&request, on_progress))?;
+    Ok((summary.into(), StagedFile::wrap(staged)))
 }
 
 /// Writes each tensor as a `.npy` file in `directory` under the given file names (BF16 as `<u2`).
 #[pyfunction]
 #[pyo3(signature = (items, directory, file_names, *, progress=None))]
-fn export_npy<'py>(
-    py: Python<'py>,
-    items: Vec<ItemTuple>,
+fn export_npy(
+    py: Python<'_>,
+    items: Vec<PackItem>,
     directory: PathBuf,
     file_names: Vec<String>,
     progress: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<PackSummary> {
     if items.len() != file_names.len() {
-        return Err(PackError::new_err("one file name per item is needed"));
+        return Err(PyValueError::new_err("one file name per item is needed"));
     }
-    let items = to_items(items)?;
+    let items = core_items(items);
     let summary = with_progress(py, progress, |on_progress| {
         core::pack::export_npy(&items, &directory, &file_names, on_progress)
     })?;
-    summary_dict(py, summary)
+    Ok(summary.into())
 }
 
 /// Writes the items (unchanged dtypes, in order) as one safetensors file, atomically.
 #[pyfunction]
 #[pyo3(signature = (items, output, metadata, *, overwrite=false, progress=None))]
-fn write_safetensors<'py>(
-    py: Python<'py>,
-    items: Vec<ItemTuple>,
+fn write_safetensors(
+    py: Python<'_>,
+    items: Vec<PackItem>,
     output: PathBuf,
     metadata: BTreeMap<String, String>,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let items = to_items(items)?;
+) -> PyResult<PackSummary> {
+    let items = core_items(items);
     let summary = with_progress(py, progress, |on_progress| {
         core::unpack::write_safetensors(&items, &output, &metadata, overwrite, on_progress)
     })?;
-    summary_dict(py, summary)
+    Ok(summary.into())
 }
 
-/// Checks a pack's container: raises PackError where Burn's reader would refuse it, else returns
-/// the (tensor or None, message) problems Burn tolerates (alignment, non-zero padding).
+/// Checks a pack's container: raises where Burn's reader would refuse it, else returns the
+/// problems Burn tolerates (alignment, non-zero padding).
 #[pyfunction]
-fn check_container(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(Option<String>, String)>> {
-    let (_, problems) = py.detach(|| core::verify::check_container(&path)).map_err(to_py)?;
-    Ok(problems_list(problems))
+fn check_container(py: Python<'_>, path: PathBuf) -> PyResult<Vec<Problem>> {
+    let (_, found) = py
+        .detach(|| core::verify::check_container(&path))
+        .map_err(|e| to_py(py, e))?;
+    Ok(problems(found))
 }
 
 /// Compares every tensor of a pack with its source (items name the pack tensors and the dtype
-/// they must hold); returns the (tensor, message) problems found.
+/// they must hold); returns the problems found.
 #[pyfunction]
 #[pyo3(signature = (path, items, *, progress=None))]
 fn verify_against(
     py: Python<'_>,
     path: PathBuf,
-    items: Vec<ItemTuple>,
+    items: Vec<PackItem>,
     progress: Option<Py<PyAny>>,
-) -> PyResult<Vec<(Option<String>, String)>> {
-    let items = to_items(items)?;
-    let problems = with_progress(py, progress, |on_progress| {
+) -> PyResult<Vec<Problem>> {
+    let items = core_items(items);
+    let found = with_progress(py, progress, |on_progress| {
         core::verify::verify_against(&path, &items, on_progress)
     })?;
-    Ok(problems_list(problems))
+    Ok(problems(found))
 }
 
-/// Reads a safetensors header: (tensors in file order as dicts, the header's __metadata__ dict).
+/// Reads a safetensors (or `.npy`) header: its tensors in file order, and its `__metadata__`.
 #[pyfunction]
-fn read_safetensors_header<'py>(py: Python<'py>, path: PathBuf) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
-    let shard = py.detach(|| core::Shard::open(&path)).map_err(to_py)?;
-    let tensors = PyList::empty(py);
-    for t in &shard.tensors {
-        let d = PyDict::new(py);
-        d.set_item("name", &t.name)?;
-        d.set_item("dtype", t.dtype.map(|d| d.name()))?;
-        d.set_item("source_dtype", &t.source_dtype)?;
-        d.set_item("shape", &t.shape)?;
-        d.set_item("file_offset", t.file_offset)?;
-        d.set_item("byte_len", t.byte_len)?;
-        tensors.append(d)?;
-    }
-    let metadata = PyDict::new(py);
-    for (k, v) in &shard.metadata {
-        metadata.set_item(k, v)?;
-    }
-    Ok((tensors, metadata))
+fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<TensorInfo>, BTreeMap<String, String>)> {
+    let shard = py.detach(|| core::Shard::open(&path)).map_err(|e| to_py(py, e))?;
+    let tensors = shard
+        .tensors
+        .iter()
+        .map(|t| TensorInfo {
+            file: path.clone(),
+            tensor: t.clone(),
+        })
+        .collect();
+    Ok((tensors, shard.metadata.iter().cloned().collect()))
 }
 
-/// Reads a Burn pack's header and metadata, checked against the file (both 0.19 and 0.20+ layouts).
+/// Reads a Burn pack's header and metadata, checked against the file (0.19 and 0.20+ layouts).
 #[pyfunction]
-fn read_pack_index<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let index = core::burnpack::read_index(&path).map_err(to_py)?;
-    let d = PyDict::new(py);
-    d.set_item("file_size", index.file_size)?;
-    d.set_item("metadata_size", index.metadata_size)?;
-    d.set_item("data_start", index.data_start)?;
-    d.set_item(
-        "layout",
-        match index.layout {
-            core::burnpack::Layout::Aligned => "0.20+",
-            core::burnpack::Layout::Unaligned019 => "0.19",
-        },
-    )?;
-    d.set_item("metadata", index.metadata)?;
-    let tensors = PyList::empty(py);
-    for t in &index.tensors {
-        let td = PyDict::new(py);
-        td.set_item("name", &t.name)?;
-        td.set_item("dtype", t.dtype.name())?;
-        td.set_item("shape", &t.shape)?;
-        td.set_item("param_id", t.param_id)?;
-        td.set_item("data_offsets", (t.start, t.end))?;
-        td.set_item("file_offset", t.file_offset)?;
-        tensors.append(td)?;
-    }
-    d.set_item("tensors", tensors)?;
-    Ok(d)
+fn read_pack_index(py: Python<'_>, path: PathBuf) -> PyResult<PackIndex> {
+    let mut index = py
+        .detach(|| core::burnpack::read_index(&path))
+        .map_err(|e| to_py(py, e))?;
+    let tensors = std::mem::take(&mut index.tensors)
+        .into_iter()
+        .map(|t| Py::new(py, PackTensor(t)))
+        .collect::<PyResult<_>>()?;
+    Ok(PackIndex { index, tensors })
 }
 
 /// Converts raw little-endian elements between float dtypes, exactly as `pack` does.
 #[pyfunction]
-fn cast_bytes(data: &[u8], from_dtype: &str, to_dtype: &str) -> PyResult<Vec<u8>> {
+fn cast_bytes<'py>(py: Python<'py>, data: &[u8], from_dtype: &str, to_dtype: &str) -> PyResult<Bound<'py, PyBytes>> {
     let (from, to) = (parse_dtype(from_dtype)?, parse_dtype(to_dtype)?);
     if !core::cast::supported(from, to) {
-        return Err(PackError::new_err(format!("cannot convert {from} to {to}")));
+        return Err(PyValueError::new_err(format!("cannot convert {from} to {to}")));
     }
     if data.len() as u64 % from.size() != 0 {
-        return Err(PackError::new_err(format!(
+        return Err(PyValueError::new_err(format!(
             "{} bytes is not a whole number of {from} elements",
             data.len()
         )));
     }
     let mut out = Vec::new();
     core::cast::convert(data, from, to, &mut out);
-    Ok(out)
+    Ok(PyBytes::new(py, &out))
+}
+
+/// This process's temporary sibling of `destination` (`.NAME.PID.heartmula-partial`), after
+/// removing those that killed runs left for it.
+#[pyfunction]
+fn partial_path(py: Python<'_>, destination: PathBuf) -> PyResult<PathBuf> {
+    core::output::remove_stale_partials(&destination);
+    core::output::partial_path(&destination).map_err(|e| to_py(py, e))
+}
+
+/// Puts the finished folder `partial` in place of `destination` (atomically swapping out an
+/// existing one, which `overwrite` must allow, and removing it).
+#[pyfunction]
+#[pyo3(signature = (partial, destination, *, overwrite=false))]
+fn commit_dir(py: Python<'_>, partial: PathBuf, destination: PathBuf, overwrite: bool) -> PyResult<()> {
+    py.detach(|| core::output::commit_dir(&partial, &destination, overwrite))
+        .map_err(|e| to_py(py, e))
+}
+
+/// Protects a read-only file mapping made elsewhere (Python's `mmap`) against the file shrinking
+/// under it: reads past the new end give zeros instead of killing the process with SIGBUS, and
+/// `fault()` says where the first such read was. `close()` (before unmapping) unregisters it.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct MapGuard(Mutex<Option<core::guard::MapGuard>>);
+
+#[pymethods]
+impl MapGuard {
+    #[new]
+    fn new(address: usize, length: usize) -> Self {
+        MapGuard(Mutex::new(Some(core::guard::MapGuard::register(
+            address as *const u8,
+            length,
+        ))))
+    }
+
+    /// Offset of the first byte whose read faulted, or None.
+    fn fault(&self) -> Option<u64> {
+        self.0.lock().ok()?.as_ref()?.fault()
+    }
+
+    fn close(&self) {
+        if let Ok(mut guard) = self.0.lock() {
+            guard.take();
+        }
+    }
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("PackError", m.py().get_type::<PackError>())?;
+    m.add_class::<PackItem>()?;
+    m.add_class::<PackSummary>()?;
+    m.add_class::<TensorInfo>()?;
+    m.add_class::<PackTensor>()?;
+    m.add_class::<PackIndex>()?;
+    m.add_class::<Problem>()?;
+    m.add_class::<StagedFile>()?;
+    m.add_class::<MapGuard>()?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(export_npy, m)?)?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
@@ -282,5 +634,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_safetensors_header, m)?)?;
     m.add_function(wrap_pyfunction!(read_pack_index, m)?)?;
     m.add_function(wrap_pyfunction!(cast_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(partial_path, m)?)?;
+    m.add_function(wrap_pyfunction!(commit_dir, m)?)?;
     Ok(())
 }
