@@ -77,8 +77,12 @@ def resident_bytes(paths: list[str]) -> int | None:
     """Bytes of these files in the page cache (mincore, via util-linux fincore), or None."""
     if not shutil.which("fincore"):
         return None
-    proc = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", *paths],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", *paths],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         return None
     return sum(int(x) for x in proc.stdout.split())
@@ -144,8 +148,12 @@ def phases_of(case: str, stdout: str) -> dict:
     start = stdout.find("{")
     doc = json.loads(stdout[start:]) if start >= 0 else {}
     if case.startswith("pack-"):
-        return {"plan_s": doc.get("plan_seconds"), "data_s": doc.get("data_seconds"),
-                "fsync_s": doc.get("sync_seconds"), "core_s": doc.get("seconds")}
+        return {
+            "plan_s": doc.get("plan_seconds"),
+            "data_s": doc.get("data_seconds"),
+            "fsync_s": doc.get("sync_seconds"),
+            "core_s": doc.get("seconds"),
+        }
     return {"plan_s": doc.get("plan_s"), "data_s": doc.get("write_s"), "fsync_s": doc.get("fsync_s")}
 
 
@@ -156,11 +164,27 @@ def run_case(case: str, ckpt: Path, shards: list[str], out: Path, manifests: dic
         # Two children so the copy and the flush are timed apart; wall is their sum.
         w1, r1, _ = run_child(["sh", "-c", f'cat {" ".join(shards)} > "{out}"'])
         w2, r2, _ = run_child(["sync", str(out)])
-        return {"wall": w1 + w2, "rss": max(r1, r2), "phases": {"data_s": w1, "fsync_s": w2},
-                "out_bytes": out.stat().st_size}
+        return {
+            "wall": w1 + w2,
+            "rss": max(r1, r2),
+            "phases": {"data_s": w1, "fsync_s": w2},
+            "out_bytes": out.stat().st_size,
+        }
     if case.startswith("pack-"):
-        cmd = [py, "-m", "heartmula_burn", "pack", str(ckpt), "-o", str(out), "--dtype", case.split("-")[1],
-               "--no-extras", "-q", "--json"]
+        cmd = [
+            py,
+            "-m",
+            "heartmula_burn",
+            "pack",
+            str(ckpt),
+            "-o",
+            str(out),
+            "--dtype",
+            case.split("-")[1],
+            "--no-extras",
+            "-q",
+            "--json",
+        ]
     elif case == "python-packer":
         cmd = [py, str(REPO / "benchmarks" / "python_packer.py"), str(manifests["f32"]), str(out)]
     elif case == "burn-writer":
@@ -182,11 +206,17 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated, from: {', '.join(ALL_CASES)}")
     ap.add_argument("--cache", choices=("warm", "cold", "both"), default="both")
-    ap.add_argument("--drop-caches", action="store_true",
-                    help="cold runs also write /proc/sys/vm/drop_caches (system-wide; needs root)")
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="cold runs also write /proc/sys/vm/drop_caches (system-wide; needs root)",
+    )
     ap.add_argument("--scales", default="1", help="comma-separated checkpoint scales, e.g. 0.25,0.5,1 (default 1)")
-    ap.add_argument("--scale-cases", default="cat+sync,pack-f32,pack-bf16",
-                    help="cases to run at scales other than 1 (default cat+sync,pack-f32,pack-bf16)")
+    ap.add_argument(
+        "--scale-cases",
+        default="cat+sync,pack-f32,pack-bf16",
+        help="cases to run at scales other than 1 (default cat+sync,pack-f32,pack-bf16)",
+    )
     ap.add_argument("--keep-scaled", action="store_true", help="keep generated scaled checkpoints")
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny checkpoints instead (checks this script in seconds)")
@@ -222,8 +252,22 @@ def main() -> int:
         manifests = {}
         if {"python-packer", "burn-writer"} & set(cases):
             manifests["f32"] = ckpt / "bench-manifest-f32.json"
-            subprocess.run([sys.executable, "-m", "heartmula_burn", "manifest", str(ckpt), "--dtype", "f32", "-f",
-                            "-o", str(manifests["f32"])], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "heartmula_burn",
+                    "manifest",
+                    str(ckpt),
+                    "--dtype",
+                    "f32",
+                    "-f",
+                    "-o",
+                    str(manifests["f32"]),
+                ],
+                check=True,
+                capture_output=True,
+            )
         samples: dict[tuple[str, str], list[dict]] = {(c, k): [] for k in caches for c in cases}
         for run in range(args.runs):
             for cache in caches:
@@ -242,19 +286,29 @@ def main() -> int:
                     out.unlink(missing_ok=True)
                     samples[(case, cache)].append(s)
                     res = "" if resident is None else f"  inputs cached {min(resident / total, 1):4.0%}"
-                    print(f"scale {scale:g} run {run + 1} {cache} {case:>13}: {s['wall']:7.2f} s  "
-                          f"peak RSS {s['rss'] / 2**20:7.1f} MiB{res}", file=sys.stderr)
+                    print(
+                        f"scale {scale:g} run {run + 1} {cache} {case:>13}: {s['wall']:7.2f} s  "
+                        f"peak RSS {s['rss'] / 2**20:7.1f} MiB{res}",
+                        file=sys.stderr,
+                    )
         if fresh and scale != 1 and not args.keep_scaled:
             shutil.rmtree(ckpt)
 
         entry = {"scale": scale, "checkpoint_bytes": total, "shards": len(shards), "cases": {}}
-        print(f"\nscale {scale:g}: checkpoint {total:,} bytes in {len(shards)} shards; "
-              f"{args.runs} runs each, medians; GB/s = input bytes read (and output bytes written) per wall second")
-        print(f"{'cache':>5} {'case':>13} {'median s':>8} {'x cat+sync':>10} {'read GB/s':>9} {'write GB/s':>10} "
-              f"{'peak MiB':>8} {'plan s':>6} {'data s':>6} {'data GB/s':>9} {'fsync s':>7}")
+        print(
+            f"\nscale {scale:g}: checkpoint {total:,} bytes in {len(shards)} shards; "
+            f"{args.runs} runs each, medians; GB/s = input bytes read (and output bytes written) per wall second"
+        )
+        print(
+            f"{'cache':>5} {'case':>13} {'median s':>8} {'x cat+sync':>10} {'read GB/s':>9} {'write GB/s':>10} "
+            f"{'peak MiB':>8} {'plan s':>6} {'data s':>6} {'data GB/s':>9} {'fsync s':>7}"
+        )
         for cache in caches:
-            floor = (median_or_none([s["wall"] for s in samples[("cat+sync", cache)]])
-                     if ("cat+sync", cache) in samples else None)
+            floor = (
+                median_or_none([s["wall"] for s in samples[("cat+sync", cache)]])
+                if ("cat+sync", cache) in samples
+                else None
+            )
             for case in cases:
                 ss = samples[(case, cache)]
                 med = statistics.median(s["wall"] for s in ss)
@@ -262,17 +316,24 @@ def main() -> int:
                 ph = {k: median_or_none([s["phases"].get(k) for s in ss]) for k in ("plan_s", "data_s", "fsync_s")}
                 data_gbps = total / ph["data_s"] / 1e9 if ph["data_s"] else None
                 row = {
-                    "walls": [s["wall"] for s in ss], "median": med, "ratio": med / floor if floor else None,
-                    "read_gb_per_s": total / med / 1e9, "write_gb_per_s": out_bytes / med / 1e9,
-                    "output_bytes": out_bytes, "peak_rss": max(s["rss"] for s in ss),
-                    "phases_median": ph, "data_read_gb_per_s": data_gbps,
+                    "walls": [s["wall"] for s in ss],
+                    "median": med,
+                    "ratio": med / floor if floor else None,
+                    "read_gb_per_s": total / med / 1e9,
+                    "write_gb_per_s": out_bytes / med / 1e9,
+                    "output_bytes": out_bytes,
+                    "peak_rss": max(s["rss"] for s in ss),
+                    "phases_median": ph,
+                    "data_read_gb_per_s": data_gbps,
                     "samples": ss,
                 }
                 entry["cases"].setdefault(cache, {})[case] = row
-                fmt = lambda v, w, p=2: f"{v:{w}.{p}f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
-                print(f"{cache:>5} {case:>13} {med:8.2f} {fmt(row['ratio'], 10, 3)} {row['read_gb_per_s']:9.2f} "
-                      f"{row['write_gb_per_s']:10.2f} {row['peak_rss'] / 2**20:8.1f} {fmt(ph['plan_s'], 6)} "
-                      f"{fmt(ph['data_s'], 6)} {fmt(data_gbps, 9)} {fmt(ph['fsync_s'], 7)}")
+                fmt = lambda v, w, p=2: f"{v:{w}.{p}f}" if v is not None else " " * (w - 1) + "-"
+                print(
+                    f"{cache:>5} {case:>13} {med:8.2f} {fmt(row['ratio'], 10, 3)} {row['read_gb_per_s']:9.2f} "
+                    f"{row['write_gb_per_s']:10.2f} {row['peak_rss'] / 2**20:8.1f} {fmt(ph['plan_s'], 6)} "
+                    f"{fmt(ph['data_s'], 6)} {fmt(data_gbps, 9)} {fmt(ph['fsync_s'], 7)}"
+                )
         report["scales"].append(entry)
     report["bench_seconds"] = time.perf_counter() - bench_started
     print(f"\nbenchmark took {report['bench_seconds'] / 60:.1f} min", file=sys.stderr)

@@ -4,14 +4,14 @@ typed values from the native core, and the GIL released while packing."""
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import pickle
 import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import heartmula_burn as hb
+import pytest
 from heartmula_burn import _core
 
 
@@ -24,9 +24,8 @@ def test_missing_and_unreadable_files_are_the_builtin_os_errors(tmp_path):
     locked.write_bytes(b"NRUB")
     locked.chmod(0)
     try:
-        if locked.open("rb"):  # root reads anything: nothing to show here
-            pytest.skip("running as root")
-    except PermissionError:
+        if os.access(locked, os.R_OK):
+            pytest.skip("this user reads files without read permission (root)")
         with pytest.raises(PermissionError) as err:
             hb.open_pack(locked)
         assert str(locked) in str(err.value)
@@ -91,14 +90,20 @@ def test_errors_cross_a_process_pool(tmp_path):
 
 
 def test_the_native_types_are_typed_values(tiny_ckpt, tmp_path):
-    shard = sorted((tiny_ckpt / "HeartMuLa-oss-3B").glob("*.safetensors"))[0]
+    shard = min((tiny_ckpt / "HeartMuLa-oss-3B").glob("*.safetensors"))
     tensors, metadata = _core.read_safetensors_header(shard)
     first = tensors[0]
     assert isinstance(first, _core.TensorInfo) and first.file == shard and isinstance(first.shape, tuple)
     assert metadata == {"format": "pt"}
     item = _core.PackItem("renamed", shard, first.name, "BF16", param_id=7, shape=list(first.shape))
     assert (item.name, item.source, item.key, item.dtype, item.param_id, item.shape) == (
-        "renamed", shard, first.name, "BF16", 7, first.shape)
+        "renamed",
+        shard,
+        first.name,
+        "BF16",
+        7,
+        first.shape,
+    )
     assert item == _core.PackItem("renamed", shard, first.name, "bf16", param_id=7, shape=first.shape)
     with pytest.raises(ValueError, match="unknown dtype 'F7'"):
         _core.PackItem("x", shard, "x", "F7")

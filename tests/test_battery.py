@@ -1,6 +1,8 @@
 """Bad input battery: every case ends with exit 1 (2 for usage), one line naming the file (and the
 tensor, where there is one), no traceback, the destination exactly as it was, no temporary file."""
 
+from __future__ import annotations
+
 import json
 import os
 import resource
@@ -15,9 +17,8 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run_cli, run_process
 from safetensors.numpy import save_file
-
-from conftest import assert_clean_failure, run_cli
 
 PREVIOUS = b"the previous pack, which must survive"
 
@@ -30,20 +31,41 @@ def raw_shard(path: Path, header, data: bytes = b"", header_len=None) -> Path:
 
 
 def ok_header(**overrides):
-    h = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}
+    h = {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+    }
     h.update(overrides)
     return h
 
 
 SHARD_CASES = {
     "truncated": (lambda p: raw_shard(p, ok_header(), b"\0" * 11), ["truncated"]),
-    "header length past the end": (lambda p: raw_shard(p, ok_header(), b"\0" * 12, header_len=10**6), ["header length"]),
+    "header length past the end": (
+        lambda p: raw_shard(p, ok_header(), b"\0" * 12, header_len=10**6),
+        ["header length"],
+    ),
     "header not JSON": (lambda p: raw_shard(p, b"{not json at all}   ", b""), ["JSON"]),
-    "offsets out of range": (lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [1], "data_offsets": [8, 99]}), b"\0" * 12), ["'b'"]),
-    "offsets overlapping": (lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}), b"\0" * 8), ["'b'"]),
-    "size not shape x dtype": (lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [2], "data_offsets": [8, 12]}), b"\0" * 12), ["shape x dtype"]),
-    "unknown dtype": (lambda p: raw_shard(p, ok_header(b={"dtype": "Q7", "shape": [1], "data_offsets": [8, 12]}), b"\0" * 12), ["Q7"]),
-    "dtype Burn cannot hold": (lambda p: raw_shard(p, ok_header(b={"dtype": "F8_E4M3", "shape": [4], "data_offsets": [8, 12]}), b"\0" * 12), ["'b'", "F8_E4M3"]),
+    "offsets out of range": (
+        lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [1], "data_offsets": [8, 99]}), b"\0" * 12),
+        ["'b'"],
+    ),
+    "offsets overlapping": (
+        lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}), b"\0" * 8),
+        ["'b'"],
+    ),
+    "size not shape x dtype": (
+        lambda p: raw_shard(p, ok_header(b={"dtype": "F32", "shape": [2], "data_offsets": [8, 12]}), b"\0" * 12),
+        ["shape x dtype"],
+    ),
+    "unknown dtype": (
+        lambda p: raw_shard(p, ok_header(b={"dtype": "Q7", "shape": [1], "data_offsets": [8, 12]}), b"\0" * 12),
+        ["Q7"],
+    ),
+    "dtype Burn cannot hold": (
+        lambda p: raw_shard(p, ok_header(b={"dtype": "F8_E4M3", "shape": [4], "data_offsets": [8, 12]}), b"\0" * 12),
+        ["'b'", "F8_E4M3"],
+    ),
 }
 
 
@@ -127,7 +149,7 @@ def test_output_cases(tiny_ckpt, tmp_path, out):
     assert_clean_failure(proc, "nowhere", "does not exist")
     # Output is one of the input shards.
     root, model, _ = copy_ckpt(tiny_ckpt, tmp_path / "c")
-    shard = sorted(model.glob("*.safetensors"))[0]
+    shard = min(model.glob("*.safetensors"))
     before = shard.read_bytes()
     proc = run_cli("pack", root, "-o", shard, "--force", "--no-extras")
     assert_clean_failure(proc, shard.name, "input")
@@ -141,7 +163,12 @@ def test_output_cases(tiny_ckpt, tmp_path, out):
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
     where.mkdir()
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a small tmpfs")
@@ -158,8 +185,8 @@ def test_output_not_writable_and_disk_full_on_small_filesystems(tiny_ckpt, tmp_p
         assert_clean_failure(proc, "heartmula.bpk", "Read-only file system")
         assert list(readonly.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(small)])
-        subprocess.run(["umount", str(readonly)])
+        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", str(readonly)], check=False)
 
 
 def test_file_size_limit_part_way(tiny_ckpt, out):
@@ -168,10 +195,7 @@ def test_file_size_limit_part_way(tiny_ckpt, out):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "heartmula_burn", "pack", tiny_ckpt, "-o", out / "heartmula.bpk", "--force", "--no-extras"],
-        capture_output=True, text=True, preexec_fn=limit, timeout=120,
-    )
+    proc = run_process("pack", tiny_ckpt, "-o", out / "heartmula.bpk", "--force", "--no-extras", preexec_fn=limit)
     assert_clean_failure(proc, "heartmula.bpk", "large")
     assert_untouched(out)
 
@@ -189,9 +213,21 @@ def big_sparse_source(folder: Path) -> Path:
 
 def test_sigkill_part_way_then_the_next_run_cleans_up(tmp_path, out):
     src = big_sparse_source(tmp_path / "src")
-    cmd = [sys.executable, "-m", "heartmula_burn", "pack", src, "--any-model", "--dtype", "bf16", "-o",
-           out / "heartmula.bpk", "--force", "-q"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "heartmula_burn",
+        "pack",
+        src,
+        "--any-model",
+        "--dtype",
+        "bf16",
+        "-o",
+        out / "heartmula.bpk",
+        "--force",
+        "-q",
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".heartmula-partial") for p in out.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -212,7 +248,8 @@ def test_sigkill_part_way_then_the_next_run_cleans_up(tmp_path, out):
 
 # ---- bad packs, for inspect / verify / open_pack ----
 
-def pack_bytes(meta: dict | bytes, data: bytes = b"", version: int = 1, size=None) -> bytes:
+
+def pack_bytes(meta: dict[str, object] | bytes, data: bytes = b"", version: int = 1, size=None) -> bytes:
     cbor = meta if isinstance(meta, bytes) else cbor2.dumps(meta)
     head = b"NRUB" + struct.pack("<HI", version, len(cbor) if size is None else size) + cbor
     return head + b"\0" * (-len(head) % 256) + data
@@ -233,8 +270,12 @@ BAD_PACKS = {
     "metadata past the end": (pack_bytes(one_tensor([1], [0, 4]), size=10**6), "truncated", None),
     "metadata over 100 MiB": (pack_bytes(one_tensor([1], [0, 4]), size=101 * 2**20), "exceeds the limit", None),
     "over 100,000 tensors": (
-        pack_bytes({"tensors": {f"t{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(100_001)}}),
-        "100001 tensors", None),
+        pack_bytes(
+            {"tensors": {f"t{i}": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(100_001)}}
+        ),
+        "100001 tensors",
+        None,
+    ),
     "tensor over 10 GiB": (pack_bytes(one_tensor([3 * 2**30], [0, 12 * 2**30])), "per-tensor limit", "w"),
     "offsets past the end": (pack_bytes(one_tensor([4], [0, 16]), b"\0" * 8), "truncated", None),
     "CBOR nested deeper than 128": (pack_bytes(nested(200)), "CBOR", None),

@@ -1,16 +1,13 @@
 """The two-step raw export (one .npy per tensor + manifest) and the publishable folder."""
 
 import hashlib
-import json
 
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
-from heartmula_burn import open_pack
-
 from conftest import assert_clean_failure, run_cli
+from heartmula_burn import open_pack
+from safetensors.numpy import load_file
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
@@ -81,7 +78,13 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     run_cli("pack", tiny_ckpt, "-o", f32, "-q", check_rc=0)
     out = tmp_path / "repo"
     run_cli("publish-layout", out, "--pack", f32, "-q", check_rc=0)
-    assert sorted(p.name for p in out.iterdir()) == [".gitattributes", "README.md", "gen_config.json", "heartmula.bpk", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".gitattributes",
+        "README.md",
+        "gen_config.json",
+        "heartmula.bpk",
+        "tokenizer.json",
+    ]
     assert "*.bpk filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text()
     card = (out / "README.md").read_text()
     assert "license: apache-2.0" in card and "base_model: HeartMuLa/HeartMuLa-oss-3B" in card
@@ -93,7 +96,11 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     assert f"| `heartmula.bpk` | {size:,} | `{digest}` |" in card
     tok = (out / "tokenizer.json").read_bytes()
     assert f"| `tokenizer.json` | {len(tok):,} | `{hashlib.sha256(tok).hexdigest()}` |" in card
-    assert "| layers | 28 | 3 |" in card and "| hidden size | 32 | 16 |" in card and "| intermediate size | 64 | 48 |" in card
+    assert (
+        "| layers | 28 | 3 |" in card
+        and "| hidden size | 32 | 16 |" in card
+        and "| intermediate size | 64 | 48 |" in card
+    )
     assert "audio vocabulary 37 per codebook,\n8 codebooks" in card and "Text vocabulary 300" in card
     assert "0.21.0 and 0.22.1" in card
 

@@ -5,17 +5,22 @@ tensor `weight` [2,2] = [1,2,3,4] with param_id 42)."""
 import json
 
 import numpy as np
-from safetensors.numpy import save_file
-
 from conftest import run_cli
+from safetensors.numpy import save_file
 
 METADATA = {"format": "burnpack", "producer": "burn", "version": "0.21.0"}
 
 
 def golden_manifest(tmp_path, **extra):
     save_file({"w": np.array([[1, 2], [3, 4]], np.float32)}, str(tmp_path / "m.safetensors"))
-    tensor = {"name": "weight", "source": {"file": "m.safetensors", "key": "w"}, "source_dtype": "F32",
-              "dtype": "F32", "shape": [2, 2], "param_id": 42}
+    tensor = {
+        "name": "weight",
+        "source": {"file": "m.safetensors", "key": "w"},
+        "source_dtype": "F32",
+        "dtype": "F32",
+        "shape": [2, 2],
+        "param_id": 42,
+    }
     tensor.update(extra)
     doc = {"format": "heartmula-burn-manifest", "format_version": 1, "metadata": METADATA, "tensors": [tensor]}
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
@@ -29,16 +34,27 @@ def cbor_text(s: str) -> bytes:
 
 def expected_metadata(version: str) -> bytes:
     return (
-        b"\xa2" + cbor_text("tensors")
-        + b"\xa1" + cbor_text("weight")
-        + b"\xa4" + cbor_text("dtype") + cbor_text("F32")
-        + cbor_text("shape") + b"\x82\x02\x02"
-        + cbor_text("data_offsets") + b"\x82\x00\x10"
-        + cbor_text("param_id") + b"\x18\x2a"
-        + cbor_text("metadata") + b"\xa3"
-        + cbor_text("format") + cbor_text("burnpack")
-        + cbor_text("producer") + cbor_text("burn")
-        + cbor_text("version") + cbor_text(version)
+        b"\xa2"
+        + cbor_text("tensors")
+        + b"\xa1"
+        + cbor_text("weight")
+        + b"\xa4"
+        + cbor_text("dtype")
+        + cbor_text("F32")
+        + cbor_text("shape")
+        + b"\x82\x02\x02"
+        + cbor_text("data_offsets")
+        + b"\x82\x00\x10"
+        + cbor_text("param_id")
+        + b"\x18\x2a"
+        + cbor_text("metadata")
+        + b"\xa3"
+        + cbor_text("format")
+        + cbor_text("burnpack")
+        + cbor_text("producer")
+        + cbor_text("burn")
+        + cbor_text("version")
+        + cbor_text(version)
     )
 
 
@@ -83,9 +99,17 @@ def test_without_param_id_the_descriptor_has_three_fields(tmp_path):
     run_cli("pack", "--manifest", manifest, "-o", out, "-q", check_rc=0)
     data = out.read_bytes()
     cbor = (
-        b"\xa1" + cbor_text("tensors") + b"\xa1" + cbor_text("weight") + b"\xa3"
-        + cbor_text("dtype") + cbor_text("F32") + cbor_text("shape") + b"\x82\x02\x02"
-        + cbor_text("data_offsets") + b"\x82\x00\x10"
+        b"\xa1"
+        + cbor_text("tensors")
+        + b"\xa1"
+        + cbor_text("weight")
+        + b"\xa3"
+        + cbor_text("dtype")
+        + cbor_text("F32")
+        + cbor_text("shape")
+        + b"\x82\x02\x02"
+        + cbor_text("data_offsets")
+        + b"\x82\x00\x10"
     )
     assert len(cbor) == 53
     assert data == b"NRUB\x01\x00" + (53).to_bytes(4, "little") + cbor + b"\x00" * (256 - 63) + F32_1234

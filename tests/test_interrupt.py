@@ -9,10 +9,8 @@ import sys
 import time
 
 import pytest
-
-from heartmula_burn import build_manifest, load_checkpoint, pack_manifest
-
 from conftest import assert_clean_failure
+from heartmula_burn import build_manifest, load_checkpoint, pack_manifest
 
 
 def listing(folder):

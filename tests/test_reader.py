@@ -3,10 +3,8 @@
 import ml_dtypes
 import numpy as np
 import pytest
-
-from heartmula_burn import PackFileError, open_pack
-
 from conftest import run_cli
+from heartmula_burn import PackFileError, open_pack
 
 
 @pytest.fixture(scope="module")

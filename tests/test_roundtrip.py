@@ -2,22 +2,19 @@
 -> pack (real CLI) -> read back, both through our reader and through an independent parse of the
 file with cbor2. Bytes must be equal, or equal to the exact cast."""
 
-import json
 import math
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import cbor2
 import ml_dtypes
 import numpy as np
+from conftest import run_cli
+from heartmula_burn import _core, open_pack
+from heartmula_burn.packfile import NUMPY_DTYPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
-
-from heartmula_burn import _core, open_pack
-from heartmula_burn.packfile import NUMPY_DTYPES
 
 NUMPY = NUMPY_DTYPES  # Burn dtype name -> numpy dtype
 FLOATS = ("F64", "F32", "F16", "BF16")
@@ -38,9 +35,11 @@ def tensor_sets(draw):
         shape = tuple(draw(shapes))
         n = math.prod(shape)
         raw = draw(st.binary(min_size=n * NUMPY[dtype].itemsize, max_size=n * NUMPY[dtype].itemsize))
-        array = np.frombuffer(raw, dtype=np.uint8).view(NUMPY[dtype]) if dtype != "Bool" else (
-            np.frombuffer(raw, dtype=np.uint8) % 2
-        ).astype(bool)
+        array = (
+            np.frombuffer(raw, dtype=np.uint8).view(NUMPY[dtype])
+            if dtype != "Bool"
+            else (np.frombuffer(raw, dtype=np.uint8) % 2).astype(bool)
+        )
         tensors[name] = (dtype, array.reshape(shape).copy())
     num_shards = draw(st.integers(1, min(4, count)))
     return tensors, num_shards
@@ -86,11 +85,7 @@ def test_random_tensor_sets_round_trip(tmp_path_factory, case, target):
         part = {name: array for name, (_dtype, array) in items[i::num_shards]}
         save_file(part, str(folder / f"shard-{i}.safetensors"))
     out = folder / "out.bpk"
-    proc = subprocess.run(
-        [sys.executable, "-m", "heartmula_burn", "pack", folder, "-o", out, "--any-model", "--dtype", target, "-q"],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_cli("pack", folder, "-o", out, "--any-model", "--dtype", target, "-q")
     assert proc.returncode == 0, proc.stderr
 
     meta, data_start, data = independent_parse(out)

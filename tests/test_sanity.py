@@ -8,24 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, run_cli, run_process
 
 # CI installs torch and torchtune and sets this, so that a missing one fails instead of skipping.
 if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
-    import torch  # noqa: F401
+    import torch
 else:
     torch = pytest.importorskip("torch")
 
-from heartmula_burn import forward, sanity  # noqa: E402
-from heartmula_burn.heartmula import Flavor  # noqa: E402
+from heartmula_burn import forward, sanity
+from heartmula_burn.heartmula import Flavor
 
 TOLERANCE = 1e-4  # the issue's bound on |ours - torchtune|
 
 
 def _torchtune():
     if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
-        import torchtune.models.llama3_2 as llama3_2
+        from torchtune.models import llama3_2
     else:
         llama3_2 = pytest.importorskip("torchtune.models.llama3_2")
     return llama3_2
@@ -50,13 +49,21 @@ def _torchtune_decoder(f: Flavor, weights: dict, prefix: str, batch: int, cache_
     token embedding and output, KV caches on."""
     llama3_2 = _torchtune()
     model = llama3_2.llama3_2(
-        vocab_size=16, num_layers=f.num_layers, num_heads=f.num_heads, num_kv_heads=f.num_kv_heads,
-        embed_dim=f.embed_dim, max_seq_len=f.max_seq_len, intermediate_dim=f.intermediate_dim,
-        attn_dropout=0.0, norm_eps=1e-5, rope_base=500_000, scale_factor=32,
+        vocab_size=16,
+        num_layers=f.num_layers,
+        num_heads=f.num_heads,
+        num_kv_heads=f.num_kv_heads,
+        embed_dim=f.embed_dim,
+        max_seq_len=f.max_seq_len,
+        intermediate_dim=f.intermediate_dim,
+        attn_dropout=0.0,
+        norm_eps=1e-5,
+        rope_base=500_000,
+        scale_factor=32,
     )
     model.tok_embeddings = torch.nn.Identity()
     model.output = torch.nn.Identity()
-    state = {k[len(prefix) + 1:]: v for k, v in weights.items()}
+    state = {k[len(prefix) + 1 :]: v for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("rope" in k or "cache" in k for k in missing), (missing, unexpected)
     model.setup_caches(batch_size=batch, dtype=torch.float32, decoder_max_seq_len=cache_len)
@@ -65,10 +72,12 @@ def _torchtune_decoder(f: Flavor, weights: dict, prefix: str, batch: int, cache_
 
 # Real head dims (128 as in the backbone, 384 as in the decoder) with few heads and layers.
 FLAVORS = {
-    "backbone-like": Flavor(num_layers=3, num_heads=4, num_kv_heads=2, embed_dim=512, intermediate_dim=320,
-                            max_seq_len=8192),
-    "decoder-like": Flavor(num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=768, intermediate_dim=256,
-                           max_seq_len=2048),
+    "backbone-like": Flavor(
+        num_layers=3, num_heads=4, num_kv_heads=2, embed_dim=512, intermediate_dim=320, max_seq_len=8192
+    ),
+    "decoder-like": Flavor(
+        num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=768, intermediate_dim=256, max_seq_len=2048
+    ),
 }
 
 
@@ -169,7 +178,7 @@ def test_bf16_pack_matches_cast_reference_and_reports_the_loss(packs, tiny_ckpt)
 
 def test_another_pack_as_reference(packs):
     proc, report = _sanity(packs / "bf16.bpk", "--reference", packs / "f32.bpk")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and report["ok"], proc.stderr
 
 
 def test_python_api_returns_a_result(packs, tiny_ckpt):
@@ -266,9 +275,5 @@ def test_without_torch_the_command_says_how_to_install_it(packs, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named torch')\n")
     env = {**os.environ, "PYTHONPATH": str(fake.parent)}
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "heartmula_burn", "sanity", str(packs / "f32.bpk")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = run_process("sanity", packs / "f32.bpk", env=env)
     assert_clean_failure(proc, "needs PyTorch", "pip install 'heartmula-burn[sanity]'")

@@ -5,13 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run_cli
+from heartmula_burn import open_pack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
-
-from heartmula_burn import open_pack
-
-from conftest import assert_clean_failure, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,10 @@ from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
-_Path = str | PathLike[str]
-_Progress = Callable[[int, int], object] | None
+from typing_extensions import TypeAlias
+
+_Path: TypeAlias = str | PathLike[str]
+_Progress: TypeAlias = Callable[[int, int], object] | None
 
 class PackItem:
     def __init__(

@@ -53,21 +53,22 @@ def read_json(path: Path, what: str) -> dict:
 def find_model_dir(root: Path, subdir: str | None = None) -> Path:
     """The folder holding the shards: ROOT/<subdir>, ROOT/HeartMuLa-oss-3B, or ROOT itself."""
     if not root.exists():
-        raise CheckpointError.at(root, f"checkpoint folder does not exist")
+        raise CheckpointError.at(root, "checkpoint folder does not exist")
     if root.is_file():
         if root.suffix != ".safetensors":
-            raise CheckpointError.at(root, f"not a .safetensors file or a checkpoint folder")
+            raise CheckpointError.at(root, "not a .safetensors file or a checkpoint folder")
         return root.parent
     if subdir is not None:
         model_dir = root / subdir
         if not model_dir.is_dir():
-            raise CheckpointError.at(model_dir, f"model folder does not exist")
+            raise CheckpointError.at(model_dir, "model folder does not exist")
         return model_dir
     if (root / HEARTMULA_SUBDIR).is_dir():
         return root / HEARTMULA_SUBDIR
     if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
         return root
-    raise CheckpointError.at(root, f"no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
+    raise CheckpointError.at(
+        root, f"no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
     )
 
 
@@ -77,16 +78,19 @@ def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[Sour
     return tensors
 
 
-def _shards_from_index(model_dir: Path, index_path: Path, shard_metadata: dict) -> tuple[list[Path], list[SourceTensor]]:
+def _shards_from_index(
+    model_dir: Path, index_path: Path, shard_metadata: dict
+) -> tuple[list[Path], list[SourceTensor]]:
     index = read_json(index_path, "index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError.at(index_path, f"index has no 'weight_map' of tensor name -> shard file")
+        raise CheckpointError.at(index_path, "index has no 'weight_map' of tensor name -> shard file")
     shard_names = sorted(set(weight_map.values()))
     for shard_name in shard_names:
         if not (model_dir / shard_name).is_file():
             wanted = next(k for k, v in weight_map.items() if v == shard_name)
-            raise CheckpointError.at(index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
+            raise CheckpointError.at(
+                index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
             )
     tensors: list[SourceTensor] = []
     for shard_name in shard_names:
@@ -136,7 +140,7 @@ def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
         else:
             shards = sorted(model_dir.glob("*.safetensors"))
             if not shards:
-                raise CheckpointError.at(model_dir, f"no .safetensors files")
+                raise CheckpointError.at(model_dir, "no .safetensors files")
             tensors = _shards_without_index(shards, shard_metadata)
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None

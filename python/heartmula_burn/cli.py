@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import HEARTMULA_SUBDIR, load_checkpoint
-from .errors import HeartmulaBurnError, OutputError
+from .errors import HeartmulaBurnError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
 from .packing import pack_manifest
@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_args(p)
     p.add_argument("-o", "--output", default="heartmula.bpk", help="output pack (default: ./heartmula.bpk)")
-    p.add_argument("--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)")
+    p.add_argument(
+        "--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)"
+    )
     p.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
     p.add_argument(
         "--burn-version",
@@ -91,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", default="manifest.json", help="manifest file (default: ./manifest.json)")
     m.add_argument("-f", "--force", action="store_true", help="replace an existing manifest")
 
-    i = sub.add_parser("inspect", help="show a pack's metadata and tensors", description="Show a Burn pack's layout, metadata and tensor table.")
+    i = sub.add_parser(
+        "inspect",
+        help="show a pack's metadata and tensors",
+        description="Show a Burn pack's layout, metadata and tensor table.",
+    )
     i.add_argument("pack", metavar="FILE.bpk")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
 
@@ -103,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "OUTPUT_ROOT/heartmula_raw_<dtype>/manifest.json` then gives the same pack, byte for byte, as the one-step pack.",
     )
     e.add_argument("--checkpoint-root", required=True, metavar="CKPT_ROOT", help="checkpoint folder")
-    e.add_argument("--heartmula-subdir", metavar="NAME", help=f"model folder inside CKPT_ROOT (default {HEARTMULA_SUBDIR})")
+    e.add_argument(
+        "--heartmula-subdir", metavar="NAME", help=f"model folder inside CKPT_ROOT (default {HEARTMULA_SUBDIR})"
+    )
     e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
     e.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help="dtype of float tensors (default f32)")
     e.add_argument("--any-model", action="store_true", help="skip the HeartMuLa check")
@@ -165,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--subdir", metavar="NAME", help="model folder inside the reference CKPT_ROOT")
     sn.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda, cuda:N or cpu")
     sn.add_argument("--frames", type=int, default=2, help="audio frames to decode greedily (default 2)")
-    sn.add_argument("--config", metavar="CONFIG_JSON", help="the model's config.json (default: the one in the "
-                    "pack's metadata, else the reference's)")
+    sn.add_argument(
+        "--config",
+        metavar="CONFIG_JSON",
+        help="the model's config.json (default: the one in the pack's metadata, else the reference's)",
+    )
     sn.add_argument("--json", action="store_true", help="print every check and figure as JSON on stdout")
 
     s = sub.add_parser(
@@ -299,7 +310,7 @@ def cmd_inspect(args) -> int:
         width = max((len(t.name) for t in pack), default=4)
         print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset")
         for t in pack:
-            print(f"  {t.name:<{width}}  {t.dtype:<5}  {str(list(t.shape)):<22}  {t.file_offset}")
+            print(f"  {t.name:<{width}}  {t.dtype:<5}  {list(t.shape)!s:<22}  {t.file_offset}")
     return 0
 
 
@@ -317,8 +328,11 @@ def cmd_export_raw(args) -> int:
             progress=update,
         )
     if not args.quiet:
-        print(f"wrote {summary['output']} ({summary['tensors']} tensors); pack it with: "
-              f"python -m heartmula_burn pack --manifest {summary['manifest']} -o heartmula.bpk", file=sys.stderr)
+        print(
+            f"wrote {summary['output']} ({summary['tensors']} tensors); pack it with: "
+            f"python -m heartmula_burn pack --manifest {summary['manifest']} -o heartmula.bpk",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -332,7 +346,11 @@ def cmd_publish_layout(args) -> int:
         bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="sha256", file=sys.stderr)
     try:
         summary = publish_layout(
-            args.out_dir, args.pack, tokenizer=args.tokenizer, gen_config=args.gen_config, force=args.force,
+            args.out_dir,
+            args.pack,
+            tokenizer=args.tokenizer,
+            gen_config=args.gen_config,
+            force=args.force,
             progress=bar.update if bar is not None else None,
         )
     finally:
@@ -364,15 +382,24 @@ def cmd_unpack(args) -> int:
     with _progress_bar(args.quiet, "unpacking") as update:
         summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
     if not args.quiet:
-        print(f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)", file=sys.stderr)
+        print(
+            f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)",
+            file=sys.stderr,
+        )
     return 0
 
 
 def cmd_sanity(args) -> int:
     from .sanity import format_table, run
 
-    result = run(args.pack, reference=args.reference, device=args.device, frames=args.frames,
-                 config=args.config, subdir=args.subdir)
+    result = run(
+        args.pack,
+        reference=args.reference,
+        device=args.device,
+        frames=args.frames,
+        config=args.config,
+        subdir=args.subdir,
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -388,7 +415,9 @@ def cmd_sanity(args) -> int:
 def cmd_synthetic(args) -> int:
     from .synthetic import write_synthetic_checkpoint
 
-    root = write_synthetic_checkpoint(args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed)
+    root = write_synthetic_checkpoint(
+        args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed
+    )
     print(f"wrote synthetic checkpoint {root}", file=sys.stderr)
     return 0
 
@@ -418,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     except HeartmulaBurnError as e:
         print(f"heartmula-burn: error: {e}", file=sys.stderr)
     except BrokenPipeError:
-        # Output piped into e.g. `head`: not an error of ours.
-        sys.stdout = open(os.devnull, "w")
+        # Output piped into e.g. `head`: not an error of ours. Point stdout at /dev/null so that
+        # the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

@@ -7,7 +7,12 @@ path in `.filename`. All of them pickle, so they cross process pools."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+from typing_extensions import Self
 
 __all__ = [
     "CheckpointError",
@@ -16,9 +21,6 @@ __all__ = [
     "PackFileError",
     "SourceError",
 ]
-
-
-_E = TypeVar("_E", bound="HeartmulaBurnError")
 
 
 class HeartmulaBurnError(Exception):
@@ -34,7 +36,7 @@ class HeartmulaBurnError(Exception):
         self.tensor = tensor
 
     @classmethod
-    def at(cls: type[_E], path: object, message: str, *, tensor: str | None = None) -> _E:
+    def at(cls, path: object, message: str, *, tensor: str | None = None) -> Self:
         """`path: [tensor 'name': ]message`, with `.path` and `.tensor` set."""
         where = f"{path}: " + (f"tensor '{tensor}': " if tensor is not None else "")
         return cls(where + message, path=str(path), tensor=tensor)

@@ -7,8 +7,8 @@ they are used, so a BF16 pack never has an f32 copy of the whole model beside it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +64,10 @@ class KVCache:
     positions: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, num_layers: int) -> "KVCache":
+    def empty(cls, num_layers: int) -> KVCache:
         return cls([None] * num_layers, [None] * num_layers)
 
-    def copy(self) -> "KVCache":
+    def copy(self) -> KVCache:
         # Entries are replaced, never written in place, so a shallow copy is a snapshot.
         return KVCache(list(self.keys), list(self.values), self.positions)
 
@@ -99,17 +99,24 @@ class Transformer:
             h = h + self._attention(i, rms_norm(h, self._w(f"layers.{i}.sa_norm.scale")), positions, mask, cache)
             x = rms_norm(h, self._w(f"layers.{i}.mlp_norm.scale"))
             p = f"layers.{i}.mlp"
-            h = h + linear(F.silu(linear(x, self._w(f"{p}.w1.weight"))) * linear(x, self._w(f"{p}.w3.weight")),
-                           self._w(f"{p}.w2.weight"))
+            h = h + linear(
+                F.silu(linear(x, self._w(f"{p}.w1.weight"))) * linear(x, self._w(f"{p}.w3.weight")),
+                self._w(f"{p}.w2.weight"),
+            )
         cache.positions = keys_positions
         return rms_norm(h, self._w("norm.scale")).float()
 
-    def _attention(self, i: int, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                   cache: KVCache) -> torch.Tensor:
+    def _attention(
+        self, i: int, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
         f, p = self.flavor, f"layers.{i}.attn"
         b, s, _ = x.shape
-        q = apply_rope(linear(x, self._w(f"{p}.q_proj.weight")).view(b, s, f.num_heads, f.head_dim), positions, self.theta)
-        k = apply_rope(linear(x, self._w(f"{p}.k_proj.weight")).view(b, s, f.num_kv_heads, f.head_dim), positions, self.theta)
+        q = apply_rope(
+            linear(x, self._w(f"{p}.q_proj.weight")).view(b, s, f.num_heads, f.head_dim), positions, self.theta
+        )
+        k = apply_rope(
+            linear(x, self._w(f"{p}.k_proj.weight")).view(b, s, f.num_kv_heads, f.head_dim), positions, self.theta
+        )
         v = linear(x, self._w(f"{p}.v_proj.weight")).view(b, s, f.num_kv_heads, f.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache.keys[i] is not None:
@@ -135,8 +142,14 @@ class HeartMuLa:
     def _audio_embedding(self, codes: torch.Tensor, codebook: int | torch.Tensor) -> torch.Tensor:
         return self.weights["audio_embeddings.weight"][codes + codebook * self.cfg.audio_vocab_size].float()
 
-    def embed(self, tokens: torch.Tensor, mask: torch.Tensor, uncond: torch.Tensor | None,
-              muq: torch.Tensor | None = None, muq_row: int = 0) -> torch.Tensor:
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        uncond: torch.Tensor | None,
+        muq: torch.Tensor | None = None,
+        muq_row: int = 0,
+    ) -> torch.Tensor:
         """tokens/mask: [b, s, K+1] (K audio codebooks, then the text column); uncond: [b] bool rows
         that take the unconditional text embedding (classifier-free guidance); muq: [b, muq_dim]
         written over row `muq_row` (the prompt's placeholder)."""

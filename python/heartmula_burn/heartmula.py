@@ -54,7 +54,9 @@ def _flavor(config: dict, key: str, path: Path) -> tuple[str, Flavor]:
     custom = (config.get("flavors") or {}).get(name)
     if not isinstance(custom, dict) or not all(isinstance(custom.get(k), int) for k in FLAVOR_KEYS):
         known = ", ".join(FLAVORS)
-        raise CheckpointError.at(path, f"unknown {key} '{name}' (known: {known}; others need a 'flavors' entry with {', '.join(FLAVOR_KEYS)})"
+        raise CheckpointError.at(
+            path,
+            f"unknown {key} '{name}' (known: {known}; others need a 'flavors' entry with {', '.join(FLAVOR_KEYS)})",
         )
     flavor = Flavor(**{k: custom[k] for k in FLAVOR_KEYS}, max_seq_len=custom.get("max_seq_len", 2048))
     if flavor.embed_dim % flavor.num_heads or flavor.num_heads % flavor.num_kv_heads:
@@ -132,7 +134,9 @@ def check_tensors(found: dict[str, tuple[int, ...]], cfg: HeartMuLaConfig, where
             problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
         if misshaped:
             problems.append(f"{len(misshaped)} mis-shaped: {_listing(misshaped)}")
-        raise CheckpointError.at(where, f"does not match its config.json ({cfg.backbone_flavor} / {cfg.decoder_flavor}): "
+        raise CheckpointError.at(
+            where,
+            f"does not match its config.json ({cfg.backbone_flavor} / {cfg.decoder_flavor}): "
             + "; ".join(problems)
-            + " (--any-model packs it without this check)"
+            + " (--any-model packs it without this check)",
         )

@@ -89,7 +89,7 @@ class Manifest:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict, path: Path) -> "Manifest":
+    def from_json(cls, doc: dict, path: Path) -> Manifest:
         base = path.resolve().parent
 
         def fail(message: str) -> CheckpointError:
@@ -143,7 +143,7 @@ class Manifest:
         write_text(path, json.dumps(self.to_json(path), indent=2) + "\n", overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
+    def load(cls, path: str | Path) -> Manifest:
         path = Path(path)
         return cls.from_json(read_json(path, "manifest"), path)
 
@@ -176,7 +176,8 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
     }
     if not any_model:
         if ckpt.config is None:
-            raise CheckpointError.at(ckpt.model_dir / 'config.json', f"config.json not found (--any-model packs without the HeartMuLa check)"
+            raise CheckpointError.at(
+                ckpt.model_dir / "config.json", "config.json not found (--any-model packs without the HeartMuLa check)"
             )
         cfg = heartmula.parse_config(ckpt.config, ckpt.config_path)
         heartmula.check_tensors({t.name: t.shape for t in ckpt.tensors}, cfg, ckpt.model_dir)

@@ -83,7 +83,7 @@ class Pack:
         except BufferError:
             pass  # views still alive keep the map; it closes when they go
 
-    def __enter__(self) -> "Pack":
+    def __enter__(self) -> Pack:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -129,8 +129,11 @@ assert!(result.missing.is_empty());
 
 def gitattributes(files: dict[str, tuple[int, str]]) -> str:
     lines = ["*.bpk filter=lfs diff=lfs merge=lfs -text"]
-    lines += [f"{name} filter=lfs diff=lfs merge=lfs -text" for name, (size, _) in files.items()
-              if size > LFS_THRESHOLD and not name.endswith(".bpk")]
+    lines += [
+        f"{name} filter=lfs diff=lfs merge=lfs -text"
+        for name, (size, _) in files.items()
+        if size > LFS_THRESHOLD and not name.endswith(".bpk")
+    ]
     return "\n".join(lines) + "\n"
 
 

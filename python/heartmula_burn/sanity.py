@@ -14,9 +14,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 import ml_dtypes
 import numpy as np
@@ -189,8 +190,9 @@ def resolve_config(pack: PackArrays, reference, config_path: str | Path | None) 
         except (KeyError, IndexError) as e:
             raise CheckpointError.at(pack.path, f"tensor {e} missing or mis-shaped; cannot size the model") from None
         return heartmula.parse_config(config, pack.path)
-    raise CheckpointError.at(pack.path, f"the pack does not say which HeartMuLa it holds (no 'config' in its metadata); "
-        "pass --config CONFIG_JSON"
+    raise CheckpointError.at(
+        pack.path,
+        "the pack does not say which HeartMuLa it holds (no 'config' in its metadata); pass --config CONFIG_JSON",
     )
 
 
@@ -238,7 +240,9 @@ def forward_outputs(model, frames: int) -> dict:
         forced = torch.tensor([(100 * (i + 1)) % vocab for i in range(k)], device=device).expand(2, k)
         out["decoder_logits"], _ = model.depth_decode(last, forced[:, 0], lambda i, _logits: forced[:, i])
         h2 = frame_row(forced)
-        out["frame2_c0_logits"] = model.codebook0_logits(model.backbone(h2, torch.tensor([s], device=device), cache)[:, -1])
+        out["frame2_c0_logits"] = model.codebook0_logits(
+            model.backbone(h2, torch.tensor([s], device=device), cache)[:, -1]
+        )
         fresh = KVCache.empty(cfg.backbone.num_layers)
         recomputed = model.backbone(torch.cat([h, h2], dim=1), torch.arange(s + 1, device=device), fresh)[:, -1]
         out["frame2_c0_recomputed"] = model.codebook0_logits(recomputed)
@@ -258,8 +262,9 @@ def forward_outputs(model, frames: int) -> dict:
     return {name: value.detach().to("cpu") for name, value in out.items()}
 
 
-def _run_model(source, names, cfg, device, cast_to=None, on_loaded: Callable[[dict], None] | None = None,
-               frames: int = 2) -> tuple[dict, float, float]:
+def _run_model(
+    source, names, cfg, device, cast_to=None, on_loaded: Callable[[dict], None] | None = None, frames: int = 2
+) -> tuple[dict, float, float]:
     from .forward import HeartMuLa
 
     torch = _import_torch()
@@ -291,29 +296,41 @@ def _finite_weights(weights: dict, result: SanityResult) -> None:
 
     bad = {n: int((~torch.isfinite(w)).sum()) for n, w in weights.items() if w.is_floating_point()}
     bad = {n: c for n, c in bad.items() if c}
-    figure = "all finite" if not bad else f"{sum(bad.values())} non-finite values in " + ", ".join(
-        f"'{n}' ({c})" for n, c in list(bad.items())[:3]
-    ) + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+    figure = (
+        "all finite"
+        if not bad
+        else f"{sum(bad.values())} non-finite values in "
+        + ", ".join(f"'{n}' ({c})" for n, c in list(bad.items())[:3])
+        + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+    )
     result.checks.append(Check("weights finite", not bad, f"{len(weights)} tensors, {figure}"))
 
 
 def _output_checks(out: dict, cfg, result: SanityResult) -> None:
     import torch
 
-    for name, label in (("c0_logits", "prompt codebook-0 logits"),
-                        ("decoder_logits", "teacher-forced logits, codebooks 1-7"),
-                        ("frame2_c0_logits", "frame 2 codebook-0 logits (KV cache)")):
+    for name, label in (
+        ("c0_logits", "prompt codebook-0 logits"),
+        ("decoder_logits", "teacher-forced logits, codebooks 1-7"),
+        ("frame2_c0_logits", "frame 2 codebook-0 logits (KV cache)"),
+    ):
         finite = bool(torch.isfinite(out[name]).all())
         result.checks.append(Check(f"{label} finite", finite, f"max |logit| {_max_abs(out[name]):.4g}"))
     cached, recomputed = out["frame2_c0_logits"], out["frame2_c0_recomputed"]
     diff = _max_abs(cached - recomputed)
     bound = CACHE_TOLERANCE * max(1.0, _max_abs(recomputed))
-    result.checks.append(Check("KV cache agrees with a full recompute", diff <= bound,
-                               f"max |diff| {diff:.3g} (allowed {bound:.3g})"))
+    result.checks.append(
+        Check("KV cache agrees with a full recompute", diff <= bound, f"max |diff| {diff:.3g} (allowed {bound:.3g})")
+    )
     codes = out["greedy_codes"]
     in_range = bool(((codes >= 0) & (codes < cfg.audio_vocab_size)).all()) and bool(out["greedy_finite"])
-    result.checks.append(Check(f"greedy decode of {len(codes)} frame(s)", in_range,
-                               f"codes {codes.tolist()} (vocabulary {cfg.audio_vocab_size})"))
+    result.checks.append(
+        Check(
+            f"greedy decode of {len(codes)} frame(s)",
+            in_range,
+            f"codes {codes.tolist()} (vocabulary {cfg.audio_vocab_size})",
+        )
+    )
 
 
 def _compare(ours: dict, ref: dict, label: str, exact: bool, result: SanityResult) -> None:
@@ -350,8 +367,14 @@ def pick_device(device: str):
     return torch.device(device)
 
 
-def run(pack: str | Path, reference: str | Path | None = None, device: str = "auto", frames: int = 2,
-        config: str | Path | None = None, subdir: str | None = None) -> SanityResult:
+def run(
+    pack: str | Path,
+    reference: str | Path | None = None,
+    device: str = "auto",
+    frames: int = 2,
+    config: str | Path | None = None,
+    subdir: str | None = None,
+) -> SanityResult:
     """Run the checks; see the module's docstring. `reference` is a checkpoint folder or a pack."""
     if frames < 0:
         raise HeartmulaBurnError(f"--frames {frames}: must be 0 or more")
@@ -362,8 +385,9 @@ def run(pack: str | Path, reference: str | Path | None = None, device: str = "au
     try:
         cfg = resolve_config(ours, ref, config)
         dtypes = sorted({ours.dtype(t.name) for t in ours.pack.tensors})
-        result = SanityResult(str(pack), None if reference is None else str(reference), str(torch_device),
-                              ",".join(dtypes), frames)
+        result = SanityResult(
+            str(pack), None if reference is None else str(reference), str(torch_device), ",".join(dtypes), frames
+        )
         shapes = ours.shapes()
         try:
             heartmula.check_tensors(shapes, cfg, ours.path)
@@ -377,20 +401,27 @@ def run(pack: str | Path, reference: str | Path | None = None, device: str = "au
             torch.cuda.reset_peak_memory_stats(torch_device)
 
         out, result.timings["load_s"], result.timings["forward_s"] = _run_model(
-            ours, names, cfg, torch_device, on_loaded=lambda w: _finite_weights(w, result), frames=frames)
+            ours, names, cfg, torch_device, on_loaded=lambda w: _finite_weights(w, result), frames=frames
+        )
         _output_checks(out, cfg, result)
         if ref is not None:
             ref_shapes = ref.shapes()
             mismatched = [n for n in names if ref_shapes.get(n) != shapes[n]]
             if mismatched:
-                result.checks.append(Check("reference holds the same tensors", False,
-                                           f"{ref.path}: missing or differently shaped: {', '.join(mismatched[:5])}"))
+                result.checks.append(
+                    Check(
+                        "reference holds the same tensors",
+                        False,
+                        f"{ref.path}: missing or differently shaped: {', '.join(mismatched[:5])}",
+                    )
+                )
                 return result
             pack_dtypes = {n: ours.dtype(n) for n in names}
             lossy = [n for n in names if _narrower(pack_dtypes[n], ref.dtype(n))]
             label = "reference" if not lossy else f"reference cast to the pack's dtypes ({len(lossy)} tensors)"
             ref_out, result.timings["reference_load_s"], result.timings["reference_forward_s"] = _run_model(
-                ref, names, cfg, torch_device, cast_to=pack_dtypes, frames=frames)
+                ref, names, cfg, torch_device, cast_to=pack_dtypes, frames=frames
+            )
             _compare(out, ref_out, label, exact=True, result=result)
             if lossy:
                 del ref_out
@@ -421,8 +452,10 @@ def _narrower(pack_dtype: str, ref_dtype: str) -> bool:
 def format_table(result: SanityResult) -> str:
     width = max(len(c.name) for c in result.checks) if result.checks else 10
     marks = {True: "ok  ", False: "FAIL", None: "info"}
-    lines = [f"{result.pack}: {result.pack_dtype} on {result.device}"
-             + (f", against {result.reference}" if result.reference else "")]
+    lines = [
+        f"{result.pack}: {result.pack_dtype} on {result.device}"
+        + (f", against {result.reference}" if result.reference else "")
+    ]
     lines += [f"  {marks[c.ok]}  {c.name:<{width}}  {c.figure}" for c in result.checks]
     if result.timings:
         lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -118,8 +118,7 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], dtype: st
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for name in names:
-            for chunk in tensor_chunks(name, tensors[name], seed, full):
-                f.write(chunk.astype(np_dtype).tobytes())
+            f.writelines(chunk.astype(np_dtype).tobytes() for chunk in tensor_chunks(name, tensors[name], seed, full))
 
 
 def write_synthetic_checkpoint(

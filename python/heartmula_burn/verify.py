@@ -17,8 +17,9 @@ from .packing import ProgressFn
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
 
-def verify(pack_path: str | Path, against: str | Path, *, subdir: str | None = None,
-           progress: ProgressFn | None = None) -> list[str]:
+def verify(
+    pack_path: str | Path, against: str | Path, *, subdir: str | None = None, progress: ProgressFn | None = None
+) -> list[str]:
     """Problems found, one line each naming the pack and tensor; empty when the pack is right.
     `against` is a checkpoint folder (each tensor is expected under its own name, in the dtype
     the pack holds) or a manifest (exactly what it says)."""
@@ -56,8 +57,14 @@ def shard_plan(pack: Pack, max_shard_size: int) -> list[list[str]]:
     return shards
 
 
-def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
-           force: bool = False, progress: ProgressFn | None = None) -> dict:
+def unpack(
+    pack_path: str | Path,
+    out_dir: str | Path,
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict:
     """Writes the pack's tensors as safetensors in OUT_DIR: `model.safetensors`, or shards plus a
     `model.safetensors.index.json` when they exceed `max_shard_size`. The folder appears whole or
     not at all."""
@@ -74,14 +81,16 @@ def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = 
             metadata[PARAM_IDS_KEY] = json.dumps(param_ids, sort_keys=True)
         dtypes = {t.name: t.dtype for t in pack}
         total = sum(t.nbytes for t in pack)
-    names = (["model.safetensors"] if len(groups) == 1
-             else [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)])
+    names = (
+        ["model.safetensors"]
+        if len(groups) == 1
+        else [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
+    )
     done = 0
     with staged_folder(out_dir, overwrite=force) as partial:
         for name, group in zip(names, groups):
-            base = done
 
-            def shard_progress(d: int, _t: int) -> None:
+            def shard_progress(d: int, _t: int, base: int = done) -> None:
                 if progress:
                     progress(base + d, total)
 
@@ -89,7 +98,9 @@ def unpack(pack_path: str | Path, out_dir: str | Path, *, max_shard_size: int = 
             summary = _core.write_safetensors(items, partial / name, metadata, progress=shard_progress)
             done += summary.data_bytes
         if len(groups) > 1:
-            index = {"metadata": {"total_size": total},
-                     "weight_map": {n: name for name, group in zip(names, groups) for n in group}}
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": {n: name for name, group in zip(names, groups) for n in group},
+            }
             (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return {"output": str(out_dir), "shards": names, "data_bytes": total}
