@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One step from an upstream HeartMuLa checkpoint folder to heartmula.bpk.
+# One step from an upstream checkpoint folder to the folder a Burn HeartMuLa runtime loads.
 #
 #   ./convert.sh CKPT_ROOT [extra pack options, e.g. --dtype bf16 --force]
 #
-# Writes heartmula.bpk, tokenizer.json and gen_config.json at the repository root (or in
-# $HEARTMULA_OUT_DIR). The pack is written atomically: on failure nothing is left behind.
+# CKPT_ROOT holds HeartMuLa-oss-3B/ and HeartCodec-oss/ (or HeartCodec-oss-20260123/) beside
+# tokenizer.json and gen_config.json, as upstream ships them. Writes heartmula.bpk, heartcodec.bpk,
+# tokenizer.json and gen_config.json at the repository root (or in $HEARTMULA_OUT_DIR). All four
+# appear together once complete: on failure or Ctrl-C the folder is as it was.
 # Needs the package installed (`pip install .`); $PYTHON picks the interpreter.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    echo "usage: $0 CKPT_ROOT [pack options...]   (writes heartmula.bpk + tokenizer.json + gen_config.json)" >&2
+    echo "usage: $0 CKPT_ROOT [pack options...]   (writes heartmula.bpk, heartcodec.bpk, tokenizer.json, gen_config.json)" >&2
     [ $# -ge 1 ] && exit 0 || exit 2
 fi
 

@@ -75,8 +75,35 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CKPT_ROOT holding both models, as upstream ships them: HeartMuLa-oss-3B and HeartCodec-oss."""
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("root"), models=("heartmula", "heartcodec"))
+
+
+@pytest.fixture(scope="session")
 def tiny_ckpt_bf16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt_bf16"), dtype="BF16", seed=1)
+
+
+def linked(ckpt: Path, folder: Path) -> Path:
+    """`folder/ckpt`, a symbolic link to a checkpoint: a manifest saved in `folder` may refer to the
+    checkpoint's files (manifests refer only to files inside their folder, judged lexically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ckpt"
+    link.symlink_to(ckpt, target_is_directory=True)
+    return link
+
+
+def big_sparse_checkpoint(folder: Path, nbytes: int = 4 << 30) -> Path:
+    """`folder`/model.safetensors holding one F32 tensor 'big' of `nbytes`, sparse on disk (it reads
+    as zeros and takes no space): packing it to BF16 takes seconds, long enough to interrupt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"big": {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + nbytes)
+    return folder
 
 
 def load_json(path: Path) -> Any:

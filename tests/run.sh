@@ -1,21 +1,55 @@
 #!/usr/bin/env bash
-# The project's whole test suite, from a clean checkout: builds the wheel into a local virtual
-# environment, then runs the Rust core's tests and the Python tests (which drive the real CLI).
+# The project's whole test suite, from a clean checkout: builds the release wheel and sdist
+# (scripts/build-wheels.sh), installs the wheel into a local virtual environment, then runs the lint
+# gates, the Rust core's tests, the wheel in a fresh environment without Rust, the Python tests
+# (with the Burn compatibility checks) and a bounded fuzzing run. Any failure fails the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python=${PYTHON:-python3}
 venv=$(realpath -m "${VENV:-.venv}")
+dist=$(realpath -m "${DIST:-target/dist}")
+
+echo "== building the wheel and the sdist"
+bash scripts/build-wheels.sh "$dist"
+wheel=$(ls "$dist"/heartmula_burn-*.whl)
+sdist=$(ls "$dist"/heartmula_burn-*.tar.gz)
+
+echo "== installing the wheel into $venv, with torch and torchtune for the sanity tests and the linters"
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-echo "== building and installing the package (maturin, release build), with torch and torchtune for the sanity tests"
 # PyPI's Linux torch wheel (with its CUDA libraries) runs on the CPU too: about 5 GB, 2 minutes.
-"$venv/bin/python" -m pip install --quiet ".[test,sanity,crosscheck]"
+"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+"$venv/bin/python" -m pip install --quiet "$wheel[test,sanity,crosscheck,lint]"
+
+echo "== lint gates: rustfmt, clippy (every crate), ruff, mypy, stubtest"
+cargo fmt --all --check
+cargo fmt --check --manifest-path rust/burn-compat/Cargo.toml
+cargo fmt --check --manifest-path rust/core/fuzz/Cargo.toml
+cargo clippy --locked --workspace --all-targets -- -D warnings
+for burn in burn-021 burn-022; do
+    cargo clippy --locked --manifest-path rust/burn-compat/Cargo.toml --all-targets --features "$burn" -- -D warnings
+done
+cargo clippy --locked --manifest-path rust/core/fuzz/Cargo.toml --all-targets -- -D warnings
+"$venv/bin/ruff" check python tests benchmarks
+"$venv/bin/ruff" format --check python tests benchmarks
+"$venv/bin/mypy"
+# The stub against the compiled module (run from tests/ so that the installed package is the one checked).
+(cd tests && "$venv/bin/python" -m mypy.stubtest heartmula_burn._core)
 
 echo "== cargo test (Rust core)"
 cargo test --locked
+
+echo "== the sdist builds"
+sdist_out=$(mktemp -d)
+CARGO_TARGET_DIR="$PWD/target" "$venv/bin/python" -m pip wheel --quiet --no-deps -w "$sdist_out" "$sdist"
+ls "$sdist_out"/heartmula_burn-*.whl
+rm -rf "$sdist_out"
+
+echo "== the wheel in a fresh environment whose PATH has no cargo or rustc"
+bash tests/wheel_smoke.sh "$wheel"
 
 # The real Burn crates, one release per build: 0.21.0 (what runtimes use today) and 0.22.1 (newest stable).
 for burn in burn-021 burn-022; do
@@ -27,9 +61,7 @@ cargo build --release --locked --manifest-path rust/burn-compat/Cargo.toml --fea
 
 echo "== pytest (with the Burn compatibility checks)"
 export HEARTMULA_BURN_COMPAT=1 HEARTMULA_REQUIRE_TORCH=1
-cd tests  # so that `import heartmula_burn` resolves to the installed package
-"$venv/bin/python" -m pytest -q -p no:cacheprovider .
+(cd tests && "$venv/bin/python" -m pytest -q -p no:cacheprovider .)  # tests/: the installed package is imported
 
 echo "== fuzzing the safetensors and .bpk parsers (${FUZZ_SECONDS:-60}s a target)"
-cd ..
 PYTHON="$venv/bin/python" bash rust/core/fuzz/run.sh "${FUZZ_SECONDS:-60}"

@@ -157,8 +157,11 @@ def test_output_cases(tiny_ckpt, tmp_path, out):
     # Output exists without --force.
     assert_clean_failure(run_cli("pack", tiny_ckpt, "-o", out / "heartmula.bpk"), "heartmula.bpk", "--force")
     assert_untouched(out)
-    # Output is a folder.
-    assert_clean_failure(run_cli("pack", tiny_ckpt, "-o", out, "--no-extras"), str(out), "folder")
+    # An existing folder as output: the packs go inside it, under their own names.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    run_cli("pack", tiny_ckpt, "-o", folder, "--no-extras", check_rc=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["heartmula.bpk"]
 
 
 def _mount_tmpfs(where: Path, options: str) -> bool:

@@ -6,16 +6,17 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, linked, run_cli
 
 
 @pytest.fixture()
 def manifests(tiny_ckpt, tmp_path):
     """(manifest, our pack) for each target dtype."""
     out = {}
+    ckpt = linked(tiny_ckpt, tmp_path)
     for dtype in ("f32", "bf16"):
         manifest = tmp_path / f"{dtype}.json"
-        run_cli("manifest", tiny_ckpt, "--dtype", dtype, "-o", manifest, check_rc=0)
+        run_cli("manifest", ckpt, "--dtype", dtype, "-o", manifest, check_rc=0)
         pack = tmp_path / f"ours-{dtype}.bpk"
         run_cli("pack", "--manifest", manifest, "-o", pack, "--no-extras", "-q", check_rc=0)
         out[dtype] = (manifest, pack)

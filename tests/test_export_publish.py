@@ -67,8 +67,8 @@ def card_facts(card: str) -> dict:
             facts["tensors"] = line
         if line.startswith("| `heartmula.bpk` |"):
             facts["pack_row"] = line
-        if line.startswith("| hidden size |"):
-            facts["hidden"] = line
+        if line.startswith("| backbone |"):
+            facts["backbone"] = line
     return facts
 
 
@@ -87,7 +87,7 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     ]
     assert "*.bpk filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text()
     card = (out / "README.md").read_text()
-    assert "license: apache-2.0" in card and "base_model: HeartMuLa/HeartMuLa-oss-3B" in card
+    assert "license: apache-2.0" in card and "base_model:\n- HeartMuLa/HeartMuLa-oss-3B\n" in card
     with open_pack(f32) as pack:
         params = sum(int(np.prod(t.shape)) for t in pack)
         size = pack.file_size
@@ -96,12 +96,10 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     assert f"| `heartmula.bpk` | {size:,} | `{digest}` |" in card
     tok = (out / "tokenizer.json").read_bytes()
     assert f"| `tokenizer.json` | {len(tok):,} | `{hashlib.sha256(tok).hexdigest()}` |" in card
-    assert (
-        "| layers | 28 | 3 |" in card
-        and "| hidden size | 32 | 16 |" in card
-        and "| intermediate size | 64 | 48 |" in card
-    )
-    assert "audio vocabulary 37 per codebook,\n8 codebooks" in card and "Text vocabulary 300" in card
+    # The architecture, read from the tiny checkpoint's shapes (28 x 32 x 64 backbone, 3 x 16 x 48 decoder).
+    assert "| backbone | 28 layers, hidden size 32, intermediate size 64 |" in card
+    assert "| decoder | 3 layers, hidden size 16, intermediate size 48 |" in card
+    assert "| audio | 8 codebooks of 37 codes |" in card and "| text vocabulary | 300 |" in card
     assert "0.21.0 and 0.22.1" in card
 
     # Change the pack: the card follows.
@@ -113,7 +111,7 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     new_card = (out / "README.md").read_text()
     assert "parameters), dtype BF16;" in new_card and "parameters), dtype F32" not in new_card
     assert card_facts(new_card)["pack_row"] != card_facts(card)["pack_row"]
-    assert card_facts(new_card)["hidden"] == card_facts(card)["hidden"]
+    assert card_facts(new_card)["backbone"] == card_facts(card)["backbone"]
     assert (out / "heartmula.bpk").read_bytes() == bf16.read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -1,19 +1,23 @@
-"""Stopping a pack part-way (Ctrl-C, or an error raised by the progress callback) leaves the
-destination exactly as it was and no temporary file behind."""
+"""Stopping a run part-way (Ctrl-C, SIGTERM from `timeout`/systemd/`docker stop`, SIGHUP from a
+closed terminal, or an error raised by the progress callback) leaves the destination exactly as it
+was and no temporary file behind, with one line on stderr and exit 128+N."""
 
-import json
+from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure
+from conftest import assert_clean_failure, big_sparse_checkpoint
+
 from heartmula_burn import build_manifest, load_checkpoint, pack_manifest
 
 
-def listing(folder):
+def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
@@ -37,42 +41,53 @@ def test_callback_exception_aborts_and_cleans_up(tiny_ckpt, tmp_path, error):
 
 def test_progress_reaches_the_total(tiny_ckpt, tmp_path):
     seen = []
-    summary = pack_manifest(
+    result = pack_manifest(
         build_manifest(load_checkpoint(tiny_ckpt)), tmp_path / "p.bpk", progress=lambda d, t: seen.append((d, t))
     )
-    assert seen[-1] == (summary["data_bytes"], summary["data_bytes"])
+    total = result.packs[0].data_bytes
+    assert seen[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
 
 
-def write_big_sparse_shard(path, nbytes):
-    """A safetensors file holding one F32 tensor of `nbytes`, sparse on disk (reads as zeros)."""
-    header = json.dumps({"big": {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [0, nbytes]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(path, "wb") as f:
-        f.write(len(header).to_bytes(8, "little") + header)
-        f.truncate(8 + len(header) + nbytes)
-
-
-def test_sigint_stops_the_cli_within_a_second(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    write_big_sparse_shard(src / "model.safetensors", 4 << 30)  # 4 GiB: converting it takes seconds
-    out = tmp_path / "out"
-    out.mkdir()
+def interrupt(cmd: list[str], watch: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Starts `cmd`, waits until it has a temporary output in `watch`, sends `sig`; returns the
+    finished process and how long it took to stop."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "heartmula_burn", "pack", src, "--any-model", "--dtype", "bf16", "-o", out / "p.bpk"],
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "heartmula_burn", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while not any(n.endswith(".heartmula-partial") for n in os.listdir(out)):
-        assert proc.poll() is None and time.monotonic() < deadline, "the pack never started"
+    while not any(n.endswith(".heartmula-partial") for n in os.listdir(watch)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started writing"
         time.sleep(0.01)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     sent = time.monotonic()
     _, stderr = proc.communicate(timeout=30)
-    latency = time.monotonic() - sent
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), time.monotonic() - sent
+
+
+SIGNALS = {signal.SIGINT: ("SIGINT", 130), signal.SIGTERM: ("SIGTERM", 143), signal.SIGHUP: ("SIGHUP", 129)}
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS), ids=lambda s: s.name)
+def test_a_signal_stops_a_pack_within_a_second_and_leaves_nothing(tmp_path, sig):
+    src = big_sparse_checkpoint(tmp_path / "src")  # 4 GiB: converting it to BF16 takes seconds
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p.bpk").write_bytes(b"the previous pack")
+    cmd = ["pack", str(src), "--any-model", "--dtype", "bf16", "-o", str(out / "p.bpk"), "--force"]
+    proc, latency = interrupt(cmd, out, sig)
+    name, code = SIGNALS[sig]
     assert latency < 1.0, f"took {latency:.2f} s to stop"
-    assert_clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), "interrupted")
+    assert_clean_failure(proc, name, "nothing was written", rc=code)
+    assert listing(out) == ["p.bpk"] and (out / "p.bpk").read_bytes() == b"the previous pack"
+
+
+def test_sigterm_stops_an_export_and_leaves_no_folder(tmp_path):
+    src = big_sparse_checkpoint(tmp_path / "src")
+    out = tmp_path / "export"
+    out.mkdir()
+    cmd = ["export-raw", "--checkpoint-root", str(src), "--output-root", str(out), "--any-model", "--dtype", "bf16"]
+    proc, _ = interrupt(cmd, out, signal.SIGTERM)
+    assert_clean_failure(proc, "SIGTERM", rc=143)
     assert listing(out) == []

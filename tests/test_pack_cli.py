@@ -11,9 +11,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_failure, load_json, run_cli
+from conftest import REPO, assert_clean_failure, linked, load_json, run_cli
 from heartmula_burn import open_pack
-from heartmula_burn.heartmula import expected_tensors, parse_config
+from heartmula_burn.fields import Fields
+from heartmula_burn.presets.heartmula import HeartMuLa
 from safetensors.numpy import load_file, save_file
 
 
@@ -29,10 +30,12 @@ def test_f32_pack_holds_every_tensor_byte_for_byte(tiny_ckpt, tmp_path):
     out = tmp_path / "heartmula.bpk"
     proc = run_cli("pack", tiny_ckpt, "-o", out, "--json", check_rc=0)
     summary = json.loads(proc.stdout)
-    assert summary["tensors"] == 289 and summary["file_size"] == out.stat().st_size
+    (report,) = summary["packs"]
+    assert report["tensors"] == 289 and report["file_size"] == out.stat().st_size and report["model"] == "heartmula"
+    assert sorted(summary["extras"]) == sorted(str(tmp_path / n) for n in ("tokenizer.json", "gen_config.json"))
     source = source_tensors(tiny_ckpt)
     config = load_json(tiny_ckpt / "HeartMuLa-oss-3B" / "config.json")
-    shapes = expected_tensors(parse_config(config, Path("config.json")))
+    shapes = HeartMuLa().expected_tensors(Fields(config, Path("config.json")))
     with open_pack(out) as pack:
         assert len(pack) == 289
         assert {t.name for t in pack} == set(source) == set(shapes)
@@ -96,8 +99,7 @@ def test_bf16_checkpoint_widens_exactly_or_stays(tiny_ckpt_bf16, tmp_path):
 
 def test_manifest_edit_then_pack(tiny_ckpt, tmp_path):
     manifest_path = tmp_path / "m" / "manifest.json"
-    manifest_path.parent.mkdir()
-    run_cli("manifest", tiny_ckpt, "-o", manifest_path, check_rc=0)
+    run_cli("manifest", linked(tiny_ckpt, manifest_path.parent), "-o", manifest_path, check_rc=0)
     doc = load_json(manifest_path)
     assert len(doc["tensors"]) == 289
     assert not os.path.isabs(doc["tensors"][0]["source"]["file"]), "paths are relative to the manifest"
@@ -130,7 +132,7 @@ def test_manifest_edit_then_pack(tiny_ckpt, tmp_path):
 
 def test_manifest_that_lies_about_a_shape_is_refused(tiny_ckpt, tmp_path):
     manifest_path = tmp_path / "manifest.json"
-    run_cli("manifest", tiny_ckpt, "-o", manifest_path, check_rc=0)
+    run_cli("manifest", linked(tiny_ckpt, tmp_path), "-o", manifest_path, check_rc=0)
     doc = load_json(manifest_path)
     doc["tensors"][5]["shape"] = [1, 2, 3]
     manifest_path.write_text(json.dumps(doc))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_cli, run_process
+from conftest import assert_clean_failure, linked, run_cli, run_process
 
 # CI installs torch and torchtune and sets this, so that a missing one fails instead of skipping.
 if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
@@ -17,7 +17,7 @@ else:
     torch = pytest.importorskip("torch")
 
 from heartmula_burn import forward, sanity
-from heartmula_burn.heartmula import Flavor
+from heartmula_burn.presets.heartmula import Flavor
 
 TOLERANCE = 1e-4  # the issue's bound on |ours - torchtune|
 
@@ -32,11 +32,11 @@ def _torchtune():
 
 def _random_weights(prefix: str, f: Flavor, seed: int) -> dict:
     """Weights large enough (std 0.2) that every layer moves the residual stream visibly."""
-    from heartmula_burn.heartmula import _layer_shapes
+    from heartmula_burn.presets.heartmula import layer_shapes
 
     g = torch.Generator().manual_seed(seed)
     weights = {}
-    for name, shape in _layer_shapes(prefix, f).items():
+    for name, shape in layer_shapes(prefix, f).items():
         if name.endswith(".scale"):
             weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
@@ -158,7 +158,7 @@ def test_f32_pack_matches_checkpoint_exactly(packs, tiny_ckpt):
     assert proc.returncode == 0, proc.stderr
     checks = _checks(report)
     assert report["ok"] and all(c["ok"] for c in checks.values())
-    for name in sanity.OUTPUTS[:-1]:
+    for name in sanity.HeartMuLaRunner.compared[:-1]:
         assert report["figures"][f"reference: {name}: max_abs_diff"] == 0.0
     assert len(report["figures"]["greedy_codes"]) == 3
     assert report["figures"]["max_abs_c0_logit"] > 0
@@ -169,9 +169,9 @@ def test_bf16_pack_matches_cast_reference_and_reports_the_loss(packs, tiny_ckpt)
     assert proc.returncode == 0, proc.stderr
     checks = _checks(report)
     exact = [c for n, c in checks.items() if n.startswith("reference cast to the pack's dtypes (289 tensors)")]
-    assert len(exact) == len(sanity.OUTPUTS) and all(c["ok"] for c in exact)
+    assert len(exact) == len(sanity.HeartMuLaRunner.compared) and all(c["ok"] for c in exact)
     loose = [c for n, c in checks.items() if n.startswith("vs the uncast reference")]
-    assert len(loose) == len(sanity.OUTPUTS) and all(c["ok"] is None for c in loose)
+    assert len(loose) == len(sanity.HeartMuLaRunner.compared) and all(c["ok"] is None for c in loose)
     # Rounding to bf16 does change the logits, and that is reported, not hidden.
     assert report["figures"]["vs the uncast reference (lossy cast, not judged): c0_logits: max_abs_diff"] > 0
 
@@ -216,7 +216,7 @@ def test_transposed_square_weight_fails_the_reference_check(tiny_ckpt, tmp_path)
 
 def test_swapped_tensors_fail_the_reference_check(tiny_ckpt, tmp_path):
     manifest = tmp_path / "m.json"
-    run_cli("manifest", tiny_ckpt, "-o", manifest, check_rc=0)
+    run_cli("manifest", linked(tiny_ckpt, tmp_path), "-o", manifest, check_rc=0)
     doc = json.loads(manifest.read_text())
     by_name = {t["name"]: t for t in doc["tensors"]}
     a, b = by_name["decoder.layers.0.mlp.w1.weight"], by_name["decoder.layers.1.mlp.w1.weight"]

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, linked, run_cli
 from heartmula_burn import open_pack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +17,7 @@ def packs(tiny_ckpt, tmp_path_factory):
     folder = tmp_path_factory.mktemp("verify")
     for dtype in ("f32", "bf16"):
         run_cli("pack", tiny_ckpt, "-o", folder / f"{dtype}.bpk", "--dtype", dtype, "-q", "--no-extras", check_rc=0)
-    run_cli("manifest", tiny_ckpt, "-o", folder / "manifest.json", "--dtype", "bf16", check_rc=0)
+    run_cli("manifest", linked(tiny_ckpt, folder), "-o", folder / "manifest.json", "--dtype", "bf16", check_rc=0)
     return folder
 
 

@@ -4,14 +4,36 @@ from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
-from typing_extensions import TypeAlias
+from typing_extensions import Self, TypeAlias, final
+
+__all__ = [
+    "PackItem",
+    "PackSummary",
+    "TensorInfo",
+    "PackTensor",
+    "PackIndex",
+    "Problem",
+    "StagedFile",
+    "MapGuard",
+    "pack",
+    "export_npy",
+    "write_safetensors",
+    "check_container",
+    "verify_against",
+    "read_safetensors_header",
+    "read_pack_index",
+    "cast_bytes",
+    "partial_path",
+    "commit_dir",
+]
 
 _Path: TypeAlias = str | PathLike[str]
 _Progress: TypeAlias = Callable[[int, int], object] | None
 
+@final
 class PackItem:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         source: _Path,
         key: str,
@@ -20,7 +42,7 @@ class PackItem:
         param_id: int | None = None,
         source_dtype: str | None = None,
         shape: list[int] | tuple[int, ...] | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def name(self) -> str: ...
     @property
@@ -35,8 +57,9 @@ class PackItem:
     def source_dtype(self) -> str | None: ...
     @property
     def shape(self) -> tuple[int, ...] | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
+@final
 class PackSummary:
     @property
     def file_size(self) -> int: ...
@@ -57,6 +80,7 @@ class PackSummary:
     @property
     def sync_seconds(self) -> float: ...
 
+@final
 class TensorInfo:
     @property
     def name(self) -> str: ...
@@ -73,6 +97,7 @@ class TensorInfo:
     @property
     def byte_len(self) -> int: ...
 
+@final
 class PackTensor:
     @property
     def name(self) -> str: ...
@@ -89,6 +114,7 @@ class PackTensor:
     @property
     def nbytes(self) -> int: ...
 
+@final
 class PackIndex:
     @property
     def file_size(self) -> int: ...
@@ -103,15 +129,17 @@ class PackIndex:
     @property
     def tensors(self) -> list[PackTensor]: ...
 
+@final
 class Problem:
     @property
     def tensor(self) -> str | None: ...
     @property
     def message(self) -> str: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
+@final
 class StagedFile:
-    def __init__(self, destination: _Path, *, overwrite: bool = False) -> None: ...
+    def __new__(cls, destination: _Path, *, overwrite: bool = False) -> Self: ...
     @property
     def destination(self) -> Path: ...
     @property
@@ -119,8 +147,9 @@ class StagedFile:
     def commit(self) -> None: ...
     def discard(self) -> None: ...
 
+@final
 class MapGuard:
-    def __init__(self, address: int, length: int) -> None: ...
+    def __new__(cls, address: int, length: int) -> Self: ...
     def fault(self) -> int | None: ...
     def close(self) -> None: ...
 

@@ -1,20 +1,27 @@
-"""Finding a checkpoint's shards and tensors, with the index (when present) as the only truth
-about which shard holds which tensor."""
+"""Finding a checkpoint's models, shards and tensors, with the index (when present) as the only truth
+about which shard holds which tensor.
+
+A CKPT_ROOT is laid out as upstream ships it: one folder per model (`HeartMuLa-oss-3B`,
+`HeartCodec-oss` or `HeartCodec-oss-20260123`) beside the runtime files (`tokenizer.json`,
+`gen_config.json`). A folder that holds the shards itself, or a single `.safetensors` file, is a
+checkpoint of one model."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _core
 from ._core import TensorInfo as SourceTensor
 from .errors import CheckpointError
+from .fields import Fields, inside, read_json
+from .presets import PRESETS, preset_named
 
-HEARTMULA_SUBDIR = "HeartMuLa-oss-3B"
 INDEX_SUFFIX = ".safetensors.index.json"
-# Files the runtime needs beside the pack.
-EXTRA_FILES = ("tokenizer.json", "gen_config.json")
+# Files a runtime needs beside the packs, looked for in CKPT_ROOT, then in the model folder.
+RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
+
+__all__ = ["Checkpoint", "SourceTensor", "load_checkpoint", "load_checkpoints", "model_dirs"]
 
 
 @dataclass
@@ -23,8 +30,7 @@ class Checkpoint:
     model_dir: Path
     shards: list[Path]
     tensors: list[SourceTensor]  # on-disk order: shard by shard, by offset within a shard
-    config: dict | None = None
-    config_path: Path | None = None
+    config: Fields | None = None  # the model folder's config.json
     index_path: Path | None = None
     extras: dict[str, Path] = field(default_factory=dict)
     # Each shard's __metadata__ (where `unpack` keeps the original pack's metadata and param_ids).
@@ -35,41 +41,46 @@ class Checkpoint:
         return sum(t.byte_len for t in self.tensors)
 
 
-def read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError.at(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError.at(path, f"cannot read {what}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError.at(path, f"{what} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError.at(path, f"{what} must be a JSON object")
-    return value
-
-
-def find_model_dir(root: Path, subdir: str | None = None) -> Path:
-    """The folder holding the shards: ROOT/<subdir>, ROOT/HeartMuLa-oss-3B, or ROOT itself."""
+def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
+    """The model folders of a CKPT_ROOT: ROOT/<subdir> when given; else every folder a known model
+    ships in that exists there; else ROOT itself (or the folder of a single .safetensors file)."""
+    root = Path(root)
     if not root.exists():
         raise CheckpointError.at(root, "checkpoint folder does not exist")
     if root.is_file():
         if root.suffix != ".safetensors":
             raise CheckpointError.at(root, "not a .safetensors file or a checkpoint folder")
-        return root.parent
+        return [root.parent]
     if subdir is not None:
         model_dir = root / subdir
         if not model_dir.is_dir():
             raise CheckpointError.at(model_dir, "model folder does not exist")
-        return model_dir
-    if (root / HEARTMULA_SUBDIR).is_dir():
-        return root / HEARTMULA_SUBDIR
+        return [model_dir]
+    found = [root / name for preset in PRESETS for name in preset.folder_names if (root / name).is_dir()]
+    if found:
+        return found
     if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
-        return root
-    raise CheckpointError.at(
-        root, f"no checkpoint found (expected {HEARTMULA_SUBDIR}/, a *{INDEX_SUFFIX} or *.safetensors files)"
-    )
+        return [root]
+    folders = ", ".join(name + "/" for preset in PRESETS for name in preset.folder_names)
+    raise CheckpointError.at(root, f"no checkpoint found (expected {folders} a *{INDEX_SUFFIX} or *.safetensors files)")
+
+
+def load_checkpoints(root: str | Path, subdir: str | None = None) -> list[Checkpoint]:
+    """Every model of a CKPT_ROOT (see `model_dirs`)."""
+    return [_load(Path(root), model_dir) for model_dir in model_dirs(root, subdir)]
+
+
+def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str | None = None) -> Checkpoint:
+    """One model of a CKPT_ROOT: the only one there, or the one `model` (a preset name) names."""
+    root = Path(root)
+    dirs = model_dirs(root, subdir)
+    if len(dirs) > 1 and model is not None:
+        preset = preset_named(model)
+        dirs = [d for d in dirs if preset is not None and d.name in preset.folder_names] or dirs
+    if len(dirs) > 1:
+        names = ", ".join(d.name for d in dirs)
+        raise CheckpointError.at(root, f"holds several models ({names}); pick one with --subdir NAME")
+    return _load(root, dirs[0])
 
 
 def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[SourceTensor]:
@@ -79,22 +90,21 @@ def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[Sour
 
 
 def _shards_from_index(
-    model_dir: Path, index_path: Path, shard_metadata: dict
+    model_dir: Path, index_path: Path, shard_metadata: dict[Path, dict[str, str]]
 ) -> tuple[list[Path], list[SourceTensor]]:
     index = read_json(index_path, "index")
-    weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError.at(index_path, "index has no 'weight_map' of tensor name -> shard file")
+    weight_map = index.string_map("weight_map")
     shard_names = sorted(set(weight_map.values()))
+    shards = {}
     for shard_name in shard_names:
-        if not (model_dir / shard_name).is_file():
-            wanted = next(k for k, v in weight_map.items() if v == shard_name)
-            raise CheckpointError.at(
-                index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
-            )
+        wanted = next(k for k, v in weight_map.items() if v == shard_name)
+        # The index comes with the download: it must not pull bytes from elsewhere on this disk.
+        shard = inside(shard_name, model_dir, index_path, "index names shard", tensor=wanted)
+        if not shard.is_file():
+            raise CheckpointError.at(index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted)
+        shards[shard_name] = shard
     tensors: list[SourceTensor] = []
-    for shard_name in shard_names:
-        shard = model_dir / shard_name
+    for shard_name, shard in shards.items():
         present = set()
         for t in _header(shard, shard_metadata):
             owner = weight_map.get(t.name)
@@ -107,10 +117,10 @@ def _shards_from_index(
         for name, owner in weight_map.items():
             if owner == shard_name and name not in present:
                 raise CheckpointError.at(shard, "listed in the index but missing from the shard", tensor=name)
-    return [model_dir / s for s in shard_names], tensors
+    return list(shards.values()), tensors
 
 
-def _shards_without_index(paths: list[Path], shard_metadata: dict) -> list[SourceTensor]:
+def _shards_without_index(paths: list[Path], shard_metadata: dict[Path, dict[str, str]]) -> list[SourceTensor]:
     seen: dict[str, Path] = {}
     tensors = []
     for shard in paths:
@@ -122,9 +132,7 @@ def _shards_without_index(paths: list[Path], shard_metadata: dict) -> list[Sourc
     return tensors
 
 
-def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
-    root = Path(root)
-    model_dir = find_model_dir(root, subdir)
+def _load(root: Path, model_dir: Path) -> Checkpoint:
     index_path = None
     shard_metadata: dict[Path, dict[str, str]] = {}
     if root.is_file():
@@ -145,11 +153,9 @@ def load_checkpoint(root: str | Path, subdir: str | None = None) -> Checkpoint:
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None
     extras = {}
-    for name in EXTRA_FILES:
+    for name in RUNTIME_FILES:
         for folder in (root if root.is_dir() else root.parent, model_dir):
             if (folder / name).is_file():
                 extras[name] = folder / name
                 break
-    return Checkpoint(
-        root, model_dir, shards, tensors, config, config_path if config else None, index_path, extras, shard_metadata
-    )
+    return Checkpoint(root, model_dir, shards, tensors, config, index_path, extras, shard_metadata)

@@ -1,6 +1,8 @@
-"""Command line: `python -m heartmula_burn {pack,manifest,inspect,synthetic} ...`.
+"""Command line: `python -m heartmula_burn COMMAND ...` (see --help).
 
-Exit codes: 0 ok, 1 failure (one-line message on stderr, nothing half-written), 2 usage."""
+Exit codes: 0 ok; 1 failure (one line on stderr naming the file and tensor, nothing half-written);
+2 usage; 128+N when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), the destination
+untouched and no temporary file left."""
 
 from __future__ import annotations
 
@@ -8,46 +10,79 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, TextIO
 
 from . import __version__
-from .checkpoint import HEARTMULA_SUBDIR, load_checkpoint
 from .errors import HeartmulaBurnError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
-from .packing import pack_manifest
+from .packing import (
+    CPU_NOTE,
+    DEFAULT_PACK_NAME,
+    Conversion,
+    Job,
+    ProgressFn,
+    output_folder,
+    pack_manifests,
+    plan_checkpoint,
+)
+from .presets import PRESETS, preset_named
+from .text import shown
 
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
+FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
 
-DESCRIPTION = """\
-Convert a HeartMuLa (or any safetensors) checkpoint into a Burn pack (.bpk) that Burn's
-BurnpackStore loads directly. CKPT_ROOT is laid out as upstream ships it:
-  CKPT_ROOT/HeartMuLa-oss-3B/{config.json, model.safetensors.index.json, model-*.safetensors}
+DESCRIPTION = f"""\
+Convert HeartMuLa's checkpoints (the LM and its audio codec, or any safetensors checkpoint) into
+Burn packs (.bpk) that Burn's BurnpackStore loads directly. CKPT_ROOT is laid out as upstream ships it:
+  CKPT_ROOT/HeartMuLa-oss-3B/{{config.json, model.safetensors.index.json, model-*.safetensors}}
+  CKPT_ROOT/HeartCodec-oss/{{config.json, model.safetensors.index.json, model-*.safetensors}}
   CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json
+`pack CKPT_ROOT -o OUT/` writes the folder a Burn HeartMuLa runtime loads: heartmula.bpk,
+heartcodec.bpk, tokenizer.json, gen_config.json. Model folders it knows: {FOLDERS}.
 A folder holding a single model.safetensors, or shards without an index, works too."""
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together: exit 2, with the usage line."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds exactly as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
     p.add_argument("ckpt_root", metavar="CKPT_ROOT", nargs="?", help="checkpoint folder (or one .safetensors file)")
     p.add_argument(
         "--subdir",
         metavar="NAME",
-        help=f"model folder inside CKPT_ROOT (default: {HEARTMULA_SUBDIR} if present, else CKPT_ROOT itself)",
+        help=f"only this model folder inside CKPT_ROOT (default: every one of {FOLDERS} present, else "
+        "CKPT_ROOT itself)",
     )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="f32",
-        help="dtype of float tensors in the pack: f32 (default, as upstream), bf16, f16, or source (keep each "
-        "tensor's own). Narrowing rounds to nearest even, like torch; integer tensors are never converted",
-    )
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help=dtype_help)
     p.add_argument(
         "--any-model",
         action="store_true",
-        help="pack any safetensors checkpoint as is, without checking it against the HeartMuLa preset",
+        help="pack any safetensors checkpoint as is, without a preset's check of its tensors and dtypes",
     )
+
+
+DTYPE_HELP = (
+    "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, or source (keep each "
+    "tensor's own). Narrowing rounds to nearest even, like torch; integers are never converted. " + CPU_NOTE + ". "
+    "HeartCodec packs are always F32 (Burn runtimes read only F32 codec tensors; heartlib warns bf16 degrades "
+    "the audio): packing a codec alone refuses other dtypes, and alongside the LM it stays F32, with a note"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,17 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pack",
-        help="pack a checkpoint (or a manifest) into a .bpk",
-        description="Pack a checkpoint into a Burn pack. The HeartMuLa preset first checks that all 289 tensors "
-        "are present with the shapes config.json implies. The pack is written to a temporary file beside the "
-        "output and renamed into place only when complete; tokenizer.json and gen_config.json are copied beside it.",
+        help="pack a checkpoint (every model in it) or a manifest into .bpk files",
+        description="Pack every model of CKPT_ROOT (HeartMuLa -> heartmula.bpk, HeartCodec -> heartcodec.bpk), "
+        "each first checked by its preset: every tensor config.json implies, with its shape. tokenizer.json and "
+        "gen_config.json are copied beside. All outputs are written to temporary files beside their destinations "
+        "and put in place together once complete and on disk: on any failure, Ctrl-C or SIGTERM the output "
+        "folder is exactly as it was.",
     )
-    _add_source_args(p)
-    p.add_argument("-o", "--output", default="heartmula.bpk", help="output pack (default: ./heartmula.bpk)")
+    _add_source_args(p, DTYPE_HELP)
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output pack, or a folder (an existing one, or a path ending in '/') for all packs; other packs go "
+        "beside the first under their own names (default: ./heartmula.bpk, ./heartcodec.bpk)",
+    )
     p.add_argument(
         "--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)"
     )
-    p.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
+    p.add_argument("-f", "--force", action="store_true", help="replace existing output files")
     p.add_argument(
         "--burn-version",
         "--burn-layout",
@@ -80,23 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
         "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
     )
     p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
     m = sub.add_parser(
         "manifest",
         help="write the manifest a pack would use, to edit names, order or dtypes",
-        description="Write the manifest (ordered tensors, sources, dtypes, metadata) for CKPT_ROOT. Edit it and "
-        "pack it with `pack --manifest FILE`. Paths inside are relative to the manifest's folder.",
+        description="Write the manifest (ordered tensors, sources, dtypes, metadata) of one model of CKPT_ROOT. "
+        "Edit it and pack it with `pack --manifest FILE`. Paths inside are relative to the manifest's folder and "
+        "must lie inside it, so save it in a folder that holds the checkpoint (e.g. CKPT_ROOT/manifest.json).",
     )
-    _add_source_args(m)
+    _add_source_args(m, DTYPE_HELP)
     m.add_argument("-o", "--output", default="manifest.json", help="manifest file (default: ./manifest.json)")
     m.add_argument("-f", "--force", action="store_true", help="replace an existing manifest")
 
     i = sub.add_parser(
         "inspect",
         help="show a pack's metadata and tensors",
-        description="Show a Burn pack's layout, metadata and tensor table.",
+        description="Show a Burn pack's layout, metadata and tensor table (names and values are shown with "
+        "control characters escaped; --json keeps them exact).",
     )
     i.add_argument("pack", metavar="FILE.bpk")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
@@ -104,31 +148,34 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "export-raw",
         help="export a checkpoint to one .npy per tensor plus a manifest (the two-step workflow)",
-        description="Write OUTPUT_ROOT/heartmula_raw_<dtype>/ (one .npy per tensor, bf16 stored as <u2, and a "
-        "manifest.json) plus tokenizer.json and gen_config.json in OUTPUT_ROOT. `pack --manifest "
+        description="Write OUTPUT_ROOT/<model>_raw_<dtype>/ for every model of CKPT_ROOT (heartmula_raw_f32, "
+        "heartcodec_raw_f32: one .npy per tensor, bf16 stored as <u2, a manifest.json and the runtime files its pack "
+        "needs) plus tokenizer.json and gen_config.json in OUTPUT_ROOT. `pack --manifest "
         "OUTPUT_ROOT/heartmula_raw_<dtype>/manifest.json` then gives the same pack, byte for byte, as the one-step pack.",
     )
     e.add_argument("--checkpoint-root", required=True, metavar="CKPT_ROOT", help="checkpoint folder")
     e.add_argument(
-        "--heartmula-subdir", metavar="NAME", help=f"model folder inside CKPT_ROOT (default {HEARTMULA_SUBDIR})"
+        "--subdir", "--heartmula-subdir", dest="subdir", metavar="NAME", help="only this model folder in CKPT_ROOT"
     )
     e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
-    e.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help="dtype of float tensors (default f32)")
-    e.add_argument("--any-model", action="store_true", help="skip the HeartMuLa check")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help=DTYPE_HELP)
+    e.add_argument("--any-model", action="store_true", help="skip the presets' checks")
     e.add_argument("-f", "--force", action="store_true", help="replace an existing export")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     pl = sub.add_parser(
         "publish-layout",
         help="assemble a folder to publish as a model repository",
-        description="Assemble OUT_DIR with heartmula.bpk (hard-linked when possible), tokenizer.json, gen_config.json, "
-        "a .gitattributes routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose "
-        "figures (tensor count, dtype, architecture, sizes, sha256) are read from the pack.",
+        description="Assemble OUT_DIR with the packs (named heartmula.bpk / heartcodec.bpk by what they hold, "
+        "hard-linked when possible), tokenizer.json and gen_config.json (with a HeartMuLa pack), a .gitattributes "
+        "routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose figures (tensor "
+        "counts, dtypes, architecture, sizes, sha256) are read from the packs. With only a HeartMuLa pack given, a "
+        "heartcodec.bpk beside it is included too: the four files a Burn HeartMuLa runtime loads.",
     )
     pl.add_argument("out_dir", metavar="OUT_DIR")
-    pl.add_argument("--pack", required=True, help="the pack to publish")
-    pl.add_argument("--tokenizer", help="tokenizer.json (default: beside the pack)")
-    pl.add_argument("--gen-config", help="gen_config.json (default: beside the pack)")
+    pl.add_argument("--pack", required=True, action="append", help="a pack to publish (repeat for each)")
+    pl.add_argument("--tokenizer", help="tokenizer.json (default: beside the HeartMuLa pack)")
+    pl.add_argument("--gen-config", help="gen_config.json (default: beside the HeartMuLa pack)")
     pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -137,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a pack bit for bit against its checkpoint or manifest, and its container",
         description="Stream the pack and its source and check every tensor bit for bit (or against the exact "
         "cast when dtypes differ), plus the container: header, metadata limits, offsets, 256-byte alignment, "
-        "overlaps, zero padding, sizes. Each problem is reported with the tensor's name; exit 1 on any.",
+        "overlaps, zero padding, sizes. Each problem is reported with the tensor's name; exit 1 on any. Against a "
+        "CKPT_ROOT holding several models, the one the pack was made from is used.",
     )
     v.add_argument("pack", metavar="PACK")
     v.add_argument("--against", required=True, metavar="CKPT_ROOT|MANIFEST", help="checkpoint folder or manifest.json")
@@ -153,26 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("pack", metavar="PACK")
     u.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (must not exist)")
-    u.add_argument("--max-shard-size", type=_size, default="5GB", help="largest shard, e.g. 5GB (default), 500MB, 2GiB")
+    u.add_argument(
+        "--max-shard-size", type=_size, default="5GB", help="largest shard, e.g. 5GB (default), 500MB, 2GiB"
+    )
     u.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     sn = sub.add_parser(
         "sanity",
-        help="run HeartMuLa from a pack's weights and check that it behaves (needs torch)",
+        help="run the model from a pack's weights and check that it behaves (needs torch)",
         description="Load the pack tensor by tensor (zero-copy from the mapped file) and run a deterministic "
-        "HeartMuLa forward in f32 on fixed token ids: every weight finite, codebook-0 logits of the prompt, "
+        "forward in f32 on fixed inputs. HeartMuLa: every weight finite, codebook-0 logits of the prompt, "
         "teacher-forced logits of codebooks 1-7, a second frame through the KV cache (and against a full "
-        "recompute), greedy decoding of --frames frames. With --reference (the checkpoint folder or another "
-        "pack) the same forward runs on the reference weights cast to the pack's dtypes and must agree "
-        "exactly; for a lossy pack (e.g. BF16 from F32) the difference from the uncast reference is reported. "
-        "Exit 0 when every check passes, 1 otherwise. Needs PyTorch: pip install 'heartmula-burn[sanity]'.",
+        "recompute), greedy decoding of --frames frames. HeartCodec: every weight finite, weight-norm directions "
+        "non-zero, the VQ conditioning of fixed codes, one flow-matching estimator call at a fixed input and "
+        "timestep 0.5, and the ScalarModel decoder on a fixed latent (multiples of 1/9) to audio. With "
+        "--reference (the checkpoint folder or another pack) the same forward runs on the reference weights "
+        "cast to the pack's dtypes and must agree exactly; for a lossy pack (e.g. BF16 from F32) the difference "
+        "from the uncast reference is reported. Exit 0 when every check passes, 1 otherwise. Needs PyTorch: "
+        "pip install 'heartmula-burn[sanity]'.",
     )
     sn.add_argument("pack", metavar="PACK")
     sn.add_argument("--reference", metavar="CKPT_ROOT|PACK", help="compare with this checkpoint folder or pack")
     sn.add_argument("--subdir", metavar="NAME", help="model folder inside the reference CKPT_ROOT")
     sn.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda, cuda:N or cpu")
-    sn.add_argument("--frames", type=int, default=2, help="audio frames to decode greedily (default 2)")
+    sn.add_argument("--frames", type=_count, default=2, help="HeartMuLa: audio frames to decode greedily (default 2)")
     sn.add_argument(
         "--config",
         metavar="CONFIG_JSON",
@@ -182,14 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "synthetic",
-        help="write a synthetic HeartMuLa checkpoint (for trying the tool, tests and benchmarks)",
-        description="Write a checkpoint with all 289 upstream tensor names, laid out as upstream ships it, with "
-        "deterministic random values. Tiny by default; --full writes the real shapes (15.75 GB in F32).",
+        help="write a synthetic checkpoint (HeartMuLa and HeartCodec) for trying the tool, tests and benchmarks",
+        description="Write a CKPT_ROOT laid out as upstream ships it (HeartMuLa-oss-3B/ with all 289 tensor names, "
+        "HeartCodec-oss/ with all 818, tokenizer.json, gen_config.json), with deterministic random values at "
+        "realistic scales (norm weights near 1, linear and conv weights about 1/sqrt(fan_in)). Tiny by default; "
+        "--full writes the real shapes (15.75 GB + 6.64 GB in F32).",
     )
     s.add_argument("output", metavar="CKPT_ROOT")
-    s.add_argument("--full", action="store_true", help="real HeartMuLa-oss-3B shapes (15.75 GB in F32)")
+    s.add_argument(
+        "--model", choices=("both", "heartmula", "heartcodec"), default="both", help="which models (default both)"
+    )
+    s.add_argument("--full", action="store_true", help="the real shapes (HeartMuLa-oss-3B, HeartCodec-oss)")
     s.add_argument("--dtype", choices=("F32", "BF16", "F16"), default="F32")
-    s.add_argument("--shards", type=int, default=4)
+    s.add_argument("--shards", type=_count, default=4, help="shards of the HeartMuLa checkpoint (the codec has 2)")
     s.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -199,8 +257,6 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 
 def _size(text: str) -> int:
     """'5GB' -> 5000000000, '2GiB' -> 2147483648, '1000' -> 1000."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).upper() not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB, 2GiB)")
@@ -210,8 +266,23 @@ def _size(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _say(line: str, file: TextIO | None = None) -> None:
+    """One line for a person, on stderr by default, with control characters escaped."""
+    print(shown(line), file=file or sys.stderr)
+
+
 @contextlib.contextmanager
-def _progress_bar(quiet: bool, desc: str = "packing"):
+def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | None]:
     """Yields a `progress(done, total)` callback drawing a bar on stderr (a terminal only), or None."""
     if quiet or not sys.stderr.isatty():
         yield None
@@ -231,56 +302,67 @@ def _progress_bar(quiet: bool, desc: str = "packing"):
         bar.close()
 
 
-class UsageError(Exception):
-    """Arguments that parse but do not make sense together: exit 2, with the usage line."""
-
-
-def _load_manifest(args) -> Manifest:
+def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     if args.manifest:
         if args.ckpt_root:
             raise UsageError("give either CKPT_ROOT or --manifest, not both")
-        return Manifest.load(args.manifest)
+        manifest = Manifest.load(args.manifest)
+        folder, name = output_folder(args.output)
+        preset = preset_named(manifest.metadata.get("model", ""))
+        return [Job(manifest, folder / (name or (preset.pack_name if preset else DEFAULT_PACK_NAME)))], []
     if not args.ckpt_root:
         raise UsageError("give a CKPT_ROOT (or --manifest FILE)")
-    return build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
+    return plan_checkpoint(args.ckpt_root, args.output, dtype=args.dtype, any_model=args.any_model, subdir=args.subdir)
 
 
-def cmd_pack(args) -> int:
-    manifest = _load_manifest(args)
-    output = Path(args.output)
-    with _progress_bar(args.quiet) as update:
-        summary = pack_manifest(
-            manifest,
-            output,
+def cmd_pack(args: argparse.Namespace) -> int:
+    jobs, notes = _pack_jobs(args)
+    with contextlib.ExitStack() as bars:
+
+        def progress(job: Job) -> ProgressFn | None:
+            return bars.enter_context(_progress_bar(args.quiet, job.output.name))
+
+        result = pack_manifests(
+            jobs,
             force=args.force,
             burn_version=args.burn_version,
-            progress=update,
+            progress_for=progress,
             copy_extras=not args.no_extras,
+            notes=notes,
         )
-    rate = summary["data_bytes"] / summary["seconds"] / 1e6 if summary["seconds"] > 0 else 0.0
-    summary["mb_per_s"] = round(rate, 1)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    elif not args.quiet:
-        print(
-            f"wrote {output} ({summary['tensors']} tensors, {summary['file_size']:,} bytes, {summary['dtype']}) "
-            f"in {summary['seconds']:.1f} s ({rate:.0f} MB/s)",
-            file=sys.stderr,
-        )
-        for extra in summary["extras"]:
-            print(f"copied {extra}", file=sys.stderr)
+    _report_pack(args, result)
     return 0
 
 
-def cmd_manifest(args) -> int:
+def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    if args.quiet:
+        return
+    for note in result.notes:
+        _say(f"note: {note}")
+    if args.json:
+        return
+    for r in result.packs:
+        rate = r.data_bytes / r.seconds / 1e6 if r.seconds > 0 else 0.0
+        _say(f"wrote {r.output} ({r.tensors} tensors, {r.file_size:,} bytes, {r.dtype}) in {r.seconds:.1f} s ({rate:.0f} MB/s)")
+    for extra in result.extras:
+        _say(f"copied {extra}")
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+
+    if not args.ckpt_root:
+        raise UsageError("give a CKPT_ROOT")
     manifest = build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
     out = Path(args.output)
     manifest.save(out, overwrite=args.force)
-    print(f"wrote {out} ({len(manifest.tensors)} tensors, {manifest.total_bytes:,} bytes of data)", file=sys.stderr)
+    _say(f"wrote {out} ({len(manifest.tensors)} tensors, {manifest.total_bytes:,} bytes of data)")
     return 0
 
 
-def cmd_inspect(args) -> int:
+def cmd_inspect(args: argparse.Namespace) -> int:
     with open_pack(args.pack) as pack:
         if args.json:
             doc = {
@@ -304,41 +386,48 @@ def cmd_inspect(args) -> int:
             }
             print(json.dumps(doc, indent=2))
             return 0
-        print(f"{pack.path}: Burn pack, {pack.file_size:,} bytes, layout {pack.layout}, {len(pack)} tensors")
+        out = sys.stdout
+        _say(f"{pack.path}: Burn pack, {pack.file_size:,} bytes, layout {pack.layout}, {len(pack)} tensors", out)
         for k, v in pack.metadata.items():
-            print(f"  {k} = {v}")
-        width = max((len(t.name) for t in pack), default=4)
-        print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset")
+            _say(f"  {k} = {v}", out)
+        names = {t.name: shown(t.name) for t in pack}
+        width = max((len(n) for n in names.values()), default=4)
+        print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset", file=out)
         for t in pack:
-            print(f"  {t.name:<{width}}  {t.dtype:<5}  {list(t.shape)!s:<22}  {t.file_offset}")
+            print(f"  {names[t.name]:<{width}}  {t.dtype:<5}  {str(list(t.shape)):<22}  {t.file_offset}", file=out)
     return 0
 
 
-def cmd_export_raw(args) -> int:
+def cmd_export_raw(args: argparse.Namespace) -> int:
     from .export import export_raw
 
     with _progress_bar(args.quiet, "exporting") as update:
         summary = export_raw(
             args.checkpoint_root,
             args.output_root,
-            subdir=args.heartmula_subdir,
+            subdir=args.subdir,
             dtype=args.dtype,
             any_model=args.any_model,
             force=args.force,
             progress=update,
         )
     if not args.quiet:
-        print(
-            f"wrote {summary['output']} ({summary['tensors']} tensors); pack it with: "
-            f"python -m heartmula_burn pack --manifest {summary['manifest']} -o heartmula.bpk",
-            file=sys.stderr,
-        )
+        for note in summary["notes"]:
+            _say(f"note: {note}")
+        for output, manifest in zip(summary["outputs"], summary["manifests"]):
+            _say(f"wrote {output}; pack it with: python -m heartmula_burn pack --manifest {manifest}")
     return 0
 
 
-def cmd_publish_layout(args) -> int:
+def cmd_publish_layout(args: argparse.Namespace) -> int:
     from .publish import publish_layout
 
+    packs = [Path(p) for p in args.pack]
+    codec = packs[0].parent / "heartcodec.bpk"
+    if len(packs) == 1 and codec.is_file() and not codec.samefile(packs[0]):
+        packs.append(codec)
+        if not args.quiet:
+            _say(f"note: including {codec}, found beside {packs[0]}")
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -347,7 +436,7 @@ def cmd_publish_layout(args) -> int:
     try:
         summary = publish_layout(
             args.out_dir,
-            args.pack,
+            packs,
             tokenizer=args.tokenizer,
             gen_config=args.gen_config,
             force=args.force,
@@ -357,39 +446,36 @@ def cmd_publish_layout(args) -> int:
         if bar is not None:
             bar.close()
     if not args.quiet:
-        print(f"wrote {summary['output']}", file=sys.stderr)
+        _say(f"wrote {summary['output']} ({', '.join(summary['files'])})")
     return 0
 
 
-def cmd_verify(args) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
     with _progress_bar(args.quiet, "verifying") as update:
         problems = verify(args.pack, args.against, subdir=args.subdir, progress=update)
     for line in problems:
-        print(f"heartmula-burn: {line}", file=sys.stderr)
+        _say(f"heartmula-burn: {line}")
     if problems:
-        print(f"heartmula-burn: error: {args.pack}: {len(problems)} problem(s) found", file=sys.stderr)
+        _say(f"heartmula-burn: error: {args.pack}: {len(problems)} problem(s) found")
         return 1
     if not args.quiet:
-        print(f"{args.pack}: ok, every tensor matches {args.against}", file=sys.stderr)
+        _say(f"{args.pack}: ok, every tensor matches {args.against}")
     return 0
 
 
-def cmd_unpack(args) -> int:
+def cmd_unpack(args: argparse.Namespace) -> int:
     from .verify import unpack
 
     with _progress_bar(args.quiet, "unpacking") as update:
         summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
     if not args.quiet:
-        print(
-            f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)",
-            file=sys.stderr,
-        )
+        _say(f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)")
     return 0
 
 
-def cmd_sanity(args) -> int:
+def cmd_sanity(args: argparse.Namespace) -> int:
     from .sanity import format_table, run
 
     result = run(
@@ -403,26 +489,28 @@ def cmd_sanity(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(format_table(result))
+        for line in format_table(result).splitlines():
+            _say(line, sys.stdout)
     if not result.ok:
         failed = "; ".join(f"{c.name} ({c.figure})" for c in result.failed[:3])
         more = f"; and {len(result.failed) - 3} more" if len(result.failed) > 3 else ""
-        print(f"heartmula-burn: error: {args.pack}: sanity check failed: {failed}{more}", file=sys.stderr)
+        _say(f"heartmula-burn: error: {args.pack}: sanity check failed: {failed}{more}")
         return 1
     return 0
 
 
-def cmd_synthetic(args) -> int:
+def cmd_synthetic(args: argparse.Namespace) -> int:
     from .synthetic import write_synthetic_checkpoint
 
+    models = ("heartmula", "heartcodec") if args.model == "both" else (args.model,)
     root = write_synthetic_checkpoint(
-        args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed
+        args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed, models=models
     )
-    print(f"wrote synthetic checkpoint {root}", file=sys.stderr)
+    _say(f"wrote synthetic checkpoint {root} ({', '.join(models)})")
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pack": cmd_pack,
     "manifest": cmd_manifest,
     "inspect": cmd_inspect,
@@ -435,25 +523,58 @@ COMMANDS = {
 }
 
 
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP become exceptions (KeyboardInterrupt, Terminated) raised where the
+    program is, so that every temporary output is removed on the way out; further ones are ignored
+    while that happens. Over a file-size limit (ulimit -f), writes fail with a message instead of
+    the process dying from SIGXFSZ. The previous handlers come back afterwards."""
+
+    def unwind(signum: int, _frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    handlers: dict[signal.Signals, Any] = {
+        signal.SIGINT: unwind,
+        signal.SIGTERM: unwind,
+        signal.SIGHUP: unwind,
+        signal.SIGXFSZ: signal.SIG_IGN,
+    }
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Over a file-size limit (ulimit -f), fail with a message instead of dying from SIGXFSZ.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    error: str | None = None
+    code = 1
     try:
-        return COMMANDS[args.command](args)
+        with _signals_unwind():
+            return COMMANDS[args.command](args)
     except UsageError as e:
         parser.error(str(e))  # exits 2
     except HeartmulaBurnError as e:
-        print(f"heartmula-burn: error: {e}", file=sys.stderr)
+        error = str(e)
     except BrokenPipeError:
         # Output piped into e.g. `head`: not an error of ours. Point stdout at /dev/null so that
         # the interpreter's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"heartmula-burn: error: {where}{e.strerror or e}", file=sys.stderr)
+        error = f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)
     except KeyboardInterrupt:
-        print("heartmula-burn: interrupted; nothing was written", file=sys.stderr)
-    return 1
+        error, code = "interrupted (SIGINT); nothing was written", 128 + signal.SIGINT
+    except Terminated as t:
+        error, code = f"stopped by {signal.Signals(t.signum).name}; nothing was written", 128 + t.signum
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        _say(f"heartmula-burn: error: {error}")
+    return code

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,8 @@ from urllib.parse import quote
 
 from . import _core
 from .atomic import commit_all, stage_copy, staged_folder
-from .checkpoint import load_checkpoint
-from .manifest import Manifest, ManifestTensor, build_manifest
-from .packing import ProgressFn, extra_targets, summary_dict
+from .manifest import Manifest, ManifestTensor
+from .packing import ProgressFn, extra_targets, plan_checkpoint
 
 
 def npy_file_name(tensor_name: str) -> str:
@@ -30,31 +31,41 @@ def export_raw(
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Writes OUTPUT_ROOT/heartmula_raw_<dtype>/{<tensor>.npy..., manifest.json} plus the runtime
-    files in OUTPUT_ROOT. The folder appears whole or not at all (built beside it, then renamed)."""
-    manifest = build_manifest(load_checkpoint(checkpoint_root, subdir), dtype=dtype, any_model=any_model)
+    """Writes OUTPUT_ROOT/<model>_raw_<dtype>/{<tensor>.npy..., manifest.json} for every model of
+    the checkpoint (heartmula_raw_f32, heartcodec_raw_f32), plus the runtime files in OUTPUT_ROOT.
+    A manifest may only refer to files inside its folder, so the runtime files its pack needs are
+    copied into that folder as well. The folders appear whole or not at all (built beside them,
+    then renamed)."""
+    jobs, notes = plan_checkpoint(checkpoint_root, None, dtype=dtype, any_model=any_model, subdir=subdir)
     output_root = Path(output_root)
     output_root.mkdir(parents=True, exist_ok=True)
-    raw_dir = output_root / f"heartmula_raw_{dtype}"
-    extras = extra_targets(manifest.extras, output_root, force)
+    extras = [pair for job in jobs for pair in extra_targets(job.manifest.extras, output_root, force)]
     started = time.perf_counter()
-    with staged_folder(raw_dir, overwrite=force) as partial:
-        names = [npy_file_name(t.name) for t in manifest.tensors]
-        summary = summary_dict(_core.export_npy(manifest.core_items(), partial, names, progress=progress))
-        raw = Manifest(
-            [
-                ManifestTensor(t.name, partial / name, name[: -len(".npy")], t.dtype, t.dtype, t.shape, t.param_id)
-                for t, name in zip(manifest.tensors, names)
-            ],
-            dict(manifest.metadata),
-            {name: output_root / name for name in manifest.extras},
-        )
-        raw.save(partial / "manifest.json")
+    written, manifests = [], []
+    with contextlib.ExitStack() as folders:
+        for job in jobs:
+            raw_dir = output_root / f"{job.manifest.metadata.get('model') or 'model'}_raw_{job.dtype}"
+            partial = folders.enter_context(staged_folder(raw_dir, overwrite=force))
+            names = [npy_file_name(t.name) for t in job.manifest.tensors]
+            _core.export_npy(job.manifest.core_items(), partial, names, progress=progress)
+            for name, source in job.manifest.extras.items():
+                shutil.copyfile(source, partial / name)
+            raw = Manifest(
+                [
+                    ManifestTensor(t.name, partial / name, name[: -len(".npy")], t.dtype, t.dtype, t.shape, t.param_id)
+                    for t, name in zip(job.manifest.tensors, names)
+                ],
+                dict(job.manifest.metadata),
+                {name: partial / name for name in job.manifest.extras},
+            )
+            raw.save(partial / "manifest.json")
+            written.append(str(raw_dir))
+            manifests.append(str(raw_dir / "manifest.json"))
     commit_all(stage_copy(source, dest) for source, dest in extras)
-    summary.update(
-        seconds=time.perf_counter() - started,
-        output=str(raw_dir),
-        manifest=str(raw_dir / "manifest.json"),
-        extras=[str(d) for _, d in extras],
-    )
-    return summary
+    return {
+        "outputs": written,
+        "manifests": manifests,
+        "extras": [str(d) for _, d in extras],
+        "notes": notes,
+        "seconds": time.perf_counter() - started,
+    }

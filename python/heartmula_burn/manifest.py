@@ -1,5 +1,6 @@
 """The manifest: the single description of a pack (ordered tensors, their sources and dtypes,
-plus the pack's metadata map). Paths inside are relative to the manifest's folder."""
+plus the pack's metadata map). Paths inside are relative to the manifest's folder and must lie
+inside it: a manifest that came with a download cannot pull other files of this disk into a pack."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import os
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
+from typing import Any
 
-from . import _core, heartmula
+from . import _core
 from .atomic import write_text
-from .checkpoint import Checkpoint, read_json
-from .errors import CheckpointError
-from .packfile import dtype_size
+from .checkpoint import Checkpoint
+from .errors import CheckpointError, HeartmulaBurnError, OutputError
+from .fields import Fields, inside, read_json
+from .packfile import canonical_dtype, dtype_size
+from .presets import Preset, preset_for
 
 MANIFEST_FORMAT = "heartmula-burn-manifest"
 MANIFEST_VERSION = 1
@@ -43,10 +47,10 @@ class ManifestTensor:
     shape: tuple[int, ...]
     param_id: int | None = None
 
-    def to_json(self, base: Path) -> dict:
-        entry = {
+    def to_json(self, base: Path, manifest_path: Path) -> dict[str, Any]:
+        entry: dict[str, Any] = {
             "name": self.name,
-            "source": {"file": _relative(self.file, base), "key": self.key},
+            "source": {"file": _relative(self.file, base, manifest_path), "key": self.key},
             "source_dtype": self.source_dtype,
             "dtype": self.dtype,
             "shape": list(self.shape),
@@ -76,67 +80,47 @@ class Manifest:
             for t in self.tensors
         ]
 
-    def to_json(self, path: Path) -> dict:
-        base = path.resolve().parent
-        doc = {
+    def to_json(self, path: Path) -> dict[str, Any]:
+        base = _folder_of(path)
+        doc: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_VERSION,
             "metadata": dict(self.metadata),
-            "tensors": [t.to_json(base) for t in self.tensors],
+            "tensors": [t.to_json(base, path) for t in self.tensors],
         }
         if self.extras:
-            doc["extras"] = {name: _relative(p, base) for name, p in self.extras.items()}
+            doc["extras"] = {name: _relative(p, base, path) for name, p in self.extras.items()}
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict, path: Path) -> Manifest:
-        base = path.resolve().parent
-
-        def fail(message: str) -> CheckpointError:
-            return CheckpointError.at(path, f"{message}")
-
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise fail(f"not a heartmula-burn manifest (format must be '{MANIFEST_FORMAT}')")
-        if doc.get("format_version") != MANIFEST_VERSION:
-            raise fail(f"unsupported manifest format_version {doc.get('format_version')!r}")
-        metadata = doc.get("metadata", {})
-        if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-        ):
-            raise fail("'metadata' must map strings to strings")
-        entries = doc.get("tensors")
-        if not isinstance(entries, list):
-            raise fail("'tensors' must be a list")
+    def from_json(cls, doc: Fields) -> Manifest:
+        path = doc.path
+        base = _folder_of(path)
+        if doc.doc.get("format") != MANIFEST_FORMAT:
+            raise CheckpointError.at(path, f"not a heartmula-burn manifest ('format' must be '{MANIFEST_FORMAT}')")
+        version = doc.int("format_version")
+        if version != MANIFEST_VERSION:
+            raise doc.error("format_version", f"is {version}; this version reads {MANIFEST_VERSION}")
+        metadata = doc.string_map("metadata", default={})
         tensors = []
-        for i, e in enumerate(entries):
-            label = f"tensor #{i}" if not isinstance(e, dict) else f"tensor '{e.get('name', f'#{i}')}'"
-            try:
-                source = e["source"]
-                shape = tuple(e["shape"])
-                param_id = e.get("param_id")
-                t = ManifestTensor(
-                    name=e["name"],
-                    file=(base / source["file"]),
-                    key=source["key"],
-                    source_dtype=str(e["source_dtype"]).upper(),
-                    dtype=str(e["dtype"]).upper(),
-                    shape=shape,
-                    param_id=param_id,
+        for entry in doc.objects("tensors"):
+            name = entry.str("name")
+            source = entry.obj("source")
+            tensors.append(
+                ManifestTensor(
+                    name=name,
+                    file=inside(source.str("file"), base, path, "source file", tensor=name),
+                    key=source.str("key"),
+                    source_dtype=_dtype(entry, "source_dtype"),
+                    dtype=_dtype(entry, "dtype"),
+                    shape=tuple(entry.int_list("shape", minimum=0)),
+                    param_id=_param_id(entry),
                 )
-            except (KeyError, TypeError) as err:
-                raise fail(f"{label}: missing or malformed field {err}") from None
-            if t.dtype == "BOOL":
-                t.dtype = "Bool"
-            if t.source_dtype == "BOOL":
-                t.source_dtype = "Bool"
-            if not isinstance(t.name, str) or not isinstance(t.key, str):
-                raise fail(f"{label}: 'name' and 'source.key' must be strings")
-            if not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise fail(f"{label}: 'shape' must be a list of non-negative integers")
-            if param_id is not None and not (isinstance(param_id, int) and 0 <= param_id < 2**64):
-                raise fail(f"{label}: 'param_id' must be an unsigned 64-bit integer")
-            tensors.append(t)
-        extras = {name: base / p for name, p in (doc.get("extras") or {}).items()}
+            )
+        extras = {
+            name: inside(file, base, path, f"extras entry '{name}' names")
+            for name, file in doc.string_map("extras", default={}).items()
+        }
         return cls(tensors, metadata, extras)
 
     def save(self, path: Path, *, overwrite: bool = True) -> None:
@@ -144,15 +128,43 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
-        path = Path(path)
-        return cls.from_json(read_json(path, "manifest"), path)
+        return cls.from_json(read_json(Path(path), "manifest"))
 
 
-def _relative(p: Path, base: Path) -> str:
-    return os.path.relpath(Path(p).resolve(), base)
+def _dtype(entry: Fields, key: str) -> str:
+    text = entry.str(key)
+    dtype = canonical_dtype(text)
+    if dtype is None:
+        raise entry.error(key, f"is {text!r}, not a dtype a Burn pack holds")
+    return dtype
 
 
-def output_dtype(source_dtype: str | None, requested: str) -> str:
+def _param_id(entry: Fields) -> int | None:
+    if "param_id" not in entry:
+        return None
+    value = entry.int("param_id", minimum=0)
+    if value >= 2**64:
+        raise entry.error("param_id", "must fit in 64 bits")
+    return value
+
+
+def _folder_of(path: Path) -> Path:
+    # Lexically absolute, symbolic links kept: a Hugging Face cache's shards link outside.
+    return Path(os.path.abspath(path)).parent
+
+
+def _relative(p: Path, base: Path, manifest_path: Path) -> str:
+    relative = os.path.relpath(os.path.abspath(p), base)
+    if relative.split(os.sep)[0] == os.pardir:
+        raise OutputError.at(
+            manifest_path,
+            f"cannot refer to {p}, which lies outside the manifest's folder (manifests may only refer to files "
+            "inside their folder): save it in a folder that holds the checkpoint, e.g. CKPT_ROOT/manifest.json",
+        )
+    return relative
+
+
+def output_dtype(source_dtype: str, requested: str) -> str:
     """The pack dtype for a source dtype: floats follow --dtype, everything else stays as it is."""
     if requested == "source" or source_dtype not in FLOAT_DTYPES:
         return source_dtype
@@ -161,34 +173,36 @@ def output_dtype(source_dtype: str | None, requested: str) -> str:
 
 def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False) -> Manifest:
     """The default manifest: every tensor under its upstream name, in on-disk order (so reads are
-    sequential), converted to `dtype`. Unless `any_model`, the HeartMuLa preset checks it first."""
+    sequential), converted to `dtype`. Unless `any_model`, the model's preset (recognised from its
+    config.json) checks every tensor and shape first and decides which dtypes it may be packed in."""
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPE_CHOICES)})")
+    sources: dict[str, str] = {}
     for t in ckpt.tensors:
         if t.dtype is None:
-            raise CheckpointError.at(t.file, f"dtype {t.source_dtype} cannot be stored in a Burn pack", tensor=t.name)
+            raise CheckpointError.at(
+                t.file, f"dtype {t.source_dtype} cannot be stored in a Burn pack", tensor=t.name
+            )
+        sources[t.name] = t.dtype
     metadata = {
         "format": "burnpack",
         "producer": "heartmula-burn",
         "version": package_version(),
-        "source_model": ckpt.model_dir.resolve().name,
-        "source_dtype": ",".join(sorted({t.dtype for t in ckpt.tensors})),
+        "source_model": Path(os.path.abspath(ckpt.model_dir)).name,
+        "source_dtype": ",".join(sorted(set(sources.values()))),
     }
+    extras = dict(ckpt.extras)
     if not any_model:
-        if ckpt.config is None:
-            raise CheckpointError.at(
-                ckpt.model_dir / "config.json", "config.json not found (--any-model packs without the HeartMuLa check)"
-            )
-        cfg = heartmula.parse_config(ckpt.config, ckpt.config_path)
-        heartmula.check_tensors({t.name: t.shape for t in ckpt.tensors}, cfg, ckpt.model_dir)
-        metadata["model"] = "heartmula"
-        metadata["backbone_flavor"] = cfg.backbone_flavor
-        metadata["decoder_flavor"] = cfg.decoder_flavor
-        # The model's sizes travel with the pack (runtimes and `sanity` need them; custom flavours
-        # cannot be looked up by name).
-        metadata["config"] = json.dumps(ckpt.config, sort_keys=True, separators=(",", ":"))
+        preset, config = preset_of(ckpt)
+        if dtype not in preset.dtypes:
+            raise HeartmulaBurnError.at(ckpt.model_dir, f"--dtype {dtype} refused: {preset.dtype_reason}")
+        preset.check_tensors({t.name: t.shape for t in ckpt.tensors}, config, ckpt.model_dir)
+        _check_dtypes(ckpt, preset)
+        metadata.update(preset.metadata(config))
+        extras = {name: p for name, p in extras.items() if name in preset.runtime_files}
     tensors = [
-        ManifestTensor(t.name, t.file, t.name, t.dtype, output_dtype(t.dtype, dtype), t.shape) for t in ckpt.tensors
+        ManifestTensor(t.name, t.file, t.name, sources[t.name], output_dtype(sources[t.name], dtype), t.shape)
+        for t in ckpt.tensors
     ]
     metadata["dtype"] = ",".join(sorted({t.dtype for t in tensors}))
     restored = _unpacked_pack_state(ckpt)
@@ -197,7 +211,31 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         metadata, param_ids = restored
         for t in tensors:
             t.param_id = param_ids.get(t.name)
-    return Manifest(tensors, metadata, dict(ckpt.extras))
+    return Manifest(tensors, metadata, extras)
+
+
+def preset_of(ckpt: Checkpoint) -> tuple[Preset, Fields]:
+    """The preset the checkpoint's config.json describes, and that config; an error naming the
+    file when there is none."""
+    if ckpt.config is None:
+        raise CheckpointError.at(
+            ckpt.model_dir / "config.json", "config.json not found (--any-model packs without a preset)"
+        )
+    return preset_for(ckpt.config), ckpt.config
+
+
+def _check_dtypes(ckpt: Checkpoint, preset: Preset) -> None:
+    """A preset whose packs hold only `dtype` gets only tensors that convert to it exactly."""
+    if len(preset.dtypes) != 1:
+        return
+    target = preset.dtypes[0].upper()
+    for t in ckpt.tensors:
+        source = t.dtype or ""
+        exact = source == target or (source in FLOAT_DTYPES and dtype_size(source) < dtype_size(target))
+        if not exact:
+            raise CheckpointError.at(
+                t.file, f"dtype {source} cannot become {target} exactly; {preset.dtype_reason}", tensor=t.name
+            )
 
 
 def _unpacked_pack_state(ckpt: Checkpoint) -> tuple[dict[str, str], dict[str, int]] | None:
@@ -211,8 +249,12 @@ def _unpacked_pack_state(ckpt: Checkpoint) -> tuple[dict[str, str], dict[str, in
     try:
         metadata = json.loads(metadata_text)
         param_ids = json.loads(param_ids_text or "{}")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        return None
+    if not isinstance(param_ids, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64 for v in param_ids.values()
+    ):
         return None
     return metadata, param_ids

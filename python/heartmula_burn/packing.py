@@ -1,20 +1,71 @@
-"""Packing a manifest or a checkpoint folder: the Rust core writes the pack; this adds the
-runtime files beside it without ever leaving a half-written file."""
+"""Packing manifests and checkpoint folders: the Rust core writes each pack to a temporary file and
+flushes it; the runtime files are staged beside them; then everything is put in place together.
+A failure anywhere (the second pack, a full disk, Ctrl-C, SIGTERM) leaves the output folder as it
+was: no half folder, no partial file."""
 
 from __future__ import annotations
 
 import filecmp
+import os
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
 from .atomic import commit_all, stage_copy
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoints
 from .errors import OutputError, SourceError
-from .manifest import Manifest, build_manifest
+from .manifest import Manifest, build_manifest, preset_of
+from .presets import preset_named
 
 ProgressFn = Callable[[int, int], None]
+# The file an unrecognised (--any-model) checkpoint is packed to when no output is named.
+DEFAULT_PACK_NAME = "heartmula.bpk"
+CPU_NOTE = (
+    "Burn's CPU backend (burn-ndarray 0.21) cannot load BF16 or F16 tensors: a runtime on the CPU needs the F32 pack"
+)
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What one pack holds and how writing it went."""
+
+    output: str
+    model: str  # the preset's name, or "" for --any-model packs
+    dtype: str  # the pack's dtypes, comma-separated
+    tensors: int
+    file_size: int
+    data_bytes: int
+    kernel_copied: int  # bytes copied inside the kernel (copy_file_range)
+    buffer_copied: int  # unchanged bytes written from the mapping
+    converted: int  # output bytes produced by dtype conversion
+    plan_seconds: float
+    data_seconds: float
+    sync_seconds: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Everything one run put in place: the packs, the runtime files copied, and notes for people."""
+
+    packs: list[PackReport]
+    extras: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pack to write: its manifest, output path, and the --dtype it was built for."""
+
+    manifest: Manifest
+    output: Path
+    dtype: str = "f32"
 
 
 def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
@@ -34,62 +85,138 @@ def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tu
     return todo
 
 
-def pack_manifest(
-    manifest: Manifest,
-    output: str | Path,
+def pack_manifests(
+    jobs: Sequence[Job],
     *,
     force: bool = False,
     burn_version: str = "0.21",
     progress: ProgressFn | None = None,
+    progress_for: Callable[[Job], ProgressFn | None] | None = None,
     copy_extras: bool = True,
-) -> dict[str, Any]:
-    """Writes the pack described by `manifest` to `output` and copies the runtime files beside it;
-    all of them appear together, once complete and on disk, or none does. Returns a summary (sizes,
-    timings, how bytes were moved)."""
-    output = Path(output)
-    extras = extra_targets(manifest.extras, output.parent, force) if copy_extras else []
-    started = time.perf_counter()
-    summary, staged = _core.pack(
-        manifest.core_items(),
-        manifest.metadata,
-        output,
-        overwrite=force,
-        burn_version=burn_version,
-        progress=progress,
-    )
-    files = [staged]
+    notes: Sequence[str] = (),
+) -> Conversion:
+    """Writes every job's pack and copies the runtime files beside them, then puts them all in
+    place together. `progress(done, total)` follows each pack in turn (or `progress_for(job)` gives
+    each pack its own callback)."""
+    outputs = [job.output for job in jobs]
+    if len({os.path.abspath(p) for p in outputs}) != len(outputs):
+        raise OutputError.at(outputs[0], "two packs would be written to the same file")
+    extras: dict[Path, Path] = {}
+    if copy_extras:
+        for job in jobs:
+            for source, dest in extra_targets(job.manifest.extras, job.output.parent, force):
+                extras.setdefault(dest, source)
+    staged: list[_core.StagedFile] = []
+    reports = []
     try:
-        files += [stage_copy(source, dest) for source, dest in extras]
+        for job in jobs:
+            started = time.perf_counter()
+            summary, pack = _core.pack(
+                job.manifest.core_items(),
+                job.manifest.metadata,
+                job.output,
+                overwrite=force,
+                burn_version=burn_version,
+                progress=progress_for(job) if progress_for else progress,
+            )
+            staged.append(pack)
+            reports.append(_report(job, summary, time.perf_counter() - started))
+        staged += [stage_copy(source, dest) for dest, source in extras.items()]
     except BaseException:
-        for f in files:
+        for f in staged:
             f.discard()
         raise
-    commit_all(files)
-    report = summary_dict(summary)
-    report.update(
-        seconds=time.perf_counter() - started,
-        output=str(output),
-        extras=[str(dest) for _, dest in extras],
-        dtype=manifest.metadata.get("dtype", ""),
+    commit_all(staged)
+    return Conversion(reports, [str(dest) for dest in extras], list(notes))
+
+
+def _report(job: Job, summary: _core.PackSummary, seconds: float) -> PackReport:
+    return PackReport(
+        output=str(job.output),
+        model=job.manifest.metadata.get("model", ""),
+        dtype=job.manifest.metadata.get("dtype", ""),
+        tensors=summary.tensors,
+        file_size=summary.file_size,
+        data_bytes=summary.data_bytes,
+        kernel_copied=summary.kernel_copied,
+        buffer_copied=summary.buffer_copied,
+        converted=summary.converted,
+        plan_seconds=summary.plan_seconds,
+        data_seconds=summary.data_seconds,
+        sync_seconds=summary.sync_seconds,
+        seconds=seconds,
     )
-    return report
 
 
-def summary_dict(summary: _core.PackSummary) -> dict[str, Any]:
-    fields = ("file_size", "tensors", "data_bytes", "kernel_copied", "buffer_copied", "converted")
-    timings = ("plan_seconds", "data_seconds", "sync_seconds")
-    return {name: getattr(summary, name) for name in fields + timings}
+def pack_manifest(manifest: Manifest, output: str | Path, **kwargs: Any) -> Conversion:
+    """Writes the pack described by `manifest` to `output`, with its runtime files beside it."""
+    return pack_manifests([Job(manifest, Path(output))], **kwargs)
+
+
+def plan_checkpoint(
+    root: str | Path,
+    output: str | Path | None = None,
+    *,
+    dtype: str = "f32",
+    any_model: bool = False,
+    subdir: str | None = None,
+) -> tuple[list[Job], list[str]]:
+    """The packs one run makes of a CKPT_ROOT, and notes for the user. Every model the root holds
+    gets its pack (heartmula.bpk, heartcodec.bpk): `output` names the first pack (or, an existing
+    folder or a path ending in '/', the folder they go to); the others go beside it under their own
+    names. `dtype` applies to models that allow it; a model packed in one dtype only (HeartCodec: F32)
+    keeps that one, with a note."""
+    checkpoints = load_checkpoints(root, subdir)
+    folder, first_name = output_folder(output)
+    jobs, notes = [], []
+    for i, ckpt in enumerate(checkpoints):
+        model_dtype, note = _dtype_for(ckpt, dtype, any_model, several=len(checkpoints) > 1)
+        manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
+        preset = preset_named(manifest.metadata.get("model", ""))
+        name = first_name if i == 0 and first_name else (preset.pack_name if preset else DEFAULT_PACK_NAME)
+        job = Job(manifest, folder / name, model_dtype)
+        jobs.append(job)
+        if note:
+            notes.append(f"{job.output}: {note}")
+        narrow = {t.dtype for t in manifest.tensors} & {"BF16", "F16"}
+        if narrow and preset is not None and preset.name == "heartmula":
+            notes.append(f"{job.output}: holds {'/'.join(sorted(narrow))} tensors. {CPU_NOTE}")
+    return jobs, notes
+
+
+def output_folder(output: str | Path | None) -> tuple[Path, str | None]:
+    """(the folder packs go to, the first pack's file name if `output` names one)."""
+    if output is None:
+        return Path("."), None
+    text = str(output)
+    path = Path(output)
+    if text.endswith(os.sep) or path.is_dir():
+        return path, None
+    return path.parent, path.name
+
+
+def _dtype_for(ckpt: Checkpoint, dtype: str, any_model: bool, several: bool) -> tuple[str, str | None]:
+    """The --dtype this checkpoint is packed in: as asked, except for a model that allows one dtype
+    only while several are packed at once (then that one, and a note saying so)."""
+    if any_model or not several or ckpt.config is None:
+        return dtype, None
+    preset, _ = preset_of(ckpt)
+    if dtype in preset.dtypes:
+        return dtype, None
+    kept = preset.dtypes[0]
+    return kept, f"packed in {kept.upper()}, not {dtype.upper()}: {preset.dtype_reason}"
 
 
 def pack_checkpoint(
     root: str | Path,
-    output: str | Path,
+    output: str | Path | None = None,
     *,
     dtype: str = "f32",
     any_model: bool = False,
     subdir: str | None = None,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """One step from a checkpoint folder to a pack: scan, check, build the manifest, pack."""
-    manifest = build_manifest(load_checkpoint(root, subdir), dtype=dtype, any_model=any_model)
-    return pack_manifest(manifest, output, **kwargs)
+) -> Conversion:
+    """One step from a checkpoint folder to packs: scan, check, build the manifests, pack (see
+    `plan_checkpoint` for where they go)."""
+    jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir)
+    return pack_manifests(jobs, notes=notes, **kwargs)

@@ -1,28 +1,58 @@
-"""A folder ready to push as a model repository: the pack, the runtime files, a .gitattributes
-routing large files through Git LFS, and a README model card whose every figure is read from
-the pack itself."""
+"""A folder ready to push as a model repository: the packs (heartmula.bpk, heartcodec.bpk), the
+runtime files, a .gitattributes routing large files through Git LFS, and a README model card whose
+every figure is read from the packs themselves."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import os
-import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import staged_folder
-from .errors import PackFileError, SourceError
+from .errors import OutputError, SourceError
+from .fields import Fields
 from .packfile import Pack, open_pack
+from .presets import Preset, config_of_pack, preset_for_pack
+from .text import shown
 
 # Burn releases the compatibility checks (rust/burn-compat) run against.
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")
 LFS_THRESHOLD = 10 * 1000 * 1000  # bytes; larger files go through Git LFS
-BASE_MODEL = "HeartMuLa/HeartMuLa-oss-3B"
+RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
+
+LOADING = {
+    "heartmula": """Tensors keep their upstream names and PyTorch layout (`Linear` weights are `[out, in]`), so
+build every `Linear` with `LinearLayout::Col` and load with a plain `BurnpackStore`:
+
+```rust
+use burn_store::{BurnpackStore, ModuleSnapshot};
+
+let mut store = BurnpackStore::from_file("heartmula.bpk");
+let result = model.load_from(&mut store)?;
+assert!(result.missing.is_empty());
+// audio_embeddings.weight is read separately, by name.
+```""",
+    "heartcodec": """Every tensor is F32 under its upstream name, in PyTorch layout (`Linear` `[out, in]`, `Conv1d`
+`[out, in, k]`, `ConvTranspose1d` `[in, out, k]`). Weight norm is kept unfolded: a runtime computes
+each normed convolution's weight as `g * v / ||v||` (norm over all but the first axis) from
+`<conv>.parametrizations.weight.original0` (g) and `.original1` (v). Runtimes look tensors up by
+their full names:
+
+```rust
+use burn_store::{BurnpackStore, ModuleStore};
+
+let mut store = BurnpackStore::from_file("heartcodec.bpk");
+let tensors = store.get_all_snapshots()?;
+let cond = &tensors["flow_matching.cond_feature_emb.weight"];   // [512, 512]
+```""",
+}
 
 
-def sha256_of(path: Path, progress: Callable[[int], None] | None = None) -> str:
+def sha256_of(path: Path, progress: Callable[[int], object] | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
@@ -32,43 +62,63 @@ def sha256_of(path: Path, progress: Callable[[int], None] | None = None) -> str:
     return digest.hexdigest()
 
 
-def architecture(pack: Pack) -> dict[str, int]:
-    """HeartMuLa's dimensions, read from tensor shapes (not from any config)."""
-
-    def shape(name: str) -> tuple[int, ...]:
-        if name not in pack:
-            raise PackFileError.at(pack.path, "missing: not a HeartMuLa pack", tensor=name)
-        return pack.info(name).shape
-
-    def layers(prefix: str) -> int:
-        found = {int(m.group(1)) for t in pack if (m := re.match(rf"{prefix}\.layers\.(\d+)\.", t.name))}
-        return max(found) + 1 if found else 0
-
-    return {
-        "backbone_layers": layers("backbone"),
-        "backbone_hidden_size": shape("backbone.norm.scale")[0],
-        "backbone_intermediate_size": shape("backbone.layers.0.mlp.w1.weight")[0],
-        "decoder_layers": layers("decoder"),
-        "decoder_hidden_size": shape("decoder.norm.scale")[0],
-        "decoder_intermediate_size": shape("decoder.layers.0.mlp.w1.weight")[0],
-        "text_vocab_size": shape("text_embeddings.weight")[0],
-        "audio_vocab_size": shape("codebook0_head.weight")[0],
-        "audio_codebooks": shape("audio_head")[0] + 1,
-        "muq_dim": shape("muq_linear.weight")[1],
-    }
+def _cell(value: object) -> str:
+    """A value for a markdown table cell: escaped for people, pipes and backticks neutralised."""
+    return shown(value).replace("|", "\\|").replace("`", "'")
 
 
-def model_card(pack: Pack, files: dict[str, tuple[int, str]]) -> str:
-    arch = architecture(pack)
-    dtypes = sorted({t.dtype for t in pack})
-    params = sum(math.prod(t.shape) for t in pack)
-    meta = pack.metadata
-    rows = "\n".join(f"| `{name}` | {size:,} | `{digest}` |" for name, (size, digest) in files.items())
-    meta_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in meta.items())
-    versions = " and ".join(VERIFIED_BURN_VERSIONS)
+class _Published:
+    """A pack to publish: its file name in the repository and what it holds."""
+
+    def __init__(self, path: Path, pack: Pack, preset: Preset | None) -> None:
+        self.path = path
+        self.pack = pack
+        self.preset = preset
+        self.file_name = preset.pack_name if preset else path.name
+
+    def section(self, size: int) -> str:
+        pack, meta = self.pack, self.pack.metadata
+        shapes = {t.name: t.shape for t in pack}
+        dtypes = ", ".join(sorted({t.dtype for t in pack}))
+        params = sum(math.prod(t.shape) for t in pack)
+        title = self.preset.title if self.preset else "model"
+        lines = [
+            f"## `{self.file_name}` ({title})",
+            "",
+            f"- Tensors: {len(pack)} ({params:,} parameters), dtype {dtypes}; "
+            f"source dtype {_cell(meta.get('source_dtype', 'unknown'))}",
+            f"- Burn pack format version 1, {pack.layout} layout, {size:,} bytes",
+            f"- Verified against Burn {' and '.join(VERIFIED_BURN_VERSIONS)} (Burn reads every tensor bit for bit "
+            "and writes identical bytes from the same tensors)",
+        ]
+        if self.preset is not None:
+            config = config_of_pack(meta, self.path) or Fields({}, self.path, "config")
+            lines += ["", "| | |", "| --- | --- |"]
+            lines += [f"| {label} | {_cell(value)} |" for label, value in self.preset.describe(config, shapes)]
+            lines += ["", "### Loading from Rust", "", LOADING[self.preset.name]]
+        lines += ["", "### Pack metadata", "", "| key | value |", "| --- | --- |"]
+        lines += [f"| `{_cell(k)}` | `{_cell(v)}` |" for k, v in meta.items()]
+        return "\n".join(lines)
+
+
+def model_card(packs: Sequence[_Published], files: dict[str, tuple[int, str]]) -> str:
+    presets = [p.preset for p in packs if p.preset is not None]
+    bases = list(dict.fromkeys(p.base_model for p in presets))  # in the packs' order, once each
+    version = next((p.pack.metadata.get("version", "") for p in packs), "")
+    title = bases[0].split("/")[-1] if bases else "Model"
+    rows = "\n".join(f"| `{_cell(name)}` | {size:,} | `{digest}` |" for name, (size, digest) in files.items())
+    base_yaml = "".join(f"\n- {b}" for b in bases)
+    sources = ", ".join(f"[{b}](https://huggingface.co/{b})" for b in bases) or "A safetensors checkpoint"
+    sections = "\n\n".join(p.section(files[p.file_name][0]) for p in packs)
+    runtime = (
+        "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
+        "HeartMuLa runtime loads this folder as it is (all four files)."
+        if "tokenizer.json" in files
+        else ""
+    )
     return f"""---
 license: apache-2.0
-base_model: {BASE_MODEL}
+base_model:{base_yaml or " []"}
 library_name: burn
 tags:
 - burn
@@ -76,54 +126,18 @@ tags:
 - heartmula
 ---
 
-# HeartMuLa-oss-3B for Burn
+# {title} for Burn
 
-[{BASE_MODEL}](https://huggingface.co/{BASE_MODEL}) converted to a single Burn pack
-(`heartmula.bpk`) by heartmula-burn {meta.get("version", "")}. License: Apache-2.0, as upstream.
+{sources} converted to Burn packs by heartmula-burn {_cell(version)}. License: Apache-2.0, as upstream.
+{runtime}
 
-- Tensors: {len(pack)} ({params:,} parameters), dtype {", ".join(dtypes)}; source dtype {meta.get("source_dtype", "unknown")}
-- Layout: Burn pack format version 1, {pack.layout} layout, {pack.file_size:,} bytes
-- Verified against Burn {versions} (Burn reads every tensor bit for bit, writes identical bytes
-  from the same tensors, and a HeartMuLa module loads the pack)
-
-## Architecture
-
-| | backbone | decoder |
-| --- | --- | --- |
-| layers | {arch["backbone_layers"]} | {arch["decoder_layers"]} |
-| hidden size | {arch["backbone_hidden_size"]} | {arch["decoder_hidden_size"]} |
-| intermediate size | {arch["backbone_intermediate_size"]} | {arch["decoder_intermediate_size"]} |
-
-Text vocabulary {arch["text_vocab_size"]}, audio vocabulary {arch["audio_vocab_size"]} per codebook,
-{arch["audio_codebooks"]} codebooks, MuQ conditioning dim {arch["muq_dim"]}.
+{sections}
 
 ## Files
 
 | file | bytes | sha256 |
 | --- | --- | --- |
 {rows}
-
-## Loading from Rust
-
-Tensors keep their upstream names and PyTorch layout (`Linear` weights are `[out, in]`), so build
-every `Linear` with `LinearLayout::Col` and load with a plain `BurnpackStore`:
-
-```rust
-use burn_store::{{BurnpackStore, ModuleSnapshot}};
-
-let mut store = BurnpackStore::from_file("heartmula.bpk");
-let result = model.load_from(&mut store)?;
-assert!(result.missing.is_empty());
-// audio_embeddings.weight is read separately, by name.
-```
-
-`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release.
-
-## Pack metadata
-
-| key | value |
-| --- | --- |
-{meta_rows}
 """
 
 
@@ -146,31 +160,50 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 
 def publish_layout(
     out_dir: str | Path,
-    pack_path: str | Path,
+    packs: Sequence[str | Path],
     *,
     tokenizer: str | Path | None = None,
     gen_config: str | Path | None = None,
     force: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
-    """Assembles OUT_DIR; it appears whole or not at all (built beside it, then renamed)."""
-    out_dir, pack_path = Path(out_dir), Path(pack_path)
-    runtime = {
-        "tokenizer.json": Path(tokenizer) if tokenizer else pack_path.parent / "tokenizer.json",
-        "gen_config.json": Path(gen_config) if gen_config else pack_path.parent / "gen_config.json",
-    }
-    for name, path in runtime.items():
-        if not path.is_file():
-            option = "--" + name.split(".")[0].replace("_", "-")
-            raise SourceError.at(path, f"{name} not found (give it with {option})")
-    with open_pack(pack_path) as pack, staged_folder(out_dir, overwrite=force) as partial:
-        _link_or_copy(pack_path, partial / "heartmula.bpk")
-        for name, path in runtime.items():
-            shutil.copyfile(path, partial / name)
-        files = {}
-        for name in ("heartmula.bpk", "tokenizer.json", "gen_config.json"):
-            path = partial / name
-            files[name] = (path.stat().st_size, sha256_of(path, progress))
-        (partial / ".gitattributes").write_text(gitattributes(files))
-        (partial / "README.md").write_text(model_card(pack, files))
+    """Assembles OUT_DIR from the packs (each named as its model's runtime expects: heartmula.bpk,
+    heartcodec.bpk) and, when a HeartMuLa pack is among them, the runtime files (default: beside
+    that pack). OUT_DIR appears whole or not at all (built beside it, then renamed)."""
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in packs]
+    if not paths:
+        raise ValueError("publish_layout needs at least one pack")
+    opened: list[_Published] = []
+    try:
+        for path in paths:
+            pack = open_pack(path)
+            opened.append(_Published(path, pack, preset_for_pack(pack.metadata, {t.name for t in pack})))
+        names = [p.file_name for p in opened]
+        if len(set(names)) != len(names):
+            raise OutputError.at(out_dir, f"two packs would both be named {sorted(n for n in names if names.count(n) > 1)[0]}")
+        lm = next((p for p in opened if p.preset is not None and p.preset.runtime_files), None)
+        runtime: dict[str, Path] = {}
+        if lm is not None:
+            given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
+            for name in RUNTIME_FILES:
+                path = Path(given[name]) if given[name] else lm.path.parent / name
+                if not path.is_file():
+                    option = "--" + name.split(".")[0].replace("_", "-")
+                    raise SourceError.at(path, f"{name} not found (give it with {option})")
+                runtime[name] = path
+        with staged_folder(out_dir, overwrite=force) as partial:
+            for p in opened:
+                _link_or_copy(p.path, partial / p.file_name)
+            for name, path in runtime.items():
+                shutil.copyfile(path, partial / name)
+            files = {}
+            for name in [*names, *runtime]:
+                path = partial / name
+                files[name] = (path.stat().st_size, sha256_of(path, progress))
+            (partial / ".gitattributes").write_text(gitattributes(files))
+            (partial / "README.md").write_text(model_card(opened, files))
+    finally:
+        for p in opened:
+            p.pack.close()
     return {"output": str(out_dir), "files": {k: {"bytes": s, "sha256": d} for k, (s, d) in files.items()}}

@@ -13,6 +13,7 @@ from .errors import OutputError
 from .manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
 from .packfile import Pack, dtype_size, open_pack
 from .packing import ProgressFn
+from .presets import preset_for_pack
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
@@ -29,8 +30,10 @@ def verify(
     if against.suffix == ".json":
         manifest = Manifest.load(against)
     else:
-        manifest = build_manifest(load_checkpoint(against, subdir), dtype="source", any_model=True)
         with open_pack(pack_path) as pack:
+            preset = preset_for_pack(pack.metadata, {t.name for t in pack})
+            ckpt = load_checkpoint(against, subdir, model=preset.name if preset else None)
+            manifest = build_manifest(ckpt, dtype="source", any_model=True)
             for t in manifest.tensors:
                 if t.name in pack:
                     t.dtype = pack.info(t.name).dtype  # compare against the exact cast to what the pack holds

@@ -1,0 +1,137 @@
+"""Reading values out of JSON documents a user supplies (config.json, an index, a manifest), where
+every value may be anything: each read checks its type and range, and a bad one raises one
+`CheckpointError` naming the file and the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .errors import CheckpointError
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+def read_json(path: Path, what: str) -> Fields:
+    """The JSON object in `path`, ready to read field by field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError.at(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError.at(path, f"cannot read {what}: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError.at(path, f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError.at(path, f"{what} must be a JSON object, not {_kind(value)}")
+    return Fields(value, path)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+class Fields:
+    """A JSON object from `path`; `where` is the key path that led to it (for nested objects)."""
+
+    def __init__(self, doc: Mapping[str, Any], path: Path, where: str = "") -> None:
+        self.doc = doc
+        self.path = path
+        self.where = where
+
+    def error(self, key: str | None, message: str) -> CheckpointError:
+        label = self.where if key is None else (f"{self.where}.{key}" if self.where else key)
+        return CheckpointError.at(self.path, f"'{label}' {message}" if label else message)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.doc
+
+    def keys(self) -> list[str]:
+        return list(self.doc)
+
+    def _get(self, key: str, default: Any, check: Callable[[Any], bool], wanted: str) -> Any:
+        if key not in self.doc:
+            if default is _MISSING:
+                raise self.error(key, f"is missing (must be {wanted})")
+            return default
+        value = self.doc[key]
+        if not check(value):
+            raise self.error(key, f"must be {wanted}, not {_describe(value)}")
+        return value
+
+    def int(self, key: str, *, minimum: int | None = None, default: int = _MISSING) -> int:
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
+        value: int = self._get(key, default, lambda v: _is_int(v) and (minimum is None or v >= minimum), wanted)
+        return value
+
+    def str(self, key: str, *, default: str = _MISSING) -> str:
+        value: str = self._get(key, default, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def bool(self, key: str, *, default: bool = _MISSING) -> bool:
+        value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
+        return value
+
+    def int_list(self, key: str, *, minimum: int = 1, default: list[int] = _MISSING) -> list[int]:
+        wanted = f"a list of integers >= {minimum}"
+        value: list[int] = self._get(
+            key, default, lambda v: isinstance(v, list) and all(_is_int(x) and x >= minimum for x in v), wanted
+        )
+        return list(value)
+
+    def obj(self, key: str, *, default: Mapping[str, Any] = _MISSING) -> Fields:
+        value = self._get(key, default, lambda v: isinstance(v, dict), "an object")
+        return Fields(value, self.path, f"{self.where}.{key}" if self.where else key)
+
+    def objects(self, key: str) -> list[Fields]:
+        """A list of objects, each readable field by field (errors say `key[i].field`)."""
+        items = self._get(key, _MISSING, lambda v: isinstance(v, list), "a list")
+        label = f"{self.where}.{key}" if self.where else key
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise self.error(f"{key}[{i}]", f"must be an object, not {_describe(item)}")
+            out.append(Fields(item, self.path, f"{label}[{i}]"))
+        return out
+
+    def string_map(self, key: str, *, default: Mapping[str, str] = _MISSING) -> dict[str, str]:
+        value = self._get(
+            key,
+            default,
+            lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+            "an object of strings",
+        )
+        return dict(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else _kind(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def inside(text: str, base: Path, document: Path, what: str, *, tensor: str | None = None) -> Path:
+    """`text`, a path written in `document` (an index or a manifest), resolved against `base`;
+    refused when it is absolute or climbs out of `base` with '..'. Judged on the text alone:
+    symbolic links inside `base` may point anywhere (a Hugging Face cache's snapshots link their
+    files into ../../blobs)."""
+    if not text or "\0" in text:
+        raise CheckpointError.at(document, f"{what} {text!r}, which is not a file name", tensor=tensor)
+    if os.path.isabs(text):
+        raise CheckpointError.at(
+            document, f"{what} {text!r}, an absolute path: files must lie inside {base}", tensor=tensor
+        )
+    if os.path.normpath(text).split(os.sep)[0] == os.pardir:
+        raise CheckpointError.at(
+            document, f"{what} {text!r}, which climbs out of {base}: files must lie inside it", tensor=tensor
+        )
+    return base / text

@@ -1,0 +1,144 @@
+"""Presets: what a checkpoint of a known model must hold, checked before a byte is written.
+
+A preset recognises its model from the checkpoint's own config.json, derives every tensor and
+shape the config implies, says which dtypes its pack may hold and which runtime files go beside
+it, and describes the model for the model card. Every preset has this one shape (`Preset`); the
+known ones are listed in `PRESETS`."""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import CheckpointError
+from ..fields import Fields
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+class Preset(ABC):
+    """One model the converter knows by name."""
+
+    name: ClassVar[str]  # "heartmula": the pack's `model` metadata
+    title: ClassVar[str]  # for people: "HeartMuLa"
+    pack_name: ClassVar[str]  # the file a runtime looks for: "heartmula.bpk"
+    folder_names: ClassVar[tuple[str, ...]]  # where upstream ships it inside CKPT_ROOT
+    runtime_files: ClassVar[tuple[str, ...]] = ()  # copied beside the pack
+    dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
+    dtype_reason: ClassVar[str] = ""  # why others are refused
+    base_model: ClassVar[str]  # the Hugging Face repository it comes from
+
+    @abstractmethod
+    def recognizes(self, config: Fields) -> bool:
+        """Whether a config.json describes this model."""
+
+    @abstractmethod
+    def expected_tensors(self, config: Fields) -> Shapes:
+        """Every tensor of the upstream state dict with its shape, as the config implies (raises
+        `CheckpointError` naming the file and key for a config that makes no sense)."""
+
+    @abstractmethod
+    def describe(self, config: Fields, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+        """(label, value) rows for the model card: the architecture, from the shapes and the config
+        (empty where the pack carries none: defaults apply). Shapes are those of a pack this
+        preset's check accepted."""
+
+    def metadata(self, config: Fields) -> dict[str, str]:
+        """Metadata the pack carries for runtimes: the model's name and its config.json (compact
+        JSON, so that a runtime or `sanity` can size the model from the pack alone)."""
+        return {"model": self.name, "config": json.dumps(config.doc, sort_keys=True, separators=(",", ":"))}
+
+    def check_tensors(self, found: Mapping[str, tuple[int, ...]], config: Fields, where: Path) -> None:
+        """Raises one error listing every missing, unexpected and mis-shaped tensor."""
+        problems = shape_problems(found, self.expected_tensors(config))
+        if problems:
+            raise CheckpointError.at(
+                where,
+                f"does not match its config.json ({self.title}): {problems} (--any-model packs it without this check)",
+            )
+
+
+def shape_problems(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
+    """'N missing: ...; N unexpected: ...; N mis-shaped: ...', or '' when `found` is `expected`."""
+    missing = [n for n in expected if n not in found]
+    unexpected = [n for n in found if n not in expected]
+    misshaped = [
+        f"{n} {list(found[n])} (expected {list(shape)})"
+        for n, shape in expected.items()
+        if n in found and tuple(found[n]) != shape
+    ]
+    parts = [
+        f"{len(items)} {what}: {_listing(items)}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if items
+    ]
+    return "; ".join(parts)
+
+
+def _listing(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def _registry() -> tuple[Preset, ...]:
+    from .heartcodec import HeartCodec
+    from .heartmula import HeartMuLa
+
+    return (HeartMuLa(), HeartCodec())
+
+
+PRESETS: tuple[Preset, ...] = _registry()
+
+
+def preset_named(name: str) -> Preset | None:
+    return next((p for p in PRESETS if p.name == name), None)
+
+
+def preset_for(config: Fields) -> Preset:
+    """The preset whose model the config.json describes; a `CheckpointError` naming the file when
+    none does."""
+    for preset in PRESETS:
+        if preset.recognizes(config):
+            return preset
+    known = ", ".join(p.title for p in PRESETS)
+    raise CheckpointError.at(
+        config.path,
+        f"does not describe a model this tool knows ({known}): no 'model_type' of "
+        f"{', '.join(repr(p.name) for p in PRESETS)} (--any-model packs it without a preset)",
+    )
+
+
+def preset_for_pack(metadata: Mapping[str, str], names: set[str]) -> Preset | None:
+    """The preset of a pack: by its `model` metadata, else by tensors only that model has."""
+    by_name = preset_named(metadata.get("model", ""))
+    if by_name is not None:
+        return by_name
+    from .heartcodec import SIGNATURE as CODEC_SIGNATURE
+    from .heartmula import SIGNATURE as LM_SIGNATURE
+
+    for preset_name, signature in (("heartmula", LM_SIGNATURE), ("heartcodec", CODEC_SIGNATURE)):
+        if signature <= names:
+            return preset_named(preset_name)
+    return None
+
+
+def config_of_pack(metadata: Mapping[str, str], path: Path) -> Fields | None:
+    """The config.json a pack carries in its metadata (`config`), if it does."""
+    text = metadata.get("config")
+    if text is None:
+        return None
+    try:
+        doc: Any = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError.at(path, f"metadata 'config' is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError.at(path, "metadata 'config' is not a JSON object")
+    return Fields(doc, path, "config")

@@ -1,0 +1,287 @@
+"""The HeartCodec preset: HeartMuLa's audio codec (heartlib's `HeartCodec`: a residual VQ, a
+flow-matching DiT estimator and the ScalarModel convolutional codec). Every tensor its config.json
+implies, derived the way heartlib's modules build them (`HeartCodecConfig` defaults for keys the
+file leaves out); PyTorch layouts as stored, weight norm kept as its two parametrization tensors
+(never folded), the VQ buffers (`initted`, `cluster_size`, `embed_avg`) as stored."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..fields import Fields
+from . import Preset, Shapes
+
+# Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).
+SIGNATURE = frozenset({"flow_matching.cond_feature_emb.weight", "scalar_model.decoder.0.bias"})
+# The sinusoidal timestep encoding the estimator's AdaLN embeds (PixArtAlphaCombinedFlowEmbeddings).
+FLOW_T_SIZE = 512
+# Residual units of every ScalarModel block, by dilation.
+RESIDUAL_DILATIONS = (1, 3, 5, 7, 9)
+
+
+@dataclass(frozen=True)
+class HeartCodecConfig:
+    # residual VQ
+    dim: int
+    codebook_size: int
+    codebook_dim: int
+    num_quantizers: int
+    # flow-matching estimator (LlamaTransformer)
+    attention_head_dim: int
+    num_attention_heads: int
+    num_layers: int
+    num_layers_2: int
+    in_channels: int
+    out_channels: int
+    ada_norm: bool  # norm_type == "ada_norm_single": blocks carry a scale_shift_table
+    # ScalarModel
+    num_bands: int
+    num_samples: int
+    causal: bool
+    sample_rate: int
+    downsample_factors: tuple[int, ...]
+    downsample_kernel_sizes: tuple[int, ...]
+    upsample_factors: tuple[int, ...]
+    upsample_kernel_sizes: tuple[int, ...]
+    latent_hidden_dim: int
+    default_kernel_size: int
+    delay_kernel_size: int
+    init_channel: int
+    res_kernel_size: int
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def inner_dim_2(self) -> int:
+        return 2 * self.inner_dim
+
+    @property
+    def upsampling(self) -> int:
+        """Audio samples per latent frame (per channel)."""
+        return math.prod(self.upsample_factors) * (self.num_samples if self.num_samples > 1 else 1)
+
+
+def mlp_hidden(dim: int, multiple_of: int = 256) -> int:
+    """heartlib's LlamaMLP width: 2/3 of 4*dim, rounded up to a multiple of 256."""
+    hidden = int(2 * (4 * dim) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def parse_config(config: Fields) -> HeartCodecConfig:
+    """Reads config.json with heartlib's `HeartCodecConfig` defaults for absent keys."""
+    pos = {
+        k: config.int(k, minimum=1, default=d)
+        for k, d in (
+            ("dim", 512),
+            ("codebook_size", 8192),
+            ("codebook_dim", 32),
+            ("num_quantizers", 8),
+            ("attention_head_dim", 64),
+            ("num_attention_heads", 24),
+            ("in_channels", 1024),
+            ("out_channels", 256),
+            ("num_bands", 1),
+            ("num_samples", 2),
+            ("sample_rate", 48000),
+            ("latent_hidden_dim", 128),
+            ("default_kernel_size", 7),
+            ("delay_kernel_size", 5),
+            ("init_channel", 64),
+            ("res_kernel_size", 7),
+        )
+    }
+    layers = {k: config.int(k, minimum=0, default=d) for k, d in (("num_layers", 24), ("num_layers_2", 6))}
+    lists = {
+        k: tuple(config.int_list(k, default=d))
+        for k, d in (
+            ("downsample_factors", [3, 4, 4, 4, 5]),
+            ("downsample_kernel_sizes", [6, 8, 8, 8, 10]),
+            ("upsample_factors", [5, 4, 4, 4, 3]),
+            ("upsample_kernel_sizes", [10, 8, 8, 8, 6]),
+        )
+    }
+    for factors, kernels in (("downsample_factors", "downsample_kernel_sizes"), ("upsample_factors", "upsample_kernel_sizes")):
+        if len(lists[factors]) != len(lists[kernels]):
+            raise config.error(kernels, f"must have one entry per {factors} ({len(lists[factors])})")
+    causal = config.bool("causal", default=True)
+    if causal and any(k != 2 * f for f, k in zip(lists["upsample_factors"], lists["upsample_kernel_sizes"])):
+        raise config.error("upsample_kernel_sizes", "must be twice upsample_factors in a causal codec (heartlib asserts it)")
+    if config.bool("use_cosine_sim", default=False):
+        raise config.error("use_cosine_sim", "is true: cosine-similarity codebooks are not supported by this preset")
+    return HeartCodecConfig(
+        ada_norm=config.str("norm_type", default="ada_norm_single") == "ada_norm_single",
+        causal=causal,
+        **pos,
+        **layers,
+        **lists,
+    )
+
+
+def _linear(s: Shapes, prefix: str, n_in: int, n_out: int, bias: bool = True) -> None:
+    s[f"{prefix}.weight"] = (n_out, n_in)
+    if bias:
+        s[f"{prefix}.bias"] = (n_out,)
+
+
+def _project(s: Shapes, prefix: str, n_in: int, n_out: int) -> None:
+    """heartlib's ProjectLayer: Conv1d(k=3) then Linear."""
+    s[f"{prefix}.ffn_1.weight"] = (n_out, n_in, 3)
+    s[f"{prefix}.ffn_1.bias"] = (n_out,)
+    _linear(s, f"{prefix}.ffn_2", n_out, n_out)
+
+
+def _weight_norm_conv(s: Shapes, prefix: str, n_in: int, n_out: int, kernel: int) -> None:
+    """Conv1d under torch's weight_norm parametrization (dim 0): g [out, 1, 1], v [out, in, k]."""
+    s[f"{prefix}.parametrizations.weight.original0"] = (n_out, 1, 1)
+    s[f"{prefix}.parametrizations.weight.original1"] = (n_out, n_in, kernel)
+    s[f"{prefix}.bias"] = (n_out,)
+
+
+def _weight_norm_conv_transpose(s: Shapes, prefix: str, n_in: int, n_out: int, kernel: int) -> None:
+    """ConvTranspose1d under weight_norm (dim 0 of its [in, out, k] weight): g [in, 1, 1]."""
+    s[f"{prefix}.parametrizations.weight.original0"] = (n_in, 1, 1)
+    s[f"{prefix}.parametrizations.weight.original1"] = (n_in, n_out, kernel)
+    s[f"{prefix}.bias"] = (n_out,)
+
+
+def _plain_conv(s: Shapes, prefix: str, n_in: int, n_out: int, kernel: int) -> None:
+    s[f"{prefix}.weight"] = (n_out, n_in, kernel)
+    s[f"{prefix}.bias"] = (n_out,)
+
+
+def _prelu(s: Shapes, prefix: str) -> None:
+    s[f"{prefix}.weight"] = (1,)
+
+
+def _residual_unit(s: Shapes, prefix: str, n_in: int, n_out: int, kernel: int) -> None:
+    _weight_norm_conv(s, f"{prefix}.conv1", n_in, n_out, kernel)
+    _weight_norm_conv(s, f"{prefix}.conv2", n_in, n_out, 1)
+    _prelu(s, f"{prefix}.activation1")
+    _prelu(s, f"{prefix}.activation2")
+
+
+def flow_matching_tensors(c: HeartCodecConfig) -> Shapes:
+    s: Shapes = {}
+    vq = "flow_matching.vq_embed"
+    if c.codebook_dim != c.dim:  # vector-quantize-pytorch's ResidualVQ projects only then
+        _linear(s, f"{vq}.project_in", c.dim, c.codebook_dim)
+        _linear(s, f"{vq}.project_out", c.codebook_dim, c.dim)
+    for q in range(c.num_quantizers):
+        book = f"{vq}.layers.{q}._codebook"
+        s[f"{book}.initted"] = (1,)  # [1] as released (newer vector-quantize-pytorch makes it 0-d)
+        s[f"{book}.cluster_size"] = (1, c.codebook_size)
+        s[f"{book}.embed"] = (1, c.codebook_size, c.codebook_dim)
+        s[f"{book}.embed_avg"] = (1, c.codebook_size, c.codebook_dim)
+    _linear(s, "flow_matching.cond_feature_emb", c.dim, c.dim)
+    s["flow_matching.zero_cond_embedding1"] = (c.dim,)
+    est = "flow_matching.estimator"
+    _project(s, f"{est}.proj_in", c.in_channels, c.inner_dim)
+    for blocks, count, d in (
+        ("transformer_blocks", c.num_layers, c.inner_dim),
+        ("transformer_blocks_2", c.num_layers_2, c.inner_dim_2),
+    ):
+        hidden = mlp_hidden(d)
+        for i in range(count):
+            b = f"{est}.{blocks}.{i}"
+            s[f"{b}.attn_norm.weight"] = (d,)
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                _linear(s, f"{b}.attn.{proj}", d, d, bias=False)
+            s[f"{b}.mlp_norm.weight"] = (d,)
+            _linear(s, f"{b}.mlp.gate", d, hidden, bias=False)
+            _linear(s, f"{b}.mlp.up", d, hidden, bias=False)
+            _linear(s, f"{b}.mlp.down", hidden, d, bias=False)
+            if c.ada_norm:
+                s[f"{b}.scale_shift_table"] = (6, d)
+    _project(s, f"{est}.connection_proj", c.in_channels + c.inner_dim, c.inner_dim_2)
+    s[f"{est}.scale_shift_table"] = (2, c.inner_dim)
+    s[f"{est}.scale_shift_table_2"] = (2, c.inner_dim_2)
+    _project(s, f"{est}.proj_out", c.inner_dim_2, c.out_channels)
+    for adaln, d in (("adaln_single", c.inner_dim), ("adaln_single_2", c.inner_dim_2)):
+        _linear(s, f"{est}.{adaln}.emb.timestep_embedder.linear_1", FLOW_T_SIZE, d)
+        _linear(s, f"{est}.{adaln}.emb.timestep_embedder.linear_2", d, d)
+        _linear(s, f"{est}.{adaln}.linear", d, 6 * d)
+    return s
+
+
+def scalar_model_tensors(c: HeartCodecConfig) -> Shapes:
+    s: Shapes = {}
+    enc, init = "scalar_model.encoder", c.init_channel
+    _weight_norm_conv(s, f"{enc}.0", c.num_bands, init, c.default_kernel_size)
+    i = 1
+    if c.num_samples > 1:  # PreProcessor: plain conv, PReLU, average pooling
+        _plain_conv(s, f"{enc}.1.conv", init, init, c.default_kernel_size)
+        _prelu(s, f"{enc}.1.activation")
+        i = 2
+    for level, kernel in enumerate(c.downsample_kernel_sizes):
+        n_in, n_out = init * 2**level, init * 2 ** (level + 1)
+        block = f"{enc}.{i + level}"
+        for unit in range(len(RESIDUAL_DILATIONS)):
+            _residual_unit(s, f"{block}.convs.{unit}", n_in if unit == 0 else n_out // 2, n_out // 2, c.res_kernel_size)
+        _weight_norm_conv(s, f"{block}.down_conv.layer", n_in, n_out, kernel)
+        _prelu(s, f"{block}.down_conv.activation")
+    top = init * 2 ** len(c.downsample_factors)
+    _weight_norm_conv(s, f"{enc}.{i + len(c.downsample_factors)}", top, c.latent_hidden_dim, c.default_kernel_size)
+
+    dec, levels = "scalar_model.decoder", len(c.upsample_factors)
+    _weight_norm_conv(s, f"{dec}.0", c.latent_hidden_dim, init * 2**levels, c.delay_kernel_size)
+    for level, kernel in enumerate(c.upsample_kernel_sizes):
+        n_in, n_out = init * 2 ** (levels - level), init * 2 ** (levels - level - 1)
+        block = f"{dec}.{1 + level}"
+        _weight_norm_conv_transpose(s, f"{block}.up_conv.layer", n_in, n_out, kernel)
+        for unit in range(len(RESIDUAL_DILATIONS)):
+            _residual_unit(s, f"{block}.convs.{unit}", n_out, n_out, c.res_kernel_size)
+    last = 1 + levels
+    if c.num_samples > 1:  # PostProcessor: repeat, plain conv, PReLU
+        _plain_conv(s, f"{dec}.{last}.conv", init, init, c.default_kernel_size)
+        _prelu(s, f"{dec}.{last}.activation")
+        last += 1
+    _weight_norm_conv(s, f"{dec}.{last}", init, c.num_bands, c.default_kernel_size)
+    return s
+
+
+def expected_tensors(c: HeartCodecConfig) -> Shapes:
+    return {**flow_matching_tensors(c), **scalar_model_tensors(c)}
+
+
+class HeartCodec(Preset):
+    name = "heartcodec"
+    title = "HeartCodec"
+    pack_name = "heartcodec.bpk"
+    folder_names = ("HeartCodec-oss", "HeartCodec-oss-20260123")
+    dtypes = ("f32",)
+    dtype_reason = (
+        "HeartCodec packs are F32 only: Burn HeartMuLa runtimes read only F32 codec tensors (any other "
+        "dtype is silently replaced by defaults) and heartlib warns that bf16 degrades the codec's audio"
+    )
+    base_model = "HeartMuLa/HeartCodec-oss"
+
+    def recognizes(self, config: Fields) -> bool:
+        model_type = config.doc.get("model_type")
+        return model_type == "heartcodec" or (model_type is None and "upsample_factors" in config)
+
+    def expected_tensors(self, config: Fields) -> Shapes:
+        return expected_tensors(parse_config(config))
+
+    def describe(self, config: Fields, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+        c = parse_config(config)
+        return [
+            ("residual VQ", f"{c.num_quantizers} codebooks of {c.codebook_size} codes, dim {c.codebook_dim} -> {c.dim}"),
+            (
+                "flow-matching estimator",
+                f"{c.num_layers} + {c.num_layers_2} LLaMA-style blocks, width {c.inner_dim} / {c.inner_dim_2}, "
+                f"MLP {mlp_hidden(c.inner_dim)} / {mlp_hidden(c.inner_dim_2)}, {c.num_attention_heads} heads, "
+                f"input {c.in_channels}, latent {c.out_channels}",
+            ),
+            (
+                "ScalarModel decoder",
+                f"latent {c.latent_hidden_dim} x {c.out_channels // max(c.latent_hidden_dim, 1)} channels, upsampling "
+                f"{' x '.join(map(str, c.upsample_factors))}"
+                + (f" x {c.num_samples}" if c.num_samples > 1 else "")
+                + f" = {c.upsampling}, channels {c.init_channel * 2 ** len(c.upsample_factors)} -> {c.num_bands}",
+            ),
+            ("sample rate", f"{c.sample_rate} Hz"),
+        ]

@@ -1,0 +1,166 @@
+"""The HeartMuLa preset: the 289 tensors and shapes a checkpoint must hold, derived from config.json."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..fields import Fields
+from . import Preset, Shapes
+
+
+@dataclass(frozen=True)
+class Flavor:
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    intermediate_dim: int
+    max_seq_len: int = 2048
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+# The torchtune llama3_2 flavours HeartMuLa's modeling code knows (heartlib FLAVORS).
+FLAVORS = {
+    "llama-3B": Flavor(28, 24, 8, 3072, 8192, 8192),
+    "llama-300M": Flavor(3, 8, 4, 3072, 8192, 2048),
+    "llama-7B": Flavor(32, 32, 8, 4096, 14336, 8192),
+    "llama-400M": Flavor(4, 8, 4, 3072, 8192, 2048),
+}
+FLAVOR_KEYS = ("num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim")
+# Tensors only a HeartMuLa checkpoint has (to recognise a pack that does not say what it holds).
+SIGNATURE = frozenset({"codebook0_head.weight", "audio_head", "backbone.norm.scale"})
+
+
+@dataclass(frozen=True)
+class HeartMuLaConfig:
+    backbone: Flavor
+    decoder: Flavor
+    text_vocab_size: int
+    audio_vocab_size: int
+    audio_num_codebooks: int
+    muq_dim: int
+    backbone_flavor: str
+    decoder_flavor: str
+
+
+def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
+    name = config.str(key)
+    if name in FLAVORS:
+        return name, FLAVORS[name]
+    # Synthetic and experimental checkpoints describe their own flavour under "flavors".
+    flavors = config.obj("flavors", default={})
+    if name not in flavors:
+        raise config.error(
+            key,
+            f"is {name!r}, which is not a known flavour ({', '.join(FLAVORS)}) and has no 'flavors' entry "
+            f"giving {', '.join(FLAVOR_KEYS)}",
+        )
+    entry = flavors.obj(name)
+    sizes = {k: entry.int(k, minimum=1) for k in FLAVOR_KEYS}
+    flavor = Flavor(**sizes, max_seq_len=entry.int("max_seq_len", minimum=1, default=2048))
+    if flavor.embed_dim % flavor.num_heads:
+        raise entry.error("num_heads", f"({flavor.num_heads}) must divide embed_dim ({flavor.embed_dim})")
+    if flavor.num_heads % flavor.num_kv_heads:
+        raise entry.error("num_kv_heads", f"({flavor.num_kv_heads}) must divide num_heads ({flavor.num_heads})")
+    if flavor.head_dim % 2:
+        raise entry.error("num_heads", f"gives an odd head dim ({flavor.head_dim}); RoPE rotates pairs")
+    return name, flavor
+
+
+def parse_config(config: Fields) -> HeartMuLaConfig:
+    backbone_name, backbone = _flavor(config, "backbone_flavor")
+    decoder_name, decoder = _flavor(config, "decoder_flavor")
+    sizes = {k: config.int(k, minimum=1) for k in ("text_vocab_size", "audio_vocab_size", "muq_dim")}
+    codebooks = config.int("audio_num_codebooks", minimum=2)
+    return HeartMuLaConfig(
+        backbone,
+        decoder,
+        audio_num_codebooks=codebooks,
+        backbone_flavor=backbone_name,
+        decoder_flavor=decoder_name,
+        **sizes,
+    )
+
+
+def layer_shapes(prefix: str, f: Flavor) -> Shapes:
+    d, kv = f.embed_dim, f.num_kv_heads * f.head_dim
+    shapes = {}
+    for i in range(f.num_layers):
+        p = f"{prefix}.layers.{i}"
+        shapes[f"{p}.attn.q_proj.weight"] = (f.num_heads * f.head_dim, d)
+        shapes[f"{p}.attn.k_proj.weight"] = (kv, d)
+        shapes[f"{p}.attn.v_proj.weight"] = (kv, d)
+        shapes[f"{p}.attn.output_proj.weight"] = (d, d)
+        shapes[f"{p}.mlp.w1.weight"] = (f.intermediate_dim, d)
+        shapes[f"{p}.mlp.w2.weight"] = (d, f.intermediate_dim)
+        shapes[f"{p}.mlp.w3.weight"] = (f.intermediate_dim, d)
+        shapes[f"{p}.sa_norm.scale"] = (d,)
+        shapes[f"{p}.mlp_norm.scale"] = (d,)
+    shapes[f"{prefix}.norm.scale"] = (d,)
+    return shapes
+
+
+def expected_tensors(cfg: HeartMuLaConfig) -> Shapes:
+    """Every tensor of the upstream state dict with its shape (PyTorch layout: Linear is [out, in])."""
+    bb, dec = cfg.backbone.embed_dim, cfg.decoder.embed_dim
+    v, k = cfg.audio_vocab_size, cfg.audio_num_codebooks
+    shapes = {"audio_head": (k - 1, dec, v)}  # a raw parameter, [in, out] per codebook
+    shapes.update(layer_shapes("backbone", cfg.backbone))
+    shapes.update(layer_shapes("decoder", cfg.decoder))
+    shapes["text_embeddings.weight"] = (cfg.text_vocab_size, bb)
+    shapes["audio_embeddings.weight"] = (v * k, bb)
+    shapes["projection.weight"] = (dec, bb)
+    shapes["codebook0_head.weight"] = (v, bb)
+    shapes["muq_linear.weight"] = (bb, cfg.muq_dim)
+    shapes["muq_linear.bias"] = (bb,)
+    shapes["unconditional_text_embedding.weight"] = (1, bb)
+    return shapes
+
+
+class HeartMuLa(Preset):
+    name = "heartmula"
+    title = "HeartMuLa"
+    pack_name = "heartmula.bpk"
+    folder_names = ("HeartMuLa-oss-3B",)
+    runtime_files = ("tokenizer.json", "gen_config.json")
+    dtypes = ("f32", "bf16", "f16", "source")
+    base_model = "HeartMuLa/HeartMuLa-oss-3B"
+
+    def recognizes(self, config: Fields) -> bool:
+        model_type = config.doc.get("model_type")
+        return model_type == "heartmula" or (model_type is None and "backbone_flavor" in config)
+
+    def expected_tensors(self, config: Fields) -> Shapes:
+        return expected_tensors(parse_config(config))
+
+    def metadata(self, config: Fields) -> dict[str, str]:
+        cfg = parse_config(config)
+        return {
+            **super().metadata(config),
+            "backbone_flavor": cfg.backbone_flavor,
+            "decoder_flavor": cfg.decoder_flavor,
+        }
+
+    def describe(self, config: Fields, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+        def layers(prefix: str) -> int:
+            found = {int(m.group(1)) for n in shapes if (m := re.match(rf"{prefix}\.layers\.(\d+)\.", n))}
+            return max(found) + 1 if found else 0
+
+        def stack(prefix: str) -> str:
+            return (
+                f"{layers(prefix)} layers, hidden size {shapes[f'{prefix}.norm.scale'][0]}, "
+                f"intermediate size {shapes[f'{prefix}.layers.0.mlp.w1.weight'][0]}"
+            )
+
+        return [
+            ("backbone", stack("backbone")),
+            ("decoder", stack("decoder")),
+            ("text vocabulary", str(shapes["text_embeddings.weight"][0])),
+            ("audio", f"{shapes['audio_head'][0] + 1} codebooks of {shapes['codebook0_head.weight'][0]} codes"),
+            ("MuQ conditioning dim", str(shapes["muq_linear.weight"][1])),
+        ]

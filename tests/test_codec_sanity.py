@@ -1,0 +1,220 @@
+"""`sanity` on HeartCodec packs: the forward against torch's own modules and vector-quantize-pytorch,
+and end to end on packs that are right and packs broken in ways only running the model shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import linked, run_cli
+from safetensors.numpy import load_file
+
+if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
+    import torch
+else:
+    torch = pytest.importorskip("torch")
+
+from heartmula_burn import codec_forward, sanity  # noqa: E402
+from heartmula_burn.fields import Fields  # noqa: E402
+from heartmula_burn.presets.heartcodec import RESIDUAL_DILATIONS, parse_config  # noqa: E402
+from heartmula_burn.synthetic import CODEC_TINY_CONFIG  # noqa: E402
+
+CODEC = "HeartCodec-oss"
+CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))
+
+
+def weights_of(root: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for shard in sorted((root / CODEC).glob("*.safetensors")):
+        tensors.update({k: torch.from_numpy(v) for k, v in load_file(shard).items()})
+    return tensors
+
+
+# ---- the forward against the libraries heartlib builds on -------------------------------------------
+
+
+class TorchDecoder(torch.nn.Module):
+    """The ScalarModel decoder built from torch's own modules, named as heartlib names them, with
+    torch's weight_norm parametrization: loading the checkpoint into it strictly checks every name
+    and shape of the decoder, and its output checks the functional forward's weight norm, padding
+    and upsampling."""
+
+    def __init__(self, c) -> None:
+        super().__init__()
+        wn = torch.nn.utils.parametrizations.weight_norm
+        levels, init = len(c.upsample_factors), c.init_channel
+        layers: list[torch.nn.Module] = [wn(torch.nn.Conv1d(c.latent_hidden_dim, init * 2**levels, c.delay_kernel_size))]
+        for level, (stride, kernel) in enumerate(zip(c.upsample_factors, c.upsample_kernel_sizes)):
+            n_in, n_out = init * 2 ** (levels - level), init * 2 ** (levels - level - 1)
+            block = torch.nn.Module()
+            block.up_conv = torch.nn.Module()
+            block.up_conv.layer = wn(torch.nn.ConvTranspose1d(n_in, n_out, kernel, stride=stride))
+            block.convs = torch.nn.ModuleList()
+            for dilation in RESIDUAL_DILATIONS:
+                unit = torch.nn.Module()
+                unit.conv1 = wn(torch.nn.Conv1d(n_out, n_out, c.res_kernel_size, dilation=dilation))
+                unit.conv2 = wn(torch.nn.Conv1d(n_out, n_out, 1))
+                unit.activation1, unit.activation2 = torch.nn.PReLU(), torch.nn.PReLU()
+                block.convs.append(unit)
+            layers.append(block)
+        post = torch.nn.Module()
+        post.conv, post.activation = torch.nn.Conv1d(init, init, c.default_kernel_size), torch.nn.PReLU()
+        layers += [post, wn(torch.nn.Conv1d(init, c.num_bands, c.default_kernel_size))]
+        self.decoder = torch.nn.ModuleList(layers)
+        self.c = c
+
+    @staticmethod
+    def causal(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv(torch.nn.functional.pad(x, (conv.dilation[0] * (conv.kernel_size[0] - 1), 0)))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        d = self.decoder
+        x = torch.round(9 * latent) / 9
+        first = d[0]
+        x = torch.nn.functional.conv1d(x, first.weight, first.bias, padding=(first.kernel_size[0] - 1) // 2)
+        for level, stride in enumerate(self.c.upsample_factors):
+            block = d[1 + level]
+            x = block.up_conv.layer(x)[:, :, :-stride]
+            for unit in block.convs:
+                x = unit.activation2(self.causal(unit.conv2, unit.activation1(self.causal(unit.conv1, x)))) + x
+        post = d[1 + len(self.c.upsample_factors)]
+        x = post.activation(self.causal(post.conv, x.repeat_interleave(2, dim=-1)))
+        return self.causal(d[-1], x)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_root):
+    return weights_of(tiny_root)
+
+
+def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
+    module = TorchDecoder(CFG)
+    decoder = {k[len("scalar_model."):]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}
+    module.load_state_dict(decoder, strict=True)  # every name and shape, as torch's weight_norm names them
+    latent = (torch.arange(2 * CFG.latent_hidden_dim * 6, dtype=torch.float32).reshape(2, CFG.latent_hidden_dim, 6) % 19 - 9) / 9
+    with torch.no_grad():
+        want = module(latent)
+        got = codec_forward.HeartCodec(weights, CFG).decode(latent)
+    assert got.shape == (2, 1, 6 * CFG.upsampling) and want.abs().max() > 0.5
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Negative control: a swapped pair of same-shape weights moves the output far beyond that bound.
+    swapped = dict(weights)
+    a, b = (f"scalar_model.decoder.2.convs.{u}.conv1.parametrizations.weight.original1" for u in (1, 2))
+    swapped[a], swapped[b] = weights[b], weights[a]
+    with torch.no_grad():
+        wrong = codec_forward.HeartCodec(swapped, CFG).decode(latent)
+    assert (wrong - want).abs().max() > 1e3 * 1e-5
+
+
+def test_vq_output_matches_vector_quantize_pytorch(weights):
+    if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
+        import vector_quantize_pytorch as vqp
+    else:
+        vqp = pytest.importorskip("vector_quantize_pytorch")
+    c = CODEC_TINY_CONFIG
+    rvq = vqp.ResidualVQ(dim=c["dim"], codebook_size=c["codebook_size"], codebook_dim=c["codebook_dim"],
+                         num_quantizers=c["num_quantizers"], decay=c["decay"], use_cosine_sim=False)
+    prefix = "flow_matching.vq_embed."
+    state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    for k in [k for k in state if k.endswith("initted")]:
+        state[k] = state[k].reshape(()).bool()  # [1] f32 as released, 0-d bool in this library
+    rvq.load_state_dict(state, strict=True)
+    codes = torch.randint(0, c["codebook_size"], (2, c["num_quantizers"], 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = rvq.get_output_from_indices(codes.transpose(1, 2))
+        got = codec_forward.HeartCodec(weights, CFG).vq_output(codes)
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    shuffled = codes.flip(1)  # quantizer q's codes looked up in quantizer 7-q's codebook
+    with torch.no_grad():
+        wrong = codec_forward.HeartCodec(weights, CFG).vq_output(shuffled)
+    assert (wrong - want).abs().max() > 0.1
+
+
+# ---- end to end --------------------------------------------------------------------------------------
+
+
+def _sanity(*args):
+    proc = run_cli("sanity", *args, "--device", "cpu", "--json")
+    return proc, (json.loads(proc.stdout) if proc.stdout.strip() else None)
+
+
+@pytest.fixture(scope="module")
+def pack(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("codec_packs")
+    run_cli("pack", tiny_root / CODEC, "-o", out / "heartcodec.bpk", "-q", check_rc=0)
+    return out / "heartcodec.bpk"
+
+
+def test_f32_codec_pack_matches_its_checkpoint_exactly(pack, tiny_root):
+    proc, report = _sanity(pack, "--reference", tiny_root)
+    assert proc.returncode == 0, proc.stderr
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["model"] == "heartcodec" and all(c["ok"] for c in checks.values())
+    for name in sanity.HeartCodecRunner.compared:
+        assert report["figures"][f"reference: {name}: max_abs_diff"] == 0.0
+    assert checks["decoder audio of 8 latent frames finite"]["figure"].startswith("shape [2, 15360]")
+    assert report["figures"]["audio_peak"] > 0.1
+
+
+def _broken_pack(tiny_root: Path, tmp_path: Path, edit) -> Path:
+    """A pack made through an edited manifest of the codec (sources swapped or replaced)."""
+    ckpt = linked(tiny_root, tmp_path)
+    run_cli("manifest", ckpt, "--subdir", CODEC, "-o", tmp_path / "m.json", check_rc=0)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    edit({t["name"]: t for t in doc["tensors"]})
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    run_cli("pack", "--manifest", tmp_path / "m.json", "-o", tmp_path / "broken.bpk", "-q", check_rc=0)
+    return tmp_path / "broken.bpk"
+
+
+def _failed(report) -> set[str]:
+    return {c["name"] for c in report["checks"] if c["ok"] is False}
+
+
+def test_two_swapped_decoder_weights_fail_only_the_audio(tiny_root, tmp_path):
+    def swap(by_name):
+        a, b = (by_name[f"scalar_model.decoder.3.convs.{u}.conv1.parametrizations.weight.original1"] for u in (1, 2))
+        a["source"], b["source"] = b["source"], a["source"]
+
+    proc, report = _sanity(_broken_pack(tiny_root, tmp_path, swap), "--reference", tiny_root)
+    assert proc.returncode == 1 and _failed(report) == {"reference: audio"}
+    assert "sanity check failed: reference: audio" in proc.stderr
+
+
+def test_a_transposed_square_estimator_weight_fails_only_the_estimator(tiny_root, tmp_path):
+    from safetensors.numpy import save_file
+
+    name = "flow_matching.estimator.transformer_blocks.3.attn.o_proj.weight"
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    index = json.loads((root / CODEC / "model.safetensors.index.json").read_text())
+    shard = root / CODEC / index["weight_map"][name]
+    tensors = load_file(shard)
+    assert tensors[name].shape[0] == tensors[name].shape[1]
+    tensors[name] = np.ascontiguousarray(tensors[name].T)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    run_cli("pack", root / CODEC, "-o", tmp_path / "t.bpk", "-q", check_rc=0)
+    proc, report = _sanity(tmp_path / "t.bpk", "--reference", tiny_root)
+    assert proc.returncode == 1 and _failed(report) == {"reference: estimator_velocity"}
+
+
+def test_a_zero_weight_norm_direction_and_a_non_f32_pack_are_named(tiny_root, tmp_path):
+    zero = "scalar_model.decoder.1.convs.0.conv2.parametrizations.weight.original1"
+
+    def zero_direction(by_name):  # one direction read from an all-zero .npy beside the manifest
+        np.save(tmp_path / "zero.npy", np.zeros(by_name[zero]["shape"], np.float32))
+        by_name[zero]["source"] = {"file": "zero.npy", "key": "zero"}
+
+    proc, report = _sanity(_broken_pack(tiny_root, tmp_path, zero_direction))
+    assert proc.returncode == 1 and "weight-norm directions non-zero" in _failed(report)
+    assert zero in {c["name"]: c for c in report["checks"]}["weight-norm directions non-zero"]["figure"]
+
+    # A BF16 codec pack (only --any-model makes one): the runtime would ignore every tensor.
+    run_cli("pack", tiny_root / CODEC, "--any-model", "--dtype", "bf16", "-o", tmp_path / "bf16.bpk", "-q", check_rc=0)
+    proc, report = _sanity(tmp_path / "bf16.bpk", "--config", tiny_root / CODEC / "config.json")
+    assert proc.returncode == 1 and _failed(report) == {"every tensor F32 (runtimes read nothing else)"}
