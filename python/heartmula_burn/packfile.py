@@ -97,12 +97,14 @@ class MappedFile:
             )
 
     def close(self) -> None:
-        if self._map is None:
+        if self._map is None or self._map.closed:
             return
         try:
             self._map.close()
         except BufferError:
-            pass  # views still alive keep the map (and its guard); both go with the last view
+            return  # views still alive keep the map (and its guard); both go with the last view
+        # Unmapped: the range may soon hold another mapping, which this guard must not claim.
+        self._map.guard.close()
 
 
 class Pack:

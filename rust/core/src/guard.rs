@@ -112,15 +112,13 @@ fn install() {
     }
 }
 
-/// The slot whose mapping holds `address`, if any.
-fn slot_of(address: usize) -> Option<&'static Slot> {
-    SLOTS_TABLE.iter().find(|slot| {
-        if slot.state.load(Ordering::Acquire) != ACTIVE {
-            return false;
-        }
-        let start = slot.start.load(Ordering::Relaxed);
-        address >= start && address - start < slot.len.load(Ordering::Relaxed)
-    })
+/// Whether `slot` is active and its mapping holds `address`.
+fn holds(slot: &Slot, address: usize) -> bool {
+    if slot.state.load(Ordering::Acquire) != ACTIVE {
+        return false;
+    }
+    let start = slot.start.load(Ordering::Relaxed);
+    address >= start && address - start < slot.len.load(Ordering::Relaxed)
 }
 
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
@@ -128,7 +126,8 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     unsafe {
         // Only faults the kernel raised (si_code > 0) carry an address; `kill -BUS` does not.
         let address = (*info).si_addr() as usize;
-        if let Some(slot) = ((*info).si_code > 0).then(|| slot_of(address)).flatten() {
+        let ours = (*info).si_code > 0 && SLOTS_TABLE.iter().any(|slot| holds(slot, address));
+        if ours {
             let page = address & !(PAGE_SIZE.load(Ordering::Relaxed) - 1);
             let zeros = libc::mmap(
                 page as *mut libc::c_void,
@@ -139,10 +138,13 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
                 0,
             );
             if zeros != libc::MAP_FAILED {
-                let offset = address - slot.start.load(Ordering::Relaxed);
-                let _ = slot
-                    .fault
-                    .compare_exchange(NO_FAULT, offset, Ordering::AcqRel, Ordering::Relaxed);
+                // Every registration of the range learns of it (one file may be mapped twice).
+                for slot in SLOTS_TABLE.iter().filter(|slot| holds(slot, address)) {
+                    let offset = address - slot.start.load(Ordering::Relaxed);
+                    let _ = slot
+                        .fault
+                        .compare_exchange(NO_FAULT, offset, Ordering::AcqRel, Ordering::Relaxed);
+                }
                 return; // the faulting read is retried and now reads zeros
             }
         }
@@ -189,14 +191,17 @@ mod tests {
         // SAFETY: read-only map of a file this test owns.
         let map = unsafe { Mmap::map(&file) }.unwrap();
         let guard = MapGuard::register(map.as_ptr(), map.len());
+        // A second registration of the same range (a stale one, or another reader's) learns of it too.
+        let twin = MapGuard::register(map.as_ptr(), map.len());
         assert_eq!(guard.fault(), None);
         assert_eq!(map[100], 7);
         file.set_len(8192).unwrap();
         let tail: u64 = map[20_000..30_000].iter().map(|&b| b as u64).sum();
         assert_eq!(tail, 0, "pages past the new end read as zeros");
         assert_eq!(guard.fault(), Some(20_000));
+        assert_eq!(twin.fault(), Some(20_000));
         assert_eq!(map[100], 7, "pages still inside the file are untouched");
-        drop(guard);
+        drop((guard, twin));
     }
 
     #[test]
@@ -205,7 +210,8 @@ mod tests {
         let guard = MapGuard::register(data.as_ptr(), 16);
         let slot = guard.slot.expect("a free slot");
         assert_eq!(SLOTS_TABLE[slot].state.load(Ordering::Acquire), ACTIVE);
-        assert!(slot_of(data.as_ptr() as usize + 15).is_some());
+        assert!(holds(&SLOTS_TABLE[slot], data.as_ptr() as usize + 15));
+        assert!(!holds(&SLOTS_TABLE[slot], data.as_ptr() as usize + 16));
         drop(guard);
         assert_eq!(SLOTS_TABLE[slot].state.load(Ordering::Acquire), FREE);
         assert!(
