@@ -121,15 +121,27 @@ def heartmula_cases(fix, ckpt):
     return cases
 
 
+def codec_case(fix, root):
+    """The tiny HeartCodec pack (all 818 upstream names, weight norm unfolded, VQ buffers, F32)."""
+    source = {}
+    for shard in sorted((root / "HeartCodec-oss").glob("*.safetensors")):
+        source.update(load_file(shard))
+    run_cli("pack", root / "HeartCodec-oss", "-o", fix / "tiny_codec.bpk", "-q", check_rc=0)
+    save_file(source, str(fix / "tiny_codec.expected.safetensors"))
+    with open_pack(fix / "tiny_codec.bpk") as pack:
+        assert len(pack) == 818 and {t.dtype for t in pack} == {"F32"}
+        return {"name": "tiny_codec", "order": [t.name for t in pack], "param_ids": {}, "metadata": dict(pack.metadata)}
+
+
 # Burn release -> crate feature of rust/burn-compat. 0.21 is what HeartMuLa runtimes use today;
 # 0.22 is the newest stable release.
 BURN_VERSIONS = {"0.21": "burn-021", "0.22": "burn-022"}
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory, tiny_ckpt):
+def fixtures(tmp_path_factory, tiny_ckpt, tiny_root):
     fix = tmp_path_factory.mktemp("compat")
-    cases = heartmula_cases(fix, tiny_ckpt) + [edge_case(fix)] + hypothesis_cases(fix)
+    cases = heartmula_cases(fix, tiny_ckpt) + [codec_case(fix, tiny_root), edge_case(fix)] + hypothesis_cases(fix)
     for c in cases:
         c["pack"] = f"{c['name']}.bpk"
         c["expected"] = f"{c['name']}.expected.safetensors"
@@ -168,6 +180,7 @@ def compat(request, fixtures):
 
 def test_checks_1_2_3_ran_on_every_case(compat):
     _fix, cases, out, version = compat
+    assert "check 1 ok (burn " + version + "): tiny_codec (818 tensors)" in out
     for c in cases:
         assert f"check 1 ok (burn {version}): {c['name']} " in out
         assert f"check 2 ok (burn {version}): {c['name']} " in out
