@@ -21,6 +21,9 @@ timed); `cold` flushes and drops the inputs from the page cache before each case
 the inputs was resident when each case started is measured with mincore (via fincore) when
 available.
 
+Models (--model): heartmula (default, 15.75 GB) or heartcodec (6.64 GB, HeartCodec-oss shapes;
+packed in F32 only, so its cases are cat+sync, pack-f32 and the F32 baselines).
+
 Scales (--scales): 1 is the full checkpoint (28 backbone layers); 0.25 and 0.5 scale it by
 backbone layer count (7 and 14 layers: a custom flavour with the same dims). Embeddings and the
 decoder do not scale, so the byte sizes are reported as measured (7.3 and 10.1 GB). Scaled
@@ -47,7 +50,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BURN_WRITER = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_writer_bench"
-ALL_CASES = ("cat+sync", "pack-f32", "pack-bf16", "python-packer", "burn-writer")
+ALL_CASES = ("cat+sync", "pack-f32", "pack-bf16", "python-packer", "burn-writer", "base-pack-f32", "base-pack-bf16")
+# The interpreter whose heartmula_burn the base-pack-* cases run (--baseline-python): an earlier
+# version installed elsewhere, timed side by side with this one.
+BASELINE_PYTHON: list[str] = []
 FULL_LAYERS = 28
 
 
@@ -118,35 +124,47 @@ def warm_inputs(paths: list[str]) -> float:
 _buf = bytearray(16 << 20)
 
 
-def checkpoint_for(workdir: Path, scale: float, regenerate: bool, tiny: bool) -> tuple[Path, bool]:
-    """(checkpoint root, generated now and to be deleted after) for one scale."""
+MODEL_FOLDERS = {"heartmula": "HeartMuLa-oss-3B", "heartcodec": "HeartCodec-oss"}
+
+
+def checkpoint_for(workdir: Path, scale: float, regenerate: bool, tiny: bool, model: str) -> tuple[Path, Path, bool]:
+    """(checkpoint root, its model folder, generated now and to be deleted after) for one scale."""
     from heartmula_burn.synthetic import write_synthetic_checkpoint
 
     layers = round(FULL_LAYERS * scale)
-    if not 1 <= layers <= FULL_LAYERS:
-        sys.exit(f"bench: scale {scale} gives {layers} backbone layers (1..{FULL_LAYERS})")
-    ckpt = workdir / "ckpt" if layers == FULL_LAYERS else workdir / f"ckpt-{layers}L"
+    if not 1 <= layers <= FULL_LAYERS or (model == "heartcodec" and scale != 1):
+        sys.exit(f"bench: scale {scale} gives {layers} backbone layers (1..{FULL_LAYERS}; the codec has scale 1 only)")
+    name = "ckpt" if model == "heartmula" else "codec-ckpt"
+    ckpt = workdir / name if layers == FULL_LAYERS else workdir / f"{name}-{layers}L"
     if tiny:
         ckpt = ckpt.with_name(ckpt.name + "-tiny")
-    model = ckpt / "HeartMuLa-oss-3B"
+    model_dir = ckpt / MODEL_FOLDERS[model]
     if regenerate and ckpt.exists():
         shutil.rmtree(ckpt)
     fresh = False
-    if not (model / "model.safetensors.index.json").exists():
-        print(f"generating a {layers}-layer full-size synthetic checkpoint in {ckpt} ...", file=sys.stderr)
+    if not (model_dir / "model.safetensors.index.json").exists():
+        print(
+            f"generating a full-size synthetic {model} checkpoint ({layers} backbone layers) in {ckpt} ...",
+            file=sys.stderr,
+        )
         t = time.perf_counter()
-        write_synthetic_checkpoint(ckpt, full=not tiny, backbone_layers=None if layers == FULL_LAYERS else layers)
+        write_synthetic_checkpoint(
+            ckpt, full=not tiny, backbone_layers=None if layers == FULL_LAYERS else layers, models=(model,)
+        )
         print(f"  done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         fresh = True
-    return ckpt, fresh
+    return ckpt, model_dir, fresh
 
 
 def phases_of(case: str, stdout: str) -> dict:
     """Per-phase seconds a case reports about itself (last JSON object on its stdout)."""
+    case = case.removeprefix("base-")
     if case == "cat+sync" or not stdout.strip():
         return {}
     start = stdout.find("{")
     doc = json.loads(stdout[start:]) if start >= 0 else {}
+    if "packs" in doc:  # one report per pack (versions before 0.1 printed the one pack's flat)
+        doc = doc["packs"][0]
     if case.startswith("pack-"):
         return {
             "plan_s": doc.get("plan_seconds"),
@@ -157,7 +175,7 @@ def phases_of(case: str, stdout: str) -> dict:
     return {"plan_s": doc.get("plan_s"), "data_s": doc.get("write_s"), "fsync_s": doc.get("fsync_s")}
 
 
-def run_case(case: str, ckpt: Path, shards: list[str], out: Path, manifests: dict[str, Path]) -> dict:
+def run_case(case: str, model_dir: Path, shards: list[str], out: Path, manifests: dict[str, Path]) -> dict:
     """One timed run of one case; returns wall, peak RSS, phases and output size."""
     py = sys.executable
     if case == "cat+sync":
@@ -170,17 +188,21 @@ def run_case(case: str, ckpt: Path, shards: list[str], out: Path, manifests: dic
             "phases": {"data_s": w1, "fsync_s": w2},
             "out_bytes": out.stat().st_size,
         }
-    if case.startswith("pack-"):
+    if case.startswith(("pack-", "base-pack-")):
+        if case.startswith("base-"):
+            if not BASELINE_PYTHON:
+                sys.exit("bench: base-pack-* cases need --baseline-python")
+            py = BASELINE_PYTHON[0]
         cmd = [
             py,
             "-m",
             "heartmula_burn",
             "pack",
-            str(ckpt),
+            str(model_dir),
             "-o",
             str(out),
             "--dtype",
-            case.split("-")[1],
+            case.split("-")[-1],
             "--no-extras",
             "-q",
             "--json",
@@ -220,8 +242,22 @@ def main() -> int:
     ap.add_argument("--keep-scaled", action="store_true", help="keep generated scaled checkpoints")
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny checkpoints instead (checks this script in seconds)")
+    ap.add_argument(
+        "--model",
+        choices=sorted(MODEL_FOLDERS),
+        default="heartmula",
+        help="which model's full-size synthetic checkpoint to pack (default heartmula; heartcodec is "
+        "6.64 GB and packs in F32 only, so its cases are cat+sync, pack-f32 and the F32 baselines)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--baseline-python",
+        metavar="PYTHON",
+        help="an interpreter with another heartmula_burn installed, for the base-pack-* cases",
+    )
     args = ap.parse_args()
+    if args.baseline_python:
+        BASELINE_PYTHON.append(args.baseline_python)
 
     # Older spellings: "f32" / "bf16" meant pack dtypes.
     def parse_cases(text: str) -> list[str]:
@@ -245,9 +281,8 @@ def main() -> int:
     bench_started = time.perf_counter()
     for scale in scales:
         cases = full_cases if scale == 1 else scaled_cases
-        ckpt, fresh = checkpoint_for(args.workdir, scale, args.regenerate, args.tiny)
-        model = ckpt / "HeartMuLa-oss-3B"
-        shards = sorted(str(p) for p in model.glob("*.safetensors"))
+        ckpt, model_dir, fresh = checkpoint_for(args.workdir, scale, args.regenerate, args.tiny, args.model)
+        shards = sorted(str(p) for p in model_dir.glob("*.safetensors"))
         total = sum(os.path.getsize(p) for p in shards)
         manifests = {}
         if {"python-packer", "burn-writer"} & set(cases):
@@ -258,7 +293,7 @@ def main() -> int:
                     "-m",
                     "heartmula_burn",
                     "manifest",
-                    str(ckpt),
+                    str(model_dir),
                     "--dtype",
                     "f32",
                     "-f",
@@ -280,7 +315,7 @@ def main() -> int:
                         os.sync()
                         prep = warm_inputs(shards)
                     resident = resident_bytes(shards)
-                    s = run_case(case, ckpt, shards, out, manifests)
+                    s = run_case(case, model_dir, shards, out, manifests)
                     s["resident_before"] = resident
                     s["warmup_s"] = prep
                     out.unlink(missing_ok=True)

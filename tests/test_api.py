@@ -2,7 +2,6 @@
 typed values from the native core, and the GIL released while packing."""
 
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import pickle
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import heartmula_burn as hb
 import pytest
+from conftest import big_sparse_checkpoint
 from heartmula_burn import _core
 
 
@@ -116,14 +116,8 @@ def test_the_native_types_are_typed_values(tiny_ckpt, tmp_path):
 
 
 def test_the_gil_is_released_while_packing(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
     nbytes = 256 << 20
-    header = json.dumps({"big": {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [0, nbytes]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(src / "model.safetensors", "wb") as f:
-        f.write(len(header).to_bytes(8, "little") + header)
-        f.truncate(8 + len(header) + nbytes)  # sparse: reads as zeros
+    src = big_sparse_checkpoint(tmp_path / "src", nbytes)
     manifest = hb.build_manifest(hb.load_checkpoint(src), dtype="bf16", any_model=True)
     done = threading.Event()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run_cli, run_process
+from conftest import assert_clean_failure, big_sparse_checkpoint, run_cli, run_process
 from safetensors.numpy import save_file
 
 PREVIOUS = b"the previous pack, which must survive"
@@ -203,19 +203,8 @@ def test_file_size_limit_part_way(tiny_ckpt, out):
     assert_untouched(out)
 
 
-def big_sparse_source(folder: Path) -> Path:
-    folder.mkdir()
-    nbytes = 4 << 30
-    header = json.dumps({"big": {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [0, nbytes]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(folder / "model.safetensors", "wb") as f:
-        f.write(len(header).to_bytes(8, "little") + header)
-        f.truncate(8 + len(header) + nbytes)
-    return folder
-
-
 def test_sigkill_part_way_then_the_next_run_cleans_up(tmp_path, out):
-    src = big_sparse_source(tmp_path / "src")
+    src = big_sparse_checkpoint(tmp_path / "src")
     cmd = [
         sys.executable,
         "-m",

@@ -16,13 +16,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_failure, linked, load_json, run_cli
-from safetensors.numpy import load_file, save_file
-
+from conftest import REPO, assert_clean_failure, crosscheck, linked, load_json, run_cli
 from heartmula_burn import open_pack
 from heartmula_burn.fields import Fields
 from heartmula_burn.presets.heartcodec import HeartCodec, parse_config
-from heartmula_burn.synthetic import CODEC_FULL_CONFIG, CODEC_TINY_CONFIG, value_scale, write_synthetic_checkpoint
+from heartmula_burn.synthetic import CODEC_FULL_CONFIG, value_scale, write_synthetic_checkpoint
+from safetensors.numpy import load_file, save_file
 
 CODEC = "HeartCodec-oss"
 RUNTIME_FOLDER = ["gen_config.json", "heartcodec.bpk", "heartmula.bpk", "tokenizer.json"]
@@ -74,13 +73,18 @@ def test_the_released_config_implies_818_tensors_and_6_64_gb():
 
 
 def test_vq_names_and_shapes_are_vector_quantize_pytorchs():
-    vqp = pytest.importorskip("vector_quantize_pytorch") if os.environ.get("HEARTMULA_REQUIRE_TORCH") != "1" else None
-    if vqp is None:
-        import vector_quantize_pytorch as vqp
+    vqp = crosscheck("vector_quantize_pytorch")
     c = CODEC_FULL_CONFIG
-    rvq = vqp.ResidualVQ(dim=c["dim"], codebook_size=c["codebook_size"], codebook_dim=c["codebook_dim"],
-                         num_quantizers=c["num_quantizers"], decay=c["decay"], use_cosine_sim=False,
-                         commitment_weight=c["commitment_weight"], threshold_ema_dead_code=c["threshold_ema_dead_code"])
+    rvq = vqp.ResidualVQ(
+        dim=c["dim"],
+        codebook_size=c["codebook_size"],
+        codebook_dim=c["codebook_dim"],
+        num_quantizers=c["num_quantizers"],
+        decay=c["decay"],
+        use_cosine_sim=False,
+        commitment_weight=c["commitment_weight"],
+        threshold_ema_dead_code=c["threshold_ema_dead_code"],
+    )
     theirs = {f"flow_matching.vq_embed.{k}": tuple(v.shape) for k, v in rvq.state_dict().items()}
     ours = {n: s for n, s in HeartCodec().expected_tensors(Fields(c, Path("c.json"))).items() if ".vq_embed." in n}
     assert set(ours) == set(theirs)
@@ -143,7 +147,9 @@ def test_pack_root_writes_the_four_file_runtime_folder(tiny_root, tmp_path):
 
 def test_convert_sh_writes_the_runtime_folder(tiny_root, tmp_path):
     env = dict(os.environ, HEARTMULA_OUT_DIR=str(tmp_path), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", REPO / "convert.sh", tiny_root], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["bash", REPO / "convert.sh", tiny_root], env=env, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == RUNTIME_FOLDER
 
@@ -159,7 +165,10 @@ def test_a_failure_in_the_second_pack_leaves_no_half_folder(tiny_root, tmp_path)
     # And over an existing folder with --force: the old files stay as they were.
     (out / "heartmula.bpk").write_bytes(b"old pack")
     assert_clean_failure(run_cli("pack", root, "-o", out, "--force"), shard.name)
-    assert sorted(p.name for p in out.iterdir()) == ["heartmula.bpk"] and (out / "heartmula.bpk").read_bytes() == b"old pack"
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["heartmula.bpk"]
+        and (out / "heartmula.bpk").read_bytes() == b"old pack"
+    )
 
 
 def test_the_codec_is_f32_only(tiny_root, tmp_path):
@@ -282,7 +291,10 @@ def test_export_raw_exports_both_models_and_packs_back_identically(runtime, tiny
     out = tmp_path / "artifacts"
     run_cli("export-raw", "--checkpoint-root", tiny_root, "--output-root", out, "-q", check_rc=0)
     assert sorted(p.name for p in out.iterdir()) == [
-        "gen_config.json", "heartcodec_raw_f32", "heartmula_raw_f32", "tokenizer.json"
+        "gen_config.json",
+        "heartcodec_raw_f32",
+        "heartmula_raw_f32",
+        "tokenizer.json",
     ]
     assert len(list((out / "heartcodec_raw_f32").glob("*.npy"))) == 818
     for model in ("heartmula", "heartcodec"):
@@ -308,7 +320,11 @@ def test_publish_layout_assembles_the_four_files_and_describes_the_codec(runtime
     assert "g * v / ||v||" in card and "get_all_snapshots" in card
     # A codec pack alone needs no runtime files.
     run_cli("publish-layout", tmp_path / "codec-only", "--pack", runtime / "heartcodec.bpk", "-q", check_rc=0)
-    assert sorted(p.name for p in (tmp_path / "codec-only").iterdir()) == [".gitattributes", "README.md", "heartcodec.bpk"]
+    assert sorted(p.name for p in (tmp_path / "codec-only").iterdir()) == [
+        ".gitattributes",
+        "README.md",
+        "heartcodec.bpk",
+    ]
 
 
 def test_a_manifest_of_the_codec_keeps_its_checks(tiny_root, tmp_path):
@@ -318,3 +334,12 @@ def test_a_manifest_of_the_codec_keeps_its_checks(tiny_root, tmp_path):
     assert len(doc["tensors"]) == 818 and {t["dtype"] for t in doc["tensors"]} == {"F32"}
     assert doc["metadata"]["model"] == "heartcodec"
     assert_clean_failure(run_cli("manifest", ckpt, "-o", tmp_path / "both.json"), "several models", "--subdir")
+
+
+def test_any_model_packs_of_a_root_are_named_by_their_folders(tiny_root, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run_cli("pack", tiny_root, "--any-model", "-o", out, "-q", check_rc=0)
+    assert sorted(p.name for p in out.iterdir()) == RUNTIME_FOLDER
+    with open_pack(out / "heartcodec.bpk") as pack:
+        assert len(pack) == 818 and "model" not in pack.metadata

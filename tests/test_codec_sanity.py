@@ -4,24 +4,20 @@ and end to end on packs that are right and packs broken in ways only running the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import linked, run_cli
+from conftest import crosscheck, linked, run_cli
 from safetensors.numpy import load_file
 
-if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
-    import torch
-else:
-    torch = pytest.importorskip("torch")
+torch = crosscheck("torch")
 
-from heartmula_burn import codec_forward, sanity  # noqa: E402
-from heartmula_burn.fields import Fields  # noqa: E402
-from heartmula_burn.presets.heartcodec import RESIDUAL_DILATIONS, parse_config  # noqa: E402
-from heartmula_burn.synthetic import CODEC_TINY_CONFIG  # noqa: E402
+from heartmula_burn import codec_forward, sanity
+from heartmula_burn.fields import Fields
+from heartmula_burn.presets.heartcodec import RESIDUAL_DILATIONS, parse_config
+from heartmula_burn.synthetic import CODEC_TINY_CONFIG
 
 CODEC = "HeartCodec-oss"
 CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))
@@ -47,7 +43,9 @@ class TorchDecoder(torch.nn.Module):
         super().__init__()
         wn = torch.nn.utils.parametrizations.weight_norm
         levels, init = len(c.upsample_factors), c.init_channel
-        layers: list[torch.nn.Module] = [wn(torch.nn.Conv1d(c.latent_hidden_dim, init * 2**levels, c.delay_kernel_size))]
+        layers: list[torch.nn.Module] = [
+            wn(torch.nn.Conv1d(c.latent_hidden_dim, init * 2**levels, c.delay_kernel_size))
+        ]
         for level, (stride, kernel) in enumerate(zip(c.upsample_factors, c.upsample_kernel_sizes)):
             n_in, n_out = init * 2 ** (levels - level), init * 2 ** (levels - level - 1)
             block = torch.nn.Module()
@@ -93,9 +91,11 @@ def weights(tiny_root):
 
 def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
     module = TorchDecoder(CFG)
-    decoder = {k[len("scalar_model."):]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}
+    decoder = {k[len("scalar_model.") :]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}
     module.load_state_dict(decoder, strict=True)  # every name and shape, as torch's weight_norm names them
-    latent = (torch.arange(2 * CFG.latent_hidden_dim * 6, dtype=torch.float32).reshape(2, CFG.latent_hidden_dim, 6) % 19 - 9) / 9
+    latent = (
+        torch.arange(2 * CFG.latent_hidden_dim * 6, dtype=torch.float32).reshape(2, CFG.latent_hidden_dim, 6) % 19 - 9
+    ) / 9
     with torch.no_grad():
         want = module(latent)
         got = codec_forward.HeartCodec(weights, CFG).decode(latent)
@@ -111,19 +111,24 @@ def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
 
 
 def test_vq_output_matches_vector_quantize_pytorch(weights):
-    if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
-        import vector_quantize_pytorch as vqp
-    else:
-        vqp = pytest.importorskip("vector_quantize_pytorch")
+    vqp = crosscheck("vector_quantize_pytorch")
     c = CODEC_TINY_CONFIG
-    rvq = vqp.ResidualVQ(dim=c["dim"], codebook_size=c["codebook_size"], codebook_dim=c["codebook_dim"],
-                         num_quantizers=c["num_quantizers"], decay=c["decay"], use_cosine_sim=False)
+    rvq = vqp.ResidualVQ(
+        dim=c["dim"],
+        codebook_size=c["codebook_size"],
+        codebook_dim=c["codebook_dim"],
+        num_quantizers=c["num_quantizers"],
+        decay=c["decay"],
+        use_cosine_sim=False,
+    )
     prefix = "flow_matching.vq_embed."
-    state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     for k in [k for k in state if k.endswith("initted")]:
         state[k] = state[k].reshape(()).bool()  # [1] f32 as released, 0-d bool in this library
     rvq.load_state_dict(state, strict=True)
-    codes = torch.randint(0, c["codebook_size"], (2, c["num_quantizers"], 5), generator=torch.Generator().manual_seed(3))
+    codes = torch.randint(
+        0, c["codebook_size"], (2, c["num_quantizers"], 5), generator=torch.Generator().manual_seed(3)
+    )
     with torch.no_grad():
         want = rvq.get_output_from_indices(codes.transpose(1, 2))
         got = codec_forward.HeartCodec(weights, CFG).vq_output(codes)

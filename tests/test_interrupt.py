@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_failure, big_sparse_checkpoint
-
 from heartmula_burn import build_manifest, load_checkpoint, pack_manifest
 
 

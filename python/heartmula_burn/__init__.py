@@ -10,8 +10,8 @@ __version__ = package_version()
 
 __all__ = [
     "Checkpoint",
-    "Conversion",
     "CheckpointError",
+    "Conversion",
     "HeartmulaBurnError",
     "Manifest",
     "ManifestTensor",

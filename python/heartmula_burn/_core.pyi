@@ -7,24 +7,24 @@ from pathlib import Path
 from typing_extensions import Self, TypeAlias, final
 
 __all__ = [
+    "MapGuard",
+    "PackIndex",
     "PackItem",
     "PackSummary",
-    "TensorInfo",
     "PackTensor",
-    "PackIndex",
     "Problem",
     "StagedFile",
-    "MapGuard",
-    "pack",
-    "export_npy",
-    "write_safetensors",
-    "check_container",
-    "verify_against",
-    "read_safetensors_header",
-    "read_pack_index",
+    "TensorInfo",
     "cast_bytes",
-    "partial_path",
+    "check_container",
     "commit_dir",
+    "export_npy",
+    "pack",
+    "partial_path",
+    "read_pack_index",
+    "read_safetensors_header",
+    "verify_against",
+    "write_safetensors",
 ]
 
 _Path: TypeAlias = str | PathLike[str]

@@ -101,7 +101,9 @@ def _shards_from_index(
         # The index comes with the download: it must not pull bytes from elsewhere on this disk.
         shard = inside(shard_name, model_dir, index_path, "index names shard", tensor=wanted)
         if not shard.is_file():
-            raise CheckpointError.at(index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted)
+            raise CheckpointError.at(
+                index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
+            )
         shards[shard_name] = shard
     tensors: list[SourceTensor] = []
     for shard_name, shard in shards.items():

@@ -201,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("pack", metavar="PACK")
     u.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (must not exist)")
-    u.add_argument(
-        "--max-shard-size", type=_size, default="5GB", help="largest shard, e.g. 5GB (default), 500MB, 2GiB"
-    )
+    u.add_argument("--max-shard-size", type=_size, default="5GB", help="largest shard, e.g. 5GB (default), 500MB, 2GiB")
     u.add_argument("-f", "--force", action="store_true", help="replace an existing output folder")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -345,7 +343,9 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
         return
     for r in result.packs:
         rate = r.data_bytes / r.seconds / 1e6 if r.seconds > 0 else 0.0
-        _say(f"wrote {r.output} ({r.tensors} tensors, {r.file_size:,} bytes, {r.dtype}) in {r.seconds:.1f} s ({rate:.0f} MB/s)")
+        _say(
+            f"wrote {r.output} ({r.tensors} tensors, {r.file_size:,} bytes, {r.dtype}) in {r.seconds:.1f} s ({rate:.0f} MB/s)"
+        )
     for extra in result.extras:
         _say(f"copied {extra}")
 
@@ -394,7 +394,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         width = max((len(n) for n in names.values()), default=4)
         print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset", file=out)
         for t in pack:
-            print(f"  {names[t.name]:<{width}}  {t.dtype:<5}  {str(list(t.shape)):<22}  {t.file_offset}", file=out)
+            print(f"  {names[t.name]:<{width}}  {t.dtype:<5}  {list(t.shape)!s:<22}  {t.file_offset}", file=out)
     return 0
 
 

@@ -84,7 +84,9 @@ class HeartCodec:
     def _project(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """ProjectLayer: Conv1d (k=3, same padding) over time, scaled by 1/sqrt(k), then Linear."""
         h = F.conv1d(
-            x.transpose(1, 2), self._f(f"{prefix}.ffn_1.weight"), self._f(f"{prefix}.ffn_1.bias"),
+            x.transpose(1, 2),
+            self._f(f"{prefix}.ffn_1.weight"),
+            self._f(f"{prefix}.ffn_1.bias"),
             padding=PROJECT_KERNEL // 2,
         ).transpose(1, 2)
         return self._linear(h * PROJECT_KERNEL**-0.5, f"{prefix}.ffn_2")
@@ -95,8 +97,10 @@ class HeartCodec:
         freqs = torch.exp(-math.log(TIMESTEP_MAX_PERIOD) * torch.arange(0, half, device=timestep.device) / half)
         args = timestep[:, None] * freqs.type(timestep.type())[None] * TIMESTEP_SCALE
         encoding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        emb = self._linear(F.silu(self._linear(encoding, f"{prefix}.emb.timestep_embedder.linear_1")),
-                           f"{prefix}.emb.timestep_embedder.linear_2")
+        emb = self._linear(
+            F.silu(self._linear(encoding, f"{prefix}.emb.timestep_embedder.linear_1")),
+            f"{prefix}.emb.timestep_embedder.linear_2",
+        )
         return self._linear(F.silu(emb), f"{prefix}.linear"), emb
 
     def _modulate_out(self, x: torch.Tensor, emb: torch.Tensor, table: str) -> torch.Tensor:
@@ -110,10 +114,12 @@ class HeartCodec:
         if self.cfg.ada_norm:
             table = self._f(f"{prefix}.scale_shift_table")[None] + mod.reshape(x.shape[0], 6, -1)
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = table.chunk(6, dim=1)
-            x = x + gate_msa * self._attention(self._rms(x, f"{prefix}.attn_norm.weight") * (1 + scale_msa) + shift_msa,
-                                               prefix, head_dim)
-            return x + gate_mlp * self._mlp(self._rms(x, f"{prefix}.mlp_norm.weight") * (1 + scale_mlp) + shift_mlp,
-                                            prefix)
+            x = x + gate_msa * self._attention(
+                self._rms(x, f"{prefix}.attn_norm.weight") * (1 + scale_msa) + shift_msa, prefix, head_dim
+            )
+            return x + gate_mlp * self._mlp(
+                self._rms(x, f"{prefix}.mlp_norm.weight") * (1 + scale_mlp) + shift_mlp, prefix
+            )
         x = x + self._attention(self._rms(x, f"{prefix}.attn_norm.weight"), prefix, head_dim)
         return x + self._mlp(self._rms(x, f"{prefix}.mlp_norm.weight"), prefix)
 
@@ -138,7 +144,9 @@ class HeartCodec:
         return self._linear(out.transpose(1, 2).reshape(b, t, heads * head_dim), f"{prefix}.attn.o_proj", bias=False)
 
     def _mlp(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
-        gated = F.silu(self._linear(x, f"{prefix}.mlp.gate", bias=False)) * self._linear(x, f"{prefix}.mlp.up", bias=False)
+        gated = F.silu(self._linear(x, f"{prefix}.mlp.gate", bias=False)) * self._linear(
+            x, f"{prefix}.mlp.up", bias=False
+        )
         return self._linear(gated, f"{prefix}.mlp.down", bias=False)
 
     # ---- the ScalarModel decoder ----------------------------------------------------------------
@@ -149,7 +157,9 @@ class HeartCodec:
         v = self._f(f"{prefix}.parametrizations.weight.original1")
         return torch._weight_norm(v, g, 0)
 
-    def _conv(self, x: torch.Tensor, prefix: str, *, causal: bool, dilation: int = 1, normed: bool = True) -> torch.Tensor:
+    def _conv(
+        self, x: torch.Tensor, prefix: str, *, causal: bool, dilation: int = 1, normed: bool = True
+    ) -> torch.Tensor:
         weight = self._normed(prefix) if normed else self._f(f"{prefix}.weight")
         reach = dilation * (weight.shape[-1] - 1)
         if causal:
@@ -178,7 +188,9 @@ class HeartCodec:
         last = 1 + len(c.upsample_factors)
         if c.num_samples > 1:  # PostProcessor: each frame repeated, a plain convolution, PReLU
             x = x.repeat_interleave(c.num_samples, dim=-1)
-            x = self._prelu(self._conv(x, f"{dec}.{last}.conv", causal=c.causal, normed=False), f"{dec}.{last}.activation")
+            x = self._prelu(
+                self._conv(x, f"{dec}.{last}.conv", causal=c.causal, normed=False), f"{dec}.{last}.activation"
+            )
             last += 1
         return self._conv(x, f"{dec}.{last}", causal=c.causal)
 

@@ -44,7 +44,7 @@ def export_raw(
     written, manifests = [], []
     with contextlib.ExitStack() as folders:
         for job in jobs:
-            raw_dir = output_root / f"{job.manifest.metadata.get('model') or 'model'}_raw_{job.dtype}"
+            raw_dir = output_root / f"{job.output.stem}_raw_{job.dtype}"  # heartmula_raw_f32, heartcodec_raw_f32
             partial = folders.enter_context(staged_folder(raw_dir, overwrite=force))
             names = [npy_file_name(t.name) for t in job.manifest.tensors]
             _core.export_npy(job.manifest.core_items(), partial, names, progress=progress)

@@ -65,20 +65,20 @@ class Fields:
             raise self.error(key, f"must be {wanted}, not {_describe(value)}")
         return value
 
-    def int(self, key: str, *, minimum: int | None = None, default: int = _MISSING) -> int:
+    def integer(self, key: str, *, minimum: int | None = None, default: int = _MISSING) -> int:
         wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
         value: int = self._get(key, default, lambda v: _is_int(v) and (minimum is None or v >= minimum), wanted)
         return value
 
-    def str(self, key: str, *, default: str = _MISSING) -> str:
+    def string(self, key: str, *, default: str = _MISSING) -> str:
         value: str = self._get(key, default, lambda v: isinstance(v, str), "a string")
         return value
 
-    def bool(self, key: str, *, default: bool = _MISSING) -> bool:
+    def boolean(self, key: str, *, default: bool = _MISSING) -> bool:
         value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
         return value
 
-    def int_list(self, key: str, *, minimum: int = 1, default: list[int] = _MISSING) -> list[int]:
+    def integers(self, key: str, *, minimum: int = 1, default: list[int] = _MISSING) -> list[int]:
         wanted = f"a list of integers >= {minimum}"
         value: list[int] = self._get(
             key, default, lambda v: isinstance(v, list) and all(_is_int(x) and x >= minimum for x in v), wanted

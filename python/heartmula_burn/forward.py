@@ -7,7 +7,7 @@ they are used, so a BF16 pack never has an f32 copy of the whole model beside it
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -119,8 +119,9 @@ class Transformer:
         )
         v = linear(x, self._w(f"{p}.v_proj.weight")).view(b, s, f.num_kv_heads, f.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
-        if cache.keys[i] is not None:
-            k, v = torch.cat([cache.keys[i], k], dim=2), torch.cat([cache.values[i], v], dim=2)
+        past_k, past_v = cache.keys[i], cache.values[i]
+        if past_k is not None and past_v is not None:
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         cache.keys[i], cache.values[i] = k, v
         # Grouped-query attention: kv head j serves query heads j*g .. j*g+g-1.
         group = f.num_heads // f.num_kv_heads
@@ -171,7 +172,9 @@ class HeartMuLa:
     def codebook0_logits(self, last_h: torch.Tensor) -> torch.Tensor:
         return linear(last_h, self.weights["codebook0_head.weight"])
 
-    def depth_decode(self, last_h: torch.Tensor, c0: torch.Tensor, choose) -> tuple[torch.Tensor, torch.Tensor]:
+    def depth_decode(
+        self, last_h: torch.Tensor, c0: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Codebooks 1..K-1 from the backbone's last hidden state and codebook 0's code. `choose(i,
         logits)` picks codebook i's code from its logits (teacher forcing or greedy). Returns the
         logits [K-1, b, V] and the codes [b, K-1]."""

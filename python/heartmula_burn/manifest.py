@@ -98,22 +98,22 @@ class Manifest:
         base = _folder_of(path)
         if doc.doc.get("format") != MANIFEST_FORMAT:
             raise CheckpointError.at(path, f"not a heartmula-burn manifest ('format' must be '{MANIFEST_FORMAT}')")
-        version = doc.int("format_version")
+        version = doc.integer("format_version")
         if version != MANIFEST_VERSION:
             raise doc.error("format_version", f"is {version}; this version reads {MANIFEST_VERSION}")
         metadata = doc.string_map("metadata", default={})
         tensors = []
         for entry in doc.objects("tensors"):
-            name = entry.str("name")
+            name = entry.string("name")
             source = entry.obj("source")
             tensors.append(
                 ManifestTensor(
                     name=name,
-                    file=inside(source.str("file"), base, path, "source file", tensor=name),
-                    key=source.str("key"),
+                    file=inside(source.string("file"), base, path, "source file", tensor=name),
+                    key=source.string("key"),
                     source_dtype=_dtype(entry, "source_dtype"),
                     dtype=_dtype(entry, "dtype"),
-                    shape=tuple(entry.int_list("shape", minimum=0)),
+                    shape=tuple(entry.integers("shape", minimum=0)),
                     param_id=_param_id(entry),
                 )
             )
@@ -132,7 +132,7 @@ class Manifest:
 
 
 def _dtype(entry: Fields, key: str) -> str:
-    text = entry.str(key)
+    text = entry.string(key)
     dtype = canonical_dtype(text)
     if dtype is None:
         raise entry.error(key, f"is {text!r}, not a dtype a Burn pack holds")
@@ -142,7 +142,7 @@ def _dtype(entry: Fields, key: str) -> str:
 def _param_id(entry: Fields) -> int | None:
     if "param_id" not in entry:
         return None
-    value = entry.int("param_id", minimum=0)
+    value = entry.integer("param_id", minimum=0)
     if value >= 2**64:
         raise entry.error("param_id", "must fit in 64 bits")
     return value
@@ -180,9 +180,7 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
     sources: dict[str, str] = {}
     for t in ckpt.tensors:
         if t.dtype is None:
-            raise CheckpointError.at(
-                t.file, f"dtype {t.source_dtype} cannot be stored in a Burn pack", tensor=t.name
-            )
+            raise CheckpointError.at(t.file, f"dtype {t.source_dtype} cannot be stored in a Burn pack", tensor=t.name)
         sources[t.name] = t.dtype
     metadata = {
         "format": "burnpack",
@@ -209,8 +207,8 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
     if restored is not None:
         # An unpacked pack: give back its own metadata and param_ids, so repacking is lossless.
         metadata, param_ids = restored
-        for t in tensors:
-            t.param_id = param_ids.get(t.name)
+        for entry in tensors:
+            entry.param_id = param_ids.get(entry.name)
     return Manifest(tensors, metadata, extras)
 
 
@@ -251,7 +249,9 @@ def _unpacked_pack_state(ckpt: Checkpoint) -> tuple[dict[str, str], dict[str, in
         param_ids = json.loads(param_ids_text or "{}")
     except (json.JSONDecodeError, RecursionError):
         return None
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         return None
     if not isinstance(param_ids, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64 for v in param_ids.values()

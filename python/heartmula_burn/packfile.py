@@ -39,7 +39,7 @@ NUMPY_DTYPES = {
 
 
 def dtype_size(name: str) -> int:
-    return NUMPY_DTYPES[name].itemsize
+    return int(NUMPY_DTYPES[name].itemsize)
 
 
 def canonical_dtype(text: str) -> str | None:
@@ -71,13 +71,19 @@ class MappedFile:
             address = np.frombuffer(self._map, np.uint8).ctypes.data
             self._map.guard = _core.MapGuard(address, self.size)
 
-    def array(self, offset: int, nbytes: int, dtype: np.dtype[Any], shape: tuple[int, ...], tensor: str) -> np.ndarray[Any, Any]:
+    def array(
+        self, offset: int, nbytes: int, dtype: np.dtype[Any], shape: tuple[int, ...], tensor: str
+    ) -> np.ndarray[Any, Any]:
         """A read-only view of `nbytes` at `offset`, after checking the file still holds them."""
         self.check()
         if self._map is None or offset + nbytes > self._map.size():
             current = self._map.size() if self._map is not None else 0
-            raise self._error.at(self.path, f"the file is {current} bytes now, too short for this tensor "
-                                 "(it shrank after it was opened: was it still being written or replaced?)", tensor=tensor)
+            raise self._error.at(
+                self.path,
+                f"the file is {current} bytes now, too short for this tensor "
+                "(it shrank after it was opened: was it still being written or replaced?)",
+                tensor=tensor,
+            )
         view: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=self._map, offset=offset)
         return view  # read-only: the map is ACCESS_READ
 

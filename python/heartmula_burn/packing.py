@@ -18,7 +18,7 @@ from .atomic import commit_all, stage_copy
 from .checkpoint import Checkpoint, load_checkpoints
 from .errors import OutputError, SourceError
 from .manifest import Manifest, build_manifest, preset_of
-from .presets import preset_named
+from .presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
 # The file an unrecognised (--any-model) checkpoint is packed to when no output is named.
@@ -172,7 +172,10 @@ def plan_checkpoint(
     for i, ckpt in enumerate(checkpoints):
         model_dtype, note = _dtype_for(ckpt, dtype, any_model, several=len(checkpoints) > 1)
         manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
-        preset = preset_named(manifest.metadata.get("model", ""))
+        # Named by the model, also for --any-model packs of a folder a known model ships in.
+        preset = preset_named(manifest.metadata.get("model", "")) or next(
+            (p for p in PRESETS if ckpt.model_dir.name in p.folder_names), None
+        )
         name = first_name if i == 0 and first_name else (preset.pack_name if preset else DEFAULT_PACK_NAME)
         job = Job(manifest, folder / name, model_dtype)
         jobs.append(job)

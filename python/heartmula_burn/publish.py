@@ -85,11 +85,15 @@ class _Published:
         lines = [
             f"## `{self.file_name}` ({title})",
             "",
-            f"- Tensors: {len(pack)} ({params:,} parameters), dtype {dtypes}; "
-            f"source dtype {_cell(meta.get('source_dtype', 'unknown'))}",
+            (
+                f"- Tensors: {len(pack)} ({params:,} parameters), dtype {dtypes}; "
+                f"source dtype {_cell(meta.get('source_dtype', 'unknown'))}"
+            ),
             f"- Burn pack format version 1, {pack.layout} layout, {size:,} bytes",
-            f"- Verified against Burn {' and '.join(VERIFIED_BURN_VERSIONS)} (Burn reads every tensor bit for bit "
-            "and writes identical bytes from the same tensors)",
+            (
+                f"- Verified against Burn {' and '.join(VERIFIED_BURN_VERSIONS)} (Burn reads every tensor bit for "
+                "bit and writes identical bytes from the same tensors)"
+            ),
         ]
         if self.preset is not None:
             config = config_of_pack(meta, self.path) or Fields({}, self.path, "config")
@@ -181,13 +185,16 @@ def publish_layout(
             opened.append(_Published(path, pack, preset_for_pack(pack.metadata, {t.name for t in pack})))
         names = [p.file_name for p in opened]
         if len(set(names)) != len(names):
-            raise OutputError.at(out_dir, f"two packs would both be named {sorted(n for n in names if names.count(n) > 1)[0]}")
+            raise OutputError.at(
+                out_dir, f"two packs would both be named {min(n for n in names if names.count(n) > 1)}"
+            )
         lm = next((p for p in opened if p.preset is not None and p.preset.runtime_files), None)
         runtime: dict[str, Path] = {}
         if lm is not None:
             given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
             for name in RUNTIME_FILES:
-                path = Path(given[name]) if given[name] else lm.path.parent / name
+                chosen = given[name]
+                path = Path(chosen) if chosen is not None else lm.path.parent / name
                 if not path.is_file():
                     option = "--" + name.split(".")[0].replace("_", "-")
                     raise SourceError.at(path, f"{name} not found (give it with {option})")

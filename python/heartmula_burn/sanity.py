@@ -83,14 +83,18 @@ class CheckpointArrays:
         self.path = self.checkpoint.model_dir
         self.config = self.checkpoint.config
         self._tensors = {t.name: t for t in self.checkpoint.tensors}
-        self._files = {
-            shard: MappedFile(shard, SourceError, lambda offset, shard=shard: self._tensor_at(shard, offset))
-            for shard in self.checkpoint.shards
-        }
+        self._files = {shard: MappedFile(shard, SourceError, self._locator(shard)) for shard in self.checkpoint.shards}
+
+    def _locator(self, shard: Path) -> Callable[[int], str | None]:
+        return lambda offset: self._tensor_at(shard, offset)
 
     def _tensor_at(self, shard: Path, offset: int) -> str | None:
         return next(
-            (t.name for t in self._tensors.values() if t.file == shard and t.file_offset <= offset < t.file_offset + t.byte_len),
+            (
+                t.name
+                for t in self._tensors.values()
+                if t.file == shard and t.file_offset <= offset < t.file_offset + t.byte_len
+            ),
             None,
         )
 
@@ -138,7 +142,9 @@ class PackArrays:
         self.pack.close()
 
 
-def open_weights(path: str | Path, subdir: str | None = None, model: str | None = None) -> CheckpointArrays | PackArrays:
+def open_weights(
+    path: str | Path, subdir: str | None = None, model: str | None = None
+) -> CheckpointArrays | PackArrays:
     path = Path(path)
     if path.is_file() and path.suffix != ".safetensors":
         return PackArrays(path)
@@ -242,7 +248,9 @@ class HeartMuLaRunner(Runner):
         diff = _max_abs(cached - recomputed)
         bound = self.CACHE_TOLERANCE * max(1.0, _max_abs(recomputed))
         result.checks.append(
-            Check("KV cache agrees with a full recompute", diff <= bound, f"max |diff| {diff:.3g} (allowed {bound:.3g})")
+            Check(
+                "KV cache agrees with a full recompute", diff <= bound, f"max |diff| {diff:.3g} (allowed {bound:.3g})"
+            )
         )
         codes = out["greedy_codes"]
         vocab = self.cfg.audio_vocab_size
@@ -394,8 +402,10 @@ class HeartCodecRunner(Runner):
     def output_checks(self, out: dict[str, torch.Tensor], result: SanityResult) -> None:
         torch = _import_torch()
         c = self.cfg
-        for name, label in (("vq_condition", "VQ conditioning of fixed codes"),
-                            ("estimator_velocity", f"estimator velocity at t={self.TIMESTEP}")):
+        for name, label in (
+            ("vq_condition", "VQ conditioning of fixed codes"),
+            ("estimator_velocity", f"estimator velocity at t={self.TIMESTEP}"),
+        ):
             finite = bool(torch.isfinite(out[name]).all())
             result.checks.append(Check(f"{label} finite", finite, f"max |value| {_max_abs(out[name]):.4g}"))
         audio = out["audio"]
@@ -438,8 +448,14 @@ def _finite_weights(weights: dict[str, torch.Tensor], result: SanityResult) -> N
     result.checks.append(Check("weights finite", not bad, f"{len(weights)} tensors, {figure}"))
 
 
-def _compare(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], names: tuple[str, ...], label: str,
-             exact: bool, result: SanityResult) -> None:
+def _compare(
+    ours: dict[str, torch.Tensor],
+    ref: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+    label: str,
+    exact: bool,
+    result: SanityResult,
+) -> None:
     """One check per output: exact equality when `exact`, else the difference is only reported."""
     torch = _import_torch()
     for name in names:
@@ -472,8 +488,9 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)  # type: ignore[no-any-return]
 
 
-def resolve_config(preset: Preset, pack: PackArrays, reference: CheckpointArrays | PackArrays | None,
-                   config_path: str | Path | None) -> Fields:
+def resolve_config(
+    preset: Preset, pack: PackArrays, reference: CheckpointArrays | PackArrays | None, config_path: str | Path | None
+) -> Fields:
     """The model's config.json: --config, else the one the pack carries in its metadata, else the
     reference's; a HeartMuLa pack without any is sized from its flavour names and shapes."""
     if config_path is not None:
@@ -503,9 +520,14 @@ def resolve_config(preset: Preset, pack: PackArrays, reference: CheckpointArrays
     )
 
 
-def _run_model(runner: Runner, source: CheckpointArrays | PackArrays, names: list[str], device: torch.device,
-               cast_to: Mapping[str, str] | None = None,
-               on_loaded: Callable[[dict[str, torch.Tensor]], None] | None = None) -> tuple[dict[str, torch.Tensor], float, float]:
+def _run_model(
+    runner: Runner,
+    source: CheckpointArrays | PackArrays,
+    names: list[str],
+    device: torch.device,
+    cast_to: Mapping[str, str] | None = None,
+    on_loaded: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], float, float]:
     torch = _import_torch()
     start = time.perf_counter()
     weights = load_weights(source, names, device, cast_to)
@@ -545,8 +567,14 @@ def run(
         ref = open_weights(reference, subdir, preset.name) if reference is not None else None
         runner = RUNNERS[preset.name](resolve_config(preset, ours, ref, config), frames)
         dtypes = sorted({ours.dtype(t.name) for t in ours.pack.tensors})
-        result = SanityResult(str(pack), None if reference is None else str(reference), str(torch_device),
-                              ",".join(dtypes), frames, preset.name)
+        result = SanityResult(
+            str(pack),
+            None if reference is None else str(reference),
+            str(torch_device),
+            ",".join(dtypes),
+            frames,
+            preset.name,
+        )
         shapes = ours.shapes()
         try:
             preset.check_tensors(shapes, runner.config, ours.path)
@@ -566,8 +594,13 @@ def run(
             ref_shapes = ref.shapes()
             mismatched = [n for n in names if ref_shapes.get(n) != shapes[n]]
             if mismatched:
-                result.checks.append(Check("reference holds the same tensors", False,
-                                           f"{ref.path}: missing or differently shaped: {', '.join(mismatched[:5])}"))
+                result.checks.append(
+                    Check(
+                        "reference holds the same tensors",
+                        False,
+                        f"{ref.path}: missing or differently shaped: {', '.join(mismatched[:5])}",
+                    )
+                )
                 return result
             pack_dtypes = {n: ours.dtype(n) for n in names}
             lossy = [n for n in names if _narrower(pack_dtypes[n], ref.dtype(n))]
@@ -579,8 +612,14 @@ def run(
             if lossy:
                 del ref_out
                 full_out, *_ = _run_model(runner, ref, names, torch_device)
-                _compare(out, full_out, runner.compared, "vs the uncast reference (lossy cast, not judged)",
-                         exact=False, result=result)
+                _compare(
+                    out,
+                    full_out,
+                    runner.compared,
+                    "vs the uncast reference (lossy cast, not judged)",
+                    exact=False,
+                    result=result,
+                )
         if torch_device.type == "cuda":
             result.figures["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device)
         return result

@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from .fields import Fields
-from .presets import Shapes
+from .presets import Preset, Shapes
 from .presets.heartcodec import HeartCodec
 from .presets.heartmula import FLAVOR_KEYS, FLAVORS, HeartMuLa
 
@@ -114,7 +114,7 @@ def _seed(name: str, seed: int) -> int:
 
 def value_scale(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     """(mean, standard deviation) of a tensor's values, as trained weights of its kind have them."""
-    if name.endswith((".scale", "norm.weight")) or name.endswith("parametrizations.weight.original0"):
+    if name.endswith((".scale", "norm.weight", "parametrizations.weight.original0")):
         return 1.0, 0.1  # RMSNorm weights; weight-norm magnitudes (each output's weight norm)
     if ".activation" in name:
         return 0.25, 0.05  # PReLU slopes (torch initialises them to 0.25)
@@ -196,12 +196,20 @@ def write_safetensors(path: Path, tensors: Shapes, dtype: str, seed: int, full: 
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for name in names:
-            for chunk in tensor_chunks(name, tensors[name], seed, full):
-                f.write(chunk.astype(np_dtype).tobytes())
+            f.writelines(chunk.astype(np_dtype).tobytes() for chunk in tensor_chunks(name, tensors[name], seed, full))
 
 
-def write_model(model_dir: Path, config: dict[str, Any], tensors: Shapes, *, dtype: str, num_shards: int,
-                seed: int, full: bool, with_index: bool = True) -> None:
+def write_model(
+    model_dir: Path,
+    config: dict[str, Any],
+    tensors: Shapes,
+    *,
+    dtype: str,
+    num_shards: int,
+    seed: int,
+    full: bool,
+    with_index: bool = True,
+) -> None:
     """One model folder: config.json, shards (model-0000i-of-0000n.safetensors) and their index."""
     model_dir.mkdir(parents=True, exist_ok=True)
     if dtype != "F32":
@@ -252,16 +260,23 @@ def write_synthetic_checkpoint(
     in 2 shards as released) and ROOT/{tokenizer.json, gen_config.json}. Returns ROOT."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if "heartmula" in models:
-        lm, config = HeartMuLa(), heartmula_config(full, backbone_layers)
-        tensors = lm.expected_tensors(Fields(config, root / "config.json"))
-        write_model(root / lm.folder_names[0], config, tensors, dtype=dtype, num_shards=num_shards, seed=seed,
-                    full=full, with_index=with_index)
-    if "heartcodec" in models:
-        codec, config = HeartCodec(), dict(CODEC_FULL_CONFIG if full else CODEC_TINY_CONFIG)
-        tensors = codec.expected_tensors(Fields(config, root / "config.json"))
-        write_model(root / codec.folder_names[0], config, tensors, dtype=dtype, num_shards=2, seed=seed + 1,
-                    full=full, with_index=with_index)
+    plans: list[tuple[Preset, dict[str, Any], int]] = [
+        (HeartMuLa(), heartmula_config(full, backbone_layers), num_shards),
+        (HeartCodec(), dict(CODEC_FULL_CONFIG if full else CODEC_TINY_CONFIG), 2),  # 2 shards, as released
+    ]
+    for i, (preset, config, shards) in enumerate(plans):
+        if preset.name in models:
+            tensors = preset.expected_tensors(Fields(config, root / "config.json"))
+            write_model(
+                root / preset.folder_names[0],
+                config,
+                tensors,
+                dtype=dtype,
+                num_shards=shards,
+                seed=seed + i,
+                full=full,
+                with_index=with_index,
+            )
     (root / "gen_config.json").write_text(json.dumps(GEN_CONFIG, indent=4))
     tokenizer = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {}, "merges": []}}
     (root / "tokenizer.json").write_text(json.dumps(tokenizer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from . import _core
 from .atomic import staged_folder
@@ -67,7 +68,7 @@ def unpack(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
     progress: ProgressFn | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Writes the pack's tensors as safetensors in OUT_DIR: `model.safetensors`, or shards plus a
     `model.safetensors.index.json` when they exceed `max_shard_size`. The folder appears whole or
     not at all."""

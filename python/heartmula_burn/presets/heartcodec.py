@@ -62,7 +62,7 @@ class HeartCodecConfig:
     @property
     def upsampling(self) -> int:
         """Audio samples per latent frame (per channel)."""
-        return math.prod(self.upsample_factors) * (self.num_samples if self.num_samples > 1 else 1)
+        return math.prod(self.upsample_factors) * (max(1, self.num_samples))
 
 
 def mlp_hidden(dim: int, multiple_of: int = 256) -> int:
@@ -73,51 +73,54 @@ def mlp_hidden(dim: int, multiple_of: int = 256) -> int:
 
 def parse_config(config: Fields) -> HeartCodecConfig:
     """Reads config.json with heartlib's `HeartCodecConfig` defaults for absent keys."""
-    pos = {
-        k: config.int(k, minimum=1, default=d)
-        for k, d in (
-            ("dim", 512),
-            ("codebook_size", 8192),
-            ("codebook_dim", 32),
-            ("num_quantizers", 8),
-            ("attention_head_dim", 64),
-            ("num_attention_heads", 24),
-            ("in_channels", 1024),
-            ("out_channels", 256),
-            ("num_bands", 1),
-            ("num_samples", 2),
-            ("sample_rate", 48000),
-            ("latent_hidden_dim", 128),
-            ("default_kernel_size", 7),
-            ("delay_kernel_size", 5),
-            ("init_channel", 64),
-            ("res_kernel_size", 7),
+
+    def size(key: str, default: int) -> int:
+        return config.integer(key, minimum=1, default=default)
+
+    def factors(key: str, default: list[int]) -> tuple[int, ...]:
+        return tuple(config.integers(key, default=default))
+
+    down, down_kernels = (
+        factors("downsample_factors", [3, 4, 4, 4, 5]),
+        factors("downsample_kernel_sizes", [6, 8, 8, 8, 10]),
+    )
+    up, up_kernels = factors("upsample_factors", [5, 4, 4, 4, 3]), factors("upsample_kernel_sizes", [10, 8, 8, 8, 6])
+    if len(down) != len(down_kernels):
+        raise config.error("downsample_kernel_sizes", f"must have one entry per downsample_factors ({len(down)})")
+    if len(up) != len(up_kernels):
+        raise config.error("upsample_kernel_sizes", f"must have one entry per upsample_factors ({len(up)})")
+    causal = config.boolean("causal", default=True)
+    if causal and any(k != 2 * f for f, k in zip(up, up_kernels)):
+        raise config.error(
+            "upsample_kernel_sizes", "must be twice upsample_factors in a causal codec (heartlib asserts it)"
         )
-    }
-    layers = {k: config.int(k, minimum=0, default=d) for k, d in (("num_layers", 24), ("num_layers_2", 6))}
-    lists = {
-        k: tuple(config.int_list(k, default=d))
-        for k, d in (
-            ("downsample_factors", [3, 4, 4, 4, 5]),
-            ("downsample_kernel_sizes", [6, 8, 8, 8, 10]),
-            ("upsample_factors", [5, 4, 4, 4, 3]),
-            ("upsample_kernel_sizes", [10, 8, 8, 8, 6]),
-        )
-    }
-    for factors, kernels in (("downsample_factors", "downsample_kernel_sizes"), ("upsample_factors", "upsample_kernel_sizes")):
-        if len(lists[factors]) != len(lists[kernels]):
-            raise config.error(kernels, f"must have one entry per {factors} ({len(lists[factors])})")
-    causal = config.bool("causal", default=True)
-    if causal and any(k != 2 * f for f, k in zip(lists["upsample_factors"], lists["upsample_kernel_sizes"])):
-        raise config.error("upsample_kernel_sizes", "must be twice upsample_factors in a causal codec (heartlib asserts it)")
-    if config.bool("use_cosine_sim", default=False):
+    if config.boolean("use_cosine_sim", default=False):
         raise config.error("use_cosine_sim", "is true: cosine-similarity codebooks are not supported by this preset")
     return HeartCodecConfig(
-        ada_norm=config.str("norm_type", default="ada_norm_single") == "ada_norm_single",
+        dim=size("dim", 512),
+        codebook_size=size("codebook_size", 8192),
+        codebook_dim=size("codebook_dim", 32),
+        num_quantizers=size("num_quantizers", 8),
+        attention_head_dim=size("attention_head_dim", 64),
+        num_attention_heads=size("num_attention_heads", 24),
+        num_layers=config.integer("num_layers", minimum=0, default=24),
+        num_layers_2=config.integer("num_layers_2", minimum=0, default=6),
+        in_channels=size("in_channels", 1024),
+        out_channels=size("out_channels", 256),
+        ada_norm=config.string("norm_type", default="ada_norm_single") == "ada_norm_single",
+        num_bands=size("num_bands", 1),
+        num_samples=size("num_samples", 2),
         causal=causal,
-        **pos,
-        **layers,
-        **lists,
+        sample_rate=size("sample_rate", 48000),
+        downsample_factors=down,
+        downsample_kernel_sizes=down_kernels,
+        upsample_factors=up,
+        upsample_kernel_sizes=up_kernels,
+        latent_hidden_dim=size("latent_hidden_dim", 128),
+        default_kernel_size=size("default_kernel_size", 7),
+        delay_kernel_size=size("delay_kernel_size", 5),
+        init_channel=size("init_channel", 64),
+        res_kernel_size=size("res_kernel_size", 7),
     )
 
 
@@ -269,12 +272,17 @@ class HeartCodec(Preset):
     def describe(self, config: Fields, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
         c = parse_config(config)
         return [
-            ("residual VQ", f"{c.num_quantizers} codebooks of {c.codebook_size} codes, dim {c.codebook_dim} -> {c.dim}"),
+            (
+                "residual VQ",
+                f"{c.num_quantizers} codebooks of {c.codebook_size} codes, dim {c.codebook_dim} -> {c.dim}",
+            ),
             (
                 "flow-matching estimator",
-                f"{c.num_layers} + {c.num_layers_2} LLaMA-style blocks, width {c.inner_dim} / {c.inner_dim_2}, "
-                f"MLP {mlp_hidden(c.inner_dim)} / {mlp_hidden(c.inner_dim_2)}, {c.num_attention_heads} heads, "
-                f"input {c.in_channels}, latent {c.out_channels}",
+                (
+                    f"{c.num_layers} + {c.num_layers_2} LLaMA-style blocks, width {c.inner_dim} / {c.inner_dim_2}, "
+                    f"MLP {mlp_hidden(c.inner_dim)} / {mlp_hidden(c.inner_dim_2)}, {c.num_attention_heads} heads, "
+                    f"input {c.in_channels}, latent {c.out_channels}"
+                ),
             ),
             (
                 "ScalarModel decoder",

@@ -49,7 +49,7 @@ class HeartMuLaConfig:
 
 
 def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
-    name = config.str(key)
+    name = config.string(key)
     if name in FLAVORS:
         return name, FLAVORS[name]
     # Synthetic and experimental checkpoints describe their own flavour under "flavors".
@@ -61,8 +61,8 @@ def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
             f"giving {', '.join(FLAVOR_KEYS)}",
         )
     entry = flavors.obj(name)
-    sizes = {k: entry.int(k, minimum=1) for k in FLAVOR_KEYS}
-    flavor = Flavor(**sizes, max_seq_len=entry.int("max_seq_len", minimum=1, default=2048))
+    sizes = {k: entry.integer(k, minimum=1) for k in FLAVOR_KEYS}
+    flavor = Flavor(**sizes, max_seq_len=entry.integer("max_seq_len", minimum=1, default=2048))
     if flavor.embed_dim % flavor.num_heads:
         raise entry.error("num_heads", f"({flavor.num_heads}) must divide embed_dim ({flavor.embed_dim})")
     if flavor.num_heads % flavor.num_kv_heads:
@@ -75,8 +75,8 @@ def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
 def parse_config(config: Fields) -> HeartMuLaConfig:
     backbone_name, backbone = _flavor(config, "backbone_flavor")
     decoder_name, decoder = _flavor(config, "decoder_flavor")
-    sizes = {k: config.int(k, minimum=1) for k in ("text_vocab_size", "audio_vocab_size", "muq_dim")}
-    codebooks = config.int("audio_num_codebooks", minimum=2)
+    sizes = {k: config.integer(k, minimum=1) for k in ("text_vocab_size", "audio_vocab_size", "muq_dim")}
+    codebooks = config.integer("audio_num_codebooks", minimum=2)
     return HeartMuLaConfig(
         backbone,
         decoder,
@@ -89,7 +89,7 @@ def parse_config(config: Fields) -> HeartMuLaConfig:
 
 def layer_shapes(prefix: str, f: Flavor) -> Shapes:
     d, kv = f.embed_dim, f.num_kv_heads * f.head_dim
-    shapes = {}
+    shapes: Shapes = {}
     for i in range(f.num_layers):
         p = f"{prefix}.layers.{i}"
         shapes[f"{p}.attn.q_proj.weight"] = (f.num_heads * f.head_dim, d)
@@ -109,7 +109,7 @@ def expected_tensors(cfg: HeartMuLaConfig) -> Shapes:
     """Every tensor of the upstream state dict with its shape (PyTorch layout: Linear is [out, in])."""
     bb, dec = cfg.backbone.embed_dim, cfg.decoder.embed_dim
     v, k = cfg.audio_vocab_size, cfg.audio_num_codebooks
-    shapes = {"audio_head": (k - 1, dec, v)}  # a raw parameter, [in, out] per codebook
+    shapes: Shapes = {"audio_head": (k - 1, dec, v)}  # a raw parameter, [in, out] per codebook
     shapes.update(layer_shapes("backbone", cfg.backbone))
     shapes.update(layer_shapes("decoder", cfg.decoder))
     shapes["text_embeddings.weight"] = (cfg.text_vocab_size, bb)

@@ -693,6 +693,7 @@ pub(crate) mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&path)
             .unwrap();
         let mut wb = Writeback {

@@ -33,7 +33,7 @@ pub struct Shard {
     guard: MapGuard,
     pub mmap: Mmap,
     pub tensors: Vec<ShardTensor>,
-    pub metadata: Vec<(String, String)>,
+    pub metadata: ShardMetadata,
     /// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
     pub is_npy: bool,
 }
@@ -180,9 +180,12 @@ impl Shard {
     }
 }
 
+/// A shard header's `__metadata__`: sorted (key, value) pairs.
+pub type ShardMetadata = Vec<(String, String)>;
+
 /// Parses and checks a safetensors file's header (the `safetensors` crate's own parser): tensors in
 /// file order with absolute offsets, and the sorted `__metadata__`. `bytes` is the whole file.
-pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, Vec<(String, String)>)> {
+pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
     let bad = |message: String| Error::source(path, format!("not a valid safetensors file: {message}"));
     if bytes.len() < 8 {
         return Err(bad(format!(

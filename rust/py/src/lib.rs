@@ -560,7 +560,7 @@ fn cast_bytes<'py>(py: Python<'py>, data: &[u8], from_dtype: &str, to_dtype: &st
     if !core::cast::supported(from, to) {
         return Err(PyValueError::new_err(format!("cannot convert {from} to {to}")));
     }
-    if data.len() as u64 % from.size() != 0 {
+    if !(data.len() as u64).is_multiple_of(from.size()) {
         return Err(PyValueError::new_err(format!(
             "{} bytes is not a whole number of {from} elements",
             data.len()
