@@ -115,5 +115,20 @@ def crosscheck(module: str) -> Any:
     return pytest.importorskip(module)
 
 
+def residual_vq(config: dict[str, Any]) -> Any:
+    """vector-quantize-pytorch's ResidualVQ built as heartlib's FlowMatching builds it from a
+    HeartCodec config.json."""
+    return crosscheck("vector_quantize_pytorch").ResidualVQ(
+        dim=config["dim"],
+        codebook_size=config["codebook_size"],
+        codebook_dim=config["codebook_dim"],
+        num_quantizers=config["num_quantizers"],
+        decay=config["decay"],
+        commitment_weight=config["commitment_weight"],
+        threshold_ema_dead_code=config["threshold_ema_dead_code"],
+        use_cosine_sim=config["use_cosine_sim"],
+    )
+
+
 def load_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_failure, crosscheck, linked, load_json, run_cli
+from conftest import REPO, assert_clean_failure, linked, load_json, residual_vq, run_cli
 from heartmula_burn import open_pack
 from heartmula_burn.fields import Fields
 from heartmula_burn.presets.heartcodec import HeartCodec, parse_config
@@ -73,18 +73,8 @@ def test_the_released_config_implies_818_tensors_and_6_64_gb():
 
 
 def test_vq_names_and_shapes_are_vector_quantize_pytorchs():
-    vqp = crosscheck("vector_quantize_pytorch")
     c = CODEC_FULL_CONFIG
-    rvq = vqp.ResidualVQ(
-        dim=c["dim"],
-        codebook_size=c["codebook_size"],
-        codebook_dim=c["codebook_dim"],
-        num_quantizers=c["num_quantizers"],
-        decay=c["decay"],
-        use_cosine_sim=False,
-        commitment_weight=c["commitment_weight"],
-        threshold_ema_dead_code=c["threshold_ema_dead_code"],
-    )
+    rvq = residual_vq(c)
     theirs = {f"flow_matching.vq_embed.{k}": tuple(v.shape) for k, v in rvq.state_dict().items()}
     ours = {n: s for n, s in HeartCodec().expected_tensors(Fields(c, Path("c.json"))).items() if ".vq_embed." in n}
     assert set(ours) == set(theirs)

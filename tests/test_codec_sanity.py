@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import crosscheck, linked, run_cli
+from conftest import crosscheck, linked, residual_vq, run_cli
 from safetensors.numpy import load_file
 
 torch = crosscheck("torch")
@@ -111,16 +111,8 @@ def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
 
 
 def test_vq_output_matches_vector_quantize_pytorch(weights):
-    vqp = crosscheck("vector_quantize_pytorch")
     c = CODEC_TINY_CONFIG
-    rvq = vqp.ResidualVQ(
-        dim=c["dim"],
-        codebook_size=c["codebook_size"],
-        codebook_dim=c["codebook_dim"],
-        num_quantizers=c["num_quantizers"],
-        decay=c["decay"],
-        use_cosine_sim=False,
-    )
+    rvq = residual_vq(c)
     prefix = "flow_matching.vq_embed."
     state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     for k in [k for k in state if k.endswith("initted")]:
