@@ -8,7 +8,6 @@ known ones are listed in `PRESETS`."""
 from __future__ import annotations
 
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,10 +81,6 @@ def shape_problems(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, 
 def _listing(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(s) for s in shapes.values())
 
 
 def _registry() -> tuple[Preset, ...]:
