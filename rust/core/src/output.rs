@@ -108,9 +108,9 @@ pub fn ensure_free_space(what: &Path, dir: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `destination` can be written: its folder exists, and it is not a folder itself
-/// (unless `folder`) nor, without `overwrite`, an existing file.
-pub fn check_destination(destination: &Path, overwrite: bool, folder: bool) -> Result<PathBuf> {
+/// Checks that `destination` can be written: its folder exists, and it is neither a folder nor,
+/// without `overwrite`, an existing file. Returns the folder.
+fn check_destination(destination: &Path, overwrite: bool) -> Result<PathBuf> {
     let dir = parent_dir(destination).ok_or_else(|| Error::output(destination, "output path has no file name"))?;
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
@@ -118,7 +118,7 @@ pub fn check_destination(destination: &Path, overwrite: bool, folder: bool) -> R
         Err(_) => return Err(Error::output(destination, "output folder does not exist")),
     }
     match std::fs::symlink_metadata(destination) {
-        Ok(m) if m.is_dir() && !folder => Err(Error::output(destination, "output is an existing folder")),
+        Ok(m) if m.is_dir() => Err(Error::output(destination, "output is an existing folder")),
         Ok(_) if !overwrite => Err(Error::output(destination, "output exists (use --force to replace it)")),
         _ => Ok(dir),
     }
@@ -136,7 +136,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Checks the destination can be written and creates the temp file, `size` bytes long.
     pub fn create(destination: &Path, size: u64, overwrite: bool) -> Result<AtomicFile> {
-        let dir = check_destination(destination, overwrite, false)?;
+        let dir = check_destination(destination, overwrite)?;
         ensure_free_space(destination, &dir, size)?;
         remove_stale_partials(destination);
         let temp_path = partial_path(destination)?;

@@ -55,13 +55,14 @@ impl Shard {
         // its new end; the guard turns that into zeros plus a recorded fault that `check` reports.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map shard", e))?;
         let guard = MapGuard::register(mmap.as_ptr(), mmap.len());
-        if path.extension().is_some_and(|e| e == "npy") {
-            return Self::from_npy(path, file, guard, mmap);
-        }
-        if path.extension().is_some_and(|e| e == "bpk") {
-            return Self::from_pack(path, file, guard, mmap);
-        }
-        let (tensors, metadata) = parse_safetensors(path, &mmap)?;
+        let is_npy = path.extension().is_some_and(|e| e == "npy");
+        let (tensors, metadata) = if is_npy {
+            npy_tensor(path, &mmap)?
+        } else if path.extension().is_some_and(|e| e == "bpk") {
+            pack_tensors(path, &mmap)?
+        } else {
+            parse_safetensors(path, &mmap)?
+        };
         let shard = Shard {
             path: path.to_path_buf(),
             file,
@@ -69,75 +70,9 @@ impl Shard {
             mmap,
             tensors,
             metadata,
-            is_npy: false,
+            is_npy,
         };
-        shard.check(None)?;
-        Ok(shard)
-    }
-
-    /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
-    fn from_pack(path: &Path, file: File, guard: MapGuard, mmap: Mmap) -> Result<Shard> {
-        let index = crate::burnpack::index_from_bytes(path, &mmap)?; // already mapped: no second read
-        let tensors = index
-            .tensors
-            .into_iter()
-            .map(|t| ShardTensor {
-                source_dtype: t.dtype.name().to_string(),
-                dtype: Some(t.dtype),
-                byte_len: t.end - t.start,
-                file_offset: t.file_offset,
-                shape: t.shape,
-                name: t.name,
-            })
-            .collect();
-        let metadata = index.metadata.into_iter().collect();
-        let shard = Shard {
-            path: path.to_path_buf(),
-            file,
-            guard,
-            mmap,
-            tensors,
-            metadata,
-            is_npy: false,
-        };
-        shard.check(None)?;
-        Ok(shard)
-    }
-
-    fn from_npy(path: &Path, file: File, guard: MapGuard, mmap: Mmap) -> Result<Shard> {
-        let bad = |message: String| Error::source(path, format!("not a valid .npy file: {message}"));
-        let header = crate::npy::parse_header(&mmap).map_err(bad)?;
-        let byte_len = crate::burnpack::byte_len(header.dtype, &header.shape)
-            .ok_or_else(|| bad("shape overflows 64 bits".into()))?;
-        let available = mmap.len() as u64 - header.data_offset.min(mmap.len() as u64);
-        if available != byte_len {
-            return Err(bad(format!(
-                "holds {available} data bytes but {} {:?} needs {byte_len} (truncated?)",
-                header.dtype, header.shape
-            )));
-        }
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tensor = ShardTensor {
-            name,
-            dtype: Some(header.dtype),
-            source_dtype: header.dtype.name().to_string(),
-            shape: header.shape,
-            file_offset: header.data_offset,
-            byte_len,
-        };
-        let shard = Shard {
-            path: path.to_path_buf(),
-            file,
-            guard,
-            mmap,
-            tensors: vec![tensor],
-            metadata: Vec::new(),
-            is_npy: true,
-        };
-        shard.check(None)?;
+        shard.check(None)?; // the header was read through the map too
         Ok(shard)
     }
 
@@ -178,6 +113,52 @@ impl Shard {
             .iter()
             .find(|t| offset >= t.file_offset && offset < t.file_offset + t.byte_len.max(1))
     }
+}
+
+/// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
+fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
+    let index = crate::burnpack::index_from_bytes(path, bytes)?; // already mapped: no second read
+    let tensors = index
+        .tensors
+        .into_iter()
+        .map(|t| ShardTensor {
+            source_dtype: t.dtype.name().to_string(),
+            dtype: Some(t.dtype),
+            byte_len: t.end - t.start,
+            file_offset: t.file_offset,
+            shape: t.shape,
+            name: t.name,
+        })
+        .collect();
+    Ok((tensors, index.metadata.into_iter().collect()))
+}
+
+/// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
+fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
+    let bad = |message: String| Error::source(path, format!("not a valid .npy file: {message}"));
+    let header = crate::npy::parse_header(bytes).map_err(bad)?;
+    let byte_len =
+        crate::burnpack::byte_len(header.dtype, &header.shape).ok_or_else(|| bad("shape overflows 64 bits".into()))?;
+    let available = bytes.len() as u64 - header.data_offset.min(bytes.len() as u64);
+    if available != byte_len {
+        return Err(bad(format!(
+            "holds {available} data bytes but {} {:?} needs {byte_len} (truncated?)",
+            header.dtype, header.shape
+        )));
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tensor = ShardTensor {
+        name,
+        dtype: Some(header.dtype),
+        source_dtype: header.dtype.name().to_string(),
+        shape: header.shape,
+        file_offset: header.data_offset,
+        byte_len,
+    };
+    Ok((vec![tensor], Vec::new()))
 }
 
 /// A shard header's `__metadata__`: sorted (key, value) pairs.
