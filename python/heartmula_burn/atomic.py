@@ -8,16 +8,17 @@ import contextlib
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Callable
 
 from . import _core
 from .errors import OutputError
 
 
-def stage_text(path: Path, text: str, *, overwrite: bool = True) -> _core.StagedFile:
-    """`text` written to `path`'s temporary sibling; commit the result to put it in place."""
-    staged = _core.StagedFile(path, overwrite=overwrite)
+def _stage(dest: Path, overwrite: bool, fill: Callable[[Path], object]) -> _core.StagedFile:
+    """`dest`'s temporary sibling, written by `fill(temp_path)`; commit the result to put it in place."""
+    staged = _core.StagedFile(dest, overwrite=overwrite)
     try:
-        staged.temp_path.write_text(text, encoding="utf-8")
+        fill(staged.temp_path)
     except BaseException:
         staged.discard()
         raise
@@ -25,18 +26,12 @@ def stage_text(path: Path, text: str, *, overwrite: bool = True) -> _core.Staged
 
 
 def stage_copy(source: Path, dest: Path, *, overwrite: bool = True) -> _core.StagedFile:
-    """A copy of `source` in `dest`'s temporary sibling; commit the result to put it in place."""
-    staged = _core.StagedFile(dest, overwrite=overwrite)
-    try:
-        shutil.copyfile(source, staged.temp_path)
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
+    """A copy of `source`, staged for `dest`."""
+    return _stage(dest, overwrite, lambda temp: shutil.copyfile(source, temp))
 
 
 def write_text(path: Path, text: str, *, overwrite: bool = True) -> None:
-    stage_text(path, text, overwrite=overwrite).commit()
+    _stage(path, overwrite, lambda temp: temp.write_text(text, encoding="utf-8")).commit()
 
 
 def commit_all(staged: Iterable[_core.StagedFile]) -> None:

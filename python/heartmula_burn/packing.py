@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from . import _core
 from .atomic import commit_all, stage_copy
-from .checkpoint import Checkpoint, load_checkpoints
+from .checkpoint import load_checkpoints
 from .errors import OutputError, SourceError
 from .manifest import Manifest, build_manifest, preset_of
-from .presets import PRESETS, preset_named
+from .presets import PRESETS
 
 ProgressFn = Callable[[int, int], None]
 # The file an unrecognised (--any-model) checkpoint is packed to when no output is named.
@@ -170,19 +170,23 @@ def plan_checkpoint(
     folder, first_name = output_folder(output)
     jobs, notes = [], []
     for i, ckpt in enumerate(checkpoints):
-        model_dtype, note = _dtype_for(ckpt, dtype, any_model, several=len(checkpoints) > 1)
+        # The preset that checks it (none with --any-model), and the one it is named after: also,
+        # for --any-model packs, that of the folder a known model ships in.
+        checked = None if any_model or ckpt.config is None else preset_of(ckpt)[0]
+        named = checked or next((p for p in PRESETS if ckpt.model_dir.name in p.folder_names), None)
+        model_dtype, kept = dtype, ""
+        if checked is not None and len(checkpoints) > 1 and dtype not in checked.dtypes:
+            # A model packed in one dtype only keeps it when packed beside others, with a note.
+            model_dtype = checked.dtypes[0]
+            kept = f"packed in {model_dtype.upper()}, not {dtype.upper()}: {checked.dtype_reason}"
         manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
-        # Named by the model, also for --any-model packs of a folder a known model ships in.
-        preset = preset_named(manifest.metadata.get("model", "")) or next(
-            (p for p in PRESETS if ckpt.model_dir.name in p.folder_names), None
-        )
-        name = first_name if i == 0 and first_name else (preset.pack_name if preset else DEFAULT_PACK_NAME)
+        name = first_name if i == 0 and first_name else (named.pack_name if named else DEFAULT_PACK_NAME)
         job = Job(manifest, folder / name, model_dtype)
         jobs.append(job)
-        if note:
-            notes.append(f"{job.output}: {note}")
+        if kept:
+            notes.append(f"{job.output}: {kept}")
         narrow = {t.dtype for t in manifest.tensors} & {"BF16", "F16"}
-        if narrow and preset is not None and preset.name == "heartmula":
+        if narrow and named is not None and named.name == "heartmula":
             notes.append(f"{job.output}: holds {'/'.join(sorted(narrow))} tensors. {CPU_NOTE}")
     return jobs, notes
 
@@ -196,18 +200,6 @@ def output_folder(output: str | Path | None) -> tuple[Path, str | None]:
     if text.endswith(os.sep) or path.is_dir():
         return path, None
     return path.parent, path.name
-
-
-def _dtype_for(ckpt: Checkpoint, dtype: str, any_model: bool, several: bool) -> tuple[str, str | None]:
-    """The --dtype this checkpoint is packed in: as asked, except for a model that allows one dtype
-    only while several are packed at once (then that one, and a note saying so)."""
-    if any_model or not several or ckpt.config is None:
-        return dtype, None
-    preset, _ = preset_of(ckpt)
-    if dtype in preset.dtypes:
-        return dtype, None
-    kept = preset.dtypes[0]
-    return kept, f"packed in {kept.upper()}, not {dtype.upper()}: {preset.dtype_reason}"
 
 
 def pack_checkpoint(

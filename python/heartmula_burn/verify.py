@@ -10,7 +10,6 @@ from typing import Any
 from . import _core
 from .atomic import staged_folder
 from .checkpoint import load_checkpoint
-from .errors import OutputError
 from .manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
 from .packfile import Pack, dtype_size, open_pack
 from .packing import ProgressFn
@@ -75,8 +74,6 @@ def unpack(
     pack_path, out_dir = Path(pack_path), Path(out_dir)
     if max_shard_size <= 0:
         raise ValueError(f"--max-shard-size must be positive, not {max_shard_size}")
-    if out_dir.exists() and not force:
-        raise OutputError.at(out_dir, "output exists (use --force to replace it)")
     with open_pack(pack_path) as pack:
         groups = shard_plan(pack, max_shard_size)
         metadata = {"format": "pt", PACK_METADATA_KEY: json.dumps(pack.metadata, sort_keys=True)}
