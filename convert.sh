@@ -2,7 +2,10 @@
 # One step from an upstream checkpoint folder to the folder a Burn HeartMuLa runtime loads.
 #
 #   ./convert.sh CKPT_ROOT [extra pack options, e.g. --dtype bf16 --force]
+#   ./convert.sh --hub [extra pack options, e.g. --ckpt-root ckpt/ --lm-revision REV]
 #
+# With --hub the checkpoint is downloaded from the Hugging Face Hub first (HeartMuLa/HeartMuLa-oss-3B,
+# HeartMuLa/HeartCodec-oss, HeartMuLa/HeartMuLaGen; needs `pip install '.[hub]'`).
 # CKPT_ROOT holds HeartMuLa-oss-3B/ and HeartCodec-oss/ (or HeartCodec-oss-20260123/) beside
 # tokenizer.json and gen_config.json, as upstream ships them. Writes heartmula.bpk, heartcodec.bpk,
 # tokenizer.json and gen_config.json at the repository root (or in $HEARTMULA_OUT_DIR). All four
@@ -11,7 +14,7 @@
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    echo "usage: $0 CKPT_ROOT [pack options...]   (writes heartmula.bpk, heartcodec.bpk, tokenizer.json, gen_config.json)" >&2
+    echo "usage: $0 CKPT_ROOT|--hub [pack options...]   (writes heartmula.bpk, heartcodec.bpk, tokenizer.json, gen_config.json)" >&2
     [ $# -ge 1 ] && exit 0 || exit 2
 fi
 

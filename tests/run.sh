@@ -22,7 +22,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # PyPI's Linux torch wheel (with its CUDA libraries) runs on the CPU too: about 5 GB, 2 minutes.
 "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
-"$venv/bin/python" -m pip install --quiet "$wheel[test,sanity,crosscheck,lint]"
+"$venv/bin/python" -m pip install --quiet "$wheel[test,sanity,crosscheck,lint,hub]"
 
 echo "== lint gates: rustfmt, clippy (every crate), ruff, mypy, stubtest"
 cargo fmt --all --check

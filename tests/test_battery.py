@@ -292,3 +292,22 @@ def test_bad_packs(tmp_path, tiny_ckpt, case, command):
     args = ["inspect", bad] if command == "inspect" else ["verify", bad, "--against", tiny_ckpt]
     assert_clean_failure(run_cli(*args), *needles)
     assert bad.read_bytes() == data
+
+
+def test_an_output_folder_is_created_and_removed_again_when_the_run_fails(tiny_root, tmp_path):
+    """`-o DIR/` makes DIR and its missing parents; a run that fails part-way removes what it made."""
+    run_cli("pack", tiny_root, "-o", f"{tmp_path}/made/deeper/", "-q", check_rc=0)
+    made = tmp_path / "made" / "deeper"
+    assert sorted(p.name for p in made.iterdir()) == [
+        "gen_config.json",
+        "heartcodec.bpk",
+        "heartmula.bpk",
+        "tokenizer.json",
+    ]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = run_process("pack", tiny_root, "-o", f"{tmp_path}/failed/deeper/", preexec_fn=limit)
+    assert_clean_failure(proc, "heartmula.bpk", "large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]

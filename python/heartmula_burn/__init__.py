@@ -1,7 +1,7 @@
 """heartmula-burn: convert HeartMuLa (and any safetensors) checkpoints into Burn packs (.bpk)."""
 
 from .checkpoint import Checkpoint, load_checkpoint, load_checkpoints
-from .errors import CheckpointError, HeartmulaBurnError, OutputError, PackFileError, SourceError
+from .errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
 from .manifest import Manifest, ManifestTensor, build_manifest, package_version
 from .packfile import Pack, PackedTensor, open_pack
 from .packing import Conversion, PackReport, pack_checkpoint, pack_manifest
@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "Conversion",
     "HeartmulaBurnError",
+    "HubError",
     "Manifest",
     "ManifestTensor",
     "OutputError",

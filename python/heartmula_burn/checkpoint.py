@@ -8,6 +8,9 @@ checkpoint of one model."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,18 @@ INDEX_SUFFIX = ".safetensors.index.json"
 # Files a runtime needs beside the packs, looked for in CKPT_ROOT, then in the model folder.
 RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
 
-__all__ = ["Checkpoint", "SourceTensor", "load_checkpoint", "load_checkpoints", "model_dirs"]
+__all__ = [
+    "Checkpoint",
+    "SourceTensor",
+    "hub_source",
+    "load_checkpoint",
+    "load_checkpoints",
+    "load_model_folders",
+    "model_dirs",
+]
+# A Hugging Face cache snapshot: CACHE/models--ORG--NAME/snapshots/COMMIT/ (repository ids cannot
+# hold "--", so the split is unambiguous).
+_SNAPSHOT = re.compile(r"(?:^|/)models--(?:([\w.-]+?)--)?([\w.-]+)/snapshots/([0-9a-f]{40})(?:/|$)")
 
 
 @dataclass
@@ -35,6 +49,9 @@ class Checkpoint:
     extras: dict[str, Path] = field(default_factory=dict)
     # Each shard's __metadata__ (where `unpack` keeps the original pack's metadata and param_ids).
     shard_metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
+    # The Hub repository and commit the files came from, when they are (links into) a cache snapshot.
+    source_repo: str | None = None
+    source_revision: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -68,6 +85,33 @@ def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
 def load_checkpoints(root: str | Path, subdir: str | None = None) -> list[Checkpoint]:
     """Every model of a CKPT_ROOT (see `model_dirs`)."""
     return [_load(Path(root), model_dir) for model_dir in model_dirs(root, subdir)]
+
+
+def load_model_folders(model_folders: Sequence[Path], runtime_dir: Path) -> list[Checkpoint]:
+    """Models whose folders lie apart (the Hub cache's snapshots: one per repository), with the
+    runtime files in `runtime_dir`."""
+    return [_load(runtime_dir, Path(folder)) for folder in model_folders]
+
+
+def hub_source(path: Path) -> tuple[str, str] | None:
+    """(repository, commit) when `path` is, or lies in, a Hugging Face cache snapshot."""
+    m = _SNAPSHOT.search(Path(os.path.abspath(path)).as_posix())
+    if m is None:
+        return None
+    org, name, commit = m.groups()
+    return (f"{org}/{name}" if org else name), commit
+
+
+def _hub_source_of(model_dir: Path) -> tuple[str, str] | None:
+    """Where a model folder's files come from: the folder itself is a snapshot, or its config.json
+    links into one (a CKPT_ROOT laid out by `download`)."""
+    config = model_dir / "config.json"
+    if config.is_symlink():
+        target = Path(os.readlink(config))
+        found = hub_source(target if target.is_absolute() else config.parent / target)
+        if found is not None:
+            return found
+    return hub_source(model_dir)
 
 
 def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str | None = None) -> Checkpoint:
@@ -160,4 +204,5 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
             if (folder / name).is_file():
                 extras[name] = folder / name
                 break
-    return Checkpoint(root, model_dir, shards, tensors, config, index_path, extras, shard_metadata)
+    repo, revision = _hub_source_of(model_dir) or (None, None)
+    return Checkpoint(root, model_dir, shards, tensors, config, index_path, extras, shard_metadata, repo, revision)

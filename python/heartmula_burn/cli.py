@@ -13,26 +13,27 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, TextIO
 
-from . import __version__
+from . import __version__, hub
 from .errors import HeartmulaBurnError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
 from .packing import (
     CPU_NOTE,
-    DEFAULT_PACK_NAME,
     Conversion,
     Job,
     ProgressFn,
-    output_folder,
+    manifest_job,
     pack_manifests,
     plan_checkpoint,
+    plan_checkpoints,
 )
-from .presets import PRESETS, preset_named
+from .presets import PRESETS
 from .text import shown
 
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
@@ -59,6 +60,28 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def _add_hub_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Hugging Face Hub",
+        "the repositories to fetch (through huggingface_hub: its cache, HF_TOKEN or `hf auth login`, "
+        "HF_ENDPOINT, HF_HUB_OFFLINE=1 to work from the cache alone)",
+    )
+    g.add_argument(
+        "--lm-repo", default=hub.LM_REPO, metavar="REPO_ID", help=f"the HeartMuLa LM (default {hub.LM_REPO})"
+    )
+    g.add_argument(
+        "--codec-repo", default=hub.CODEC_REPO, metavar="REPO_ID", help=f"HeartCodec (default {hub.CODEC_REPO})"
+    )
+    g.add_argument(
+        "--gen-repo",
+        default=hub.GEN_REPO,
+        metavar="REPO_ID",
+        help=f"tokenizer.json and gen_config.json (default {hub.GEN_REPO})",
+    )
+    for role in ("lm", "codec", "gen"):
+        g.add_argument(f"--{role}-revision", metavar="REV", help="a branch, tag or commit (default main)")
 
 
 def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
@@ -105,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output pack, or a folder (an existing one, or a path ending in '/') for all packs; other packs go "
+        help="output pack, or a folder (an existing one, or a path ending in '/', created if missing) for all packs; "
+        "other packs go "
         "beside the first under their own names (default: ./heartmula.bpk, ./heartcodec.bpk)",
     )
     p.add_argument(
@@ -124,6 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help="download the checkpoint from the Hugging Face Hub first (the repositories below; needs "
+        "huggingface_hub) and pack it: no CKPT_ROOT needed",
+    )
+    p.add_argument(
+        "--ckpt-root",
+        dest="hub_root",
+        metavar="DIR",
+        help="with --hub: lay the download out in DIR as `download DIR` does (default: pack straight from the "
+        "Hugging Face cache)",
+    )
+    _add_hub_args(p)
+
+    d = sub.add_parser(
+        "download",
+        help="fetch HeartMuLa, HeartCodec and the runtime files from the Hugging Face Hub into CKPT_ROOT",
+        description="Fetch the three repositories a conversion needs through huggingface_hub (the LM, the "
+        "codec, and tokenizer.json + gen_config.json), only the files a conversion reads, into the Hugging Face "
+        "cache, and lay them out as upstream's README does: CKPT_ROOT/HeartMuLa-oss-3B/, "
+        "CKPT_ROOT/HeartCodec-oss/, CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json, as links into the "
+        "cache (stored once, shared with other tools; a second run downloads nothing). Free space is checked "
+        "before a byte is fetched. Each revision's commit is printed and recorded: packs made from CKPT_ROOT "
+        "carry source_repo and source_revision.",
+    )
+    d.add_argument("ckpt_root", metavar="CKPT_ROOT", help="folder to lay the checkpoint out in (created if missing)")
+    _add_hub_args(d)
+    d.add_argument("-f", "--force", action="store_true", help="replace files in CKPT_ROOT this command did not make")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--json", action="store_true", help="print what was fetched (repositories, commits, files) as JSON")
 
     m = sub.add_parser(
         "manifest",
@@ -178,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gen-config", help="gen_config.json (default: beside the HeartMuLa pack)")
     pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pl.add_argument(
+        "--push",
+        metavar="REPO_ID",
+        help="then upload OUT_DIR to this Hugging Face repository in one commit (created if missing; needs "
+        "huggingface_hub and a token with write access: HF_TOKEN or `hf auth login`); the commit URL is printed",
+    )
+    pl.add_argument("--private", action="store_true", help="with --push: create the repository private")
+    pl.add_argument("--revision", metavar="BRANCH", help="with --push: commit to this branch (created if missing)")
+    pl.add_argument("--dry-run", action="store_true", help="with --push: list what would be uploaded, upload nothing")
 
     v = sub.add_parser(
         "verify",
@@ -300,14 +364,42 @@ def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | N
         bar.close()
 
 
+def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
+    return hub.repo_specs(
+        lm_repo=args.lm_repo,
+        codec_repo=args.codec_repo,
+        gen_repo=args.gen_repo,
+        lm_revision=args.lm_revision,
+        codec_revision=args.codec_revision,
+        gen_revision=args.gen_revision,
+    )
+
+
+def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
+    from .checkpoint import load_checkpoints, load_model_folders
+
+    if args.ckpt_root or args.manifest or args.subdir:
+        raise UsageError("--hub downloads the checkpoint: give no CKPT_ROOT, --manifest or --subdir with it")
+    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+    if args.hub_root:
+        root = Path(args.hub_root)
+        hub.lay_out(root, fetched, force=args.force)
+        checkpoints = load_checkpoints(root)
+    else:
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
+    return plan_checkpoints(checkpoints, args.output, dtype=args.dtype, any_model=args.any_model)
+
+
 def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
+    if args.hub:
+        return _hub_jobs(args)
+    if args.hub_root:
+        raise UsageError("--ckpt-root goes with --hub (without it, give CKPT_ROOT)")
     if args.manifest:
         if args.ckpt_root:
             raise UsageError("give either CKPT_ROOT or --manifest, not both")
-        manifest = Manifest.load(args.manifest)
-        folder, name = output_folder(args.output)
-        preset = preset_named(manifest.metadata.get("model", ""))
-        return [Job(manifest, folder / (name or (preset.pack_name if preset else DEFAULT_PACK_NAME)))], []
+        return [manifest_job(Manifest.load(args.manifest), args.output)], []
     if not args.ckpt_root:
         raise UsageError("give a CKPT_ROOT (or --manifest FILE)")
     return plan_checkpoint(args.ckpt_root, args.output, dtype=args.dtype, any_model=args.any_model, subdir=args.subdir)
@@ -348,6 +440,17 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
         )
     for extra in result.extras:
         _say(f"copied {extra}")
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    root = Path(args.ckpt_root)
+    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+    written = hub.lay_out(root, fetched, force=args.force)
+    if args.json:
+        print(json.dumps({"ckpt_root": str(root), "repos": [f.to_dict() for f in fetched]}, indent=2))
+    if not args.quiet:
+        _say(f"laid out {root}: {', '.join(p.name for p in written)} (links into the Hugging Face cache)")
+    return 0
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
@@ -422,6 +525,8 @@ def cmd_export_raw(args: argparse.Namespace) -> int:
 def cmd_publish_layout(args: argparse.Namespace) -> int:
     from .publish import publish_layout
 
+    if not args.push and (args.private or args.revision or args.dry_run):
+        raise UsageError("--private, --revision and --dry-run go with --push REPO_ID")
     packs = [Path(p) for p in args.pack]
     codec = packs[0].parent / "heartcodec.bpk"
     if len(packs) == 1 and codec.is_file() and not codec.samefile(packs[0]):
@@ -447,7 +552,33 @@ def cmd_publish_layout(args: argparse.Namespace) -> int:
             bar.close()
     if not args.quiet:
         _say(f"wrote {summary['output']} ({', '.join(summary['files'])})")
+    if args.push:
+        _push(args, summary)
     return 0
+
+
+def _push(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    from .publish import commit_message, in_lfs
+
+    message, description = commit_message(summary["sources"], __version__)
+    upload = hub.push_folder(
+        Path(summary["output"]),
+        args.push,
+        message=message,
+        description=description,
+        private=args.private,
+        revision=args.revision,
+        dry_run=args.dry_run,
+        quiet=args.quiet,
+    )
+    if args.dry_run:
+        _say(f"would upload to {upload.repo} (branch {upload.revision}), one commit: {message}", sys.stdout)
+        for name, size in upload.files.items():
+            _say(f"  {name}  {hub.human(size)}{'  (LFS)' if in_lfs(name, size) else ''}", sys.stdout)
+        return
+    _say(
+        f"pushed {len(upload.files)} files to {upload.repo} (branch {upload.revision}): {upload.commit_url}", sys.stdout
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -512,6 +643,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pack": cmd_pack,
+    "download": cmd_download,
     "manifest": cmd_manifest,
     "inspect": cmd_inspect,
     "export-raw": cmd_export_raw,
@@ -577,4 +709,11 @@ def main(argv: list[str] | None = None) -> int:
         error, code = f"stopped by {signal.Signals(t.signum).name}; nothing was written", 128 + t.signum
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
         _say(f"heartmula-burn: error: {error}")
+    if code > 128 and any(t.name == hub.THREAD_NAME and t.is_alive() for t in threading.enumerate()):
+        # A download's worker threads are mid-file, and the interpreter would wait for them at exit
+        # (minutes for a 5 GB shard). Everything of ours is cleaned up already, and huggingface_hub
+        # renames a file into place only when complete: leave now.
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+        os._exit(code)
     return code

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointError",
     "HeartmulaBurnError",
+    "HubError",
     "OutputError",
     "PackFileError",
     "SourceError",
@@ -53,6 +54,14 @@ class SourceError(HeartmulaBurnError):
 class CheckpointError(SourceError):
     """A checkpoint folder that does not hold what its config.json and index say, or that a preset
     does not accept."""
+
+    __module__ = "heartmula_burn"
+
+
+class HubError(SourceError):
+    """The Hugging Face Hub could not give what a download asked for: a repository, revision or
+    file that is not there, a gated or private repository without access, the Hub out of reach with
+    nothing in the cache. `.path` is `REPO@REVISION`."""
 
     __module__ = "heartmula_burn"
 

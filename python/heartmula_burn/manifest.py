@@ -189,6 +189,11 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         "source_model": Path(os.path.abspath(ckpt.model_dir)).name,
         "source_dtype": ",".join(sorted(set(sources.values()))),
     }
+    if ckpt.source_repo is not None and ckpt.source_revision is not None:
+        metadata["source_repo"] = ckpt.source_repo
+        metadata["source_revision"] = ckpt.source_revision
+        if ckpt.model_dir.parent.name == "snapshots":  # packed from the cache: the folder is a commit
+            metadata["source_model"] = ckpt.source_repo.split("/")[-1]
     extras = dict(ckpt.extras)
     if not any_model:
         preset, config = preset_of(ckpt)

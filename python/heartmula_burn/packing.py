@@ -5,20 +5,21 @@ was: no half folder, no partial file."""
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
 from .atomic import commit_all, stage_copy
-from .checkpoint import load_checkpoints
+from .checkpoint import Checkpoint, load_checkpoints
 from .errors import OutputError, SourceError
 from .manifest import Manifest, build_manifest, preset_of
-from .presets import PRESETS
+from .presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
 # The file an unrecognised (--any-model) checkpoint is packed to when no output is named.
@@ -66,6 +67,8 @@ class Job:
     manifest: Manifest
     output: Path
     dtype: str = "f32"
+    # The output was given as a folder (`-o DIR/`): created, with missing parents, if it is missing.
+    make_folder: bool = False
 
 
 def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
@@ -108,6 +111,7 @@ def pack_manifests(
                 extras.setdefault(dest, source)
     staged: list[_core.StagedFile] = []
     reports = []
+    created = _make_folders(job.output.parent for job in jobs if job.make_folder)
     try:
         for job in jobs:
             started = time.perf_counter()
@@ -122,12 +126,31 @@ def pack_manifests(
             staged.append(pack)
             reports.append(_report(job, summary, time.perf_counter() - started))
         staged += [stage_copy(source, dest) for dest, source in extras.items()]
+        commit_all(staged)
     except BaseException:
         for f in staged:
             f.discard()
+        for folder in reversed(created):  # the run leaves no trace: folders it made go too, if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    commit_all(staged)
     return Conversion(reports, [str(dest) for dest in extras], list(notes))
+
+
+def _make_folders(folders: Iterable[Path]) -> list[Path]:
+    """Creates each missing output folder and its missing parents; returns those it created, parents first."""
+    created: list[Path] = []
+    for folder in folders:
+        missing = [p for p in (folder, *folder.parents) if not p.exists() and not p.is_symlink()]
+        for p in reversed(missing):
+            try:
+                p.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise OutputError.at(p, f"cannot create the output folder: {e.strerror}") from None
+            created.append(p)
+    return created
 
 
 def _report(job: Job, summary: _core.PackSummary, seconds: float) -> PackReport:
@@ -150,7 +173,16 @@ def _report(job: Job, summary: _core.PackSummary, seconds: float) -> PackReport:
 
 def pack_manifest(manifest: Manifest, output: str | Path, **kwargs: Any) -> Conversion:
     """Writes the pack described by `manifest` to `output`, with its runtime files beside it."""
-    return pack_manifests([Job(manifest, Path(output))], **kwargs)
+    return pack_manifests([manifest_job(manifest, output)], **kwargs)
+
+
+def manifest_job(manifest: Manifest, output: str | Path | None) -> Job:
+    """The job that packs `manifest` to `output` (a file, or a folder: the pack is then named
+    after its model)."""
+    folder, name = output_folder(output)
+    preset = preset_named(manifest.metadata.get("model", ""))
+    default = preset.pack_name if preset else DEFAULT_PACK_NAME
+    return Job(manifest, folder / (name or default), make_folder=name is None and output is not None)
 
 
 def plan_checkpoint(
@@ -166,7 +198,17 @@ def plan_checkpoint(
     folder or a path ending in '/', the folder they go to); the others go beside it under their own
     names. `dtype` applies to models that allow it; a model packed in one dtype only (HeartCodec: F32)
     keeps that one, with a note."""
-    checkpoints = load_checkpoints(root, subdir)
+    return plan_checkpoints(load_checkpoints(root, subdir), output, dtype=dtype, any_model=any_model)
+
+
+def plan_checkpoints(
+    checkpoints: Sequence[Checkpoint],
+    output: str | Path | None = None,
+    *,
+    dtype: str = "f32",
+    any_model: bool = False,
+) -> tuple[list[Job], list[str]]:
+    """`plan_checkpoint` for models already loaded (from one CKPT_ROOT, or from the Hub's cache)."""
     folder, first_name = output_folder(output)
     jobs, notes = [], []
     for i, ckpt in enumerate(checkpoints):
@@ -181,7 +223,7 @@ def plan_checkpoint(
             kept = f"packed in {model_dtype.upper()}, not {dtype.upper()}: {checked.dtype_reason}"
         manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
         name = first_name if i == 0 and first_name else (named.pack_name if named else DEFAULT_PACK_NAME)
-        job = Job(manifest, folder / name, model_dtype)
+        job = Job(manifest, folder / name, model_dtype, make_folder=first_name is None)
         jobs.append(job)
         if kept:
             notes.append(f"{job.output}: {kept}")

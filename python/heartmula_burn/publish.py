@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from .text import shown
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")
 LFS_THRESHOLD = 10 * 1000 * 1000  # bytes; larger files go through Git LFS
 RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
+REPO_ID = re.compile(r"[\w.-]{1,96}(/[\w.-]{1,96})?")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 LOADING = {
     "heartmula": """Tensors keep their upstream names and PyTorch layout (`Linear` weights are `[out, in]`), so
@@ -75,6 +78,15 @@ class _Published:
         self.pack = pack
         self.preset = preset
         self.file_name = preset.pack_name if preset else path.name
+        meta = pack.metadata
+        repo, revision = meta.get("source_repo", ""), meta.get("source_revision", "")
+        # Shown in the card's links and YAML: only what a Hub repository id and a commit can be.
+        valid = REPO_ID.fullmatch(repo) and COMMIT.fullmatch(revision)
+        self.source = (repo, revision) if valid else None
+        # Where it came from: that source, else its preset's upstream repository (commit unknown).
+        self.origin: tuple[str, str | None] | None = self.source or (
+            (preset.base_model, None) if preset is not None else None
+        )
 
     def section(self, size: int) -> str:
         pack, meta = self.pack, self.pack.metadata
@@ -106,13 +118,26 @@ class _Published:
 
 
 def model_card(packs: Sequence[_Published], files: dict[str, tuple[int, str]]) -> str:
-    presets = [p.preset for p in packs if p.preset is not None]
-    bases = list(dict.fromkeys(p.base_model for p in presets))  # in the packs' order, once each
+    # Where each pack came from: the Hub repository and commit it records, else its preset's upstream.
+    origins = [p.origin for p in packs if p.origin is not None]
+    bases = list(dict.fromkeys(repo for repo, _ in origins))  # in the packs' order, once each
+    revisions = {repo: revision for repo, revision in origins if revision}
     version = next((p.pack.metadata.get("version", "") for p in packs), "")
     title = bases[0].split("/")[-1] if bases else "Model"
     rows = "\n".join(f"| `{_cell(name)}` | {size:,} | `{digest}` |" for name, (size, digest) in files.items())
-    base_yaml = "".join(f"\n- {b}" for b in bases)
-    sources = ", ".join(f"[{b}](https://huggingface.co/{b})" for b in bases) or "A safetensors checkpoint"
+    base_yaml = "".join(f"\n- {_cell(b)}" for b in bases)
+    sources = (
+        ", ".join(
+            f"[{_cell(b)}](https://huggingface.co/{_cell(b)})"
+            + (
+                f" at commit [`{revisions[b][:12]}`](https://huggingface.co/{_cell(b)}/tree/{revisions[b]})"
+                if b in revisions
+                else ""
+            )
+            for b in bases
+        )
+        or "A safetensors checkpoint"
+    )
     sections = "\n\n".join(p.section(files[p.file_name][0]) for p in packs)
     runtime = (
         "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
@@ -145,14 +170,29 @@ tags:
 """
 
 
+def in_lfs(name: str, size: int) -> bool:
+    """Whether the .gitattributes `publish_layout` writes routes this file through Git LFS."""
+    return name.endswith(".bpk") or size > LFS_THRESHOLD
+
+
 def gitattributes(files: dict[str, tuple[int, str]]) -> str:
     lines = ["*.bpk filter=lfs diff=lfs merge=lfs -text"]
     lines += [
         f"{name} filter=lfs diff=lfs merge=lfs -text"
         for name, (size, _) in files.items()
-        if size > LFS_THRESHOLD and not name.endswith(".bpk")
+        if in_lfs(name, size) and not name.endswith(".bpk")
     ]
     return "\n".join(lines) + "\n"
+
+
+def commit_message(sources: dict[str, dict[str, str]], version: str) -> tuple[str, str]:
+    """The summary and description of the commit that pushes a publish-layout folder: what was
+    converted, from which repositories and commits, by which version of this tool."""
+    origins = list(dict.fromkeys(f"{s['repo']}@{s['revision'][:12]}" for s in sources.values()))
+    summary = f"Burn packs of {', '.join(origins)}" if origins else "Burn packs"
+    lines = [f"Converted by heartmula-burn {version}."]
+    lines += [f"- {name}: {s['repo']} at commit {s['revision']}" for name, s in sources.items()]
+    return summary, "\n".join(lines)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -213,4 +253,8 @@ def publish_layout(
     finally:
         for p in opened:
             p.pack.close()
-    return {"output": str(out_dir), "files": {k: {"bytes": s, "sha256": d} for k, (s, d) in files.items()}}
+    return {
+        "output": str(out_dir),
+        "files": {k: {"bytes": s, "sha256": d} for k, (s, d) in files.items()},
+        "sources": {p.file_name: {"repo": p.source[0], "revision": p.source[1]} for p in opened if p.source},
+    }

@@ -1,0 +1,412 @@
+"""The Hugging Face Hub at both ends, with the real huggingface_hub client over real HTTP against a
+small Hub server started on 127.0.0.1 (tests/hub_server.py) serving synthetic repositories.
+
+The client reads its settings (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN) when it is
+imported, so every command runs in a subprocess with its own environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_clean_failure, crosscheck, run_process
+from heartmula_burn import open_pack
+from hub_server import HubServer
+
+crosscheck("huggingface_hub")  # required where CI installs it, else these tests are skipped
+
+LM, CODEC, GEN = "HeartMuLa/HeartMuLa-oss-3B", "HeartMuLa/HeartCodec-oss", "HeartMuLa/HeartMuLaGen"
+TOKEN = "hf_test_token"
+
+
+def repo_files(folder: Path) -> dict[str, bytes | Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_root: Path) -> Any:
+    """The three upstream repositories made of the synthetic checkpoint, each with files a
+    conversion does not need (a README with an image, another format), plus a gated one."""
+    server = HubServer()
+    server.start()
+    junk: dict[str, bytes | Path] = {"README.md": b"# card\n", "assets/cover.png": b"\x89PNG" + b"\0" * 64}
+    server.add_repo(LM, {**repo_files(tiny_root / "HeartMuLa-oss-3B"), **junk, "model.bin": b"\0" * 1024})
+    server.add_repo(CODEC, {**repo_files(tiny_root / "HeartCodec-oss"), **junk})
+    gen = {name: tiny_root / name for name in ("tokenizer.json", "gen_config.json")}
+    server.add_repo(GEN, {**gen, **junk})
+    server.add_repo("gated/HeartMuLaGen", gen, gated=True)
+    server.add_repo("broken/HeartMuLaGen", {"tokenizer.json": tiny_root / "tokenizer.json"})
+    shards = {k: v for k, v in repo_files(tiny_root / "HeartMuLa-oss-3B").items() if k != "config.json"}
+    server.add_repo("broken/HeartMuLa-oss-3B", shards)
+    yield server
+    server.stop()
+    assert server.errors == [], "the server failed on a request the client made"
+
+
+def hub_env(server: HubServer, cache: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(
+        HF_ENDPOINT=server.url,
+        HF_HOME=str(cache.parent / "hf-home"),  # no token of this machine's user is read
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_DISABLE_XET="1",  # the test server speaks plain LFS
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def hub_cli(server: HubServer, cache: Path, *args: Any, check_rc: int | None = None, **env: str) -> Any:
+    return run_process(*args, env=hub_env(server, cache, **env), check_rc=check_rc)
+
+
+def tensors_of(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    with open_pack(path) as pack:
+        return {t.name: (t.dtype, tuple(t.shape), bytes(pack.raw_bytes(t.name))) for t in pack}
+
+
+def metadata_of(path: Path) -> dict[str, str]:
+    with open_pack(path) as pack:
+        return dict(pack.metadata)
+
+
+@pytest.fixture(scope="module")
+def local_packs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same synthetic checkpoint packed from its local folder: what every Hub route must match."""
+    out = tmp_path_factory.mktemp("local")
+    run_process("pack", tiny_root, "-o", f"{out}/", "-q", check_rc=0)
+    return out
+
+
+def assert_same_packs(out: Path, local: Path, server: HubServer, source_model: str = "HeartMuLa-oss-3B") -> None:
+    """Tensor for tensor the same bytes as the local packs; the metadata differs only by the source."""
+    for name, repo, model in (("heartmula.bpk", LM, source_model), ("heartcodec.bpk", CODEC, "HeartCodec-oss")):
+        assert tensors_of(out / name) == tensors_of(local / name)
+        got, want = metadata_of(out / name), metadata_of(local / name)
+        assert got.pop("source_repo") == repo
+        assert got.pop("source_revision") == server.commits(repo)[0]
+        assert got.pop("source_model") == model
+        want.pop("source_model")
+        assert got == want
+    for name in ("tokenizer.json", "gen_config.json"):
+        assert (out / name).read_bytes() == (local / name).read_bytes()
+
+
+def test_download_lays_out_upstream_layout_then_packs_like_the_local_folder(hub, tiny_root, local_packs, tmp_path):
+    cache, root = tmp_path / "cache", tmp_path / "ckpt"
+    before = len(hub.downloads())
+    proc = hub_cli(hub, cache, "download", root, "--json", check_rc=0)
+    report = json.loads(proc.stdout)
+    assert [r["repo"] for r in report["repos"]] == [LM, CODEC, GEN]
+    assert [r["commit"] for r in report["repos"]] == [hub.commits(r)[0] for r in (LM, CODEC, GEN)]
+    # The layout of upstream's README, every file a link into the cache, with the served bytes.
+    assert sorted(p.name for p in root.iterdir()) == [
+        "HeartCodec-oss",
+        "HeartMuLa-oss-3B",
+        "gen_config.json",
+        "tokenizer.json",
+    ]
+    for folder, repo in (("HeartMuLa-oss-3B", LM), ("HeartCodec-oss", CODEC)):
+        want = sorted(p.name for p in (tiny_root / folder).iterdir())
+        assert sorted(p.name for p in (root / folder).iterdir()) == want
+        for name in want:
+            link = root / folder / name
+            assert link.is_symlink() and str(os.readlink(link)).startswith(str(cache))
+            assert link.read_bytes() == (tiny_root / folder / name).read_bytes()
+    # Only what a conversion reads was fetched: no README, image or other format.
+    fetched = hub.downloads()[before:]
+    assert fetched and not [p for p in fetched if p.endswith(("README.md", "cover.png", "model.bin"))]
+    assert "commit" in proc.stderr or proc.stderr  # the commits are said on stderr too
+
+    out = tmp_path / "out"
+    hub_cli(hub, cache, "pack", root, "-o", f"{out}/", "-q", check_rc=0)
+    assert_same_packs(out, local_packs, hub)
+
+    # A second run downloads nothing.
+    before = len(hub.downloads())
+    proc = hub_cli(hub, cache, "download", root, check_rc=0)
+    assert hub.downloads()[before:] == []
+    assert "0 B to download" in proc.stderr
+
+
+def test_pack_hub_goes_from_nothing_to_the_runtime_folder(hub, local_packs, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "runtime"
+    hub_cli(hub, cache, "pack", "--hub", "-o", f"{out}/", "-q", check_rc=0)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gen_config.json",
+        "heartcodec.bpk",
+        "heartmula.bpk",
+        "tokenizer.json",
+    ]
+    assert_same_packs(out, local_packs, hub)
+    # The same through convert.sh, laid out in a --ckpt-root this time.
+    env = hub_env(hub, cache, HEARTMULA_OUT_DIR=str(tmp_path / "converted"), PYTHON=sys.executable)
+    (tmp_path / "converted").mkdir()
+    script = Path(__file__).resolve().parent.parent / "convert.sh"
+    subprocess.run(["bash", script, "--hub", "--ckpt-root", tmp_path / "ckpt", "-q"], env=env, check=True, timeout=300)
+    assert_same_packs(tmp_path / "converted", local_packs, hub)
+    assert (tmp_path / "ckpt" / "HeartMuLa-oss-3B" / "config.json").is_symlink()
+
+
+def test_a_pinned_revision_is_fetched_and_recorded(hub, tiny_root, tmp_path):
+    repo = "pinned/HeartMuLaGen"
+    first = hub.add_repo(repo, {"tokenizer.json": b'{"model": {"v": 1}}', "gen_config.json": b"{}"})
+    hub.tag(repo, "v1", first)
+    hub.add_commit(repo, {"tokenizer.json": b'{"model": {"v": 2}}'})
+    for revision in (first, "v1"):
+        root = tmp_path / f"ckpt-{revision}"
+        proc = hub_cli(
+            hub, tmp_path / "cache", "download", root, "--gen-repo", repo, "--gen-revision", revision, "--json", "-q"
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (root / "tokenizer.json").read_bytes() == b'{"model": {"v": 1}}'
+        gen = json.loads(proc.stdout)["repos"][2]
+        assert (gen["repo"], gen["revision"], gen["commit"]) == (repo, revision, first)
+    root = tmp_path / "ckpt-main"
+    hub_cli(hub, tmp_path / "cache", "download", root, "--gen-repo", repo, "-q", check_rc=0)
+    assert (root / "tokenizer.json").read_bytes() == b'{"model": {"v": 2}}'
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--lm-repo", "nobody/nothing"], ["nobody/nothing@main", "repository not found", "HF_TOKEN"]),
+        (["--codec-revision", "no-such-branch"], [f"{CODEC}@no-such-branch", "revision not found"]),
+        (
+            ["--gen-repo", "gated/HeartMuLaGen"],
+            ["gated/HeartMuLaGen", "accept its licence at", "/gated/HeartMuLaGen", "HF_TOKEN"],
+        ),
+        (["--gen-repo", "broken/HeartMuLaGen"], ["broken/HeartMuLaGen@", "no gen_config.json"]),
+        (["--lm-repo", "broken/HeartMuLa-oss-3B"], ["broken/HeartMuLa-oss-3B@", "no config.json"]),
+    ],
+)
+def test_hub_errors_are_one_line_and_nothing_is_written(hub, tmp_path, args, needles):
+    root = tmp_path / "ckpt"
+    before = len(hub.downloads())
+    proc = hub_cli(hub, tmp_path / "cache", "download", root, *args)
+    assert_clean_failure(proc, *needles)
+    assert not root.exists()
+    assert hub.downloads()[before:] == [], "nothing is downloaded before every repository is known good"
+
+
+def test_a_gated_repository_opens_with_a_token(hub, tmp_path):
+    root = tmp_path / "ckpt"
+    hub_cli(
+        hub, tmp_path / "cache", "download", root, "--gen-repo", "gated/HeartMuLaGen", "-q", HF_TOKEN=TOKEN, check_rc=0
+    )
+    assert (root / "gen_config.json").is_symlink()
+
+
+def test_offline_with_a_warm_cache_needs_no_hub(hub, local_packs, tmp_path):
+    cache = tmp_path / "cache"
+    cold = hub_cli(hub, cache, "download", tmp_path / "cold", "-q", HF_HUB_OFFLINE="1")
+    assert_clean_failure(cold, "HF_HUB_OFFLINE")
+    hub_cli(hub, cache, "download", tmp_path / "warm", "-q", check_rc=0)
+    # The endpoint points nowhere now: only the cache can answer.
+    env = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    hub_cli(hub, cache, "download", tmp_path / "offline", "-q", check_rc=0, **env)
+    out = tmp_path / "out"
+    hub_cli(hub, cache, "pack", "--hub", "-o", f"{out}/", "-q", check_rc=0, **env)
+    assert_same_packs(out, local_packs, hub)
+    # No network without HF_HUB_OFFLINE: the warm cache answers, as huggingface_hub does; a cold one cannot.
+    unreachable = {"HF_ENDPOINT": "http://127.0.0.1:9"}
+    hub_cli(hub, cache, "download", tmp_path / "no-network", "-q", check_rc=0, **unreachable)
+    assert (tmp_path / "no-network" / "tokenizer.json").read_bytes() == (local_packs / "tokenizer.json").read_bytes()
+    cold = hub_cli(hub, tmp_path / "cold-cache", "download", tmp_path / "nothing", "-q", **unreachable)
+    assert_clean_failure(cold, f"{LM}@main", "the Hub cannot be reached")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_connection_dropped_mid_file_resumes(hub, tiny_root, tmp_path):
+    shard = min((tiny_root / "HeartCodec-oss").glob("*.safetensors"))
+    hub.drop_after[shard.name] = shard.stat().st_size // 2
+    root = tmp_path / "ckpt"
+    before = len(hub.downloads())
+    hub_cli(hub, tmp_path / "cache", "download", root, "-q", check_rc=0)
+    assert (root / "HeartCodec-oss" / shard.name).read_bytes() == shard.read_bytes()
+    # The connection was cut once and the client fetched the rest (from byte 0: huggingface_hub resumes by
+    # range from its last 10 MiB boundary, and this shard is smaller).
+    assert shard.name not in hub.drop_after
+    assert len([p for p in hub.downloads()[before:] if p.endswith("/" + shard.name)]) == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_download_stopped_by_a_signal_leaves_no_half_file_and_the_next_run_completes(
+    hub, tiny_root, tmp_path, signum
+):
+    cache, root = tmp_path / "cache", tmp_path / "ckpt"
+    hub.slow_bytes_per_s = 64 << 10
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "heartmula_burn", "download", root, "-q"],
+            env=hub_env(hub, cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:  # a file is mid-download
+            time.sleep(0.05)
+        assert list(cache.rglob("*.incomplete")), "the download never started"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        hub.slow_bytes_per_s = None
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert not root.exists() or not any(root.iterdir()), "nothing is laid out before every file is complete"
+    # Under a final name in the cache, only complete files.
+    served = {"HeartMuLa-oss-3B": tiny_root / "HeartMuLa-oss-3B", "HeartCodec-oss": tiny_root / "HeartCodec-oss"}
+    for snapshot_file in cache.glob("models--*/snapshots/*/*"):
+        repo_name = snapshot_file.parents[2].name.split("--")[-1]
+        assert snapshot_file.read_bytes() == (served.get(repo_name, tiny_root) / snapshot_file.name).read_bytes()
+    hub_cli(hub, cache, "download", root, "-q", check_rc=0)
+    for folder in ("HeartMuLa-oss-3B", "HeartCodec-oss"):
+        for p in (tiny_root / folder).iterdir():
+            assert (root / folder / p.name).read_bytes() == p.read_bytes()
+
+
+def test_existing_files_are_kept_unless_forced(hub, tmp_path):
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    (root / "tokenizer.json").write_text('{"model": "mine"}')
+    proc = hub_cli(hub, tmp_path / "cache", "download", root, "-q")
+    assert_clean_failure(proc, "tokenizer.json", "--force")
+    assert (root / "tokenizer.json").read_text() == '{"model": "mine"}'
+    hub_cli(hub, tmp_path / "cache", "download", root, "-q", "--force", check_rc=0)
+    assert (root / "tokenizer.json").is_symlink()
+
+
+def test_free_space_is_checked_before_downloading(monkeypatch, tmp_path):
+    from heartmula_burn import OutputError, hub
+
+    spec = hub.repo_specs()[0]
+    plan = hub.Fetched(spec, "0" * 40, tmp_path, ["model.safetensors"], {"model.safetensors": 10**12}, 10**12)
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda _: _Usage(5 * 10**9))
+    with pytest.raises(OutputError, match=r"needs 1\.00 TB, 5\.00 GB are free"):
+        hub.check_space([plan])
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda _: _Usage(2 * 10**12))
+    hub.check_space([plan])
+
+
+class _Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+
+# ---------------------------------------------------------------------------------------------
+# publish-layout --push
+
+
+@pytest.fixture()
+def hub_packs(hub, tmp_path) -> Path:
+    out = tmp_path / "runtime"
+    hub_cli(hub, tmp_path / "cache", "pack", "--hub", "-o", f"{out}/", "-q", check_rc=0)
+    return out
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_uploads_the_folder_in_one_commit_and_downloads_back_identical(hub, hub_packs, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "publish"
+    repo = "someone/HeartMuLa-oss-3B-burn"
+    proc = hub_cli(
+        hub, cache, "publish-layout", out, "--pack", hub_packs / "heartmula.bpk", "--push", repo, "-q", HF_TOKEN=TOKEN
+    )
+    assert proc.returncode == 0, proc.stderr
+    commits = hub.commits(repo)
+    assert commits and commits[0] in proc.stdout  # the commit URL is printed
+    assert hub.files(repo) == folder_bytes(out)
+    assert {"heartmula.bpk", "heartcodec.bpk"} <= hub.lfs_paths(repo)
+    # The card cites the source repositories at their commits.
+    card = (out / "README.md").read_text()
+    for source in (LM, CODEC):
+        assert f"{source}/tree/{hub.commits(source)[0]}" in card
+    assert hub.commit_message(repo).startswith("Burn packs of " + LM + "@" + hub.commits(LM)[0][:12])
+    # Downloading what was pushed gives the same bytes.
+    fetched = tmp_path / "fetched"
+    code = f"import huggingface_hub as h; h.snapshot_download({repo!r}, local_dir={str(fetched)!r})"
+    subprocess.run([sys.executable, "-c", code], env=hub_env(hub, cache, HF_TOKEN=TOKEN), check=True, timeout=120)
+    got = {k: v for k, v in folder_bytes(fetched).items() if not k.startswith(".cache/")}
+    assert got == folder_bytes(out)
+    # A second push to a new branch, the first one untouched.
+    hub_cli(
+        hub,
+        cache,
+        "publish-layout",
+        tmp_path / "p2",
+        "--pack",
+        hub_packs / "heartmula.bpk",
+        "--push",
+        repo,
+        "--revision",
+        "bf16",
+        "-q",
+        HF_TOKEN=TOKEN,
+        check_rc=0,
+    )
+    assert hub.commits(repo) == commits
+    assert hub.files(repo, "bf16") == folder_bytes(tmp_path / "p2")
+
+
+def test_a_push_failing_part_way_leaves_the_repository_as_it_was(hub, hub_packs, tmp_path):
+    repo = "someone/failing-burn"
+    hub.add_repo(repo, {"README.md": b"before\n"})
+    before = hub.commits(repo)
+    hub.fail_lfs_upload.add("heartcodec.bpk")
+    try:
+        proc = hub_cli(
+            hub,
+            tmp_path / "cache",
+            "publish-layout",
+            tmp_path / "out",
+            "--pack",
+            hub_packs / "heartmula.bpk",
+            "--push",
+            repo,
+            "-q",
+            HF_TOKEN=TOKEN,
+        )
+    finally:
+        hub.fail_lfs_upload.discard("heartcodec.bpk")
+    assert_clean_failure(proc, repo)
+    assert hub.commits(repo) == before
+    assert hub.files(repo) == {"README.md": b"before\n"}
+
+
+def test_push_dry_run_lists_and_sends_nothing(hub, hub_packs, tmp_path):
+    before = len(hub.requests)
+    proc = hub_cli(
+        hub,
+        tmp_path / "cache",
+        "publish-layout",
+        tmp_path / "out",
+        "--pack",
+        hub_packs / "heartmula.bpk",
+        "--push",
+        "someone/never",
+        "--dry-run",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert hub.requests[before:] == []
+    lines = proc.stdout.splitlines()
+    assert "someone/never" in lines[0]
+    listed = {line.split()[0]: line for line in lines[1:]}
+    assert set(listed) == set(folder_bytes(tmp_path / "out"))
+    assert "(LFS)" in listed["heartmula.bpk"] and "(LFS)" not in listed["README.md"]
+
+
+def test_push_options_need_push(tmp_path):
+    proc = run_process("publish-layout", tmp_path / "out", "--pack", tmp_path / "x.bpk", "--dry-run")
+    assert proc.returncode == 2 and "--push" in proc.stderr
