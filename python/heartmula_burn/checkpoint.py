@@ -71,7 +71,12 @@ def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
     if subdir is not None:
         model_dir = root / subdir
         if not model_dir.is_dir():
-            raise CheckpointError.at(model_dir, "model folder does not exist")
+            present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            near = [name for name in present if name.lower() == subdir.lower()]
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise CheckpointError.at(
+                model_dir, f"model folder does not exist (folders in {root}: {', '.join(present) or 'none'}){hint}"
+            )
         return [model_dir]
     found = [root / name for preset in PRESETS for name in preset.folder_names if (root / name).is_dir()]
     if found:

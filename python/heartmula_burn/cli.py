@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, NoReturn, TextIO
 
 from . import __version__, hub
-from .errors import HeartmulaBurnError
+from .errors import HeartmulaBurnError, OutputError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
 from .packing import (
@@ -37,6 +38,8 @@ from .presets import PRESETS
 from .text import shown
 
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
+SYNTHETIC_MODELS = ("both", "heartmula", "heartcodec")
+SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
 
 DESCRIPTION = f"""\
@@ -52,6 +55,44 @@ A folder holding a single model.safetensors, or shards without an index, works t
 
 class UsageError(Exception):
     """Arguments that parse but do not make sense together: exit 2, with the usage line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviated options (`--dtyp` is a typo, not `--dtype`), saying which option
+    was probably meant; subcommands' parsers are kept, so that their own usage goes with their errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            options = list(self._option_string_actions)
+            for word in message.split()[2:]:
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1) if word.startswith("-") else []
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def _one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower) -> Callable[[str], str]:
+    """An argparse `type` accepting `choices` in any case, with a "did you mean" for a near miss."""
+
+    def choice(text: str) -> str:
+        value = normalise(text)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r}; choose from {', '.join(choices)}{hint}")
+
+    return choice
+
+
+def _choices(choices: Sequence[str]) -> str:
+    return "{" + ",".join(choices) + "}"
 
 
 class Terminated(BaseException):
@@ -92,7 +133,9 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
         help=f"only this model folder inside CKPT_ROOT (default: every one of {FOLDERS} present, else "
         "CKPT_ROOT itself)",
     )
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help=dtype_help)
+    p.add_argument(
+        "--dtype", type=_one_of(DTYPE_CHOICES), metavar=_choices(DTYPE_CHOICES), default="f32", help=dtype_help
+    )
     p.add_argument(
         "--any-model",
         action="store_true",
@@ -108,8 +151,8 @@ DTYPE_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="python -m heartmula_burn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"heartmula-burn {__version__}")
@@ -140,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--burn-version",
         "--burn-layout",
         dest="burn_version",
-        choices=BURN_VERSIONS,
+        type=_one_of(BURN_VERSIONS),
+        metavar=_choices(BURN_VERSIONS),
         default="0.21",
         help="Burn release whose reader the pack targets (default 0.21, also right for 0.22). 0.19 wrote no "
         "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
@@ -213,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--subdir", "--heartmula-subdir", dest="subdir", metavar="NAME", help="only this model folder in CKPT_ROOT"
     )
     e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
-    e.add_argument("--dtype", choices=DTYPE_CHOICES, default="f32", help=DTYPE_HELP)
+    e.add_argument(
+        "--dtype", type=_one_of(DTYPE_CHOICES), metavar=_choices(DTYPE_CHOICES), default="f32", help=DTYPE_HELP
+    )
     e.add_argument("--any-model", action="store_true", help="skip the presets' checks")
     e.add_argument("-f", "--force", action="store_true", help="replace an existing export")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -305,12 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("output", metavar="CKPT_ROOT")
     s.add_argument(
-        "--model", choices=("both", "heartmula", "heartcodec"), default="both", help="which models (default both)"
+        "--model",
+        type=_one_of(SYNTHETIC_MODELS),
+        metavar=_choices(SYNTHETIC_MODELS),
+        default="both",
+        help="which models (default both)",
     )
     s.add_argument("--full", action="store_true", help="the real shapes (HeartMuLa-oss-3B, HeartCodec-oss)")
-    s.add_argument("--dtype", choices=("F32", "BF16", "F16"), default="F32")
+    s.add_argument(
+        "--dtype",
+        type=_one_of(SYNTHETIC_DTYPES, str.upper),
+        metavar=_choices(SYNTHETIC_DTYPES),
+        default="F32",
+        help="dtype of the tensors (any case; default F32)",
+    )
+    s.add_argument("-f", "--force", action="store_true", help="write into a folder that is not empty")
     s.add_argument("--shards", type=_count, default=4, help="shards of the HeartMuLa checkpoint (the codec has 2)")
     s.add_argument("--seed", type=int, default=0)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -634,6 +692,10 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     from .synthetic import write_synthetic_checkpoint
 
     models = ("heartmula", "heartcodec") if args.model == "both" else (args.model,)
+    out = Path(args.output)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        # Beside a real CKPT_ROOT, synthetic weights must never replace real files unasked.
+        raise OutputError.at(out, "is not empty: synthetic files would replace what is there (use --force)")
     root = write_synthetic_checkpoint(
         args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed, models=models
     )
@@ -686,14 +748,17 @@ def _signals_unwind() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command = parser.commands[args.command]  # its usage goes with its errors
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     error: str | None = None
     code = 1
     try:
         with _signals_unwind():
             return COMMANDS[args.command](args)
     except UsageError as e:
-        parser.error(str(e))  # exits 2
+        command.error(str(e))  # exits 2
     except HeartmulaBurnError as e:
         error = str(e)
     except BrokenPipeError:

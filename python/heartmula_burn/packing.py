@@ -22,8 +22,8 @@ from .manifest import Manifest, build_manifest, preset_of
 from .presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
-# The file an unrecognised (--any-model) checkpoint is packed to when no output is named.
-DEFAULT_PACK_NAME = "heartmula.bpk"
+# The file a manifest of no known model, naming no source_model, is packed to when no output is named.
+DEFAULT_PACK_NAME = "model.bpk"
 CPU_NOTE = (
     "Burn's CPU backend (burn-ndarray 0.21) cannot load BF16 or F16 tensors: a runtime on the CPU needs the F32 pack"
 )
@@ -181,7 +181,9 @@ def manifest_job(manifest: Manifest, output: str | Path | None) -> Job:
     after its model)."""
     folder, name = output_folder(output)
     preset = preset_named(manifest.metadata.get("model", ""))
-    default = preset.pack_name if preset else DEFAULT_PACK_NAME
+    source = manifest.metadata.get("source_model", "")
+    plain = source and os.path.basename(source) == source and source not in (".", "..") and "\0" not in source
+    default = preset.pack_name if preset else (f"{source}.bpk" if plain else DEFAULT_PACK_NAME)
     return Job(manifest, folder / (name or default), make_folder=name is None and output is not None)
 
 
@@ -222,7 +224,9 @@ def plan_checkpoints(
             model_dtype = checked.dtypes[0]
             kept = f"packed in {model_dtype.upper()}, not {dtype.upper()}: {checked.dtype_reason}"
         manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
-        name = first_name if i == 0 and first_name else (named.pack_name if named else DEFAULT_PACK_NAME)
+        # A model no preset knows is named after its source: two of them never share a name.
+        own_name = f"{Path(os.path.abspath(ckpt.model_dir)).name}.bpk"
+        name = first_name if i == 0 and first_name else (named.pack_name if named else own_name)
         job = Job(manifest, folder / name, model_dtype, make_folder=first_name is None)
         jobs.append(job)
         if kept:

@@ -1,0 +1,75 @@
+"""What a user touches first: usage errors that name the subcommand and the option meant, no
+abbreviated options, dtypes in any case, names that say what is there."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import assert_clean_failure, run_cli
+from heartmula_burn import open_pack
+
+PACK_USAGE = "usage: python -m heartmula_burn pack "
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["pack", "CKPT", "--dtpye", "bf16"], ["unrecognized arguments: --dtpye bf16", "did you mean --dtype?"]),
+        (["pack", "CKPT", "--dtyp", "bf16"], ["unrecognized arguments: --dtyp bf16", "did you mean --dtype?"]),
+        (["pack", "CKPT", "--forse"], ["did you mean --force?"]),
+        (["pack"], ["give a CKPT_ROOT"]),
+        (["pack", "a", "b"], ["unrecognized arguments: b"]),
+        (["pack", "CKPT", "--dtype", "bf61"], ["invalid choice: 'bf61'", "did you mean bf16?"]),
+        (["pack", "CKPT", "--burn-version", "0.23"], ["invalid choice: '0.23'", "0.21, 0.22, 0.20, 0.19"]),
+    ],
+)
+def test_a_subcommand_error_shows_that_subcommand_usage_and_what_was_meant(args, needles):
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(PACK_USAGE), proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("python -m heartmula_burn pack: error: "), error
+    for needle in needles:
+        assert needle in error, error
+
+
+def test_dtypes_are_taken_in_any_case(tiny_ckpt, tmp_path):
+    for spelling in ("bf16", "BF16", "Bf16"):
+        run_cli("pack", tiny_ckpt, "-o", tmp_path / f"{spelling}.bpk", "--dtype", spelling, "--no-extras", check_rc=0)
+    assert (tmp_path / "BF16.bpk").read_bytes() == (tmp_path / "bf16.bpk").read_bytes()
+    assert (tmp_path / "Bf16.bpk").read_bytes() == (tmp_path / "bf16.bpk").read_bytes()
+    with open_pack(tmp_path / "BF16.bpk") as pack:
+        assert {t.dtype for t in pack} == {"BF16"}
+    run_cli("synthetic", tmp_path / "synth", "--model", "HeartCodec", "--dtype", "bf16", check_rc=0)
+    with open_pack(_packed(tmp_path / "synth" / "HeartCodec-oss", tmp_path / "c.bpk")) as pack:
+        assert {t.dtype for t in pack} == {"BF16"}
+
+
+def _packed(source, out):
+    run_cli("pack", source, "--any-model", "--dtype", "source", "-o", out, "-q", check_rc=0)
+    return out
+
+
+def test_a_misspelt_subdir_lists_the_folders_there(tiny_root):
+    proc = run_cli("pack", tiny_root, "--subdir", "HeartMula-oss-3B", "-o", "x.bpk")
+    assert_clean_failure(proc, "HeartMula-oss-3B", "HeartCodec-oss, HeartMuLa-oss-3B", "did you mean HeartMuLa-oss-3B?")
+
+
+def test_synthetic_never_writes_into_a_folder_with_files_unasked(tmp_path):
+    root = tmp_path / "CKPT_ROOT"
+    root.mkdir()
+    (root / "tokenizer.json").write_text('{"model": "the real one"}')
+    assert_clean_failure(run_cli("synthetic", root), str(root), "not empty", "--force")
+    assert (root / "tokenizer.json").read_text() == '{"model": "the real one"}'
+    assert sorted(p.name for p in root.iterdir()) == ["tokenizer.json"]
+    run_cli("synthetic", root, "--force", check_rc=0)
+    assert (root / "tokenizer.json").read_text() != '{"model": "the real one"}'
+
+
+def test_any_model_packs_are_named_after_their_source(tiny_ckpt, tmp_path):
+    mine = tmp_path / "my-model"
+    mine.mkdir()
+    shard = next((tiny_ckpt / "HeartMuLa-oss-3B").glob("*.safetensors"))
+    (mine / "model.safetensors").write_bytes(shard.read_bytes())
+    out = tmp_path / "out"
+    run_cli("pack", mine, "--any-model", "-o", f"{out}/", "-q", check_rc=0)
+    assert sorted(p.name for p in out.iterdir()) == ["my-model.bpk"]
