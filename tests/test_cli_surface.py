@@ -73,3 +73,20 @@ def test_any_model_packs_are_named_after_their_source(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     run_cli("pack", mine, "--any-model", "-o", f"{out}/", "-q", check_rc=0)
     assert sorted(p.name for p in out.iterdir()) == ["my-model.bpk"]
+
+
+def test_a_narrow_pack_of_any_model_says_the_cpu_backend_cannot_load_it(tiny_ckpt, tmp_path):
+    proc = run_cli("pack", tiny_ckpt / "HeartMuLa-oss-3B", "--any-model", "--dtype", "bf16", "-o", tmp_path / "x.bpk")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: " in proc.stderr and "CPU backend" in proc.stderr and "BF16" in proc.stderr
+
+
+def test_the_installed_package_carries_its_licence():
+    from importlib import metadata
+
+    meta = metadata.metadata("heartmula-burn")
+    assert meta["License-Expression"] == "Apache-2.0"
+    licence = [f for f in metadata.files("heartmula-burn") or [] if f.name == "LICENSE"]
+    assert len(licence) == 1
+    text = licence[0].read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and len(text) > 10000
