@@ -6,30 +6,80 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .errors import CheckpointError
+from .errors import CheckpointError, HeartmulaBurnError
 
 T = TypeVar("T")
 _MISSING: Any = object()
 
 
-def read_json(path: Path, what: str) -> Fields:
-    """The JSON object in `path`, ready to read field by field."""
+MiB = 1 << 20
+# The most bytes read from each kind of JSON document (`what`): a folder from anywhere may hold a
+# config.json of gigabytes, or one that is a link to /dev/zero.
+JSON_LIMITS = {
+    "config.json": 1 * MiB,
+    "gen_config.json": 1 * MiB,
+    "index": 64 * MiB,
+    "manifest": 256 * MiB,
+    "tokenizer.json": 256 * MiB,
+}
+DEFAULT_JSON_LIMIT = 64 * MiB
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_regular(path: Path, error: type[HeartmulaBurnError], what: str) -> int:
+    """A read-only descriptor of `path` (closed on exec), which must be a regular file: a FIFO, a
+    device (a link to /dev/zero) or a directory is refused with `error` naming the file, without
+    blocking on it. OSError (a missing file, no permission) propagates."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a plain file")
+            raise error.at(path, f"{what} is {kind}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_json(path: Path, what: str, *, limit: int | None = None) -> Fields:
+    """The JSON object in `path`, ready to read field by field. At most `limit` bytes are read
+    (by default the one `JSON_LIMITS` gives `what`); a larger file is refused."""
+    cap = limit if limit is not None else JSON_LIMITS.get(what, DEFAULT_JSON_LIMIT)
+    try:
+        fd = open_regular(path, CheckpointError, what)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(cap + 1)
     except FileNotFoundError:
         raise CheckpointError.at(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise CheckpointError.at(path, f"cannot read {what}: {e.strerror or e}") from None
+    if len(data) > cap:
+        raise CheckpointError.at(path, f"{what} is larger than {_size(cap)}, the most read for one: refused")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
         raise CheckpointError.at(path, f"cannot read {what}: {e}") from None
     except (json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError.at(path, f"{what} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise CheckpointError.at(path, f"{what} must be a JSON object, not {_kind(value)}")
     return Fields(value, path)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes // MiB} MiB" if nbytes % MiB == 0 else f"{nbytes} bytes"
 
 
 def _kind(value: object) -> str:

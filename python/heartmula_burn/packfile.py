@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -14,6 +15,7 @@ import numpy as np
 from . import _core
 from ._core import PackTensor as PackedTensor
 from .errors import HeartmulaBurnError, PackFileError
+from .fields import open_regular
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -47,53 +49,90 @@ def canonical_dtype(text: str) -> str | None:
     return next((name for name in NUMPY_DTYPES if name.upper() == text.upper()), None)
 
 
-class _GuardedMap(mmap.mmap):
-    """An mmap that carries its SIGBUS guard (`guard`), so that the guard lives exactly as long as
-    the map does, however long numpy views over it outlive the object that made them."""
-
-    guard: _core.MapGuard
-
-
 class MappedFile:
     """A file mapped read-only for zero-copy reads, guarded against the file shrinking underneath
     (a download still running, a file replaced in place): reads past its new end give zeros instead
     of killing the process with SIGBUS, and `check` then raises `error`, naming the file and the
-    tensor whose bytes were lost."""
+    tensor whose bytes were lost.
 
-    def __init__(self, path: Path, error: type[HeartmulaBurnError], tensor_at: Callable[[int], str | None]) -> None:
+    Every view (`array`, `raw`) holds a buffer export of the map, so `close` cannot unmap under a
+    live view: the mapping stays until the last view is gone, and the SIGBUS guard is unregistered
+    only once the mapping is (never while a view can still read it, never left over an address
+    another mapping may take)."""
+
+    def __init__(
+        self,
+        path: Path,
+        error: type[HeartmulaBurnError],
+        tensor_at: Callable[[int], str | None],
+        *,
+        fd: int | None = None,
+    ) -> None:
+        """Maps `fd` when given (the caller keeps it open and closes it), else opens `path`."""
         self.path = path
         self._error = error
         self._tensor_at = tensor_at
-        with open(path, "rb") as f:
-            self.size = os.fstat(f.fileno()).st_size
-            self._map = _GuardedMap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
-        if self._map is not None:
-            address = np.frombuffer(self._map, np.uint8).ctypes.data
-            self._map.guard = _core.MapGuard(address, self.size)
+        self._map: mmap.mmap | None = None
+        self._guard: _core.MapGuard | None = None
+        self._closed = False
+        if fd is not None:
+            self._map_fd(fd)
+            return
+        fd = open_regular(path, error, "file")
+        try:
+            self._map_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _map_fd(self, fd: int) -> None:
+        self.stat = os.fstat(fd)
+        self.size = self.stat.st_size
+        if not self.size:
+            return
+        # A plain mmap, no subclass and no attributes: its deallocator unmaps the range before it
+        # clears the weak references to it, so the finalizer below unguards only unmapped memory.
+        self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
+        with memoryview(self._map) as whole:
+            address = np.frombuffer(whole, np.uint8).ctypes.data
+        self._guard = _core.MapGuard(address, self.size)
+        self._unguard = weakref.finalize(self._map, self._guard.close)
+        # At exit, views may still be reading: leave the mapping guarded until the process ends.
+        self._unguard.atexit = False
 
     def array(
         self, offset: int, nbytes: int, dtype: np.dtype[Any], shape: tuple[int, ...], tensor: str
     ) -> np.ndarray[Any, Any]:
         """A read-only view of `nbytes` at `offset`, after checking the file still holds them."""
+        view: np.ndarray[Any, Any] = np.frombuffer(self.raw(offset, nbytes, tensor=tensor), dtype=dtype)
+        return view.reshape(shape)  # read-only: the map is ACCESS_READ
+
+    def raw(self, offset: int, nbytes: int, *, tensor: str | None = None) -> memoryview:
+        """`nbytes` at `offset`, zero-copy: the view (and any slice or array made from it) holds
+        the map, which stays mapped while it lives, whatever `close` is called meanwhile."""
+        mapped = self._map
+        if self._closed:
+            raise ValueError(f"{self.path}: read after close()")
         self.check()
-        if self._map is None or offset + nbytes > self._map.size():
-            current = self._map.size() if self._map is not None else 0
+        current = mapped.size() if mapped is not None else 0
+        if offset + nbytes > current:
             raise self._error.at(
                 self.path,
                 f"the file is {current} bytes now, too short for this tensor "
                 "(it shrank after it was opened: was it still being written or replaced?)",
                 tensor=tensor,
             )
-        view: np.ndarray[Any, Any] = np.ndarray(shape, dtype=dtype, buffer=self._map, offset=offset)
-        return view  # read-only: the map is ACCESS_READ
-
-    def raw(self, offset: int, nbytes: int) -> memoryview:
-        self.check()
-        return memoryview(self._map if self._map is not None else b"")[offset : offset + nbytes]
+        if mapped is None:
+            return memoryview(b"")
+        try:
+            whole = memoryview(mapped)
+        except ValueError:  # closed by another thread since
+            raise ValueError(f"{self.path}: read after close()") from None
+        with whole:
+            return whole[offset : offset + nbytes]  # a slice outlives the view it was cut from
 
     def check(self) -> None:
         """Raises if a read of the map faulted because the file shrank (those bytes read as zeros)."""
-        fault = self._map.guard.fault() if self._map is not None else None
+        fault = self._guard.fault() if self._guard is not None else None
         if fault is not None:
             raise self._error.at(
                 self.path,
@@ -103,14 +142,17 @@ class MappedFile:
             )
 
     def close(self) -> None:
-        if self._map is None or self._map.closed:
+        """No reads from here on. Unmaps the file now when no view of it is alive; otherwise the
+        last view to go unmaps it (and only then is the guard unregistered)."""
+        self._closed = True
+        mapped, self._map = self._map, None
+        if mapped is None:
             return
         try:
-            self._map.close()
+            mapped.close()
         except BufferError:
-            return  # views still alive keep the map (and its guard); both go with the last view
-        # Unmapped: the range may soon hold another mapping, which this guard must not claim.
-        self._map.guard.close()
+            return  # views still alive hold the map: it unmaps, then unguards, when the last goes
+        self._unguard()  # unmapped: the range may soon hold another mapping, which it must not claim
 
 
 class Pack:
@@ -120,7 +162,26 @@ class Pack:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        index = _core.read_pack_index(self.path)
+        try:
+            fd = open_regular(self.path, PackFileError, "pack")
+        except OSError as e:
+            raise OSError(e.errno, f"cannot open pack: {e.strerror}", e.filename) from None
+        try:
+            self._file = MappedFile(self.path, PackFileError, self._tensor_at, fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            index = _core.read_pack_index(self.path)
+            # The index is read through the path, the map was made from `fd`: both must be this one
+            # file, not a pack renamed over the path (or rewritten in place) in between.
+            mapped = self._file.stat
+            if _identity(os.stat(self.path)) != _identity(mapped) or index.file_size != mapped.st_size:
+                raise PackFileError.at(
+                    self.path, "the file changed while being opened (replaced or rewritten): open it again"
+                )
+        except BaseException:
+            self._file.close()
+            raise
         self.file_size = index.file_size
         self.metadata_size = index.metadata_size
         self.data_start = index.data_start
@@ -128,7 +189,6 @@ class Pack:
         self.metadata = index.metadata
         self.tensors = index.tensors
         self._by_name = {t.name: t for t in self.tensors}
-        self._file = MappedFile(self.path, PackFileError, self._tensor_at)
 
     def _tensor_at(self, offset: int) -> str | None:
         return next((t.name for t in self.tensors if t.file_offset <= offset < t.file_offset + max(t.nbytes, 1)), None)
@@ -175,6 +235,10 @@ class Pack:
                 self.check()
         finally:
             self.close()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def open_pack(path: str | Path) -> Pack:
