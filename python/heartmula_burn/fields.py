@@ -115,9 +115,14 @@ class Fields:
             raise self.error(key, f"must be {wanted}, not {_describe(value)}")
         return value
 
-    def integer(self, key: str, *, minimum: int | None = None, default: int = _MISSING) -> int:
+    def integer(
+        self, key: str, *, minimum: int | None = None, maximum: int | None = None, default: int = _MISSING
+    ) -> int:
+        """An integer; out of `minimum`..`maximum`, the error names the bound it crosses."""
         wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
         value: int = self._get(key, default, lambda v: _is_int(v) and (minimum is None or v >= minimum), wanted)
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be an integer <= {maximum}, not {_describe(value)}")
         return value
 
     def string(self, key: str, *, default: str = _MISSING) -> str:
@@ -128,11 +133,15 @@ class Fields:
         value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
         return value
 
-    def integers(self, key: str, *, minimum: int = 1, default: list[int] = _MISSING) -> list[int]:
+    def integers(
+        self, key: str, *, minimum: int = 1, maximum: int | None = None, default: list[int] = _MISSING
+    ) -> list[int]:
         wanted = f"a list of integers >= {minimum}"
         value: list[int] = self._get(
             key, default, lambda v: isinstance(v, list) and all(_is_int(x) and x >= minimum for x in v), wanted
         )
+        if maximum is not None and any(x > maximum for x in value):
+            raise self.error(key, f"must be a list of integers <= {maximum}, not {_describe(max(value))} in it")
         return list(value)
 
     def obj(self, key: str, *, default: Mapping[str, Any] = _MISSING) -> Fields:

@@ -18,6 +18,14 @@ from ..fields import Fields
 
 Shapes = dict[str, tuple[int, ...]]
 
+# Burn's reader limits (rust/core/src/burnpack.rs: MAX_TENSOR_COUNT, MAX_TENSOR_SIZE): a pack over
+# them does not load. A config.json is checked against them before any tensor name is built from it,
+# so that a count of a billion layers is one error line, not a list of a billion names.
+MAX_TENSOR_COUNT = 100_000
+MAX_TENSOR_BYTES = 10 * 1024**3
+# No size in a config can exceed the elements of the largest tensor Burn reads (one byte each).
+MAX_SIZE = MAX_TENSOR_BYTES
+
 
 class Preset(ABC):
     """One model the converter knows by name."""
@@ -59,6 +67,19 @@ class Preset(ABC):
                 where,
                 f"does not match its config.json ({self.title}): {problems} (--any-model packs it without this check)",
             )
+
+
+def check_tensor_count(config: Fields, title: str, fixed: int, parts: Mapping[str, int]) -> None:
+    """Refuses a config.json whose counts give more tensors than a Burn pack holds, naming the key
+    that gives the most: `parts` maps each count's key to the tensors it brings, `fixed` counts the
+    rest."""
+    total = fixed + sum(parts.values())
+    if total > MAX_TENSOR_COUNT:
+        key = max(parts, key=lambda k: parts[k])
+        raise config.error(
+            key,
+            f"gives {title} {total:,} tensors, more than the {MAX_TENSOR_COUNT:,} a Burn pack can hold",
+        )
 
 
 def shape_problems(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:

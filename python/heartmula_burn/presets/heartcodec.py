@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..fields import Fields
-from . import Preset, Shapes
+from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
 
 # Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"flow_matching.cond_feature_emb.weight", "scalar_model.decoder.0.bias"})
@@ -75,10 +75,13 @@ def parse_config(config: Fields) -> HeartCodecConfig:
     """Reads config.json with heartlib's `HeartCodecConfig` defaults for absent keys."""
 
     def size(key: str, default: int) -> int:
-        return config.integer(key, minimum=1, default=default)
+        return config.integer(key, minimum=1, maximum=MAX_SIZE, default=default)
 
-    def factors(key: str, default: list[int]) -> tuple[int, ...]:
-        return tuple(config.integers(key, default=default))
+    def count(key: str, default: int, minimum: int = 0) -> int:  # of codebooks, of blocks
+        return config.integer(key, minimum=minimum, maximum=MAX_TENSOR_COUNT, default=default)
+
+    def factors(key: str, default: list[int]) -> tuple[int, ...]:  # one level each: counted below
+        return tuple(config.integers(key, maximum=MAX_SIZE, default=default))
 
     down, down_kernels = (
         factors("downsample_factors", [3, 4, 4, 4, 5]),
@@ -96,15 +99,15 @@ def parse_config(config: Fields) -> HeartCodecConfig:
         )
     if config.boolean("use_cosine_sim", default=False):
         raise config.error("use_cosine_sim", "is true: cosine-similarity codebooks are not supported by this preset")
-    return HeartCodecConfig(
+    c = HeartCodecConfig(
         dim=size("dim", 512),
         codebook_size=size("codebook_size", 8192),
         codebook_dim=size("codebook_dim", 32),
-        num_quantizers=size("num_quantizers", 8),
+        num_quantizers=count("num_quantizers", 8, minimum=1),
         attention_head_dim=size("attention_head_dim", 64),
         num_attention_heads=size("num_attention_heads", 24),
-        num_layers=config.integer("num_layers", minimum=0, default=24),
-        num_layers_2=config.integer("num_layers_2", minimum=0, default=6),
+        num_layers=count("num_layers", 24),
+        num_layers_2=count("num_layers_2", 6),
         in_channels=size("in_channels", 1024),
         out_channels=size("out_channels", 256),
         ada_norm=config.string("norm_type", default="ada_norm_single") == "ada_norm_single",
@@ -122,6 +125,29 @@ def parse_config(config: Fields) -> HeartCodecConfig:
         init_channel=size("init_channel", 64),
         res_kernel_size=size("res_kernel_size", 7),
     )
+    check_tensor_count(config, "HeartCodec", fixed_tensors(c), count_tensors(c))
+    return c
+
+
+def count_tensors(c: HeartCodecConfig) -> dict[str, int]:
+    """The tensors each count of the config brings (what `expected_tensors` builds per codebook,
+    per block, per level), by key."""
+    block = 9 + int(c.ada_norm)  # 2 norms, 4 attention and 3 MLP projections, the AdaLN table
+    return {
+        "num_quantizers": 4 * c.num_quantizers,
+        "num_layers": block * c.num_layers,
+        "num_layers_2": block * c.num_layers_2,
+        "downsample_factors": (len(RESIDUAL_DILATIONS) * 8 + 4) * len(c.downsample_factors),
+        "upsample_factors": (len(RESIDUAL_DILATIONS) * 8 + 3) * len(c.upsample_factors),
+    }
+
+
+def fixed_tensors(c: HeartCodecConfig) -> int:
+    """The tensors of `expected_tensors` that no count of the config multiplies."""
+    vq_projections = 4 if c.codebook_dim != c.dim else 0
+    flow_matching = vq_projections + 3 + 3 * 4 + 2 + 2 * 6  # embeddings, 3 projections, 2 tables, 2 AdaLNs
+    pre_post = 6 if c.num_samples > 1 else 0
+    return flow_matching + 4 * 3 + pre_post  # 4 weight-normed convolutions around the levels
 
 
 def _linear(s: Shapes, prefix: str, n_in: int, n_out: int, bias: bool = True) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..fields import Fields
-from . import Preset, Shapes
+from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ FLAVORS = {
     "llama-400M": Flavor(4, 8, 4, 3072, 8192, 2048),
 }
 FLAVOR_KEYS = ("num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim")
+# Tensors of one transformer layer (`layer_shapes`), and of the model besides its layers (each stack's
+# final norm, `audio_head`, the embeddings and heads of `expected_tensors`).
+LAYER_TENSORS = 9
+FIXED_TENSORS = 10
+FLAVOR_MAXIMA = {"num_layers": MAX_TENSOR_COUNT}  # a count; all other keys are sizes
 # Tensors only a HeartMuLa checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"codebook0_head.weight", "audio_head", "backbone.norm.scale"})
 
@@ -61,8 +66,8 @@ def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
             f"giving {', '.join(FLAVOR_KEYS)}",
         )
     entry = flavors.obj(name)
-    sizes = {k: entry.integer(k, minimum=1) for k in FLAVOR_KEYS}
-    flavor = Flavor(**sizes, max_seq_len=entry.integer("max_seq_len", minimum=1, default=2048))
+    sizes = {k: entry.integer(k, minimum=1, maximum=FLAVOR_MAXIMA.get(k, MAX_SIZE)) for k in FLAVOR_KEYS}
+    flavor = Flavor(**sizes, max_seq_len=entry.integer("max_seq_len", minimum=1, maximum=MAX_SIZE, default=2048))
     if flavor.embed_dim % flavor.num_heads:
         raise entry.error("num_heads", f"({flavor.num_heads}) must divide embed_dim ({flavor.embed_dim})")
     if flavor.num_heads % flavor.num_kv_heads:
@@ -75,8 +80,16 @@ def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
 def parse_config(config: Fields) -> HeartMuLaConfig:
     backbone_name, backbone = _flavor(config, "backbone_flavor")
     decoder_name, decoder = _flavor(config, "decoder_flavor")
-    sizes = {k: config.integer(k, minimum=1) for k in ("text_vocab_size", "audio_vocab_size", "muq_dim")}
-    codebooks = config.integer("audio_num_codebooks", minimum=2)
+    sizes = {
+        k: config.integer(k, minimum=1, maximum=MAX_SIZE) for k in ("text_vocab_size", "audio_vocab_size", "muq_dim")
+    }
+    codebooks = config.integer("audio_num_codebooks", minimum=2, maximum=MAX_SIZE)
+    # Tensors by the key their layer count comes from: a custom flavour's entry, else the flavour.
+    layers: dict[str, int] = {}
+    for key, name, flavor in (("backbone_flavor", backbone_name, backbone), ("decoder_flavor", decoder_name, decoder)):
+        source = key if name in FLAVORS else f"flavors.{name}.num_layers"
+        layers[source] = layers.get(source, 0) + LAYER_TENSORS * flavor.num_layers
+    check_tensor_count(config, "HeartMuLa", FIXED_TENSORS, layers)
     return HeartMuLaConfig(
         backbone,
         decoder,
