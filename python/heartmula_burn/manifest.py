@@ -103,8 +103,22 @@ class Manifest:
             raise doc.error("format_version", f"is {version}; this version reads {MANIFEST_VERSION}")
         metadata = doc.string_map("metadata", default={})
         tensors = []
-        for entry in doc.objects("tensors"):
+        names: dict[str, int] = {}  # name -> index in "tensors"
+        param_ids: dict[int, int] = {}
+        for i, entry in enumerate(doc.objects("tensors")):
             name = entry.string("name")
+            if not name:
+                raise entry.error("name", "is empty: every tensor needs a name")
+            if name in names:
+                raise entry.error("name", f"is {name!r}, already the name of tensors[{names[name]}]")
+            names[name] = i
+            param_id = _param_id(entry)
+            if param_id is not None:
+                if param_id in param_ids:
+                    raise entry.error(
+                        "param_id", f"is {param_id}, already the param_id of tensors[{param_ids[param_id]}]"
+                    )
+                param_ids[param_id] = i
             source = entry.obj("source")
             tensors.append(
                 ManifestTensor(
@@ -114,13 +128,15 @@ class Manifest:
                     source_dtype=_dtype(entry, "source_dtype"),
                     dtype=_dtype(entry, "dtype"),
                     shape=tuple(entry.integers("shape", minimum=0)),
-                    param_id=_param_id(entry),
+                    param_id=param_id,
                 )
             )
-        extras = {
-            name: inside(file, base, path, f"extras entry '{name}' names")
-            for name, file in doc.string_map("extras", default={}).items()
-        }
+        extras = {}
+        for name, file in doc.string_map("extras", default={}).items():
+            # The key is the file written beside the pack: a name, never a path out of that folder.
+            if name in ("", ".", "..") or "/" in name or "\0" in name:
+                raise doc.error("extras", f"has the destination {name!r}, which is not a plain file name")
+            extras[name] = inside(file, base, path, f"extras entry '{name}' names")
         return cls(tensors, metadata, extras)
 
     def save(self, path: Path, *, overwrite: bool = True) -> None:
