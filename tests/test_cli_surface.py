@@ -4,7 +4,7 @@ abbreviated options, dtypes in any case, names that say what is there."""
 from __future__ import annotations
 
 import pytest
-from conftest import assert_clean_failure, run_cli
+from conftest import assert_clean_failure, linked, run_cli
 from heartmula_burn import open_pack
 
 PACK_USAGE = "usage: python -m heartmula_burn pack "
@@ -90,3 +90,24 @@ def test_the_installed_package_carries_its_licence():
     assert len(licence) == 1
     text = licence[0].read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and len(text) > 10000
+
+
+def test_the_python_api_takes_typed_options_and_checks_them_before_any_file(tiny_ckpt, tmp_path):
+    import heartmula_burn as hb
+
+    out = tmp_path / "p.bpk"
+    out.write_bytes(b"someone else's file")
+    with pytest.raises(TypeError, match="pack_checkpoint"):
+        hb.pack_checkpoint(tiny_ckpt, out, forse=True)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="int8"):
+        hb.pack_checkpoint(tiny_ckpt, out, dtype="int8")  # not "output exists": the argument is wrong first
+    with pytest.raises(ValueError, match="0.23"):
+        hb.pack_checkpoint(tiny_ckpt, out, burn_version="0.23")
+    assert out.read_bytes() == b"someone else's file"
+    # A manifest given by its path, and the same pack as from the checkpoint; dtypes in any case.
+    manifest = tmp_path / "m" / "m.json"  # beside a link to the checkpoint: manifests refer inside their folder
+    run_cli("manifest", linked(tiny_ckpt, tmp_path / "m"), "--dtype", "bf16", "-o", manifest, check_rc=0)
+    hb.pack_manifest(str(manifest), tmp_path / "from-manifest.bpk")
+    hb.pack_checkpoint(tiny_ckpt, tmp_path / "from-ckpt.bpk", dtype="BF16")
+    assert (tmp_path / "from-manifest.bpk").read_bytes() == (tmp_path / "from-ckpt.bpk").read_bytes()
+    assert hb.verify(tmp_path / "from-ckpt.bpk", tiny_ckpt) == []

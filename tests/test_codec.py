@@ -323,7 +323,7 @@ def test_a_manifest_of_the_codec_keeps_its_checks(tiny_root, tmp_path):
     doc = load_json(tmp_path / "m.json")
     assert len(doc["tensors"]) == 818 and {t["dtype"] for t in doc["tensors"]} == {"F32"}
     assert doc["metadata"]["model"] == "heartcodec"
-    assert_clean_failure(run_cli("manifest", ckpt, "-o", tmp_path / "both.json"), "several models", "--subdir")
+    assert_clean_failure(run_cli("manifest", ckpt, "-o", tmp_path / "both.json"), "several models", "as subdir")
 
 
 def test_any_model_packs_of_a_root_are_named_by_their_folders(tiny_root, tmp_path):

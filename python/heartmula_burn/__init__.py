@@ -5,6 +5,7 @@ from .errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, 
 from .manifest import Manifest, ManifestTensor, build_manifest, package_version
 from .packfile import Pack, PackedTensor, open_pack
 from .packing import Conversion, PackReport, pack_checkpoint, pack_manifest
+from .verify import unpack, verify
 
 __version__ = package_version()
 
@@ -28,4 +29,6 @@ __all__ = [
     "open_pack",
     "pack_checkpoint",
     "pack_manifest",
+    "unpack",
+    "verify",
 ]

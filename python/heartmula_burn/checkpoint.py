@@ -128,7 +128,7 @@ def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str |
         dirs = [d for d in dirs if preset is not None and d.name in preset.folder_names] or dirs
     if len(dirs) > 1:
         names = ", ".join(d.name for d in dirs)
-        raise CheckpointError.at(root, f"holds several models ({names}); pick one with --subdir NAME")
+        raise CheckpointError.at(root, f"holds several models ({names}): give the one to use as subdir")
     return _load(root, dirs[0])
 
 

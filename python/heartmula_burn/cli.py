@@ -25,6 +25,7 @@ from .errors import HeartmulaBurnError, OutputError
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest
 from .packfile import open_pack
 from .packing import (
+    BURN_VERSIONS,
     CPU_NOTE,
     Conversion,
     Job,
@@ -37,7 +38,6 @@ from .packing import (
 from .presets import PRESETS
 from .text import shown
 
-BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
 SYNTHETIC_MODELS = ("both", "heartmula", "heartcodec")
 SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)

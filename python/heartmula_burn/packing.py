@@ -18,10 +18,12 @@ from . import _core
 from .atomic import commit_all, stage_copy
 from .checkpoint import Checkpoint, load_checkpoints
 from .errors import OutputError, SourceError
-from .manifest import Manifest, build_manifest, preset_of
+from .manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
 from .presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
+# Burn releases whose reader a pack can target (the core writes each one's layout).
+BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
 # The file a manifest of no known model, naming no source_model, is packed to when no output is named.
 DEFAULT_PACK_NAME = "model.bpk"
 CPU_NOTE = (
@@ -171,9 +173,28 @@ def _report(job: Job, summary: _core.PackSummary, seconds: float) -> PackReport:
     )
 
 
-def pack_manifest(manifest: Manifest, output: str | Path, **kwargs: Any) -> Conversion:
-    """Writes the pack described by `manifest` to `output`, with its runtime files beside it."""
-    return pack_manifests([manifest_job(manifest, output)], **kwargs)
+def pack_manifest(
+    manifest: Manifest | str | Path,
+    output: str | Path,
+    *,
+    force: bool = False,
+    burn_version: str = "0.21",
+    progress: ProgressFn | None = None,
+    copy_extras: bool = True,
+) -> Conversion:
+    """Writes the pack a manifest describes (a `Manifest`, or the path of a manifest file) to
+    `output` (a file, or a folder ending in '/': the pack is then named after its model), with
+    its runtime files beside it. See `pack_checkpoint` for the options."""
+    check_burn_version(burn_version)
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.load(manifest)
+    return pack_manifests(
+        [manifest_job(manifest, output)],
+        force=force,
+        burn_version=burn_version,
+        progress=progress,
+        copy_extras=copy_extras,
+    )
 
 
 def manifest_job(manifest: Manifest, output: str | Path | None) -> Job:
@@ -255,9 +276,33 @@ def pack_checkpoint(
     dtype: str = "f32",
     any_model: bool = False,
     subdir: str | None = None,
-    **kwargs: Any,
+    force: bool = False,
+    burn_version: str = "0.21",
+    progress: ProgressFn | None = None,
+    copy_extras: bool = True,
 ) -> Conversion:
-    """One step from a checkpoint folder to packs: scan, check, build the manifests, pack (see
-    `plan_checkpoint` for where they go)."""
-    jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir)
-    return pack_manifests(jobs, notes=notes, **kwargs)
+    """One step from a checkpoint folder to packs: scan, check, build the manifests, pack.
+
+    - `output`: the first pack's file, or a folder (an existing one, or a path ending in '/',
+      created if missing) for all of them; default the current folder (see `plan_checkpoint`).
+    - `dtype`: "f32" (default), "bf16", "f16" or "source" (any case), for models that allow it.
+    - `any_model`: no preset's checks; `subdir`: only this model folder of `root`.
+    - `force`: replace existing outputs; `burn_version`: the reader targeted, "0.21" (default),
+      "0.22", "0.20" or "0.19"; `progress(done, total)`: called as bytes are written;
+      `copy_extras`: copy tokenizer.json and gen_config.json beside the packs (default True).
+
+    Raises `CheckpointError`/`SourceError` for a bad checkpoint, `OutputError` for an output that
+    cannot be written as asked, `ValueError` for an argument out of range (before any file is
+    touched), and the builtin `OSError` subclasses for failures of the system."""
+    check_burn_version(burn_version)
+    if dtype.lower() not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    jobs, notes = plan_checkpoint(root, output, dtype=dtype.lower(), any_model=any_model, subdir=subdir)
+    return pack_manifests(
+        jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
+    )
+
+
+def check_burn_version(version: str) -> None:
+    if version not in BURN_VERSIONS:
+        raise ValueError(f"unknown burn_version {version!r} (choose from {', '.join(BURN_VERSIONS)})")
