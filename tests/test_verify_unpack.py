@@ -24,7 +24,9 @@ def packs(tiny_ckpt, tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_good_packs_verify(packs, tiny_ckpt, dtype):
     proc = run_cli("verify", packs / f"{dtype}.bpk", "--against", tiny_ckpt, check_rc=0)
-    assert "ok" in proc.stderr
+    assert proc.stdout == f"{packs / f'{dtype}.bpk'}: ok, every tensor matches {tiny_ckpt}\n"  # the verdict, on stdout
+    proc = run_cli("verify", packs / f"{dtype}.bpk", check_rc=0)
+    assert "ok, the container is sound" in proc.stdout
 
 
 def test_verify_against_a_manifest(packs):
@@ -61,10 +63,11 @@ def test_verify_reports_dirty_padding_and_missing_tensors(packs, tiny_ckpt, tmp_
     raw[second.file_offset - 1] = 7
     bad = tmp_path / "dirty.bpk"
     bad.write_bytes(raw)
-    proc = run_cli("verify", bad, "--against", tiny_ckpt)
-    assert proc.returncode == 1
-    assert "padding after the metadata is not zero" in proc.stderr
-    assert f"tensor '{second.name}': padding before this tensor is not zero" in proc.stderr
+    for against in (["--against", tiny_ckpt], []):  # the container is checked with or without a source
+        proc = run_cli("verify", bad, *against)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert "padding after the metadata is not zero" in proc.stderr
+        assert f"tensor '{second.name}': padding before this tensor is not zero" in proc.stderr
     # A checkpoint with a tensor the pack lacks.
     other = tmp_path / "ckpt"
     shutil.copytree(tiny_ckpt, other)
@@ -129,3 +132,9 @@ def test_unpack_refuses_an_existing_folder(packs, tmp_path):
     assert_clean_failure(run_cli("unpack", packs / "f32.bpk", "-o", out), str(out), "--force")
     assert [p.name for p in out.iterdir()] == ["keep"]
     assert run_cli("unpack", packs / "f32.bpk", "-o", out, "--max-shard-size", "lots").returncode == 2
+
+
+def test_verify_against_the_other_model_says_so_in_one_line(tiny_root, tmp_path):
+    run_cli("pack", tiny_root, "-o", f"{tmp_path}/", "-q", check_rc=0)
+    proc = run_cli("verify", tmp_path / "heartcodec.bpk", "--against", tiny_root, "--subdir", "HeartMuLa-oss-3B")
+    assert_clean_failure(proc, "heartcodec.bpk", "is a HeartCodec pack", "holds HeartMuLa")

@@ -10,22 +10,31 @@ from typing import Any
 from . import _core
 from .atomic import staged_folder
 from .checkpoint import load_checkpoint
+from .errors import CheckpointError
 from .manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
 from .packfile import Pack, dtype_size, open_pack
 from .packing import ProgressFn
-from .presets import preset_for_pack
+from .presets import preset_for, preset_for_pack
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
 
 def verify(
-    pack_path: str | Path, against: str | Path, *, subdir: str | None = None, progress: ProgressFn | None = None
+    pack_path: str | Path,
+    against: str | Path | None = None,
+    *,
+    subdir: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[str]:
     """Problems found, one line each naming the pack and tensor; empty when the pack is right.
-    `against` is a checkpoint folder (each tensor is expected under its own name, in the dtype
-    the pack holds) or a manifest (exactly what it says)."""
+    The container is always checked (header, Burn's reader limits, offsets, alignment, overlaps,
+    padding, sizes); `against`, when given, is a checkpoint folder (each tensor is expected under
+    its own name, in the dtype the pack holds) or a manifest (exactly what it says). A checkpoint
+    of another model than the pack's is a `CheckpointError`, not a list of every tensor."""
     pack_path = Path(pack_path)
     lines = [_line(pack_path, p) for p in _core.check_container(pack_path)]
+    if against is None:
+        return lines
     against = Path(against)
     if against.suffix == ".json":
         manifest = Manifest.load(against)
@@ -33,6 +42,13 @@ def verify(
         with open_pack(pack_path) as pack:
             preset = preset_for_pack(pack.metadata, {t.name for t in pack})
             ckpt = load_checkpoint(against, subdir, model=preset.name if preset else None)
+            source = preset_for(ckpt.config) if preset is not None and ckpt.config is not None else None
+            if preset is not None and source is not None and source.name != preset.name:
+                raise CheckpointError.at(
+                    pack_path,
+                    f"is a {preset.title} pack, but {ckpt.model_dir} holds {source.title}: "
+                    f"verify it against the {preset.title} checkpoint",
+                )
             manifest = build_manifest(ckpt, dtype="source", any_model=True)
             for t in manifest.tensors:
                 if t.name in pack:
