@@ -302,7 +302,7 @@ def test_publish_layout_assembles_the_four_files_and_describes_the_codec(runtime
     card = (repo / "README.md").read_text()
     codec = (repo / "heartcodec.bpk").read_bytes()
     assert f"| `heartcodec.bpk` | {len(codec):,} | `{hashlib.sha256(codec).hexdigest()}` |" in card
-    assert "- HeartMuLa/HeartCodec-oss" in card and "## `heartcodec.bpk` (HeartCodec)" in card
+    assert "`heartmula.bpk`, `heartcodec.bpk`: random weights" in card and "## `heartcodec.bpk` (HeartCodec)" in card
     # The architecture, from the tiny codec's config and shapes.
     assert "| residual VQ | 8 codebooks of 32 codes, dim 4 -> 16 |" in card
     assert "| flow-matching estimator | 24 + 6 LLaMA-style blocks, width 16 / 32, MLP 256 / 256" in card

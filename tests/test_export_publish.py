@@ -1,6 +1,8 @@
 """The two-step raw export (one .npy per tensor + manifest) and the publishable folder."""
 
 import hashlib
+import json
+import shutil
 
 import ml_dtypes
 import numpy as np
@@ -87,7 +89,10 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     ]
     assert "*.bpk filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text()
     card = (out / "README.md").read_text()
-    assert "license: apache-2.0" in card and "base_model:\n- HeartMuLa/HeartMuLa-oss-3B\n" in card
+    # Synthetic weights are never presented as the upstream model.
+    assert "license: apache-2.0" in card and "base_model: []\n" in card
+    assert "# Synthetic HeartMuLa-oss-3B-shaped weights for Burn" in card
+    assert "**Not a trained model.** `heartmula.bpk`: random weights" in card
     with open_pack(f32) as pack:
         params = sum(int(np.prod(t.shape)) for t in pack)
         size = pack.file_size
@@ -122,3 +127,17 @@ def test_publish_layout_needs_the_runtime_files(tiny_ckpt, tmp_path):
     proc = run_cli("publish-layout", tmp_path / "repo", "--pack", pack)
     assert_clean_failure(proc, "tokenizer.json", "not found")
     assert not (tmp_path / "repo").exists()
+
+
+def test_publish_layout_card_of_a_real_checkpoint_names_its_base_model(tiny_ckpt, tmp_path):
+    real = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, real, symlinks=True)
+    config_path = real / "HeartMuLa-oss-3B" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["heartmula_burn_synthetic"]  # what a real checkpoint's config.json lacks
+    config_path.write_text(json.dumps(config))
+    run_cli("pack", real, "-o", tmp_path / "heartmula.bpk", "-q", check_rc=0)
+    run_cli("publish-layout", tmp_path / "repo", "--pack", tmp_path / "heartmula.bpk", "-q", check_rc=0)
+    card = (tmp_path / "repo" / "README.md").read_text()
+    assert "base_model:\n- HeartMuLa/HeartMuLa-oss-3B\n" in card and "# HeartMuLa-oss-3B for Burn" in card
+    assert "Not a trained model" not in card and "Synthetic" not in card

@@ -18,6 +18,7 @@ from .errors import OutputError, SourceError
 from .fields import Fields
 from .packfile import Pack, open_pack
 from .presets import Preset, config_of_pack, preset_for_pack
+from .synthetic import SYNTHETIC_KEY
 from .text import shown
 
 # Burn releases the compatibility checks (rust/burn-compat) run against.
@@ -83,9 +84,12 @@ class _Published:
         # Shown in the card's links and YAML: only what a Hub repository id and a commit can be.
         valid = REPO_ID.fullmatch(repo) and COMMIT.fullmatch(revision)
         self.source = (repo, revision) if valid else None
+        config = config_of_pack(meta, path)
+        # Random weights in upstream's shapes: the card must not present them as the upstream model.
+        self.synthetic = config is not None and SYNTHETIC_KEY in config
         # Where it came from: that source, else its preset's upstream repository (commit unknown).
         self.origin: tuple[str, str | None] | None = self.source or (
-            (preset.base_model, None) if preset is not None else None
+            (preset.base_model, None) if preset is not None and not self.synthetic else None
         )
 
     def section(self, size: int) -> str:
@@ -124,20 +128,27 @@ def model_card(packs: Sequence[_Published], files: dict[str, tuple[int, str]]) -
     revisions = {repo: revision for repo, revision in origins if revision}
     version = next((p.pack.metadata.get("version", "") for p in packs), "")
     title = bases[0].split("/")[-1] if bases else "Model"
+    synthetic = [p for p in packs if p.synthetic]
+    warning = ""
+    if synthetic:
+        shaped = next((p.preset.base_model for p in synthetic if p.preset is not None), "")
+        title = f"Synthetic {shaped.split('/')[-1] or 'model'}-shaped weights" if not bases else title
+        names = ", ".join(f"`{p.file_name}`" for p in synthetic)
+        warning = (
+            f"**Not a trained model.** {names}: random weights at realistic scales, written by "
+            "`heartmula-burn synthetic` for tests and benchmarks in the upstream release's shapes.\n\n"
+        )
     rows = "\n".join(f"| `{_cell(name)}` | {size:,} | `{digest}` |" for name, (size, digest) in files.items())
     base_yaml = "".join(f"\n- {_cell(b)}" for b in bases)
-    sources = (
-        ", ".join(
-            f"[{_cell(b)}](https://huggingface.co/{_cell(b)})"
-            + (
-                f" at commit [`{revisions[b][:12]}`](https://huggingface.co/{_cell(b)}/tree/{revisions[b]})"
-                if b in revisions
-                else ""
-            )
-            for b in bases
+    sources = ", ".join(
+        f"[{_cell(b)}](https://huggingface.co/{_cell(b)})"
+        + (
+            f" at commit [`{revisions[b][:12]}`](https://huggingface.co/{_cell(b)}/tree/{revisions[b]})"
+            if b in revisions
+            else ""
         )
-        or "A safetensors checkpoint"
-    )
+        for b in bases
+    ) or ("Synthetic weights" if synthetic else "A safetensors checkpoint")
     sections = "\n\n".join(p.section(files[p.file_name][0]) for p in packs)
     runtime = (
         "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
@@ -157,7 +168,7 @@ tags:
 
 # {title} for Burn
 
-{sources} converted to Burn packs by heartmula-burn {_cell(version)}. License: Apache-2.0, as upstream.
+{warning}{sources} converted to Burn packs by heartmula-burn {_cell(version)}. License: Apache-2.0, as upstream.
 {runtime}
 
 {sections}

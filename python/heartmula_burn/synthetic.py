@@ -199,6 +199,11 @@ def write_safetensors(path: Path, tensors: Shapes, dtype: str, seed: int, full: 
             f.writelines(chunk.astype(np_dtype).tobytes() for chunk in tensor_chunks(name, tensors[name], seed, full))
 
 
+# Written into every synthetic config.json: the weights are random, whatever the shapes say.
+SYNTHETIC_KEY = "heartmula_burn_synthetic"
+SYNTHETIC_NOTE = "random weights written by `heartmula-burn synthetic`, not a trained model"
+
+
 def write_model(
     model_dir: Path,
     config: dict[str, Any],
@@ -212,6 +217,7 @@ def write_model(
 ) -> None:
     """One model folder: config.json, shards (model-0000i-of-0000n.safetensors) and their index."""
     model_dir.mkdir(parents=True, exist_ok=True)
+    config = {**config, SYNTHETIC_KEY: SYNTHETIC_NOTE}  # packs carry it, so a model card can say so
     if dtype != "F32":
         config = {**config, "torch_dtype": {"BF16": "bfloat16", "F16": "float16"}[dtype]}
     groups = _split(tensors, num_shards, ST_DTYPES[dtype].itemsize)
