@@ -3,6 +3,9 @@ abbreviated options, dtypes in any case, names that say what is there."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from conftest import assert_clean_failure, linked, run_cli
 from heartmula_burn import open_pack
@@ -111,3 +114,45 @@ def test_the_python_api_takes_typed_options_and_checks_them_before_any_file(tiny
     hb.pack_checkpoint(tiny_ckpt, tmp_path / "from-ckpt.bpk", dtype="BF16")
     assert (tmp_path / "from-manifest.bpk").read_bytes() == (tmp_path / "from-ckpt.bpk").read_bytes()
     assert hb.verify(tmp_path / "from-ckpt.bpk", tiny_ckpt) == []
+
+
+BASH_COMPLETE = """
+source "$1"
+complete_words() {
+  COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+  COMPREPLY=()
+  _shtab_heartmula_burn heartmula-burn "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+  echo "${COMPREPLY[*]}"
+}
+complete -p heartmula-burn
+complete_words heartmula-burn p
+complete_words heartmula-burn pack --dt
+complete_words heartmula-burn pack --dtype b
+complete_words heartmula-burn download x --lm-re
+"""
+
+
+def test_bash_completion_completes_subcommands_options_and_choices(tmp_path):
+    script = tmp_path / "heartmula-burn.bash"
+    script.write_text(run_cli("completion", "bash", check_rc=0).stdout)
+    proc = subprocess.run(
+        ["bash", "-c", BASH_COMPLETE, "bash", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "complete -o bashdefault -F _shtab_heartmula_burn heartmula-burn",
+        "pack publish-layout",
+        "--dtype",
+        "bf16",
+        "--lm-repo --lm-revision",
+    ]
+
+
+def test_zsh_completion_is_a_zsh_completion_function():
+    script = run_cli("completion", "ZSH", check_rc=0).stdout
+    assert script.startswith("#compdef heartmula-burn")
+    for needle in ("download", "publish-layout", "--dtype", "bf16", "--lm-revision"):
+        assert needle in script
+    if shutil.which("zsh"):
+        proc = subprocess.run(["zsh", "-n"], input=script, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr

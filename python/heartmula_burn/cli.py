@@ -77,8 +77,9 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower) -> Callable[[str], str]:
-    """An argparse `type` accepting `choices` in any case, with a "did you mean" for a near miss."""
+def _one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower) -> dict[str, Any]:
+    """add_argument's keywords for a value among `choices`, taken in any case, with a "did you mean"
+    for a near miss (the choices stay declared, for --help and shell completion)."""
 
     def choice(text: str) -> str:
         value = normalise(text)
@@ -88,11 +89,7 @@ def _one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r}; choose from {', '.join(choices)}{hint}")
 
-    return choice
-
-
-def _choices(choices: Sequence[str]) -> str:
-    return "{" + ",".join(choices) + "}"
+    return {"type": choice, "choices": choices, "metavar": "{" + ",".join(choices) + "}"}
 
 
 class Terminated(BaseException):
@@ -133,9 +130,7 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
         help=f"only this model folder inside CKPT_ROOT (default: every one of {FOLDERS} present, else "
         "CKPT_ROOT itself)",
     )
-    p.add_argument(
-        "--dtype", type=_one_of(DTYPE_CHOICES), metavar=_choices(DTYPE_CHOICES), default="f32", help=dtype_help
-    )
+    p.add_argument("--dtype", **_one_of(DTYPE_CHOICES), default="f32", help=dtype_help)
     p.add_argument(
         "--any-model",
         action="store_true",
@@ -183,8 +178,7 @@ def build_parser() -> Parser:
         "--burn-version",
         "--burn-layout",
         dest="burn_version",
-        type=_one_of(BURN_VERSIONS),
-        metavar=_choices(BURN_VERSIONS),
+        **_one_of(BURN_VERSIONS),
         default="0.21",
         help="Burn release whose reader the pack targets (default 0.21, also right for 0.22). 0.19 wrote no "
         "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
@@ -257,9 +251,7 @@ def build_parser() -> Parser:
         "--subdir", "--heartmula-subdir", dest="subdir", metavar="NAME", help="only this model folder in CKPT_ROOT"
     )
     e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
-    e.add_argument(
-        "--dtype", type=_one_of(DTYPE_CHOICES), metavar=_choices(DTYPE_CHOICES), default="f32", help=DTYPE_HELP
-    )
+    e.add_argument("--dtype", **_one_of(DTYPE_CHOICES), default="f32", help=DTYPE_HELP)
     e.add_argument("--any-model", action="store_true", help="skip the presets' checks")
     e.add_argument("-f", "--force", action="store_true", help="replace an existing export")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -356,22 +348,31 @@ def build_parser() -> Parser:
     s.add_argument("output", metavar="CKPT_ROOT")
     s.add_argument(
         "--model",
-        type=_one_of(SYNTHETIC_MODELS),
-        metavar=_choices(SYNTHETIC_MODELS),
+        **_one_of(SYNTHETIC_MODELS),
         default="both",
         help="which models (default both)",
     )
     s.add_argument("--full", action="store_true", help="the real shapes (HeartMuLa-oss-3B, HeartCodec-oss)")
     s.add_argument(
         "--dtype",
-        type=_one_of(SYNTHETIC_DTYPES, str.upper),
-        metavar=_choices(SYNTHETIC_DTYPES),
+        **_one_of(SYNTHETIC_DTYPES, str.upper),
         default="F32",
         help="dtype of the tensors (any case; default F32)",
     )
     s.add_argument("-f", "--force", action="store_true", help="write into a folder that is not empty")
     s.add_argument("--shards", type=_count, default=4, help="shards of the HeartMuLa checkpoint (the codec has 2)")
     s.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print the completion script of the heartmula-burn command for a shell, made by shtab from "
+        "this parser (subcommands, options, their choices). Load it with, for bash: "
+        'eval "$(heartmula-burn completion bash)" (or save it under ~/.local/share/bash-completion/completions/'
+        "heartmula-burn); for zsh: heartmula-burn completion zsh > ~/.zfunc/_heartmula-burn, with ~/.zfunc in "
+        "fpath before compinit.",
+    )
+    c.add_argument("shell", **_one_of(("bash", "zsh")))
     parser.commands = dict(sub.choices)
     return parser
 
@@ -693,6 +694,15 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = build_parser()
+    parser.prog = "heartmula-burn"  # completes the console script
+    print(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from .synthetic import write_synthetic_checkpoint
 
@@ -719,6 +729,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "unpack": cmd_unpack,
     "sanity": cmd_sanity,
     "synthetic": cmd_synthetic,
+    "completion": cmd_completion,
 }
 
 
