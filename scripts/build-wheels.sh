@@ -2,8 +2,11 @@
 # Builds the release artifacts of heartmula-burn into OUT_DIR and checks them:
 #   - an abi3 wheel (CPython 3.9+) for glibc 2.17 and later (manylinux2014: RHEL 7/8, Ubuntu 18.04+),
 #     linked with zig so that the build machine's newer glibc cannot leak into it;
+#   - the same for aarch64 (Grace CPUs of GH200/GB200 GPU servers, ARM cloud instances), cross-built
+#     by zig, when rustup has (or can install) the aarch64-unknown-linux-gnu standard library;
 #   - the sdist, which builds anywhere with a Rust toolchain.
-# `auditwheel show` must report the manylinux_2_17 tag, and `twine check` must pass.
+# `auditwheel show` must report the manylinux_2_17 tag of each wheel's architecture, and `twine check`
+# must pass.
 #
 #   scripts/build-wheels.sh dist/
 #
@@ -32,18 +35,27 @@ mkdir -p "$out"
 rm -f "$out"/heartmula_burn-*.whl "$out"/heartmula_burn-*.tar.gz
 echo "== building the wheel (manylinux2014 through zig)"
 maturin build --release --locked --zig --compatibility manylinux2014 --out "$out"
+cross=aarch64-unknown-linux-gnu
+if [ "$(uname -m)" = x86_64 ] && { rustup target list --installed | grep -qx "$cross" || rustup target add "$cross"; }; then
+    echo "== building the aarch64 wheel (manylinux2014 through zig)"
+    maturin build --release --locked --zig --compatibility manylinux2014 --target "$cross" --out "$out"
+else
+    echo "== no aarch64 wheel: rustup cannot provide the $cross standard library here" >&2
+fi
 echo "== building the sdist"
 maturin sdist --out "$out"
 
-wheel=$(ls "$out"/heartmula_burn-*.whl)
 sdist=$(ls "$out"/heartmula_burn-*.tar.gz)
-echo "== auditwheel show"
-report=$(auditwheel show "$wheel")
-echo "$report"
-if ! grep -q "manylinux_2_17_$(uname -m)" <<<"$report"; then
-    echo "build-wheels: $wheel is not manylinux_2_17 (see above)" >&2
-    exit 1
-fi
+for wheel in "$out"/heartmula_burn-*.whl; do
+    arch=$(sed -E 's/.*manylinux_2_17_([a-z0-9_]+)\.whl$/\1/' <<<"$wheel")
+    echo "== auditwheel show ($arch)"
+    report=$(auditwheel show "$wheel")
+    echo "$report"
+    if ! grep -q "manylinux_2_17_$arch" <<<"$report"; then
+        echo "build-wheels: $wheel is not manylinux_2_17_$arch (see above)" >&2
+        exit 1
+    fi
+done
 echo "== twine check"
-twine check --strict "$wheel" "$sdist"
-ls -l "$wheel" "$sdist"
+twine check --strict "$out"/heartmula_burn-*.whl "$sdist"
+ls -l "$out"/heartmula_burn-*.whl "$sdist"

@@ -12,7 +12,7 @@ dist=$(realpath -m "${DIST:-target/dist}")
 
 echo "== building the wheel and the sdist"
 bash scripts/build-wheels.sh "$dist"
-wheel=$(ls "$dist"/heartmula_burn-*.whl)
+wheel=$(ls "$dist"/heartmula_burn-*manylinux_2_17_"$(uname -m)".whl)  # the one this machine runs
 sdist=$(ls "$dist"/heartmula_burn-*.tar.gz)
 
 echo "== installing the wheel into $venv, with torch and torchtune for the sanity tests and the linters"

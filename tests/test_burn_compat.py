@@ -113,7 +113,7 @@ def heartmula_cases(fix, ckpt):
         expected = {n: (a.astype(cast) if cast else a) for n, a in source.items()}
         save_file(expected, str(fix / f"{name}.expected.safetensors"))
         with open_pack(fix / f"{name}.bpk") as pack:
-            order = [t.name for t in pack]
+            order = [t.name for t in pack.tensors]
             metadata = dict(pack.metadata)
         cases.append(
             {"name": name, "order": order, "param_ids": {}, "metadata": metadata, "heartmula_config": "config.json"}
@@ -129,8 +129,8 @@ def codec_case(fix, root):
     run_cli("pack", root / "HeartCodec-oss", "-o", fix / "tiny_codec.bpk", "-q", check_rc=0)
     save_file(source, str(fix / "tiny_codec.expected.safetensors"))
     with open_pack(fix / "tiny_codec.bpk") as pack:
-        assert len(pack) == 818 and {t.dtype for t in pack} == {"F32"}
-        return {"name": "tiny_codec", "order": [t.name for t in pack], "param_ids": {}, "metadata": dict(pack.metadata)}
+        assert len(pack) == 818 and {t.dtype for t in pack.tensors} == {"F32"}
+        return {"name": "tiny_codec", "order": [t.name for t in pack.tensors], "param_ids": {}, "metadata": dict(pack.metadata)}
 
 
 # Burn release -> crate feature of rust/burn-compat. 0.21 is what HeartMuLa runtimes use today;
@@ -220,8 +220,8 @@ def test_check_4_we_read_burns_packs(compat):
         with open_pack(fix / f"burn_written_{version}" / f"{c['name']}.bpk") as pack:
             assert pack.metadata == c["metadata"], c["name"]
             assert pack.layout == "0.20+"
-            assert sorted(t.name for t in pack) == sorted(expected), c["name"]
-            for t in pack:
+            assert sorted(t.name for t in pack.tensors) == sorted(expected), c["name"]
+            for t in pack.tensors:
                 want = expected[t.name]
                 assert t.shape == want.shape, (c["name"], t.name)
                 assert pack[t.name].dtype == want.dtype, (c["name"], t.name)

@@ -41,10 +41,10 @@ def test_dtypes_are_taken_in_any_case(tiny_ckpt, tmp_path):
     assert (tmp_path / "BF16.bpk").read_bytes() == (tmp_path / "bf16.bpk").read_bytes()
     assert (tmp_path / "Bf16.bpk").read_bytes() == (tmp_path / "bf16.bpk").read_bytes()
     with open_pack(tmp_path / "BF16.bpk") as pack:
-        assert {t.dtype for t in pack} == {"BF16"}
+        assert {t.dtype for t in pack.tensors} == {"BF16"}
     run_cli("synthetic", tmp_path / "synth", "--model", "HeartCodec", "--dtype", "bf16", check_rc=0)
     with open_pack(_packed(tmp_path / "synth" / "HeartCodec-oss", tmp_path / "c.bpk")) as pack:
-        assert {t.dtype for t in pack} == {"BF16"}
+        assert {t.dtype for t in pack.tensors} == {"BF16"}
 
 
 def _packed(source, out):

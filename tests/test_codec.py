@@ -125,8 +125,8 @@ def test_pack_root_writes_the_four_file_runtime_folder(tiny_root, tmp_path):
     assert [(r["model"], r["tensors"]) for r in summary["packs"]] == [("heartmula", 289), ("heartcodec", 818)]
     source = codec_tensors(tiny_root)
     with open_pack(out / "heartcodec.bpk") as pack:
-        assert {t.name for t in pack} == set(source)
-        for t in pack:
+        assert {t.name for t in pack.tensors} == set(source)
+        for t in pack.tensors:
             assert t.dtype == "F32" and t.shape == source[t.name].shape, t.name
             assert bytes(pack.raw_bytes(t.name)) == source[t.name].tobytes(), t.name
         assert pack.metadata["model"] == "heartcodec" and pack.metadata["source_model"] == CODEC
@@ -175,7 +175,7 @@ def test_the_codec_is_f32_only(tiny_root, tmp_path):
     assert f"note: {out / 'heartcodec.bpk'}: packed in F32, not BF16" in proc.stderr
     assert f"note: {out / 'heartmula.bpk'}: holds BF16 tensors. Burn's CPU backend (burn-ndarray 0.21)" in proc.stderr
     with open_pack(out / "heartmula.bpk") as lm, open_pack(out / "heartcodec.bpk") as codec_pack:
-        assert {t.dtype for t in lm} == {"BF16"} and {t.dtype for t in codec_pack} == {"F32"}
+        assert {t.dtype for t in lm.tensors} == {"BF16"} and {t.dtype for t in codec_pack.tensors} == {"F32"}
     help_text = run_cli("pack", "--help", check_rc=0).stdout
     assert "burn-ndarray" in help_text and "HeartCodec packs are always F32" in help_text
 

@@ -94,7 +94,7 @@ def test_publish_layout_card_is_read_from_the_pack(tiny_ckpt, tmp_path):
     assert "# Synthetic HeartMuLa-oss-3B-shaped weights for Burn" in card
     assert "**Not a trained model.** `heartmula.bpk`: random weights" in card
     with open_pack(f32) as pack:
-        params = sum(int(np.prod(t.shape)) for t in pack)
+        params = sum(int(np.prod(t.shape)) for t in pack.tensors)
         size = pack.file_size
     assert f"- Tensors: 289 ({params:,} parameters), dtype F32" in card
     digest = hashlib.sha256((out / "heartmula.bpk").read_bytes()).hexdigest()

@@ -70,7 +70,7 @@ def hub_cli(server: HubServer, cache: Path, *args: Any, check_rc: int | None = N
 
 def tensors_of(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     with open_pack(path) as pack:
-        return {t.name: (t.dtype, tuple(t.shape), bytes(pack.raw_bytes(t.name))) for t in pack}
+        return {t.name: (t.dtype, tuple(t.shape), bytes(pack.raw_bytes(t.name))) for t in pack.tensors}
 
 
 def metadata_of(path: Path) -> dict[str, str]:

@@ -38,8 +38,8 @@ def test_f32_pack_holds_every_tensor_byte_for_byte(tiny_ckpt, tmp_path):
     shapes = HeartMuLa().expected_tensors(Fields(config, Path("config.json")))
     with open_pack(out) as pack:
         assert len(pack) == 289
-        assert {t.name for t in pack} == set(source) == set(shapes)
-        for t in pack:
+        assert {t.name for t in pack.tensors} == set(source) == set(shapes)
+        for t in pack.tensors:
             assert t.dtype == "F32"
             assert t.shape == shapes[t.name]
             assert bytes(pack.raw_bytes(t.name)) == source[t.name].tobytes(), t.name
@@ -68,7 +68,7 @@ def test_data_order_follows_the_checkpoint_on_disk(tiny_ckpt, tmp_path):
         header.pop("__metadata__", None)
         on_disk += sorted(header, key=lambda n: header[n]["data_offsets"][0])
     with open_pack(out) as pack:
-        assert [t.name for t in pack] == on_disk
+        assert [t.name for t in pack.tensors] == on_disk
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
@@ -79,7 +79,7 @@ def test_narrowing_matches_round_to_nearest_even(tiny_ckpt, tmp_path, dtype):
     source = source_tensors(tiny_ckpt)
     with open_pack(out) as pack:
         assert pack.metadata["dtype"] == dtype.upper()
-        for t in pack:
+        for t in pack.tensors:
             assert t.dtype == dtype.upper()
             assert bytes(pack.raw_bytes(t.name)) == source[t.name].astype(target).tobytes(), t.name
     assert out.stat().st_size < (tiny_ckpt / "HeartMuLa-oss-3B").stat().st_size + 2 * 10**6
@@ -117,7 +117,7 @@ def test_manifest_edit_then_pack(tiny_ckpt, tmp_path):
     run_cli("pack", "--manifest", manifest_path, "-o", out, "-q", "--no-extras", cwd=tmp_path, check_rc=0)
     source = source_tensors(tiny_ckpt)
     with open_pack(out) as pack:
-        assert [t.name for t in pack] == [t["name"] for t in picked]
+        assert [t.name for t in pack.tensors] == [t["name"] for t in picked]
         assert pack.metadata == {"producer": "me", "z": "last", "a": "first"}
         first = pack.tensors[0]
         assert bytes(pack.raw_bytes(first.name)) == source[picked[0]["source"]["key"]].tobytes()

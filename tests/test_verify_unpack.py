@@ -103,8 +103,8 @@ def test_pack_unpack_pack_is_identical(packs, tmp_path, dtype, max_shard):
         seen = {}
         for shard in shards:
             seen.update(load_file(shard))
-        assert set(seen) == {t.name for t in pack}
-        for t in pack:
+        assert set(seen) == {t.name for t in pack.tensors}
+        for t in pack.tensors:
             assert seen[t.name].tobytes() == bytes(pack.raw_bytes(t.name)), t.name
     repacked = tmp_path / "repacked.bpk"
     run_cli("pack", out, "--any-model", "--dtype", "source", "-o", repacked, "-q", check_rc=0)

@@ -3,7 +3,7 @@
 from .checkpoint import Checkpoint, load_checkpoint, load_checkpoints
 from .errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
 from .manifest import Manifest, ManifestTensor, build_manifest, package_version
-from .packfile import Pack, PackedTensor, open_pack
+from .packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
 from .packing import Conversion, PackReport, pack_checkpoint, pack_manifest
 from .verify import unpack, verify
 
@@ -20,7 +20,10 @@ __all__ = [
     "OutputError",
     "Pack",
     "PackFileError",
+    "PackMetadata",
     "PackReport",
+    "PackSlice",
+    "PackTensor",
     "PackedTensor",
     "SourceError",
     "build_manifest",
@@ -29,6 +32,7 @@ __all__ = [
     "open_pack",
     "pack_checkpoint",
     "pack_manifest",
+    "safe_open",
     "unpack",
     "verify",
 ]

@@ -547,7 +547,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                         "data_offsets": list(t.data_offsets),
                         "file_offset": t.file_offset,
                     }
-                    for t in pack
+                    for t in pack.tensors
                 ],
             }
             print(json.dumps(doc, indent=2))
@@ -556,10 +556,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _say(f"{pack.path}: Burn pack, {pack.file_size:,} bytes, layout {pack.layout}, {len(pack)} tensors", out)
         for k, v in pack.metadata.items():
             _say(f"  {k} = {v}", out)
-        names = {t.name: shown(t.name) for t in pack}
+        names = {t.name: shown(t.name) for t in pack.tensors}
         width = max((len(n) for n in names.values()), default=4)
         print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset", file=out)
-        for t in pack:
+        for t in pack.tensors:
             print(f"  {names[t.name]:<{width}}  {t.dtype:<5}  {list(t.shape)!s:<22}  {t.file_offset}", file=out)
     return 0
 

@@ -1,11 +1,13 @@
-"""Reading Burn packs: metadata, per-tensor dtype/shape/offsets, and zero-copy numpy views."""
+"""Reading Burn packs: metadata, per-tensor dtype/shape/offsets, zero-copy numpy views, and the
+`safetensors.safe_open` protocol (`keys`, `get_tensor`, `get_slice`, `metadata()`) for code that
+already reads safetensors files."""
 
 from __future__ import annotations
 
 import mmap
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -13,14 +15,32 @@ import ml_dtypes
 import numpy as np
 
 from . import _core
-from ._core import PackTensor as PackedTensor
+from ._core import PackTensor
+
+# The name this package exported first; the class prints as what it is, PackTensor.
+PackedTensor = PackTensor
 from .errors import HeartmulaBurnError, PackFileError
 from .fields import open_regular
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["NUMPY_DTYPES", "MappedFile", "Pack", "PackedTensor", "canonical_dtype", "dtype_size", "open_pack"]
+__all__ = [
+    "FRAMEWORKS",
+    "NUMPY_DTYPES",
+    "MappedFile",
+    "Pack",
+    "PackMetadata",
+    "PackSlice",
+    "PackTensor",
+    "PackedTensor",
+    "canonical_dtype",
+    "dtype_size",
+    "open_pack",
+    "safe_open",
+]
+# What `get_tensor` and `get_slice` return: numpy arrays, or torch tensors ("pt", as safetensors names it).
+FRAMEWORKS = ("numpy", "np", "pt", "torch")
 
 # Burn dtype name -> numpy dtype (little-endian, as Burn stores elements).
 NUMPY_DTYPES = {
@@ -155,12 +175,46 @@ class MappedFile:
         self._unguard()  # unmapped: the range may soon hold another mapping, which it must not claim
 
 
-class Pack:
-    """An open Burn pack. Tensors are listed in file order; `pack[name]` is a read-only numpy view
-    straight over the mapped file (no copy). Leaving a `with open_pack(...)` block raises
-    `PackFileError` if the file shrank while it was read."""
+class PackMetadata(dict[str, str]):
+    """The pack's metadata map. Also callable, `pack.metadata()`, as safetensors' `safe_open` has it."""
 
-    def __init__(self, path: str | Path):
+    def __call__(self) -> dict[str, str]:
+        return dict(self)
+
+
+class PackSlice:
+    """A tensor read lazily, a part at a time: `pack.get_slice(name)[0:2]` copies only those rows
+    (as safetensors' `get_slice`)."""
+
+    def __init__(self, pack: Pack, name: str) -> None:
+        self._pack = pack
+        self._info = pack.info(name)
+
+    def get_shape(self) -> list[int]:
+        return list(self._info.shape)
+
+    def get_dtype(self) -> str:
+        return self._info.dtype
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._pack._owned(np.array(self._pack.numpy(self._info.name)[index]))
+
+
+class Pack(Mapping[str, "np.ndarray[Any, Any]"]):
+    """An open Burn pack, a read-only mapping from tensor names (in file order) to numpy views
+    straight over the mapped file (no copy): `pack[name]`, `pack.keys()`, `pack.items()`,
+    `dict(pack)`. `pack.tensors` lists each tensor's dtype, shape and offsets. The safetensors
+    `safe_open` protocol works too: `get_tensor(name)` (an owned copy, valid after close, in the
+    pack's `framework`: numpy, or torch with "pt"), `get_slice(name)`, `metadata()`. Leaving a
+    `with open_pack(...)` block raises `PackFileError` if the file shrank while it was read."""
+
+    def __init__(self, path: str | Path, framework: str = "numpy", device: str = "cpu") -> None:
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"framework {framework!r}: choose from {', '.join(FRAMEWORKS)}")
+        if framework in ("numpy", "np") and device != "cpu":
+            raise ValueError(f"numpy arrays live on the CPU, not on {device!r} (framework='pt' moves tensors)")
+        self.framework = "pt" if framework in ("pt", "torch") else "numpy"
+        self.device = device
         self.path = Path(path)
         try:
             fd = open_regular(self.path, PackFileError, "pack")
@@ -186,7 +240,7 @@ class Pack:
         self.metadata_size = index.metadata_size
         self.data_start = index.data_start
         self.layout = index.layout
-        self.metadata = index.metadata
+        self.metadata = PackMetadata(index.metadata)
         self.tensors = index.tensors
         self._by_name = {t.name: t for t in self.tensors}
 
@@ -196,11 +250,31 @@ class Pack:
     def __len__(self) -> int:
         return len(self.tensors)
 
-    def __iter__(self) -> Iterator[PackedTensor]:
-        return iter(self.tensors)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+    # A mapping of live views compares by identity (element-wise equality has no single truth value).
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def get_tensor(self, name: str) -> Any:
+        """The tensor as an owned array (a copy: valid after the pack is closed), numpy or torch."""
+        return self._owned(np.array(self.numpy(name)))
+
+    def get_slice(self, name: str) -> PackSlice:
+        return PackSlice(self, name)
+
+    def _owned(self, array: np.ndarray[Any, Any]) -> Any:
+        if self.framework == "numpy":
+            return array
+        import torch
+
+        if array.dtype == NUMPY_DTYPES["BF16"]:  # torch reads no ml_dtypes array: hand it the bits
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(self.device)
+        return torch.from_numpy(array).to(self.device)
 
     def info(self, name: str) -> PackedTensor:
         try:
@@ -242,4 +316,13 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def open_pack(path: str | Path) -> Pack:
+    """Opens a Burn pack for reading (see `Pack`): `with open_pack("heartmula.bpk") as pack: ...`.
+    Raises `PackFileError` for a file that is not a pack Burn would read."""
     return Pack(path)
+
+
+def safe_open(path: str | Path, framework: str = "numpy", device: str = "cpu") -> Pack:
+    """A pack opened as `safetensors.safe_open` opens a safetensors file: `keys()`,
+    `get_tensor(name)`, `get_slice(name)`, `metadata()`; `framework` "numpy" (default) or "pt"
+    (torch tensors, moved to `device`)."""
+    return Pack(path, framework, device)

@@ -94,9 +94,9 @@ class _Published:
 
     def section(self, size: int) -> str:
         pack, meta = self.pack, self.pack.metadata
-        shapes = {t.name: t.shape for t in pack}
-        dtypes = ", ".join(sorted({t.dtype for t in pack}))
-        params = sum(math.prod(t.shape) for t in pack)
+        shapes = {t.name: t.shape for t in pack.tensors}
+        dtypes = ", ".join(sorted({t.dtype for t in pack.tensors}))
+        params = sum(math.prod(t.shape) for t in pack.tensors)
         title = self.preset.title if self.preset else "model"
         lines = [
             f"## `{self.file_name}` ({title})",
@@ -233,7 +233,7 @@ def publish_layout(
     try:
         for path in paths:
             pack = open_pack(path)
-            opened.append(_Published(path, pack, preset_for_pack(pack.metadata, {t.name for t in pack})))
+            opened.append(_Published(path, pack, preset_for_pack(pack.metadata, {t.name for t in pack.tensors})))
         names = [p.file_name for p in opened]
         if len(set(names)) != len(names):
             raise OutputError.at(

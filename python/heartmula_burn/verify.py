@@ -40,7 +40,7 @@ def verify(
         manifest = Manifest.load(against)
     else:
         with open_pack(pack_path) as pack:
-            preset = preset_for_pack(pack.metadata, {t.name for t in pack})
+            preset = preset_for_pack(pack.metadata, {t.name for t in pack.tensors})
             ckpt = load_checkpoint(against, subdir, model=preset.name if preset else None)
             source = preset_for(ckpt.config) if preset is not None and ckpt.config is not None else None
             if preset is not None and source is not None and source.name != preset.name:
@@ -66,7 +66,7 @@ def shard_plan(pack: Pack, max_shard_size: int) -> list[list[str]]:
     (a single larger tensor gets a shard of its own)."""
     shards: list[list[str]] = [[]]
     size = 0
-    for t in pack:
+    for t in pack.tensors:
         n = math.prod(t.shape) * dtype_size(t.dtype)
         if shards[-1] and size + n > max_shard_size:
             shards.append([])
@@ -93,11 +93,11 @@ def unpack(
     with open_pack(pack_path) as pack:
         groups = shard_plan(pack, max_shard_size)
         metadata = {"format": "pt", PACK_METADATA_KEY: json.dumps(pack.metadata, sort_keys=True)}
-        param_ids = {t.name: t.param_id for t in pack if t.param_id is not None}
+        param_ids = {t.name: t.param_id for t in pack.tensors if t.param_id is not None}
         if param_ids:
             metadata[PARAM_IDS_KEY] = json.dumps(param_ids, sort_keys=True)
-        dtypes = {t.name: t.dtype for t in pack}
-        total = sum(t.nbytes for t in pack)
+        dtypes = {t.name: t.dtype for t in pack.tensors}
+        total = sum(t.nbytes for t in pack.tensors)
     names = (
         ["model.safetensors"]
         if len(groups) == 1
