@@ -32,6 +32,7 @@ __all__ = [
     "load_checkpoints",
     "load_model_folders",
     "model_dirs",
+    "runtime_file_origin",
 ]
 # A Hugging Face cache snapshot: CACHE/models--ORG--NAME/snapshots/COMMIT/ (repository ids cannot
 # hold "--", so the split is unambiguous).
@@ -105,6 +106,40 @@ def hub_source(path: Path) -> tuple[str, str] | None:
         return None
     org, name, commit = m.groups()
     return (f"{org}/{name}" if org else name), commit
+
+
+def _cache_snapshot(path: str) -> Path | None:
+    """The cache snapshot folder (CACHE/models--ORG--NAME/snapshots/COMMIT) `path` lies in, judged on the text."""
+    if hub_source(Path(path)) is None:
+        return None
+    return next(
+        (
+            p
+            for p in (Path(path), *Path(path).parents)
+            if p.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", p.name)
+        ),
+        None,
+    )
+
+
+def runtime_file_origin(path: Path) -> Path | None:
+    """Where a runtime file found at `path` really is, when that lies outside the folder `path` is
+    in (a link to a file elsewhere, say a planted one to ~/.ssh/id_rsa); None when it lies inside,
+    or when it is a Hugging Face cache blob reached through its own snapshot's link (a snapshot's
+    files link into ../../blobs/, and a CKPT_ROOT laid out by `download` links into snapshots)."""
+    real = Path(os.path.realpath(path))
+    folder = Path(os.path.realpath(path.parent))
+    if real == folder or folder in real.parents:
+        return None
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        snapshot = _cache_snapshot(hop)
+        if snapshot is not None and real.parent == Path(os.path.realpath(snapshot.parent.parent / "blobs")):
+            return None
+        if not os.path.islink(hop):
+            break
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+    return real
 
 
 def _hub_source_of(model_dir: Path) -> tuple[str, str] | None:
@@ -206,7 +241,9 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
     extras = {}
     for name in RUNTIME_FILES:
         for folder in (root if root.is_dir() else root.parent, model_dir):
-            if (folder / name).is_file():
+            # Whatever is there under the name, even a FIFO or a broken link: copying it is what
+            # checks it (and says what is wrong), rather than leaving it out silently.
+            if os.path.lexists(folder / name):
                 extras[name] = folder / name
                 break
     repo, revision = _hub_source_of(model_dir) or (None, None)

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from . import _core
-from .atomic import commit_all, stage_copy, staged_folder
+from .atomic import check_destinations, commit_all, copy_file, stage_copy, staged_folder
 from .manifest import Manifest, ManifestTensor
-from .packing import ProgressFn, extra_targets, plan_checkpoint
+from .packing import ProgressFn, extra_targets, plan_checkpoint, runtime_notes
 
 
 def npy_file_name(tensor_name: str) -> str:
@@ -38,8 +37,11 @@ def export_raw(
     then renamed)."""
     jobs, notes = plan_checkpoint(checkpoint_root, None, dtype=dtype, any_model=any_model, subdir=subdir)
     output_root = Path(output_root)
-    output_root.mkdir(parents=True, exist_ok=True)
+    # Every runtime file is checked before anything is written (extra_targets), even those already in place.
     extras = [pair for job in jobs for pair in extra_targets(job.manifest.extras, output_root, force)]
+    extras = list({dest: (source, dest) for source, dest in extras}.values())
+    notes = [*notes, *dict.fromkeys(n for job in jobs for n in runtime_notes(job.manifest.extras))]
+    output_root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     written, manifests = [], []
     with contextlib.ExitStack() as folders:
@@ -49,7 +51,7 @@ def export_raw(
             names = [npy_file_name(t.name) for t in job.manifest.tensors]
             _core.export_npy(job.manifest.core_items(), partial, names, progress=progress)
             for name, source in job.manifest.extras.items():
-                shutil.copyfile(source, partial / name)
+                copy_file(source, partial / name, raw_dir / name)
             raw = Manifest(
                 [
                     ManifestTensor(t.name, partial / name, name[: -len(".npy")], t.dtype, t.dtype, t.shape, t.param_id)
@@ -61,7 +63,18 @@ def export_raw(
             raw.save(partial / "manifest.json")
             written.append(str(raw_dir))
             manifests.append(str(raw_dir / "manifest.json"))
-    commit_all(stage_copy(source, dest) for source, dest in extras)
+        # The runtime files are staged before the folders are put in place, and none of them put in
+        # place if one appeared meanwhile (without --force).
+        check_destinations((dest for _, dest in extras), force=force)
+        staged: list[_core.StagedFile] = []
+        try:
+            for source, dest in extras:
+                staged.append(stage_copy(source, dest, overwrite=force))
+        except BaseException:
+            for f in staged:
+                f.discard()
+            raise
+    commit_all(staged, overwrite=force)
     return {
         "outputs": written,
         "manifests": manifests,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
-from .atomic import commit_all, stage_copy
-from .checkpoint import Checkpoint, load_checkpoints
-from .errors import OutputError, SourceError
+from .atomic import check_destinations, check_replaceable, commit_all, stage_copy
+from .checkpoint import Checkpoint, load_checkpoints, runtime_file_origin
+from .errors import CheckpointError, OutputError, SourceError
+from .fields import open_regular, read_json
 from .manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
 from .presets import PRESETS, preset_named
 
@@ -26,6 +27,8 @@ ProgressFn = Callable[[int, int], None]
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
 # The file a manifest of no known model, naming no source_model, is packed to when no output is named.
 DEFAULT_PACK_NAME = "model.bpk"
+# The keys of gen_config.json every runtime reads (heartlib's HeartMuLaGenConfig, audio.cpp, maolan).
+GEN_CONFIG_KEYS = ("text_bos_id", "text_eos_id", "audio_eos_id", "empty_id")
 CPU_NOTE = (
     "Burn's CPU backend (burn-ndarray 0.21) cannot load BF16 or F16 tensors: a runtime on the CPU needs the F32 pack"
 )
@@ -73,16 +76,49 @@ class Job:
     make_folder: bool = False
 
 
+def check_runtime_file(name: str, source: Path) -> None:
+    """Refuses a runtime file that is not what its name says, before a byte of it is copied:
+    tokenizer.json must be a JSON object with a `model` (a Hugging Face tokenizers file),
+    gen_config.json a JSON object with the four ids runtimes read; any other file must be a regular
+    file. Read with a size cap, and never a FIFO or a device (a planted link to /dev/zero)."""
+    if name == "tokenizer.json":
+        if "model" not in read_json(source, name):
+            raise CheckpointError.at(source, "tokenizer.json has no 'model': not a Hugging Face tokenizers file")
+    elif name == "gen_config.json":
+        doc = read_json(source, name)
+        for key in GEN_CONFIG_KEYS:
+            doc.integer(key, minimum=0)
+    else:
+        try:
+            os.close(open_regular(source, SourceError, name))
+        except FileNotFoundError:
+            raise SourceError.at(source, f"{name} not found") from None
+        except OSError as e:
+            raise SourceError.at(source, f"cannot read {name}: {e.strerror or e}") from None
+
+
+def runtime_notes(extras: dict[str, Path]) -> list[str]:
+    """A note for each runtime file that resolves outside the folder it was found in (a link to a
+    file elsewhere): the summary says from where it was copied."""
+    notes = []
+    for name, source in extras.items():
+        origin = runtime_file_origin(source)
+        if origin is not None:
+            notes.append(f"{name}: copied from {origin}, outside {source.parent}")
+    return notes
+
+
 def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(source, destination in `folder`) for each runtime file still to copy; refuses to clobber
-    a different file without force."""
+    """(source, destination in `folder`) for each runtime file still to copy, each checked first
+    (`check_runtime_file`); refuses to clobber a different file without force, and anything but a
+    file or a link even with it."""
     todo = []
     for name, source in extras.items():
+        check_runtime_file(name, source)
         dest = folder / name
-        if not source.is_file():
-            raise SourceError.at(source, f"{name} not found")
-        if dest.exists():
-            if dest.samefile(source) or filecmp.cmp(source, dest, shallow=False):
+        check_replaceable(dest)
+        if os.path.lexists(dest):
+            if dest.exists() and (dest.samefile(source) or filecmp.cmp(source, dest, shallow=False)):
                 continue
             if not force:
                 raise OutputError.at(dest, f"exists and differs from {source} (use --force to replace it)")
@@ -107,10 +143,15 @@ def pack_manifests(
     if len({os.path.abspath(p) for p in outputs}) != len(outputs):
         raise OutputError.at(outputs[0], "two packs would be written to the same file")
     extras: dict[Path, Path] = {}
+    all_notes = list(notes)
     if copy_extras:
         for job in jobs:
             for source, dest in extra_targets(job.manifest.extras, job.output.parent, force):
                 extras.setdefault(dest, source)
+            all_notes += [n for n in runtime_notes(job.manifest.extras) if n not in all_notes]
+    # Everything this run will write, checked before a byte is: the core checks each pack again
+    # as it starts it, and the commit checks them all again at the end.
+    check_destinations([*outputs, *extras], force=force)
     staged: list[_core.StagedFile] = []
     reports = []
     created = _make_folders(job.output.parent for job in jobs if job.make_folder)
@@ -127,8 +168,8 @@ def pack_manifests(
             )
             staged.append(pack)
             reports.append(_report(job, summary, time.perf_counter() - started))
-        staged += [stage_copy(source, dest) for dest, source in extras.items()]
-        commit_all(staged)
+        staged += [stage_copy(source, dest, overwrite=force) for dest, source in extras.items()]
+        commit_all(staged, overwrite=force)
     except BaseException:
         for f in staged:
             f.discard()
@@ -136,7 +177,7 @@ def pack_manifests(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    return Conversion(reports, [str(dest) for dest in extras], list(notes))
+    return Conversion(reports, [str(dest) for dest in extras], all_notes)
 
 
 def _make_folders(folders: Iterable[Path]) -> list[Path]:

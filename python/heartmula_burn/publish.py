@@ -8,15 +8,15 @@ import hashlib
 import math
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import staged_folder
+from .atomic import copy_file, staged_folder, write_new
 from .errors import OutputError, SourceError
 from .fields import Fields
 from .packfile import Pack, open_pack
+from .packing import check_runtime_file, runtime_notes
 from .presets import Preset, config_of_pack, preset_for_pack
 from .synthetic import SYNTHETIC_KEY
 from .text import shown
@@ -25,6 +25,8 @@ from .text import shown
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")
 LFS_THRESHOLD = 10 * 1000 * 1000  # bytes; larger files go through Git LFS
 RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
+# Files publish_layout writes itself, beside the packs.
+OWN_FILES = (".gitattributes", "README.md")
 REPO_ID = re.compile(r"[\w.-]{1,96}(/[\w.-]{1,96})?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -206,11 +208,16 @@ def commit_message(sources: dict[str, dict[str, str]], version: str) -> tuple[st
     return summary, "\n".join(lines)
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def _link_or_copy(source: Path, dest: Path, final: Path) -> None:
+    """`dest`, a new name, for `source`'s bytes: a hard link (same filesystem: instant, no second
+    16 GB on disk), else a copy. Nothing is ever written through the link: every other file of the
+    folder is written under a name no pack has."""
     try:
-        os.link(source, dest)  # same filesystem: instant, no second 16 GB on disk
+        os.link(source, dest)
+    except FileExistsError:
+        raise OutputError.at(final, "written twice while assembling the folder") from None
     except OSError:
-        shutil.copyfile(source, dest)
+        copy_file(source, dest, final)
 
 
 def publish_layout(
@@ -240,27 +247,34 @@ def publish_layout(
                 out_dir, f"two packs would both be named {min(n for n in names if names.count(n) > 1)}"
             )
         lm = next((p for p in opened if p.preset is not None and p.preset.runtime_files), None)
-        runtime: dict[str, Path] = {}
+        own = [*OWN_FILES, *(RUNTIME_FILES if lm is not None else ())]
+        clash = next((p for p in opened if p.file_name in own), None)
+        if clash is not None:
+            raise OutputError.at(
+                clash.path, f"a pack named {clash.file_name} would take the place of the {clash.file_name} of {out_dir}"
+            )
+        runtime: dict[str, Path] = {}  # each checked before it is copied
         if lm is not None:
             given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
             for name in RUNTIME_FILES:
                 chosen = given[name]
                 path = Path(chosen) if chosen is not None else lm.path.parent / name
-                if not path.is_file():
+                if not os.path.lexists(path):
                     option = "--" + name.split(".")[0].replace("_", "-")
                     raise SourceError.at(path, f"{name} not found (give it with {option})")
+                check_runtime_file(name, path)
                 runtime[name] = path
         with staged_folder(out_dir, overwrite=force) as partial:
             for p in opened:
-                _link_or_copy(p.path, partial / p.file_name)
+                _link_or_copy(p.path, partial / p.file_name, out_dir / p.file_name)
             for name, path in runtime.items():
-                shutil.copyfile(path, partial / name)
+                copy_file(path, partial / name, out_dir / name)
             files = {}
             for name in [*names, *runtime]:
                 path = partial / name
                 files[name] = (path.stat().st_size, sha256_of(path, progress))
-            (partial / ".gitattributes").write_text(gitattributes(files))
-            (partial / "README.md").write_text(model_card(opened, files))
+            write_new(partial / ".gitattributes", gitattributes(files).encode())
+            write_new(partial / "README.md", model_card(opened, files).encode())
     finally:
         for p in opened:
             p.pack.close()
@@ -268,4 +282,5 @@ def publish_layout(
         "output": str(out_dir),
         "files": {k: {"bytes": s, "sha256": d} for k, (s, d) in files.items()},
         "sources": {p.file_name: {"repo": p.source[0], "revision": p.source[1]} for p in opened if p.source},
+        "notes": runtime_notes(runtime),
     }
