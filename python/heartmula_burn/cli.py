@@ -614,6 +614,8 @@ def cmd_publish_layout(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if not args.quiet:
+        for note in summary.get("notes", []):
+            _say(f"note: {note}")
         _say(f"wrote {summary['output']} ({', '.join(summary['files'])})")
     if args.push:
         _push(args, summary)
