@@ -51,6 +51,14 @@ rm -rf "$sdist_out"
 echo "== the wheel in a fresh environment whose PATH has no cargo or rustc"
 bash tests/wheel_smoke.sh "$wheel"
 
+arm_wheel=$(ls "$dist"/heartmula_burn-*manylinux_2_17_aarch64.whl 2>/dev/null || true)
+if [ -n "$arm_wheel" ]; then
+    echo "== the aarch64 wheel under qemu-user, against this machine's"
+    bash tests/wheel_smoke_aarch64.sh "$arm_wheel" "$venv/bin/python"
+else
+    echo "== no aarch64 wheel was built (see above): not run"
+fi
+
 # The real Burn crates, one release per build: 0.21.0 (what runtimes use today) and 0.22.1 (newest stable).
 for burn in burn-021 burn-022; do
     echo "== building the Burn compatibility checks ($burn)"
