@@ -1,12 +1,12 @@
-"""Burn compatibility, shown by Burn itself (rust/burn-compat builds against burn-store 0.21.0
-and 0.22.1, one release per build).
+"""Burn compatibility, shown by Burn itself (rust/burn-compat builds against burn-store 0.21.0,
+0.22.1 and the 0.23.0-pre.1 pre-release, one release per build).
 
 This module writes fixtures (packs made by our CLI plus the tensors they must hold), runs the Rust
 checks 1-3 over them, then does check 4 here: the packs Burn's writer produced read back through
 `open_pack` with the same names, dtypes, shapes, bytes, param_ids and metadata.
 
 Building the Burn crates takes minutes, so these run only with HEARTMULA_BURN_COMPAT=1
-(tests/run.sh, and so CI, sets it)."""
+(tests/run.sh, and so CI, sets it); the pre-releases also need HEARTMULA_BURN_PRERELEASE=1."""
 
 import json
 import os
@@ -130,12 +130,23 @@ def codec_case(fix, root):
     save_file(source, str(fix / "tiny_codec.expected.safetensors"))
     with open_pack(fix / "tiny_codec.bpk") as pack:
         assert len(pack) == 818 and {t.dtype for t in pack.tensors} == {"F32"}
-        return {"name": "tiny_codec", "order": [t.name for t in pack.tensors], "param_ids": {}, "metadata": dict(pack.metadata)}
+        return {
+            "name": "tiny_codec",
+            "order": [t.name for t in pack.tensors],
+            "param_ids": {},
+            "metadata": dict(pack.metadata),
+        }
 
 
 # Burn release -> crate feature of rust/burn-compat. 0.21 is what HeartMuLa runtimes use today;
 # 0.22 is the newest stable release.
 BURN_VERSIONS = {"0.21": "burn-021", "0.22": "burn-022"}
+# Pre-releases, spelled out in full so that the test ids say so. Their builds are as long as a
+# release's (0.23.0-pre.1: 14 minutes from scratch on 2 cores), so they run only when asked for
+# with HEARTMULA_BURN_PRERELEASE=1.
+BURN_PRERELEASES = {"0.23.0-pre.1": "burn-023"}
+if os.environ.get("HEARTMULA_BURN_PRERELEASE") == "1":
+    BURN_VERSIONS |= BURN_PRERELEASES
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,20 @@
 //! Checks of heartmula-burn packs against the real Burn crates, one Burn release per build:
-//! `--features burn-021` (burn-store 0.21.0, what HeartMuLa runtimes use today) or
-//! `--features burn-022` (0.22.1, the newest stable release). Development only, not in the wheel.
+//! `--features burn-021` (burn-store 0.21.0, what HeartMuLa runtimes use today),
+//! `--features burn-022` (0.22.1, the newest stable release) or `--features burn-023`
+//! (0.23.0-pre.1, a pre-release of the next one). Development only, not in the wheel.
 //!
 //! The fixtures (packs made by our CLI, the tensors they must hold, param_ids and metadata) are
 //! written by `tests/test_burn_compat.py`, which then runs this crate's tests with
 //! `HEARTMULA_COMPAT_FIXTURES` pointing at them.
 
-#[cfg(all(feature = "burn-021", feature = "burn-022"))]
-compile_error!("build with one of the features burn-021, burn-022 at a time");
-#[cfg(not(any(feature = "burn-021", feature = "burn-022")))]
-compile_error!("build with --features burn-021 or --features burn-022");
+#[cfg(any(
+    all(feature = "burn-021", feature = "burn-022"),
+    all(feature = "burn-021", feature = "burn-023"),
+    all(feature = "burn-022", feature = "burn-023"),
+))]
+compile_error!("build with one of the features burn-021, burn-022, burn-023 at a time");
+#[cfg(not(any(feature = "burn-021", feature = "burn-022", feature = "burn-023")))]
+compile_error!("build with --features burn-021, --features burn-022 or --features burn-023");
 
 #[cfg(feature = "burn-021")]
 pub use {
@@ -21,6 +26,11 @@ pub use {
     burn_core_022 as burn_core, burn_nn_022 as burn_nn, burn_pack_022 as burn_pack, burn_store_022 as burn_store,
     burn_tensor_022 as burn_tensor,
 };
+#[cfg(feature = "burn-023")]
+pub use {
+    burn_core_023 as burn_core, burn_nn_023 as burn_nn, burn_pack_023 as burn_pack, burn_store_023 as burn_store,
+    burn_tensor_023 as burn_tensor,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +41,9 @@ use burn_tensor::{BoolStore, DType};
 pub const BURN_VERSION: &str = "0.21";
 #[cfg(feature = "burn-022")]
 pub const BURN_VERSION: &str = "0.22";
+/// A pre-release: the version is spelled out in full wherever results are reported.
+#[cfg(feature = "burn-023")]
+pub const BURN_VERSION: &str = "0.23.0-pre.1";
 
 /// One fixture: a pack made by our CLI and the tensors it must hold.
 #[derive(Debug, Clone)]
@@ -198,6 +211,37 @@ pub fn burn_read(path: &Path) -> BurnRead {
     }
 }
 
+/// 0.23 hands tensors out as `StoreTensor`s (accessor methods instead of 0.22's public fields);
+/// the data is read the way a module load reads it, through `to_data`.
+#[cfg(feature = "burn-023")]
+pub fn burn_read(path: &Path) -> BurnRead {
+    use burn_store::{BurnpackStore, ModuleStore};
+    let mut store = BurnpackStore::from_file(path).auto_extension(false);
+    let all = store
+        .get_all_tensors()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut tensors = BTreeMap::new();
+    let mut param_ids = BTreeMap::new();
+    for (name, t) in all {
+        let data = t.to_data().unwrap_or_else(|e| panic!("'{name}': {e:?}"));
+        tensors.insert(
+            name.clone(),
+            BurnTensor {
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                bytes: data.as_bytes().to_vec(),
+            },
+        );
+        param_ids.insert(name.clone(), t.param_id());
+    }
+    let reader = burn_pack::Reader::from_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    BurnRead {
+        tensors,
+        param_ids: Some(param_ids),
+        metadata: Some(reader.metadata().clone()),
+    }
+}
+
 /// Burn's own writer, given the tensors in data order with their param_ids, and the metadata.
 #[cfg(feature = "burn-021")]
 pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
@@ -221,7 +265,8 @@ pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BT
     writer.to_bytes().expect("Burn writes the pack").to_vec()
 }
 
-#[cfg(feature = "burn-022")]
+/// 0.22 and 0.23.0-pre.1 share the writer (burn-pack's `Writer`; its source is unchanged between them).
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
 pub fn burn_write(tensors: Vec<(String, BurnTensor, Option<u64>)>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let tensors = tensors
         .into_iter()

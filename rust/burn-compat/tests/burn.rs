@@ -14,13 +14,13 @@ use heartmula_burn_compat::{burn_read, burn_write, expected_tensors, fixtures_di
 // The Module derive expands to `burn::...` paths.
 use heartmula_burn_compat::burn_core as burn;
 
-// 0.21 modules and tensors are generic over a backend `B`; 0.22 dispatches at run time and drops
-// the parameter. The module tree below is written once, with the generics passed in as tokens.
+// 0.21 modules and tensors are generic over a backend `B`; 0.22 and 0.23 dispatch at run time and
+// drop the parameter. The module tree below is written once, with the generics passed in as tokens.
 #[cfg(feature = "burn-021")]
 type B = heartmula_burn_compat::burn_flex::Flex<f32>;
 #[cfg(feature = "burn-021")]
 type Device = heartmula_burn_compat::burn_flex::FlexDevice;
-#[cfg(feature = "burn-022")]
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
 type Device = heartmula_burn_compat::burn_tensor::Device;
 
 #[test]
@@ -124,7 +124,7 @@ fn burn_writes_the_reference_example() {
 // ---- check 3: a HeartMuLa-shaped module, built as Burn HeartMuLa runtimes build it ----
 
 /// Declares the module tree. `[$decl]` are the struct generics, `[$g]` the arguments passed to
-/// Burn's modules, `[$t]` the leading tensor arguments: `<B: Backend>`, `<B>`, `B,` for 0.21; empty for 0.22.
+/// Burn's modules, `[$t]` the leading tensor arguments: `<B: Backend>`, `<B>`, `B,` for 0.21; empty for 0.22 and 0.23.
 macro_rules! heartmula_modules {
     ([$($decl:tt)*] [$($g:tt)*] [$($t:tt)*]) => {
         #[derive(Module, Debug)]
@@ -186,7 +186,7 @@ macro_rules! heartmula_modules {
 use heartmula_burn_compat::burn_tensor::backend::Backend;
 #[cfg(feature = "burn-021")]
 heartmula_modules!([<B: Backend>] [<B>] [B,]);
-#[cfg(feature = "burn-022")]
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
 heartmula_modules!([] [] []);
 
 struct Flavor {
