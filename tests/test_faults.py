@@ -46,10 +46,28 @@ def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for(condition, proc: subprocess.Popen[str], what: str) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # a hang, not a bound on how fast anything is
     while not condition():
         assert proc.poll() is None and time.monotonic() < deadline, f"never {what}"
         time.sleep(0.01)
+
+
+def bytes_written(proc: subprocess.Popen[str]) -> int:
+    """What the process has written so far (Linux's per-process I/O accounting)."""
+    try:
+        io = Path(f"/proc/{proc.pid}/io").read_text()
+    except OSError:
+        return 0
+    return next(int(line.split()[1]) for line in io.splitlines() if line.startswith("wchar:"))
+
+
+def mapped(proc: subprocess.Popen[str], *paths: Path) -> bool:
+    """Whether the process has every one of `paths` mapped into its memory."""
+    try:
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+    return all(f" {os.path.realpath(p)}\n" in maps for p in paths)
 
 
 # ---- files that shrink while they are read ----------------------------------------------------------
@@ -62,7 +80,7 @@ def test_a_source_that_shrinks_while_packing_ends_in_one_line_not_sigbus(tmp_pat
     out.mkdir()
     proc = start("pack", src, "--any-model", "--dtype", dtype, "-o", out / "p.bpk", "-q")
     wait_for(lambda: any(n.endswith(".heartmula-partial") for n in os.listdir(out)), proc, "started")
-    time.sleep(0.3)
+    wait_for(lambda: bytes_written(proc) >= 64 << 20, proc, "wrote 64 MiB")  # under way, far from done
     os.truncate(src / "model.safetensors", 1 << 20)  # a download restarted, a shard replaced in place
     done = finish(proc)
     assert done.returncode == 1, f"rc {done.returncode} ({reads}): {done.stderr}"
@@ -85,7 +103,8 @@ def test_a_pack_that_shrinks_while_verified_ends_in_one_line(tmp_path):
     src = big_sparse_checkpoint(tmp_path / "src", 8 << 30)
     pack = fake_pack(tmp_path / "p.bpk", 8 << 30)
     proc = start("verify", pack, "--against", src, "-q")
-    time.sleep(2.0)  # well into the comparison, which takes tens of seconds over 16 GiB of sparse pages
+    # Both files mapped: the comparison, tens of seconds over 16 GiB of sparse pages, has begun.
+    wait_for(lambda: mapped(proc, pack, src / "model.safetensors"), proc, "mapped both files")
     os.truncate(pack, 1 << 20)
     done = finish(proc)
     assert_clean_failure(done, str(pack), "tensor 'big'", "shrank")

@@ -48,36 +48,52 @@ def test_progress_reaches_the_total(tiny_ckpt, tmp_path):
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
 
 
-def interrupt(cmd: list[str], watch: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Starts `cmd`, waits until it has a temporary output in `watch`, sends `sig`; returns the
-    finished process and how long it took to stop."""
+def bytes_written(pid: int) -> int | None:
+    """What the process has written so far (Linux's per-process I/O accounting), None once gone."""
+    try:
+        io = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    return next(int(line.split()[1]) for line in io.splitlines() if line.startswith("wchar:"))
+
+
+def interrupt(cmd: list[str], watch: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Starts `cmd`, waits until it has a temporary output in `watch` and has written STARTED bytes
+    of it, sends `sig`; returns the finished process and how many bytes it wrote after the signal."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "heartmula_burn", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while not any(n.endswith(".heartmula-partial") for n in os.listdir(watch)):
+    deadline = time.monotonic() + 120  # a hang, not a bound on how fast anything is
+    while (
+        not any(n.endswith(".heartmula-partial") for n in os.listdir(watch)) or (bytes_written(proc.pid) or 0) < STARTED
+    ):
         assert proc.poll() is None and time.monotonic() < deadline, "the run never started writing"
         time.sleep(0.01)
-    time.sleep(0.3)
+    at_signal = last = bytes_written(proc.pid) or 0
     proc.send_signal(sig)
-    sent = time.monotonic()
-    _, stderr = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), time.monotonic() - sent
+    while proc.poll() is None:
+        last = bytes_written(proc.pid) or last
+        time.sleep(0.005)
+    _, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), last - at_signal
 
 
+STARTED = 64 << 20  # written before the signal: the conversion is under way, far from done
 SIGNALS = {signal.SIGINT: ("SIGINT", 130), signal.SIGTERM: ("SIGTERM", 143), signal.SIGHUP: ("SIGHUP", 129)}
 
 
 @pytest.mark.parametrize("sig", list(SIGNALS), ids=lambda s: s.name)
-def test_a_signal_stops_a_pack_within_a_second_and_leaves_nothing(tmp_path, sig):
+def test_a_signal_stops_a_pack_where_it_is_and_leaves_nothing(tmp_path, sig):
     src = big_sparse_checkpoint(tmp_path / "src")  # 4 GiB: converting it to BF16 takes seconds
     out = tmp_path / "out"
     out.mkdir()
     (out / "p.bpk").write_bytes(b"the previous pack")
     cmd = ["pack", str(src), "--any-model", "--dtype", "bf16", "-o", str(out / "p.bpk"), "--force"]
-    proc, latency = interrupt(cmd, out, sig)
+    proc, after = interrupt(cmd, out, sig)
     name, code = SIGNALS[sig]
-    assert latency < 1.0, f"took {latency:.2f} s to stop"
+    # Stopped where it was, not after the conversion: 2 GiB were left to write when the signal came.
+    # (How fast it stops, within a second, is the benchmark's figure, not a pass/fail test's.)
+    assert after < 256 << 20, f"wrote {after >> 20} MiB after the signal"
     assert_clean_failure(proc, name, "nothing was written", rc=code)
     assert listing(out) == ["p.bpk"] and (out / "p.bpk").read_bytes() == b"the previous pack"
 
