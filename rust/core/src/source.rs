@@ -2,6 +2,7 @@
 //! (which also checks that offsets are contiguous, in range and match shape x dtype).
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -24,10 +25,60 @@ pub struct ShardTensor {
     pub byte_len: u64,
 }
 
+/// What a file is, as far as telling that it changed goes: taken when a shard is opened, before
+/// any byte of it is read, and compared again after the last one (as GNU tar does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    /// What differs from `earlier`, in words ("size 10 -> 12 bytes, ..."), or None.
+    pub fn changes_since(&self, earlier: &FileStamp) -> Option<String> {
+        let mut changes = Vec::new();
+        if self.size != earlier.size {
+            changes.push(format!("size {} -> {} bytes", earlier.size, self.size));
+        }
+        if self.mtime_ns != earlier.mtime_ns {
+            changes.push(format!(
+                "mtime {} -> {}",
+                seconds(earlier.mtime_ns),
+                seconds(self.mtime_ns)
+            ));
+        }
+        if (self.dev, self.ino) != (earlier.dev, earlier.ino) {
+            changes.push(format!(
+                "inode {} -> {} (another file now has its name)",
+                earlier.ino, self.ino
+            ));
+        }
+        (!changes.is_empty()).then(|| changes.join(", "))
+    }
+}
+
+fn seconds(ns: i128) -> String {
+    format!("{}.{:09}", ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
 /// A memory-mapped safetensors file and its parsed header, tensors in file order.
 pub struct Shard {
     pub path: PathBuf,
     pub file: File,
+    /// The file as it was opened, before any byte was read (see `check_unchanged`).
+    pub stamp: FileStamp,
     /// Keeps the process alive if the file shrinks under the map (see `guard`); declared before
     /// `mmap` so that it is unregistered before the map goes.
     guard: MapGuard,
@@ -41,10 +92,8 @@ pub struct Shard {
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).map_err(|e| Error::io(path, "cannot open shard", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "cannot stat shard", e))?
-            .len();
+        let stamp = FileStamp::of(&file.metadata().map_err(|e| Error::io(path, "cannot stat shard", e))?);
+        let len = stamp.size;
         if len < 8 {
             return Err(Error::source(
                 path,
@@ -66,6 +115,7 @@ impl Shard {
         let shard = Shard {
             path: path.to_path_buf(),
             file,
+            stamp,
             guard,
             mmap,
             tensors,
@@ -105,6 +155,57 @@ impl Shard {
         Err(match name {
             Some(name) => Error::source_tensor(&self.path, name, message),
             None => Error::source(&self.path, message),
+        })
+    }
+
+    /// Fails if the file changed since it was opened: its size or modification time (through the
+    /// open descriptor), or the file its path names (replaced by another one, or removed). Call
+    /// after its last byte was read: the output would otherwise match neither version.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.check(None)?; // a shrink under the map says more (which byte, which tensor)
+        let changed = |what: String| {
+            Error::source(
+                &self.path,
+                format!(
+                    "changed while being read ({what}): the output would match neither version; \
+                     was it still being written or replaced?"
+                ),
+            )
+        };
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, "cannot stat shard", e))?;
+        let named = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) => return Err(changed(format!("its name no longer leads to it: {e}"))),
+        };
+        let mut stamp = FileStamp::of(&now);
+        (stamp.dev, stamp.ino) = (named.dev(), named.ino());
+        match stamp.changes_since(&self.stamp) {
+            Some(what) => Err(changed(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error to report when a read of `tensor` up to file offset `end` failed (a write from
+    /// the mapping that the kernel answered with EFAULT, say): the shard shrank under the read
+    /// if the guard saw a fault or the file is now shorter than `end`.
+    pub fn shrank_under(&self, tensor: &ShardTensor, end: u64) -> Option<Error> {
+        if let Err(e) = self.check(Some(tensor)) {
+            return Some(e);
+        }
+        let size = self.file.metadata().ok()?.len();
+        (size < end).then(|| {
+            Error::source_tensor(
+                &self.path,
+                &tensor.name,
+                format!(
+                    "the file shrank while being read (it is {size} bytes now, the tensor's bytes run to {}): \
+                     was it still being written or replaced?",
+                    tensor.file_offset + tensor.byte_len
+                ),
+            )
         })
     }
 

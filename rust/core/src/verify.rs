@@ -162,6 +162,11 @@ pub fn verify_against(
             }
         }
     }
+    // Bytes compared from a file that changed meanwhile prove nothing either way.
+    pack.check_unchanged()?;
+    for shard in &sources.shards {
+        shard.check_unchanged()?;
+    }
     let wanted: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
     for t in &pack.tensors {
         if !wanted.contains(t.name.as_str()) {
