@@ -33,8 +33,43 @@ fn sibling(destination: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(dir.join(partial_name(&name.to_string_lossy(), std::process::id(), suffix)))
 }
 
-/// Removes temporary files and folders that earlier runs for the same destination left behind
-/// when they were killed (their process no longer exists). Returns the paths removed.
+/// Takes `file`'s exclusive lock without waiting; false when another open file holds it. Every
+/// partial is locked while it is written (the lock goes with the descriptor), so that the sweeper
+/// of another run, which cannot tell a live process in another PID namespace or on another
+/// machine sharing the folder from a dead one, leaves it alone.
+pub fn try_lock(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return true;
+    }
+    // Filesystems without locks (ENOLCK, EINVAL): nothing can hold one, so nothing is locked out.
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK)
+}
+
+/// Opens a file or folder for its lock only, without following a link or blocking on a FIFO.
+pub(crate) fn open_for_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether process `pid` exists in this PID namespace (a process we cannot see may still live).
+fn visible_and_alive(pid: i32) -> bool {
+    pid > 0 && {
+        // SAFETY: signal 0 only checks whether the process exists.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+/// Cleans up after earlier runs for the same destination that were killed outright. A partial
+/// (`.NAME.PID.heartmula-partial`) is removed when nobody holds its lock and its process is not
+/// alive here. A folder moved aside while being replaced (`.NAME.PID.heartmula-aside`) is the
+/// previous output, never deleted: when the destination is missing (the run died between moving
+/// it aside and moving the new one in) it is renamed back; otherwise it is left as it is.
+/// Returns the paths removed.
 pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (parent_dir(destination), destination.file_name()) else {
         return Vec::new();
@@ -46,25 +81,30 @@ pub fn remove_stale_partials(destination: &Path) -> Vec<PathBuf> {
     };
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| {
-                rest.strip_suffix(PARTIAL_SUFFIX)
-                    .or_else(|| rest.strip_suffix(ASIDE_SUFFIX))
-            })
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
             continue;
         };
-        let alive = pid > 0 && {
-            // SAFETY: signal 0 only checks whether the process exists.
-            let rc = unsafe { libc::kill(pid, 0) };
-            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        let (pid, aside) = match (rest.strip_suffix(PARTIAL_SUFFIX), rest.strip_suffix(ASIDE_SUFFIX)) {
+            (Some(pid), _) => (pid, false),
+            (_, Some(pid)) => (pid, true),
+            _ => continue,
         };
-        if alive {
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(lock) = open_for_lock(&path) else {
+            continue; // a link, or gone meanwhile: not ours to touch
+        };
+        if !try_lock(&lock) || visible_and_alive(pid) {
             continue;
         }
-        let path = entry.path();
+        if aside {
+            if std::fs::symlink_metadata(destination).is_err() {
+                let _ = rename_into_place(&path, destination, false);
+            }
+            continue;
+        }
         let gone = match entry.file_type() {
             Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
             _ => std::fs::remove_file(&path).is_ok(),
@@ -140,13 +180,16 @@ impl AtomicFile {
         ensure_free_space(destination, &dir, size)?;
         remove_stale_partials(destination);
         let temp_path = partial_path(destination)?;
+        // 0666 less the umask, as any program creating a file gets (the kernel applies the umask).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o666)
+            .custom_flags(libc::O_CLOEXEC)
             .open(&temp_path)
             .map_err(|e| Error::io(&temp_path, "cannot create temp file", e))?;
+        try_lock(&file); // a file we just created: nobody else can hold its lock yet
         let atomic = AtomicFile {
             file,
             temp_path,
@@ -210,11 +253,38 @@ impl AtomicFile {
 
     /// fsync the data, rename over the destination, fsync the folder. Without `overwrite`, a
     /// destination that appeared meanwhile (another run) is not replaced: the rename refuses.
+    /// An existing regular file that is replaced keeps its permission bits.
     pub fn commit(mut self) -> Result<()> {
+        if self.overwrite {
+            self.keep_mode_of_destination()?;
+        }
         self.sync()?;
         rename_into_place(&self.temp_path, &self.destination, self.overwrite)?;
         self.committed = true;
         sync_parent(&self.destination);
+        Ok(())
+    }
+}
+
+impl AtomicFile {
+    fn keep_mode_of_destination(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(old) = std::fs::symlink_metadata(&self.destination) else {
+            return Ok(());
+        };
+        if !old.is_file() {
+            return Ok(()); // a symlink is replaced by the file itself; its target is not ours
+        }
+        let mode = old.permissions().mode() & 0o777;
+        // SAFETY: a plain syscall on an open descriptor.
+        if unsafe { libc::fchmod(self.file.as_raw_fd(), mode) } != 0 {
+            return Err(Error::io(
+                &self.temp_path,
+                "cannot give the temp file the mode of the file it replaces",
+                std::io::Error::last_os_error(),
+            ));
+        }
         Ok(())
     }
 }
@@ -266,14 +336,39 @@ fn unsupported(e: &std::io::Error) -> bool {
 
 /// Renames `from` to `to`; without `overwrite`, atomically refuses an existing `to`.
 fn rename_into_place(from: &Path, to: &Path, overwrite: bool) -> Result<()> {
-    let moved = if overwrite {
-        std::fs::rename(from, to)
-    } else {
-        match renameat2(from, to, libc::RENAME_NOREPLACE) {
-            // Filesystems without RENAME_NOREPLACE: a hard link refuses an existing name as well.
-            Err(e) if unsupported(&e) => std::fs::hard_link(from, to).and_then(|()| std::fs::remove_file(from)),
-            other => other,
-        }
+    if overwrite {
+        return std::fs::rename(from, to).map_err(|e| Error::io(to, "cannot move into place", e));
+    }
+    move_without_replacing(
+        from,
+        to,
+        |a, b| renameat2(a, b, libc::RENAME_NOREPLACE),
+        |a, b| std::fs::hard_link(a, b),
+    )
+}
+
+/// `from` to `to`, refusing an existing `to`: `rename_noreplace`, or where the filesystem has no
+/// RENAME_NOREPLACE, `hard_link` (which refuses an existing name as well) and an unlink.
+fn move_without_replacing(
+    from: &Path,
+    to: &Path,
+    rename_noreplace: impl Fn(&Path, &Path) -> std::io::Result<()>,
+    hard_link: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
+    let moved = match rename_noreplace(from, to) {
+        Err(e) if unsupported(&e) => match hard_link(from, to) {
+            Ok(()) => std::fs::remove_file(from),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+                return Err(Error::output(
+                    to,
+                    "this filesystem can neither rename without replacing (RENAME_NOREPLACE) nor \
+                     hard-link, so an output cannot be put in place while refusing to replace one \
+                     that appeared meanwhile: use --force (an existing output is then replaced)",
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        other => other,
     };
     moved.map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => Error::output(to, "output exists (use --force to replace it)"),
@@ -281,26 +376,70 @@ fn rename_into_place(from: &Path, to: &Path, overwrite: bool) -> Result<()> {
     })
 }
 
-/// Puts the finished folder `partial` in place of `destination`. An existing destination (only
-/// with `overwrite`) is swapped out atomically where the filesystem can (`RENAME_EXCHANGE`), else
-/// moved aside first; either way the old folder is then removed.
+/// fsync every file and folder under `root` (not following links), folders after their contents,
+/// `root` last: a folder renamed into place afterwards holds its data even after a power cut.
+fn sync_tree(root: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, "cannot read", e))?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, "cannot read folder", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(root, "cannot read folder", e))?;
+            sync_tree(&entry.path())?;
+        }
+    } else if !meta.is_file() {
+        return Ok(()); // links and the like hold no data of their own
+    }
+    let file = open_for_lock(root).map_err(|e| Error::io(root, "cannot open to flush to disk", e))?;
+    match file.sync_all() {
+        // Some filesystems refuse fsync on folders; their data is as safe as they make it.
+        Err(e) if meta.is_dir() && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EROFS)) => Ok(()),
+        other => other.map_err(|e| Error::io(root, "cannot flush to disk", e)),
+    }
+}
+
+/// Puts the finished folder `partial` in place of `destination`, its files and itself flushed to
+/// disk first. An existing destination (only with `overwrite`) is swapped out atomically where the
+/// filesystem can (`RENAME_EXCHANGE`), else moved aside first (`.NAME.PID.heartmula-aside`, locked
+/// while it is there: a run killed right then leaves it for the next run to rename back); either
+/// way the old folder is then removed.
 pub fn commit_dir(partial: &Path, destination: &Path, overwrite: bool) -> Result<()> {
+    commit_dir_with(partial, destination, overwrite, |a, b| {
+        renameat2(a, b, libc::RENAME_EXCHANGE)
+    })
+}
+
+fn commit_dir_with(
+    partial: &Path,
+    destination: &Path,
+    overwrite: bool,
+    exchange: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
+    // Held until the folder is in place, so that no other run's sweeper takes it for a dead one's.
+    let partial_lock = open_for_lock(partial).map_err(|e| Error::io(partial, "cannot open", e))?;
+    try_lock(&partial_lock);
+    sync_tree(partial)?;
     let exists = std::fs::symlink_metadata(destination).is_ok();
     if !exists || !overwrite {
         rename_into_place(partial, destination, false)?;
         sync_parent(destination);
         return Ok(());
     }
-    let old = match renameat2(partial, destination, libc::RENAME_EXCHANGE) {
+    let old = match exchange(partial, destination) {
         Ok(()) => partial.to_path_buf(), // now holds the old folder
         Err(e) if unsupported(&e) => {
             let aside = sibling(destination, ASIDE_SUFFIX)?;
+            let old_lock = open_for_lock(destination).map_err(|e| Error::io(destination, "cannot open", e))?;
+            try_lock(&old_lock);
             std::fs::rename(destination, &aside).map_err(|e| Error::io(destination, "cannot move aside", e))?;
+            sync_parent(destination);
             if let Err(e) = std::fs::rename(partial, destination) {
                 let _ = std::fs::rename(&aside, destination);
                 return Err(Error::io(destination, "cannot move into place", e));
             }
-            aside
+            // The old folder goes under the partial's name (free now) before it is removed: a run
+            // killed while removing it leaves a partial, which the next run removes.
+            std::fs::rename(&aside, partial).map_err(|e| Error::io(&aside, "cannot rename", e))?;
+            partial.to_path_buf()
         }
         Err(e) => return Err(Error::io(destination, "cannot move into place", e)),
     };
@@ -414,9 +553,102 @@ mod tests {
             .collect();
         assert_eq!(names, ["export"]);
 
-        let stale = dir.path().join(partial_name("export", 0x7FFF_FFF0, ASIDE_SUFFIX));
+        let stale = dir.path().join(partial_name("export", 0x7FFF_FFF0, PARTIAL_SUFFIX));
         std::fs::create_dir(&stale).unwrap();
         std::fs::write(stale.join("x"), b"x").unwrap();
         assert_eq!(remove_stale_partials(&dest), vec![stale]);
+    }
+
+    #[test]
+    fn a_folder_moved_aside_by_a_killed_run_is_renamed_back_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("export");
+        // Killed between moving the old folder aside and moving the new one in.
+        let aside = dir.path().join(partial_name("export", 0x7FFF_FFF0, ASIDE_SUFFIX));
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::write(aside.join("f"), b"old").unwrap();
+        assert_eq!(remove_stale_partials(&dest), Vec::<PathBuf>::new());
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"old");
+        assert!(!aside.exists());
+        // Killed after the new one moved in: the old one is kept aside, not deleted.
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::write(aside.join("f"), b"older").unwrap();
+        assert_eq!(remove_stale_partials(&dest), Vec::<PathBuf>::new());
+        assert_eq!(std::fs::read(aside.join("f")).unwrap(), b"older");
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn without_rename_exchange_the_old_folder_goes_and_nothing_is_left_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("export");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("f"), b"old").unwrap();
+        let partial = partial_path(&dest).unwrap();
+        std::fs::create_dir_all(partial.join("sub")).unwrap();
+        std::fs::write(partial.join("sub/f"), b"new").unwrap();
+        let unsupported = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        commit_dir_with(&partial, &dest, true, unsupported).unwrap();
+        assert_eq!(std::fs::read(dest.join("sub/f")).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["export"]);
+    }
+
+    #[test]
+    fn a_locked_partial_is_left_alone_whatever_its_pid_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        // A live run in another PID namespace, or on another machine: its pid means nothing here.
+        let theirs = dir.path().join(partial_name("out.bpk", 0x7FFF_FFF0, PARTIAL_SUFFIX));
+        std::fs::write(&theirs, b"x").unwrap();
+        let held = File::open(&theirs).unwrap();
+        assert!(try_lock(&held));
+        assert_eq!(remove_stale_partials(&dest), Vec::<PathBuf>::new());
+        assert!(theirs.exists());
+        drop(held);
+        assert_eq!(remove_stale_partials(&dest), vec![theirs]);
+        // An output being written holds the lock of its partial.
+        let f = AtomicFile::create(&dest, 3, false).unwrap();
+        assert!(!try_lock(&File::open(f.temp_path()).unwrap()));
+    }
+
+    #[test]
+    fn outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dest = dir.path().join("out.bpk");
+        // SAFETY: umask only sets the process's file creation mask.
+        let previous = unsafe { libc::umask(0o002) };
+        let f = AtomicFile::create(&dest, 3, false);
+        unsafe { libc::umask(previous) };
+        f.unwrap().commit().unwrap();
+        assert_eq!(mode(&dest), 0o664);
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AtomicFile::create(&dest, 3, true).unwrap().commit().unwrap();
+        assert_eq!(mode(&dest), 0o600);
+    }
+
+    #[test]
+    fn without_noreplace_or_hard_links_the_error_says_to_use_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&from, b"x").unwrap();
+        let err = move_without_replacing(
+            &from,
+            &to,
+            |_, _| Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+            |_, _| Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", to.display())) && err.contains("use --force"),
+            "{err}"
+        );
+        assert!(!err.contains("not permitted"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::burnpack::{byte_len, BurnTarget, PackLayout};
@@ -247,9 +247,11 @@ pub(crate) fn write_tensors(
         .zip(&resolved.locations)
         .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
         .sum();
+    let last_reads = last_reads(resolved);
     let mut writer = TensorWriter::new(total, progress, &mut summary);
     writer.writeback = Some(Writeback::default());
-    for ((item, &(s, t, source_dtype)), &offset) in items.iter().zip(&resolved.locations).zip(targets) {
+    for (i, ((item, &(s, t, source_dtype)), &offset)) in items.iter().zip(&resolved.locations).zip(targets).enumerate()
+    {
         let shard = &resolved.shards[s];
         writer.write_tensor(
             shard,
@@ -258,9 +260,21 @@ pub(crate) fn write_tensors(
             item.dtype,
             Target { file, path, offset },
         )?;
+        if last_reads[s] == i {
+            shard.check_unchanged()?;
+        }
     }
     writer.finish()?;
     Ok(summary)
+}
+
+/// For each shard, the index of the last item read from it (after which it is checked unchanged).
+fn last_reads(resolved: &Resolved) -> Vec<usize> {
+    let mut last = vec![usize::MAX; resolved.shards.len()];
+    for (i, &(s, _, _)) in resolved.locations.iter().enumerate() {
+        last[s] = i;
+    }
+    last
 }
 
 /// Writes each item as a `.npy` file in `dir` (named by `file_names`, which must not exist yet),
@@ -288,16 +302,24 @@ pub fn export_npy(
     }
     summary.file_size = plans.iter().map(|(h, len)| h.len() as u64 + len).sum();
     ensure_free_space(dir, dir, summary.file_size)?;
+    // A partial folder: locked while it is filled, so that no other run's sweeper removes it.
+    let lock = crate::output::open_for_lock(dir).map_err(|e| Error::io(dir, "cannot open", e))?;
+    crate::output::try_lock(&lock);
     let total = summary.data_bytes;
+    let last_reads = last_reads(&resolved);
     let mut writer = TensorWriter::new(total, progress, &mut summary);
-    for ((item, &(s, t, source_dtype)), ((header, len), name)) in
-        items.iter().zip(&resolved.locations).zip(plans.iter().zip(file_names))
+    for (i, ((item, &(s, t, source_dtype)), ((header, len), name))) in items
+        .iter()
+        .zip(&resolved.locations)
+        .zip(plans.iter().zip(file_names))
+        .enumerate()
     {
         let path = dir.join(name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o666)
             .open(&path)
             .map_err(|e| Error::io(&path, "cannot create", e))?;
         file.set_len(header.len() as u64 + len)
@@ -311,6 +333,9 @@ pub fn export_npy(
             offset: header.len() as u64,
         };
         writer.write_tensor(shard, &shard.tensors[t], source_dtype, item.dtype, target)?;
+        if last_reads[s] == i {
+            shard.check_unchanged()?;
+        }
         file.sync_all()
             .map_err(|e| Error::io(&path, "cannot flush to disk", e))?;
     }
@@ -428,7 +453,11 @@ impl<'a> TensorWriter<'a> {
         let bytes = shard.bytes(tensor);
         while copied < tensor.byte_len {
             let n = (tensor.byte_len - copied).min(COPY_CHUNK);
-            target.write_at(&bytes[copied as usize..(copied + n) as usize], copied)?;
+            if let Err(e) = target.write_at(&bytes[copied as usize..(copied + n) as usize], copied) {
+                // The kernel reads the mapping for write(2): a page past the shard's new end gives
+                // EFAULT there, not SIGBUS, and the error would blame the output.
+                return Err(shard.shrank_under(tensor, tensor.file_offset + copied + n).unwrap_or(e));
+            }
             shard.check(Some(tensor))?;
             release(shard, tensor.file_offset + copied, n);
             copied += n;
@@ -808,6 +837,110 @@ pub(crate) mod tests {
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
             write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
         }
+    }
+
+    /// A shard whose modification time is an hour old, so that any write now changes it.
+    fn aged_shard(path: &Path, n: usize) {
+        write_shard(path, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_source_rewritten_or_replaced_while_packing_fails_naming_it_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let n = 6usize << 20; // 24 MiB of F32: several conversion chunks
+        let out = dir.path().join("out.bpk");
+        type Change = fn(&Path);
+        let rewrite: Change = |a| {
+            // Same size, other bytes: only the modification time tells.
+            let f = OpenOptions::new().write(true).open(a).unwrap();
+            f.write_all_at(&[0x40; 4096], 1 << 20).unwrap();
+        };
+        let replace: Change = |a| {
+            let other = a.with_extension("new");
+            std::fs::copy(a, &other).unwrap();
+            std::fs::rename(&other, a).unwrap();
+        };
+        for (dtype, change, what) in [
+            (DType::BF16, rewrite, "mtime "),
+            (DType::F32, rewrite, "mtime "),
+            (DType::BF16, replace, "inode "),
+        ] {
+            aged_shard(&a, n);
+            let request = PackRequest {
+                items: vec![item("big", &a, "big", dtype)],
+                metadata: BTreeMap::new(),
+                target: BurnTarget::V0_21,
+                output: out.clone(),
+                overwrite: false,
+            };
+            let mut changed = false;
+            let err = pack(&request, &mut |_| {
+                if !changed {
+                    change(&a);
+                    changed = true;
+                }
+                true
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(
+                err.starts_with(&format!("{}: changed while being read (", a.display())) && err.contains(what),
+                "{err}"
+            );
+            assert!(!out.exists());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
+        }
+        aged_shard(&a, 16);
+        let request = PackRequest {
+            items: vec![item("big", &a, "big", DType::BF16)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: false,
+        };
+        pack(&request, &mut |_| true).expect("an unchanged shard packs");
+    }
+
+    #[test]
+    fn a_source_that_shrinks_on_the_buffered_copy_path_is_named_not_the_output() {
+        // tmpfs to another filesystem type: copy_file_range says EXDEV and the bytes are written
+        // from the mapping, where the kernel answers a page past the end with EFAULT.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let a = shm.path().join("a.safetensors");
+        let n = 24usize << 20; // 96 MiB: more than one copy chunk
+        write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
+        let out = dir.path().join("out.bpk");
+        let request = PackRequest {
+            items: vec![item("big", &a, "big", DType::F32)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: false,
+        };
+        let mut shrunk = false;
+        let err = pack(&request, &mut |_| {
+            if !shrunk {
+                OpenOptions::new().write(true).open(&a).unwrap().set_len(4096).unwrap();
+                shrunk = true;
+            }
+            true
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.starts_with(&format!("{}: tensor 'big': ", a.display())) && err.contains("shrank"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial left");
     }
 
     #[test]
