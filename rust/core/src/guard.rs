@@ -6,14 +6,17 @@
 //! the temporary output left behind. Mappings registered here are protected instead: a
 //! process-wide SIGBUS handler maps a page of zeros over the faulting page (so the read completes)
 //! and records where the fault was. Readers check `MapGuard::fault` after each chunk they read and
-//! fail with an error naming the file and tensor. Faults anywhere else are passed on to the handler
-//! that was installed before ours (Python's faulthandler, say) or get the default action.
+//! fail with an error naming the file and tensor. Faults anywhere else are passed on to the other
+//! handler (installed before ours, or after it: Python's faulthandler, say; ours is re-installed
+//! before each guarded read region) or get the default action; a SIGBUS sent by a process (`kill`)
+//! is raised again with the default action.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
-/// How many mappings can be guarded at once; a registration beyond that is simply unguarded.
-const SLOTS: usize = 512;
+/// Slots per chunk of the table; chunks are added as needed (never freed: the handler may be
+/// walking them), so any number of mappings can be guarded at once.
+const CHUNK: usize = 256;
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
 const ACTIVE: u8 = 2;
@@ -28,52 +31,96 @@ struct Slot {
     fault: AtomicUsize,
 }
 
-#[allow(clippy::declare_interior_mutable_const)] // only used to initialise the array below
+#[allow(clippy::declare_interior_mutable_const)] // only used to initialise the arrays below
 const EMPTY: Slot = Slot {
     state: AtomicU8::new(FREE),
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
     fault: AtomicUsize::new(NO_FAULT),
 };
-static SLOTS_TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+
+struct Chunk {
+    slots: [Slot; CHUNK],
+    next: AtomicPtr<Chunk>,
+}
+
+static FIRST: Chunk = Chunk {
+    slots: [EMPTY; CHUNK],
+    next: AtomicPtr::new(std::ptr::null_mut()),
+};
+
+/// Every slot of the table, chunk after chunk (async-signal-safe: atomics only).
+fn slots() -> impl Iterator<Item = &'static Slot> {
+    let mut chunk: Option<&'static Chunk> = Some(&FIRST);
+    std::iter::from_fn(move || {
+        let current = chunk?;
+        let next = current.next.load(Ordering::Acquire);
+        // SAFETY: chunks are leaked boxes, never freed.
+        chunk = unsafe { next.as_ref() };
+        Some(current.slots.iter())
+    })
+    .flatten()
+}
+
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 static INSTALL: Once = Once::new();
-/// The SIGBUS disposition found when ours was installed, to pass other faults on to.
-static mut PREVIOUS: Option<libc::sigaction> = None;
+/// Serialises checking and re-installing our handler.
+static REASSERT: Mutex<()> = Mutex::new(());
+/// The handler to pass faults outside our mappings on to: the one found when ours was installed,
+/// or one installed after ours (found and replaced by `protect`). `SIG_DFL` when none.
+static PREVIOUS_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREVIOUS_SIGINFO: AtomicBool = AtomicBool::new(false);
+/// Set while a fault is being passed on: a previous handler that calls ours back (it saved ours
+/// as its own previous) ends the loop with the default action.
+static PASSING_ON: AtomicBool = AtomicBool::new(false);
 
 /// A registered mapping; unregistered when dropped (drop it before unmapping).
 #[derive(Debug)]
 pub struct MapGuard {
-    slot: Option<usize>,
+    slot: Option<&'static Slot>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("start", &self.start.load(Ordering::Relaxed))
+            .field("len", &self.len.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl MapGuard {
-    /// Protects `[start, start + len)`, a mapping of a file. Installs the handler on first use.
+    /// Protects `[start, start + len)`, a mapping of a file. Installs the handler on first use
+    /// (and re-installs it if another one replaced it since).
     pub fn register(start: *const u8, len: usize) -> MapGuard {
         if len == 0 {
             return MapGuard { slot: None };
         }
-        INSTALL.call_once(install);
-        for (i, slot) in SLOTS_TABLE.iter().enumerate() {
-            if slot
+        protect();
+        let claim = |slot: &'static Slot| {
+            let free = slot
                 .state
                 .compare_exchange(FREE, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+                .is_ok();
+            if free {
                 slot.start.store(start as usize, Ordering::Relaxed);
                 slot.len.store(len, Ordering::Relaxed);
                 slot.fault.store(NO_FAULT, Ordering::Relaxed);
                 slot.state.store(ACTIVE, Ordering::Release);
-                return MapGuard { slot: Some(i) };
             }
+            free
+        };
+        loop {
+            if let Some(slot) = slots().find(|&slot| claim(slot)) {
+                return MapGuard { slot: Some(slot) };
+            }
+            grow();
         }
-        MapGuard { slot: None }
     }
 
     /// Offset (from the start of the mapping) of the first byte whose read faulted, if any did.
     pub fn fault(&self) -> Option<u64> {
-        let slot = &SLOTS_TABLE[self.slot?];
-        match slot.fault.load(Ordering::Acquire) {
+        match self.slot?.fault.load(Ordering::Acquire) {
             NO_FAULT => None,
             offset => Some(offset as u64),
         }
@@ -82,8 +129,7 @@ impl MapGuard {
 
 impl Drop for MapGuard {
     fn drop(&mut self) {
-        if let Some(i) = self.slot {
-            let slot = &SLOTS_TABLE[i];
+        if let Some(slot) = self.slot {
             slot.state.store(CLAIMED, Ordering::Release);
             slot.start.store(0, Ordering::Relaxed);
             slot.len.store(0, Ordering::Relaxed);
@@ -92,22 +138,59 @@ impl Drop for MapGuard {
     }
 }
 
-fn install() {
-    // SAFETY: sysconf and sigaction are plain libc calls with valid arguments; PREVIOUS is written
-    // here, once, before our handler (its only reader) is installed.
-    unsafe {
-        let page = libc::sysconf(libc::_SC_PAGESIZE);
+/// Appends an empty chunk to the table.
+fn grow() {
+    let fresh = Box::into_raw(Box::new(Chunk {
+        slots: [EMPTY; CHUNK],
+        next: AtomicPtr::new(std::ptr::null_mut()),
+    }));
+    let mut tail: &'static Chunk = &FIRST;
+    loop {
+        match tail
+            .next
+            .compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return,
+            // SAFETY: a chunk in the list, leaked and never freed.
+            Err(next) => tail = unsafe { &*next },
+        }
+    }
+}
+
+fn our_action() -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is valid; the fields that matter are set below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigbus as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+    // SAFETY: sa_mask is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    action
+}
+
+/// Makes sure our SIGBUS handler is the one installed: on first use, and whenever another one
+/// replaced it since (Python's `faulthandler.enable()`, a library's own), which then gets the
+/// faults outside our mappings. Called before every guarded read region.
+pub fn protect() {
+    INSTALL.call_once(|| {
+        // SAFETY: sysconf is a plain libc call.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page > 0 {
             PAGE_SIZE.store(page as usize, Ordering::Relaxed);
         }
-        let mut previous: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) == 0 {
-            PREVIOUS = Some(previous);
+    });
+    let _serial = REASSERT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // SAFETY: sigaction with valid arguments.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current) != 0 {
+            return;
         }
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigbus as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-        libc::sigemptyset(&mut action.sa_mask);
+        if current.sa_sigaction == on_sigbus as *const () as usize {
+            return;
+        }
+        PREVIOUS_SIGINFO.store(current.sa_flags & libc::SA_SIGINFO != 0, Ordering::Release);
+        PREVIOUS_HANDLER.store(current.sa_sigaction, Ordering::Release);
+        let action = our_action();
         libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
     }
 }
@@ -122,16 +205,23 @@ fn holds(slot: &Slot, address: usize) -> bool {
 }
 
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo; only async-signal-safe calls follow (atomics, mmap).
+    // SAFETY: the kernel passes a valid siginfo; only async-signal-safe calls follow (atomics,
+    // mmap, sigaction, raise).
     unsafe {
-        // Only faults the kernel raised (si_code > 0) carry an address; `kill -BUS` does not.
+        let code = (*info).si_code;
+        if code <= 0 {
+            // Sent by a process (kill, raise, sigqueue), not a fault: what SIGBUS does by default.
+            die_of(signal);
+            return;
+        }
+        // Only a read past the end of a mapped file (BUS_ADRERR) in one of our mappings is ours.
         let address = (*info).si_addr() as usize;
-        let ours = (*info).si_code > 0 && SLOTS_TABLE.iter().any(|slot| holds(slot, address));
-        if ours {
-            let page = address & !(PAGE_SIZE.load(Ordering::Relaxed) - 1);
+        if code == libc::BUS_ADRERR && slots().any(|slot| holds(slot, address)) {
+            let page_size = PAGE_SIZE.load(Ordering::Relaxed);
+            let page = address & !(page_size - 1);
             let zeros = libc::mmap(
                 page as *mut libc::c_void,
-                PAGE_SIZE.load(Ordering::Relaxed),
+                page_size,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                 -1,
@@ -139,7 +229,7 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
             );
             if zeros != libc::MAP_FAILED {
                 // Every registration of the range learns of it (one file may be mapped twice).
-                for slot in SLOTS_TABLE.iter().filter(|slot| holds(slot, address)) {
+                for slot in slots().filter(|slot| holds(slot, address)) {
                     let offset = address - slot.start.load(Ordering::Relaxed);
                     let _ = slot
                         .fault
@@ -152,28 +242,43 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     }
 }
 
-/// Hands a fault that is not ours to the previous handler, or restores the default action (the
+/// Restores the default action and raises the signal again: the process dies of it.
+unsafe fn die_of(signal: libc::c_int) {
+    // SAFETY: sigaction and raise are async-signal-safe; SA_NODEFER leaves the signal unblocked.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
+/// Hands a fault that is not ours to the other handler, or restores the default action (the
 /// faulting instruction then runs again and the process dies of SIGBUS, as it would have).
 unsafe fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    // SAFETY: PREVIOUS was written before this handler was installed and is never written again.
-    let previous = unsafe { *std::ptr::addr_of!(PREVIOUS) };
-    if let Some(previous) = previous {
-        let handler = previous.sa_sigaction;
-        if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
-            if previous.sa_flags & libc::SA_SIGINFO != 0 {
+    let handler = PREVIOUS_HANDLER.load(Ordering::Acquire);
+    let nested = PASSING_ON.swap(true, Ordering::AcqRel);
+    if handler != libc::SIG_DFL && handler != libc::SIG_IGN && !nested {
+        // SAFETY: the handler was installed for SIGBUS by someone else, with these flags.
+        unsafe {
+            if PREVIOUS_SIGINFO.load(Ordering::Acquire) {
                 let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                    unsafe { std::mem::transmute(handler) };
+                    std::mem::transmute(handler);
                 f(signal, info, context);
             } else {
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+                let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
                 f(signal);
             }
-            return;
         }
+        PASSING_ON.store(false, Ordering::Release);
+        return;
     }
-    let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
-    default.sa_sigaction = libc::SIG_DFL;
-    unsafe { libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut()) };
+    // SAFETY: sigaction is async-signal-safe.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+    }
 }
 
 #[cfg(test)]
@@ -209,14 +314,64 @@ mod tests {
         let data = [1u8; 16];
         let guard = MapGuard::register(data.as_ptr(), 16);
         let slot = guard.slot.expect("a free slot");
-        assert_eq!(SLOTS_TABLE[slot].state.load(Ordering::Acquire), ACTIVE);
-        assert!(holds(&SLOTS_TABLE[slot], data.as_ptr() as usize + 15));
-        assert!(!holds(&SLOTS_TABLE[slot], data.as_ptr() as usize + 16));
+        assert_eq!(slot.state.load(Ordering::Acquire), ACTIVE);
+        assert!(holds(slot, data.as_ptr() as usize + 15));
+        assert!(!holds(slot, data.as_ptr() as usize + 16));
         drop(guard);
-        assert_eq!(SLOTS_TABLE[slot].state.load(Ordering::Acquire), FREE);
+        assert_eq!(slot.state.load(Ordering::Acquire), FREE);
         assert!(
             MapGuard::register(data.as_ptr(), 0).slot.is_none(),
             "empty ranges need no slot"
         );
+    }
+
+    #[test]
+    fn any_number_of_mappings_is_guarded() {
+        let data = [1u8; 16];
+        let many: Vec<MapGuard> = (0..3 * CHUNK).map(|_| MapGuard::register(data.as_ptr(), 16)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shrinks");
+        std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        // SAFETY: read-only map of a file this test owns.
+        let map = unsafe { Mmap::map(&file) }.unwrap();
+        let guard = MapGuard::register(map.as_ptr(), map.len());
+        file.set_len(4096).unwrap();
+        assert_eq!(map[50_000], 0);
+        assert_eq!(guard.fault(), Some(50_000));
+        drop((guard, many));
+    }
+
+    static OTHER_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A handler installed after ours that chains to it (so that faults of tests running
+    /// meanwhile are still handled), counting the faults it sees.
+    extern "C" fn other(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+        OTHER_CALLS.fetch_add(1, Ordering::SeqCst);
+        on_sigbus(signal, info, context);
+    }
+
+    #[test]
+    fn a_handler_installed_after_ours_is_replaced_before_the_next_guarded_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shrinks");
+        std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        // SAFETY: read-only map of a file this test owns.
+        let map = unsafe { Mmap::map(&file) }.unwrap();
+        drop(MapGuard::register(map.as_ptr(), 1)); // ours is installed
+                                                   // SAFETY: installs a SIGBUS handler over ours, as faulthandler.enable() does.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = other as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+        let guard = MapGuard::register(map.as_ptr(), map.len());
+        file.set_len(4096).unwrap();
+        assert_eq!(map[40_000], 0);
+        assert_eq!(guard.fault(), Some(40_000));
+        assert_eq!(OTHER_CALLS.load(Ordering::SeqCst), 0, "ours was installed again first");
+        drop(guard);
     }
 }

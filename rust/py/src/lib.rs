@@ -604,8 +604,10 @@ impl MapGuard {
         ))))
     }
 
-    /// Offset of the first byte whose read faulted, or None.
+    /// Offset of the first byte whose read faulted, or None. Also installs the guard's SIGBUS
+    /// handler again if another one (`faulthandler.enable()`) replaced it, for the reads to come.
     fn fault(&self) -> Option<u64> {
+        core::guard::protect();
         self.0.lock().ok()?.as_ref()?.fault()
     }
 
