@@ -101,13 +101,16 @@ pub struct PackLayout {
 impl PackLayout {
     /// Assigns offsets in the given order and encodes the metadata.
     /// `tensors` holds (name, dtype, shape, param_id); offsets in it are ignored and recomputed.
+    /// `output` (the pack to be written) only names the file in errors.
     pub fn plan(
         specs: Vec<(String, DType, Vec<u64>, Option<u64>)>,
         metadata: BTreeMap<String, String>,
         target: BurnTarget,
+        output: &Path,
     ) -> Result<PackLayout> {
+        let refuse = |message: String| Error::output(output, message);
         if specs.len() > MAX_TENSOR_COUNT {
-            return Err(Error::Invalid(format!(
+            return Err(refuse(format!(
                 "{} tensors; Burn's reader accepts at most {MAX_TENSOR_COUNT}",
                 specs.len()
             )));
@@ -117,12 +120,12 @@ impl PackLayout {
         let mut tensors = Vec::with_capacity(specs.len());
         for (name, dtype, shape, param_id) in specs {
             if !seen.insert(name.clone()) {
-                return Err(Error::Invalid(format!("tensor '{name}' appears twice in the pack")));
+                return Err(refuse(format!("tensor '{name}' appears twice in the pack")));
             }
             let len = byte_len(dtype, &shape)
-                .ok_or_else(|| Error::Invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits")))?;
+                .ok_or_else(|| refuse(format!("tensor '{name}': shape {shape:?} overflows 64 bits")))?;
             if len > MAX_TENSOR_SIZE {
-                return Err(Error::Invalid(format!(
+                return Err(refuse(format!(
                     "tensor '{name}' is {len} bytes; Burn's reader refuses tensors over {MAX_TENSOR_SIZE} bytes"
                 )));
             }
@@ -142,9 +145,9 @@ impl PackLayout {
                 end,
             });
         }
-        let cbor = encode_metadata(&tensors, &metadata, target)?;
+        let cbor = encode_metadata(&tensors, &metadata, target).map_err(refuse)?;
         if cbor.len() as u64 > MAX_METADATA_SIZE {
-            return Err(Error::Invalid(format!(
+            return Err(refuse(format!(
                 "metadata is {} bytes; Burn's reader accepts at most {MAX_METADATA_SIZE}",
                 cbor.len()
             )));
@@ -157,7 +160,7 @@ impl PackLayout {
         };
         let file_size = data_start + tensors.iter().map(|t| t.end).max().unwrap_or(0);
         if file_size > MAX_FILE_SIZE {
-            return Err(Error::Invalid(format!(
+            return Err(refuse(format!(
                 "the pack would be {file_size} bytes; Burn's file loaders refuse files over {MAX_FILE_SIZE} bytes"
             )));
         }
@@ -224,7 +227,11 @@ struct DescriptorOut<'a> {
     param_id: Option<u64>,
 }
 
-fn encode_metadata(tensors: &[TensorPlan], metadata: &BTreeMap<String, String>, target: BurnTarget) -> Result<Vec<u8>> {
+fn encode_metadata(
+    tensors: &[TensorPlan],
+    metadata: &BTreeMap<String, String>,
+    target: BurnTarget,
+) -> std::result::Result<Vec<u8>, String> {
     let out = MetadataOut {
         tensors: tensors
             .iter()
@@ -244,7 +251,10 @@ fn encode_metadata(tensors: &[TensorPlan], metadata: &BTreeMap<String, String>, 
         metadata: metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
     };
     let mut cbor = Vec::new();
-    ciborium::into_writer(&out, &mut cbor).map_err(|e| Error::Invalid(format!("cannot encode pack metadata: {e}")))?;
+    ciborium::into_writer(&out, &mut cbor).map_err(|e| match e {
+        ciborium::ser::Error::Value(message) => format!("cannot encode the pack's metadata: {message}"),
+        ciborium::ser::Error::Io(e) => format!("cannot encode the pack's metadata: {e}"),
+    })?;
     Ok(cbor)
 }
 
@@ -296,9 +306,72 @@ pub struct PackIndex {
 
 #[derive(Deserialize)]
 struct MetadataIn {
-    tensors: BTreeMap<String, DescriptorIn>,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    #[serde(deserialize_with = "entries")]
+    tensors: Vec<(String, DescriptorIn)>,
+    #[serde(default, deserialize_with = "entries")]
+    metadata: Vec<(String, String)>,
+}
+
+/// A CBOR map as its entries, in order and duplicates included (a `BTreeMap` would silently keep
+/// the last of two entries under one key; Burn's reader would then load one of two tensors).
+fn entries<'de, D, V>(deserializer: D) -> std::result::Result<Vec<(String, V)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = Vec<(String, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_TENSOR_COUNT));
+            while let Some(entry) = map.next_entry()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
+}
+
+/// The first key that appears twice, if any.
+fn first_duplicate<V>(entries: &[(String, V)]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    entries
+        .iter()
+        .find(|(key, _)| !seen.insert(key.as_str()))
+        .map(|(key, _)| key.as_str())
+}
+
+/// A ciborium decoding error in words (its `Display` is Rust debug text).
+fn describe_cbor_error(e: &ciborium::de::Error<std::io::Error>) -> String {
+    use ciborium::de::Error as E;
+    match e {
+        E::Io(e) => format!("cannot read it: {e}"),
+        E::Syntax(at) => format!("malformed CBOR at byte {at} of the metadata"),
+        E::Semantic(Some(at), message) => format!("{message} (at byte {at} of the metadata)"),
+        E::Semantic(None, message) => message.clone(),
+        E::RecursionLimitExceeded => format!("nested deeper than {MAX_CBOR_DEPTH} levels"),
+    }
+}
+
+/// A CBOR value as a person reads it in an error: text quoted, anything else by its kind.
+fn describe_cbor_value(value: &ciborium::Value) -> String {
+    use ciborium::Value as V;
+    match value {
+        V::Text(text) => format!("'{}'", text.escape_debug()),
+        V::Integer(i) => format!("{}", i128::from(*i)),
+        V::Map(_) => "(a map)".into(),
+        V::Array(_) => "(an array)".into(),
+        V::Bytes(_) => "(a byte string)".into(),
+        V::Float(f) => format!("{f}"),
+        V::Bool(b) => format!("{b}"),
+        V::Null => "null".into(),
+        V::Tag(..) => "(a tagged value)".into(),
+        _ => "(an unknown value)".into(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -397,7 +470,13 @@ fn check_header(path: &Path, header: &[u8], file_size: u64) -> Result<u64> {
 fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
     let bad = |message: String| Error::pack_file(path, message);
     let parsed: MetadataIn = ciborium::de::from_reader_with_recursion_limit(cbor, MAX_CBOR_DEPTH)
-        .map_err(|e| bad(format!("invalid CBOR metadata: {e}")))?;
+        .map_err(|e| bad(format!("invalid CBOR metadata: {}", describe_cbor_error(&e))))?;
+    if let Some(name) = first_duplicate(&parsed.tensors) {
+        return Err(Error::pack_tensor(path, name, "appears twice in the metadata"));
+    }
+    if let Some(key) = first_duplicate(&parsed.metadata) {
+        return Err(bad(format!("metadata key '{key}' appears twice")));
+    }
     if parsed.tensors.len() > MAX_TENSOR_COUNT {
         return Err(bad(format!(
             "{} tensors, over Burn's limit of {MAX_TENSOR_COUNT}",
@@ -410,8 +489,13 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
 
     let mut tensors = Vec::with_capacity(parsed.tensors.len());
     for (name, d) in parsed.tensors {
-        let dtype = decode_dtype(&d.dtype)
-            .ok_or_else(|| Error::pack_tensor(path, &name, format!("unsupported dtype {:?}", d.dtype)))?;
+        let dtype = decode_dtype(&d.dtype).ok_or_else(|| {
+            Error::pack_tensor(
+                path,
+                &name,
+                format!("unsupported dtype {}", describe_cbor_value(&d.dtype)),
+            )
+        })?;
         let (start, end) = d.data_offsets;
         if end < start {
             return Err(Error::pack_tensor(
@@ -435,11 +519,10 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
             return Err(Error::pack_tensor(
                 path,
                 &name,
-                format!(
-                    "holds {} bytes but {dtype} {:?} needs {expected:?}",
-                    end - start,
-                    d.shape
-                ),
+                match expected {
+                    Some(needed) => format!("holds {} bytes but {dtype} {:?} needs {needed}", end - start, d.shape),
+                    None => format!("shape {:?} overflows 64 bits", d.shape),
+                },
             ));
         }
         tensors.push(PackTensor {
@@ -493,7 +576,7 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
         metadata_size,
         data_start,
         layout,
-        metadata: parsed.metadata,
+        metadata: parsed.metadata.into_iter().collect(),
         tensors,
     })
 }
@@ -514,6 +597,7 @@ mod tests {
             vec![("weight".into(), DType::F32, vec![2, 2], Some(42))],
             md(&[("format", "burnpack"), ("producer", "burn"), ("version", "0.21.0")]),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         )
         .unwrap();
         let mut expected: Vec<u8> = vec![0x4e, 0x52, 0x55, 0x42, 0x01, 0x00, 0x77, 0x00, 0x00, 0x00];
@@ -569,6 +653,7 @@ mod tests {
             ],
             BTreeMap::new(),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         )
         .unwrap();
         assert_eq!((layout.tensors[0].start, layout.tensors[0].end), (0, 24));
@@ -591,6 +676,7 @@ mod tests {
             vec![("weight".into(), DType::F32, vec![2, 2], None)],
             BTreeMap::new(),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         )
         .unwrap();
         let mut expected = vec![0xa1, 0x67];
@@ -612,8 +698,15 @@ mod tests {
 
     #[test]
     fn bool_encoding_depends_on_target() {
-        let plan =
-            |t| PackLayout::plan(vec![("mask".into(), DType::Bool, vec![3], Some(7))], BTreeMap::new(), t).unwrap();
+        let plan = |t| {
+            PackLayout::plan(
+                vec![("mask".into(), DType::Bool, vec![3], Some(7))],
+                BTreeMap::new(),
+                t,
+                Path::new("out.bpk"),
+            )
+            .unwrap()
+        };
         let mut v21 = vec![0x65];
         v21.extend(b"dtype");
         v21.push(0xa1);
@@ -641,6 +734,7 @@ mod tests {
             vec![("weight".into(), DType::F32, vec![2, 2], Some(42))],
             md(&[("format", "burnpack"), ("producer", "burn"), ("version", "0.19.1")]),
             BurnTarget::V0_19,
+            Path::new("out.bpk"),
         )
         .unwrap();
         assert_eq!(layout.data_start, 129);
@@ -656,6 +750,7 @@ mod tests {
             ],
             BTreeMap::new(),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         )
         .unwrap();
         assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 256));
@@ -671,14 +766,104 @@ mod tests {
             ],
             BTreeMap::new(),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         );
-        assert!(dup.unwrap_err().to_string().contains("'a' appears twice"));
+        assert_eq!(
+            dup.unwrap_err().to_string(),
+            "out.bpk: tensor 'a' appears twice in the pack"
+        );
         let big = PackLayout::plan(
             vec![("big".into(), DType::F32, vec![3, 1024, 1024, 1024], None)],
             BTreeMap::new(),
             BurnTarget::V0_21,
+            Path::new("out.bpk"),
         );
         assert!(big.unwrap_err().to_string().contains("refuses tensors over"));
+    }
+
+    #[test]
+    fn planning_errors_name_the_pack() {
+        let specs = (0..=MAX_TENSOR_COUNT)
+            .map(|i| (format!("t{i}"), DType::U8, vec![1], None))
+            .collect();
+        let err = PackLayout::plan(specs, BTreeMap::new(), BurnTarget::V0_21, Path::new("/o/p.bpk"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "/o/p.bpk: 100001 tensors; Burn's reader accepts at most 100000");
+    }
+
+    /// A pack whose CBOR is `tensors` (a map given as entries, duplicates kept) plus `metadata`.
+    fn pack_bytes(tensors: Vec<(&str, ciborium::Value)>, metadata: Vec<(&str, &str)>) -> Vec<u8> {
+        use ciborium::Value as V;
+        let entries = |pairs: Vec<(&str, V)>| V::Map(pairs.into_iter().map(|(k, v)| (V::Text(k.into()), v)).collect());
+        let root = entries(vec![
+            ("tensors", entries(tensors)),
+            (
+                "metadata",
+                entries(metadata.into_iter().map(|(k, v)| (k, V::Text(v.into()))).collect()),
+            ),
+        ]);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&root, &mut cbor).unwrap();
+        let mut bytes = MAGIC.to_le_bytes().to_vec();
+        bytes.extend(FORMAT_VERSION.to_le_bytes());
+        bytes.extend((cbor.len() as u32).to_le_bytes());
+        bytes.extend(cbor);
+        bytes.resize(align_up(bytes.len() as u64, TENSOR_ALIGNMENT) as usize + 256 + 4, 0);
+        bytes
+    }
+
+    fn descriptor(dtype: ciborium::Value, start: u64, end: u64) -> ciborium::Value {
+        use ciborium::Value as V;
+        V::Map(vec![
+            (V::Text("dtype".into()), dtype),
+            (V::Text("shape".into()), V::Array(vec![V::Integer(1.into())])),
+            (
+                V::Text("data_offsets".into()),
+                V::Array(vec![V::Integer(start.into()), V::Integer(end.into())]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn reader_refuses_duplicate_keys_and_speaks_plain_words() {
+        use ciborium::Value as V;
+        let p = Path::new("/in/p.bpk");
+        let f32 = || V::Text("F32".into());
+        let read = |bytes: Vec<u8>| index_from_bytes(p, &bytes).map(|_| ()).unwrap_err().to_string();
+        let good = pack_bytes(
+            vec![("a", descriptor(f32(), 0, 4)), ("b", descriptor(f32(), 256, 260))],
+            vec![("k", "v")],
+        );
+        assert!(index_from_bytes(p, &good).is_ok());
+        let twice = read(pack_bytes(
+            vec![("a", descriptor(f32(), 0, 4)), ("a", descriptor(f32(), 256, 260))],
+            vec![],
+        ));
+        assert_eq!(twice, "/in/p.bpk: tensor 'a': appears twice in the metadata");
+        let key_twice = read(pack_bytes(
+            vec![("a", descriptor(f32(), 0, 4)), ("b", descriptor(f32(), 256, 260))],
+            vec![("k", "1"), ("k", "2")],
+        ));
+        assert_eq!(key_twice, "/in/p.bpk: metadata key 'k' appears twice");
+        let sizes = read(pack_bytes(
+            vec![("a", descriptor(f32(), 0, 8)), ("b", descriptor(f32(), 256, 260))],
+            vec![],
+        ));
+        assert_eq!(sizes, "/in/p.bpk: tensor 'a': holds 8 bytes but F32 [1] needs 4");
+        let dtype = read(pack_bytes(vec![("a", descriptor(V::Text("F99".into()), 0, 4))], vec![]));
+        assert_eq!(dtype, "/in/p.bpk: tensor 'a': unsupported dtype 'F99'");
+        let mut missing = pack_bytes(vec![("a", descriptor(f32(), 0, 4))], vec![]);
+        let at = missing.windows(5).position(|w| w == b"shape").unwrap();
+        missing[at..at + 5].copy_from_slice(b"shapf");
+        let missing = read(missing);
+        assert!(
+            missing.starts_with("/in/p.bpk: invalid CBOR metadata: missing field `shape`"),
+            "{missing}"
+        );
+        for text in [twice, sizes, dtype, missing] {
+            assert!(!text.contains("Some(") && !text.contains("Semantic") && !text.contains("Text("));
+        }
     }
 
     #[test]
@@ -691,6 +876,7 @@ mod tests {
                 ],
                 md(&[("k", "v")]),
                 target,
+                Path::new("out.bpk"),
             )
             .unwrap();
             let index = parse_index(Path::new("x.bpk"), &layout.cbor, layout.file_size).unwrap();

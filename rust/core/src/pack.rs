@@ -131,7 +131,7 @@ fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
             )
         })
         .collect();
-    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target)?;
+    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target, &request.output)?;
     Ok((layout, resolved))
 }
 
@@ -414,6 +414,7 @@ impl<'a> TensorWriter<'a> {
         to: DType,
         target: Target,
     ) -> Result<()> {
+        crate::guard::protect(); // our SIGBUS handler, not one installed since, sees the reads
         if from == to {
             self.copy(shard, tensor, &target)
         } else {

@@ -364,8 +364,9 @@ fn diagnose_layout(bytes: &[u8]) -> Option<String> {
         }
         if *size != Some(end - start) {
             return Some(format!(
-                "tensor '{name}': {} bytes do not match its shape x dtype ({size:?})",
-                end - start
+                "tensor '{name}': {} bytes do not match its shape x dtype ({})",
+                end - start,
+                size.map_or("a size past 64 bits".into(), |n| format!("{n} bytes"))
             ));
         }
         expected_start = *end;

@@ -37,10 +37,10 @@ pub fn write_safetensors(
     let mut offsets = Vec::with_capacity(items.len());
     for (item, &(s, t, source_dtype)) in items.iter().zip(&resolved.locations) {
         if item.dtype != source_dtype {
-            return Err(Error::Invalid(format!(
-                "tensor '{}': unpacking does not convert dtypes",
-                item.name
-            )));
+            return Err(Error::output(
+                output,
+                format!("tensor '{}': unpacking does not convert dtypes", item.name),
+            ));
         }
         let tensor = &resolved.shards[s].tensors[t];
         let entry = serde_json::json!({
@@ -49,10 +49,10 @@ pub fn write_safetensors(
             "data_offsets": [offset, offset + tensor.byte_len],
         });
         if header.insert(item.name.clone(), entry).is_some() || item.name == "__metadata__" {
-            return Err(Error::Invalid(format!(
-                "tensor '{}' cannot be written twice or under that name",
-                item.name
-            )));
+            return Err(Error::output(
+                output,
+                format!("tensor '{}' cannot be written twice or under that name", item.name),
+            ));
         }
         offsets.push(offset);
         offset += tensor.byte_len;

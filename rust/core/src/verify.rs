@@ -117,6 +117,7 @@ pub fn verify_against(
             ));
             continue;
         }
+        crate::guard::protect(); // our SIGBUS handler, not one installed since, sees the reads
         let got = pack.bytes(packed);
         let src = sources.shards[s].bytes(source);
         let (in_size, out_size) = (source_dtype.size(), packed_dtype.size());
