@@ -589,6 +589,87 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// Burn 0.21's reader limits, copied by hand from its source (burn-store `burnpack/base.rs` and
+    /// `reader.rs`; the format reference, section 5), not from the constants above.
+    #[test]
+    fn the_limits_are_burns_own() {
+        assert_eq!(MAX_METADATA_SIZE, 104_857_600);
+        assert_eq!(MAX_TENSOR_SIZE, 10_737_418_240);
+        assert_eq!(MAX_TENSOR_COUNT, 100_000);
+        assert_eq!(MAX_FILE_SIZE, 107_374_182_400);
+    }
+
+    #[test]
+    fn every_burn_version_names_its_layout() {
+        let cases = [
+            ("0.19", Some(BurnTarget::V0_19)),
+            ("0.20", Some(BurnTarget::V0_20)),
+            ("0.21", Some(BurnTarget::V0_21)),
+            ("0.22", Some(BurnTarget::V0_21)),
+            ("0.23", None),
+            ("", None),
+        ];
+        for (text, target) in cases {
+            assert_eq!(BurnTarget::parse(text), target, "{text}");
+        }
+    }
+
+    fn plan_u8(sizes: &[u64], metadata: BTreeMap<String, String>) -> Result<PackLayout> {
+        let specs = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("t{i}"), DType::U8, vec![*n], None));
+        PackLayout::plan(specs.collect(), metadata, BurnTarget::V0_19, Path::new("out.bpk"))
+    }
+
+    #[test]
+    fn byte_lengths_are_the_tensors_own() {
+        let layout = PackLayout::plan(
+            vec![
+                ("a".into(), DType::F32, vec![3, 5], None),
+                ("b".into(), DType::BF16, vec![7], None),
+            ],
+            BTreeMap::new(),
+            BurnTarget::V0_21,
+            Path::new("out.bpk"),
+        )
+        .unwrap();
+        let lens: Vec<u64> = layout.tensors.iter().map(TensorPlan::byte_len).collect();
+        assert_eq!(lens, [60, 14]);
+        assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 270));
+    }
+
+    /// Each limit is the largest value Burn accepts: at the limit the plan is made, one past it is refused.
+    #[test]
+    fn each_limit_is_inclusive() {
+        let count = |n: usize| plan_u8(&vec![0; n], BTreeMap::new());
+        assert!(count(MAX_TENSOR_COUNT).is_ok());
+        assert!(count(MAX_TENSOR_COUNT + 1).is_err());
+
+        assert!(plan_u8(&[MAX_TENSOR_SIZE], BTreeMap::new()).is_ok());
+        assert!(plan_u8(&[MAX_TENSOR_SIZE + 1], BTreeMap::new()).is_err());
+
+        // Eleven tensors of about a tenth of the file limit (every size and offset a 9-byte CBOR
+        // integer, so the metadata keeps its length while the last size moves), the last sized to end
+        // the file exactly at the limit.
+        let mut sizes = vec![MAX_FILE_SIZE / 11 - (1 << 20); 11];
+        let first = plan_u8(&sizes, BTreeMap::new()).unwrap();
+        sizes[10] = sizes[10] + MAX_FILE_SIZE - first.file_size;
+        assert_eq!(plan_u8(&sizes, BTreeMap::new()).unwrap().file_size, MAX_FILE_SIZE);
+        sizes[10] += 1;
+        assert!(plan_u8(&sizes, BTreeMap::new()).is_err());
+
+        // One metadata value sized so that the encoded metadata is exactly the limit.
+        let value = |n: usize| md(&[("v", &"x".repeat(n))]);
+        let probe = plan_u8(&[1], value(1 << 20)).unwrap().cbor.len() as u64;
+        let at_limit = (1 << 20) + (MAX_METADATA_SIZE - probe) as usize;
+        assert_eq!(
+            plan_u8(&[1], value(at_limit)).unwrap().cbor.len() as u64,
+            MAX_METADATA_SIZE
+        );
+        assert!(plan_u8(&[1], value(at_limit + 1)).is_err());
+    }
+
     /// The worked example of the format reference (one F32 [2,2] tensor, param_id 42,
     /// BurnpackStore 0.21 metadata), written out byte by byte from the spec.
     #[test]
