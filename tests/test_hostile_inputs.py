@@ -245,6 +245,20 @@ def test_a_fifo_config_json_is_refused_without_waiting_for_a_writer(tiny_ckpt, t
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("with_index", [True, False])
+def test_a_fifo_shard_is_refused_without_waiting_for_a_writer(tiny_ckpt, tmp_path, with_index):
+    """The shard is opened by the core: a FIFO there used to wait in open() forever, deaf to SIGTERM."""
+    root = copied(tiny_ckpt, tmp_path)
+    shard = min((root / MODEL).glob("*.safetensors"))
+    shard.unlink()
+    os.mkfifo(shard)
+    if not with_index:
+        (root / MODEL / "model.safetensors.index.json").unlink()
+    proc = run_cli_guarded("pack", root / MODEL, "--any-model", "-o", tmp_path / "out.bpk")
+    assert_clean_failure(proc, shard, "shard is a FIFO, not a regular file")
+    assert not (tmp_path / "out.bpk").exists()
+
+
 def test_a_fifo_manifest_is_refused_without_waiting_for_a_writer(tmp_path):
     manifest = tmp_path / "manifest.json"
     os.mkfifo(manifest)

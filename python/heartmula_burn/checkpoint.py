@@ -184,7 +184,7 @@ def _shards_from_index(
         wanted = next(k for k, v in weight_map.items() if v == shard_name)
         # The index comes with the download: it must not pull bytes from elsewhere on this disk.
         shard = inside(shard_name, model_dir, index_path, "index names shard", tensor=wanted)
-        if not shard.is_file():
+        if not shard.exists():  # anything else there (a FIFO, a folder) is refused, named, when opened
             raise CheckpointError.at(
                 index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
             )

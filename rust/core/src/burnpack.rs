@@ -6,7 +6,6 @@
 //! Burn 0.19 wrote the same version number with no padding at all.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -401,7 +400,7 @@ fn decode_dtype(value: &ciborium::Value) -> Option<DType> {
 
 /// Parses a pack's header and metadata and checks every descriptor against the file.
 pub fn read_index(path: &Path) -> Result<PackIndex> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open pack", e))?;
+    let mut file = crate::source::open_regular(path, crate::source::Input::Pack)?;
     let file_size = file
         .metadata()
         .map_err(|e| Error::io(path, "cannot stat pack", e))?

@@ -1,8 +1,8 @@
 //! Safetensors shards, memory-mapped and indexed with the `safetensors` crate's own header parser
 //! (which also checks that offsets are contiguous, in range and match shape x dtype).
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -89,9 +89,57 @@ pub struct Shard {
     pub is_npy: bool,
 }
 
+/// What an input is, for its error lines.
+#[derive(Debug, Clone, Copy)]
+pub enum Input {
+    Shard,
+    Pack,
+}
+
+impl Input {
+    fn words(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Input::Shard => ("shard", "cannot open shard", "cannot stat shard"),
+            Input::Pack => ("pack", "cannot open pack", "cannot stat pack"),
+        }
+    }
+}
+
+/// Opens an input for reading without ever blocking: a FIFO (or a link to one) would wait in
+/// open() for a writer forever, and the retry on EINTR would keep even signals from ending it. So
+/// the open is non-blocking, and anything but a regular file is refused, naming what it is.
+pub fn open_regular(path: &Path, input: Input) -> Result<File> {
+    let (what, cannot_open, cannot_stat) = input.words();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, cannot_open, e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io(path, cannot_stat, e))?
+        .file_type();
+    let name = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(Error::source(path, format!("{what} is {name}, not a regular file")))
+}
+
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
-        let file = File::open(path).map_err(|e| Error::io(path, "cannot open shard", e))?;
+        let file = open_regular(path, Input::Shard)?;
         let stamp = FileStamp::of(&file.metadata().map_err(|e| Error::io(path, "cannot stat shard", e))?);
         let len = stamp.size;
         if len < 8 {
@@ -380,6 +428,20 @@ fn diagnose_layout(bytes: &[u8]) -> Option<String> {
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_fifo_or_a_folder_is_refused_at_once_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("model.safetensors");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain syscall on a path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = Shard::open(&fifo).err().unwrap().to_string();
+        assert!(err.contains("shard is a FIFO, not a regular file"), "{err}");
+        assert!(err.contains("model.safetensors"), "{err}");
+        let err = open_regular(dir.path(), Input::Pack).err().unwrap().to_string();
+        assert!(err.contains("pack is a directory, not a regular file"), "{err}");
+    }
 
     /// Writes a safetensors file by hand: (name, dtype name, shape, bytes) in order.
     pub fn write_shard(path: &Path, tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) {

@@ -41,7 +41,7 @@ fn read_range(file: &mut File, path: &Path, start: u64, len: u64) -> Result<Vec<
 pub fn check_container(path: &Path) -> Result<(PackIndex, Vec<Problem>)> {
     let index = read_index(path)?;
     let mut problems = Vec::new();
-    let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open pack", e))?;
+    let mut file = crate::source::open_regular(path, crate::source::Input::Pack)?;
     let metadata_end = HEADER_SIZE + index.metadata_size;
     if read_range(&mut file, path, metadata_end, index.data_start - metadata_end)?
         .iter()
