@@ -285,6 +285,15 @@ def test_existing_files_are_kept_unless_forced(hub, tmp_path):
     assert (root / "tokenizer.json").is_symlink()
 
 
+def test_force_never_replaces_a_fifo(hub, tmp_path):
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    os.mkfifo(root / "gen_config.json")
+    proc = hub_cli(hub, tmp_path / "cache", "download", root, "-q", "--force")
+    assert_clean_failure(proc, "gen_config.json", "is a FIFO, not a regular file")
+    assert (root / "gen_config.json").is_fifo()
+
+
 def test_free_space_is_checked_before_downloading(monkeypatch, tmp_path):
     from heartmula_burn import OutputError, hub
 

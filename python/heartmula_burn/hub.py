@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import _core
-from .atomic import staged_folder
+from .atomic import check_replaceable, staged_folder
 from .checkpoint import hub_source
 from .errors import HubError, OutputError
 
@@ -341,6 +341,14 @@ def _ours(path: Path) -> bool:
     return False
 
 
+def _check_replaceable(dest: Path, force: bool, *, folder: bool = False) -> None:
+    """What `lay_out` may replace: links it made before; anything else only with --force, and never
+    what --force must not replace (a FIFO, a device: `atomic.check_replaceable`)."""
+    check_replaceable(dest, folder=folder)
+    if os.path.lexists(dest) and not force and not _ours(dest):
+        raise OutputError.at(dest, "exists and is not a download of this tool (use --force to replace it)")
+
+
 def lay_out(root: Path, fetched: Sequence[Fetched], *, force: bool = False) -> list[Path]:
     """CKPT_ROOT as upstream's README lays it out, made of links into the cache's snapshots. Links
     this function made before are replaced; anything else only with `force`."""
@@ -351,8 +359,7 @@ def lay_out(root: Path, fetched: Sequence[Fetched], *, force: bool = False) -> l
         for f in fetched:
             if f.spec.folder is not None:
                 dest = root / f.spec.folder
-                if (dest.exists() or dest.is_symlink()) and not force and not _ours(dest):
-                    raise OutputError.at(dest, "exists and is not a download of this tool (use --force to replace it)")
+                _check_replaceable(dest, force, folder=True)
                 with staged_folder(dest, overwrite=True) as partial:
                     for name in f.files:
                         os.symlink(f.snapshot / name, partial / name)
@@ -360,10 +367,7 @@ def lay_out(root: Path, fetched: Sequence[Fetched], *, force: bool = False) -> l
             else:
                 for name in f.files:
                     dest = root / name
-                    if (dest.exists() or dest.is_symlink()) and not force and not _ours(dest):
-                        raise OutputError.at(
-                            dest, "exists and is not a download of this tool (use --force to replace it)"
-                        )
+                    _check_replaceable(dest, force)
                     link = _core.StagedFile(dest, overwrite=True)
                     staged.append(link)
                     os.unlink(link.temp_path)  # the staged name, taken over by the link
@@ -375,12 +379,6 @@ def lay_out(root: Path, fetched: Sequence[Fetched], *, force: bool = False) -> l
         for link in staged:
             link.discard()
     return written
-
-
-def api() -> HfApi:
-    hf = _hf()
-    client: HfApi = hf.HfApi()
-    return client
 
 
 @dataclass(frozen=True)
@@ -413,7 +411,7 @@ def push_folder(
     branch = revision or "main"
     if dry_run:
         return Upload(repo_id, branch, files)
-    client = api()
+    client: HfApi = _hf().HfApi()
     label = f"{repo_id}@{branch}"
     with progress_bars(not quiet), hub_errors(label, repo_id):
         client.create_repo(repo_id, private=private, exist_ok=True)
