@@ -129,7 +129,7 @@ MODEL_FOLDERS = {"heartmula": "HeartMuLa-oss-3B", "heartcodec": "HeartCodec-oss"
 
 def checkpoint_for(workdir: Path, scale: float, regenerate: bool, tiny: bool, model: str) -> tuple[Path, Path, bool]:
     """(checkpoint root, its model folder, generated now and to be deleted after) for one scale."""
-    from heartmula_burn.synthetic import write_synthetic_checkpoint
+    from heartmula_burn._synthetic import write_synthetic_checkpoint
 
     layers = round(FULL_LAYERS * scale)
     if not 1 <= layers <= FULL_LAYERS or (model == "heartcodec" and scale != 1):

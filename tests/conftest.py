@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from heartmula_burn import cli
-from heartmula_burn.synthetic import write_synthetic_checkpoint
+from heartmula_burn import _cli as cli
+from heartmula_burn._synthetic import write_synthetic_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -145,3 +145,18 @@ def test_the_gil_is_released_while_packing(tmp_path):
     assert Path(tmp_path / "out.bpk").stat().st_size > nbytes // 2
     # Held by the pack, the GIL would let this thread run only around the progress callbacks (10/s).
     assert elapsed > 0.2 and beside > 0.4 * alone, (elapsed, beside, alone)
+
+
+def test_help_shows_the_public_api_and_only_private_modules():
+    import pydoc
+    import types
+
+    text = pydoc.render_doc(hb, renderer=pydoc.plaintext)
+    contents = text.split("PACKAGE CONTENTS\n", 1)[1].split("\n\n", 1)[0].split()
+    modules = [name for name in contents if name != "(package)"]
+    assert modules and all(name.startswith("_") for name in modules), modules
+    public_modules = [n for n in dir(hb) if isinstance(getattr(hb, n), types.ModuleType) and not n.startswith("_")]
+    assert public_modules == []
+    for name in hb.__all__:
+        assert getattr(hb, name).__doc__, f"{name} has no docstring"
+        assert f"\n    {name}" in text or f"class {name}" in text or f"{name} = " in text, name

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_clean_failure, linked, load_json, residual_vq, run_cli
 from heartmula_burn import open_pack
-from heartmula_burn.fields import Fields
-from heartmula_burn.presets.heartcodec import HeartCodec, parse_config
-from heartmula_burn.synthetic import CODEC_FULL_CONFIG, value_scale, write_synthetic_checkpoint
+from heartmula_burn._fields import Fields
+from heartmula_burn._presets.heartcodec import HeartCodec, parse_config
+from heartmula_burn._synthetic import CODEC_FULL_CONFIG, value_scale, write_synthetic_checkpoint
 from safetensors.numpy import load_file, save_file
 
 CODEC = "HeartCodec-oss"

@@ -14,10 +14,11 @@ from safetensors.numpy import load_file
 
 torch = crosscheck("torch")
 
-from heartmula_burn import codec_forward, sanity
-from heartmula_burn.fields import Fields
-from heartmula_burn.presets.heartcodec import RESIDUAL_DILATIONS, parse_config
-from heartmula_burn.synthetic import CODEC_TINY_CONFIG
+from heartmula_burn import _codec_forward as codec_forward
+from heartmula_burn import _sanity as sanity
+from heartmula_burn._fields import Fields
+from heartmula_burn._presets.heartcodec import RESIDUAL_DILATIONS, parse_config
+from heartmula_burn._synthetic import CODEC_TINY_CONFIG
 
 CODEC = "HeartCodec-oss"
 CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))

@@ -20,12 +20,12 @@ from typing import Any
 import heartmula_burn as hb
 import pytest
 from conftest import assert_clean_failure, linked, load_json, run_cli
-from heartmula_burn import packfile
-from heartmula_burn.fields import Fields
-from heartmula_burn.manifest import Manifest
-from heartmula_burn.presets.heartcodec import HeartCodec
-from heartmula_burn.presets.heartmula import HeartMuLa
-from heartmula_burn.synthetic import CODEC_FULL_CONFIG, CODEC_TINY_CONFIG, FULL_CONFIG, TINY_CONFIG
+from heartmula_burn import _packfile as packfile
+from heartmula_burn._fields import Fields
+from heartmula_burn._manifest import Manifest
+from heartmula_burn._presets.heartcodec import HeartCodec
+from heartmula_burn._presets.heartmula import HeartMuLa
+from heartmula_burn._synthetic import CODEC_FULL_CONFIG, CODEC_TINY_CONFIG, FULL_CONFIG, TINY_CONFIG
 
 MODEL = "HeartMuLa-oss-3B"
 CODEC = "HeartCodec-oss"
@@ -350,7 +350,7 @@ def test_a_count_over_what_a_pack_holds_is_refused_before_names_are_built(tiny_r
 def test_the_tensor_count_of_a_config_is_what_the_preset_builds():
     """The counts are checked from the config alone; they must be what `expected_tensors` builds
     (and the released models are 289 and 818 tensors)."""
-    from heartmula_burn.presets.heartcodec import count_tensors, fixed_tensors, parse_config
+    from heartmula_burn._presets.heartcodec import count_tensors, fixed_tensors, parse_config
 
     path = Path("config.json")
     assert len(HeartMuLa().expected_tensors(Fields(FULL_CONFIG, path))) == 289

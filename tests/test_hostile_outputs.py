@@ -21,9 +21,9 @@ import heartmula_burn as hb
 import pytest
 from conftest import assert_clean_failure, run_cli
 from heartmula_burn import _core
-from heartmula_burn.atomic import commit_all
-from heartmula_burn.checkpoint import load_model_folders
-from heartmula_burn.packing import pack_manifests, plan_checkpoints
+from heartmula_burn._atomic import commit_all
+from heartmula_burn._checkpoint import load_model_folders
+from heartmula_burn._packing import pack_manifests, plan_checkpoints
 
 MODEL = "HeartMuLa-oss-3B"
 DEADLINE = 120  # seconds; a FIFO opened for writing would block forever

@@ -295,7 +295,8 @@ def test_force_never_replaces_a_fifo(hub, tmp_path):
 
 
 def test_free_space_is_checked_before_downloading(monkeypatch, tmp_path):
-    from heartmula_burn import OutputError, hub
+    from heartmula_burn import OutputError
+    from heartmula_burn import _hub as hub
 
     spec = hub.repo_specs()[0]
     plan = hub.Fetched(spec, "0" * 40, tmp_path, ["model.safetensors"], {"model.safetensors": 10**12}, 10**12)

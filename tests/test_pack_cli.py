@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_clean_failure, linked, load_json, run_cli
 from heartmula_burn import open_pack
-from heartmula_burn.fields import Fields
-from heartmula_burn.presets.heartmula import HeartMuLa
+from heartmula_burn._fields import Fields
+from heartmula_burn._presets.heartmula import HeartMuLa
 from safetensors.numpy import load_file, save_file
 
 

@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 from conftest import run_cli
 from heartmula_burn import _core, open_pack
-from heartmula_burn.packfile import NUMPY_DTYPES
+from heartmula_burn._packfile import NUMPY_DTYPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file

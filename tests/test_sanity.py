@@ -16,8 +16,9 @@ if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
 else:
     torch = pytest.importorskip("torch")
 
-from heartmula_burn import forward, sanity
-from heartmula_burn.presets.heartmula import Flavor
+from heartmula_burn import _forward as forward
+from heartmula_burn import _sanity as sanity
+from heartmula_burn._presets.heartmula import Flavor
 
 
 def _torchtune():
@@ -30,7 +31,7 @@ def _torchtune():
 
 def _random_weights(prefix: str, f: Flavor, seed: int) -> dict:
     """Weights large enough (std 0.2) that every layer moves the residual stream visibly."""
-    from heartmula_burn.presets.heartmula import layer_shapes
+    from heartmula_burn._presets.heartmula import layer_shapes
 
     g = torch.Generator().manual_seed(seed)
     weights = {}

@@ -1,11 +1,16 @@
-"""heartmula-burn: convert HeartMuLa (and any safetensors) checkpoints into Burn packs (.bpk)."""
+"""heartmula-burn: convert HeartMuLa (and any safetensors) checkpoints into Burn packs (.bpk).
 
-from .checkpoint import Checkpoint, load_checkpoint, load_checkpoints
-from .errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
-from .manifest import Manifest, ManifestTensor, build_manifest, package_version
-from .packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
-from .packing import Conversion, PackReport, pack_checkpoint, pack_manifest
-from .verify import unpack, verify
+The public API is what this module exports (`__all__`); the modules whose names start with `_`
+are internal and may change between releases. The command line: `python -m heartmula_burn --help`."""
+
+from ._checkpoint import Checkpoint, load_checkpoint, load_checkpoints
+from ._errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
+from ._manifest import Manifest, ManifestTensor, build_manifest, package_version
+from ._packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
+from ._packing import Conversion, PackReport, pack_checkpoint, pack_manifest
+from ._sanity import SanityResult
+from ._sanity import run as sanity
+from ._verify import unpack, verify
 
 __version__ = package_version()
 
@@ -25,6 +30,7 @@ __all__ = [
     "PackSlice",
     "PackTensor",
     "PackedTensor",
+    "SanityResult",
     "SourceError",
     "build_manifest",
     "load_checkpoint",
@@ -33,6 +39,7 @@ __all__ = [
     "pack_checkpoint",
     "pack_manifest",
     "safe_open",
+    "sanity",
     "unpack",
     "verify",
 ]

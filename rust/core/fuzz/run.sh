@@ -27,7 +27,7 @@ trap 'rm -rf "$seeds"' EXIT
 import sys, subprocess, pathlib
 import numpy as np
 from safetensors.numpy import save_file
-from heartmula_burn.synthetic import write_safetensors
+from heartmula_burn._synthetic import write_safetensors
 
 out = pathlib.Path(sys.argv[1])
 (out / "pack_index").mkdir(); (out / "safetensors_header").mkdir()

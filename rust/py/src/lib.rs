@@ -16,7 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 /// How often progress reaches Python (and Ctrl-C is noticed) at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Where the exception classes live (Python code, so that they pickle like any other).
-const ERRORS_MODULE: &str = "heartmula_burn.errors";
+const ERRORS_MODULE: &str = "heartmula_burn._errors";
 
 /// A core error as the matching Python exception: `SourceError`, `PackFileError`, `OutputError`
 /// (each with `.path` and `.tensor`), the base `HeartmulaBurnError`, or for I/O failures the builtin

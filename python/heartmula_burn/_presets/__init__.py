@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import CheckpointError
-from ..fields import Fields
+from .._errors import CheckpointError
+from .._fields import Fields
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .errors import CheckpointError, HeartmulaBurnError
+from ._errors import CheckpointError, HeartmulaBurnError
 
 T = TypeVar("T")
 _MISSING: Any = object()

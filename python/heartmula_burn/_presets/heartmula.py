@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..fields import Fields
+from .._fields import Fields
 from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
 
 

@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _core
-from .atomic import check_destinations, commit_all, copy_file, stage_copy, staged_folder
-from .manifest import Manifest, ManifestTensor
-from .packing import ProgressFn, extra_targets, plan_checkpoint, runtime_notes
+from ._atomic import check_destinations, commit_all, copy_file, stage_copy, staged_folder
+from ._manifest import Manifest, ManifestTensor
+from ._packing import ProgressFn, extra_targets, plan_checkpoint, runtime_notes
 
 
 def npy_file_name(tensor_name: str) -> str:

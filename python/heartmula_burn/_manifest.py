@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .atomic import write_text
-from .checkpoint import Checkpoint
-from .errors import CheckpointError, HeartmulaBurnError, OutputError
-from .fields import Fields, inside, read_json
-from .packfile import canonical_dtype, dtype_size
-from .presets import Preset, preset_for
+from ._atomic import write_text
+from ._checkpoint import Checkpoint
+from ._errors import CheckpointError, HeartmulaBurnError, OutputError
+from ._fields import Fields, inside, read_json
+from ._packfile import canonical_dtype, dtype_size
+from ._presets import Preset, preset_for
 
 MANIFEST_FORMAT = "heartmula-burn-manifest"
 MANIFEST_VERSION = 1

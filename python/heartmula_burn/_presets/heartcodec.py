@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..fields import Fields
+from .._fields import Fields
 from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
 
 # Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).

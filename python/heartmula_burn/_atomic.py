@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import _core
-from .errors import OutputError, SourceError
-from .fields import open_regular
+from ._errors import OutputError, SourceError
+from ._fields import open_regular
 
 COPY_CHUNK = 8 << 20
 _KINDS = (

@@ -19,10 +19,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .fields import Fields
-from .presets import Preset, Shapes
-from .presets.heartcodec import HeartCodec
-from .presets.heartmula import FLAVOR_KEYS, FLAVORS, HeartMuLa
+from ._fields import Fields
+from ._presets import Preset, Shapes
+from ._presets.heartcodec import HeartCodec
+from ._presets.heartmula import FLAVOR_KEYS, FLAVORS, HeartMuLa
 
 GEN_CONFIG = {"text_bos_id": 128000, "text_eos_id": 128001, "audio_eos_id": 8193, "empty_id": 0}
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .atomic import staged_folder
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError
-from .manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
-from .packfile import Pack, dtype_size, open_pack
-from .packing import ProgressFn
-from .presets import preset_for, preset_for_pack
+from ._atomic import staged_folder
+from ._checkpoint import load_checkpoint
+from ._errors import CheckpointError
+from ._manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
+from ._packfile import Pack, dtype_size, open_pack
+from ._packing import ProgressFn
+from ._presets import preset_for, preset_for_pack
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import _core
-from .atomic import check_replaceable, staged_folder
-from .checkpoint import hub_source
-from .errors import HubError, OutputError
+from ._atomic import check_replaceable, staged_folder
+from ._checkpoint import hub_source
+from ._errors import HubError, OutputError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

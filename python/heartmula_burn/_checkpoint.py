@@ -16,9 +16,9 @@ from pathlib import Path
 
 from . import _core
 from ._core import TensorInfo as SourceTensor
-from .errors import CheckpointError
-from .fields import Fields, inside, read_json
-from .presets import PRESETS, preset_named
+from ._errors import CheckpointError
+from ._fields import Fields, inside, read_json
+from ._presets import PRESETS, preset_named
 
 INDEX_SUFFIX = ".safetensors.index.json"
 # Files a runtime needs beside the packs, looked for in CKPT_ROOT, then in the model folder.

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import copy_file, staged_folder, write_new
-from .errors import OutputError, SourceError
-from .fields import Fields
-from .packfile import Pack, open_pack
-from .packing import check_runtime_file, runtime_notes
-from .presets import Preset, config_of_pack, preset_for_pack
-from .synthetic import SYNTHETIC_KEY
-from .text import shown
+from ._atomic import copy_file, staged_folder, write_new
+from ._errors import OutputError, SourceError
+from ._fields import Fields
+from ._packfile import Pack, open_pack
+from ._packing import check_runtime_file, runtime_notes
+from ._presets import Preset, config_of_pack, preset_for_pack
+from ._synthetic import SYNTHETIC_KEY
+from ._text import shown
 
 # Burn releases the compatibility checks (rust/burn-compat) run against.
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
-from .atomic import check_destinations, check_replaceable, commit_all, stage_copy
-from .checkpoint import Checkpoint, load_checkpoints, runtime_file_origin
-from .errors import CheckpointError, OutputError, SourceError
-from .fields import open_regular, read_json
-from .manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
-from .presets import PRESETS, preset_named
+from ._atomic import check_destinations, check_replaceable, commit_all, stage_copy
+from ._checkpoint import Checkpoint, load_checkpoints, runtime_file_origin
+from ._errors import CheckpointError, OutputError, SourceError
+from ._fields import open_regular, read_json
+from ._manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
+from ._presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
 # Burn releases whose reader a pack can target (the core writes each one's layout).

@@ -19,8 +19,8 @@ from ._core import PackTensor
 
 # The name this package exported first; the class prints as what it is, PackTensor.
 PackedTensor = PackTensor
-from .errors import HeartmulaBurnError, PackFileError
-from .fields import open_regular
+from ._errors import HeartmulaBurnError, PackFileError
+from ._fields import open_regular
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -20,11 +20,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn, TextIO
 
-from . import __version__, hub
-from .errors import HeartmulaBurnError, OutputError
-from .manifest import DTYPE_CHOICES, Manifest, build_manifest
-from .packfile import open_pack
-from .packing import (
+from . import __version__
+from . import _hub as hub
+from ._errors import HeartmulaBurnError, OutputError
+from ._manifest import DTYPE_CHOICES, Manifest, build_manifest
+from ._packfile import open_pack
+from ._packing import (
     BURN_VERSIONS,
     CPU_NOTE,
     Conversion,
@@ -35,8 +36,8 @@ from .packing import (
     plan_checkpoint,
     plan_checkpoints,
 )
-from .presets import PRESETS
-from .text import shown
+from ._presets import PRESETS
+from ._text import shown
 
 SYNTHETIC_MODELS = ("both", "heartmula", "heartcodec")
 SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
@@ -439,7 +440,7 @@ def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
 
 
 def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
-    from .checkpoint import load_checkpoints, load_model_folders
+    from ._checkpoint import load_checkpoints, load_model_folders
 
     if args.ckpt_root or args.manifest or args.subdir:
         raise UsageError("--hub downloads the checkpoint: give no CKPT_ROOT, --manifest or --subdir with it")
@@ -517,7 +518,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from ._checkpoint import load_checkpoint
 
     if not args.ckpt_root:
         raise UsageError("give a CKPT_ROOT")
@@ -565,7 +566,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export_raw(args: argparse.Namespace) -> int:
-    from .export import export_raw
+    from ._export import export_raw
 
     with _progress_bar(args.quiet, "exporting") as update:
         summary = export_raw(
@@ -586,7 +587,7 @@ def cmd_export_raw(args: argparse.Namespace) -> int:
 
 
 def cmd_publish_layout(args: argparse.Namespace) -> int:
-    from .publish import publish_layout
+    from ._publish import publish_layout
 
     if not args.push and (args.private or args.revision or args.dry_run):
         raise UsageError("--private, --revision and --dry-run go with --push REPO_ID")
@@ -623,7 +624,7 @@ def cmd_publish_layout(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace, summary: dict[str, Any]) -> None:
-    from .publish import commit_message, in_lfs
+    from ._publish import commit_message, in_lfs
 
     message, description = commit_message(summary["sources"], __version__)
     upload = hub.push_folder(
@@ -647,7 +648,7 @@ def _push(args: argparse.Namespace, summary: dict[str, Any]) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from ._verify import verify
 
     with _progress_bar(args.quiet, "verifying") as update:
         problems = verify(args.pack, args.against, subdir=args.subdir, progress=update)
@@ -663,7 +664,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from .verify import unpack
+    from ._verify import unpack
 
     with _progress_bar(args.quiet, "unpacking") as update:
         summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
@@ -673,7 +674,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
-    from .sanity import format_table, run
+    from ._sanity import format_table, run
 
     result = run(
         args.pack,
@@ -706,7 +707,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import write_synthetic_checkpoint
+    from ._synthetic import write_synthetic_checkpoint
 
     models = ("heartmula", "heartcodec") if args.model == "both" else (args.model,)
     out = Path(args.output)

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import ml_dtypes
 import numpy as np
 
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError, HeartmulaBurnError, SourceError
-from .fields import Fields, read_json
-from .packfile import NUMPY_DTYPES, MappedFile, dtype_size, open_pack
-from .presets import Preset, config_of_pack, preset_for_pack
-from .presets import heartcodec as codec_preset
-from .presets import heartmula as lm_preset
+from ._checkpoint import load_checkpoint
+from ._errors import CheckpointError, HeartmulaBurnError, SourceError
+from ._fields import Fields, read_json
+from ._packfile import NUMPY_DTYPES, MappedFile, dtype_size, open_pack
+from ._presets import Preset, config_of_pack, preset_for_pack
+from ._presets import heartcodec as codec_preset
+from ._presets import heartmula as lm_preset
 
 if TYPE_CHECKING:
     import torch
@@ -231,7 +231,7 @@ class HeartMuLaRunner(Runner):
         self.cfg = lm_preset.parse_config(config)
 
     def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        from .forward import HeartMuLa
+        from ._forward import HeartMuLa
 
         return forward_outputs(HeartMuLa(weights, self.cfg), self.frames)
 
@@ -268,7 +268,7 @@ def forward_outputs(model: Any, frames: int) -> dict[str, torch.Tensor]:
     it, and `frames` greedily decoded frames."""
     import torch
 
-    from .forward import KVCache
+    from ._forward import KVCache
 
     cfg, device = model.cfg, model.device
     k, vocab = cfg.audio_num_codebooks, cfg.audio_vocab_size
@@ -352,7 +352,7 @@ class HeartCodecRunner(Runner):
         return codes, latent
 
     def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        from .codec_forward import HeartCodec
+        from ._codec_forward import HeartCodec
 
         torch = _import_torch()
         model, c = HeartCodec(weights, self.cfg), self.cfg
@@ -553,9 +553,15 @@ def run(
     config: str | Path | None = None,
     subdir: str | None = None,
 ) -> SanityResult:
-    """Run the checks; see the module's docstring. `reference` is a checkpoint folder or a pack."""
+    """Runs the model (HeartMuLa or HeartCodec, told by the pack) from the pack's weights on fixed
+    inputs, in PyTorch, and checks its outputs: every weight finite, outputs finite, the KV cache
+    agreeing with a recomputation. With `reference` (a checkpoint folder, `subdir` choosing a model
+    folder in it, or another pack), the same forward from the reference weights cast to the pack's
+    dtypes must agree bit for bit. `device`: "auto" (CUDA when available), "cpu", "cuda" or
+    "cuda:N"; `frames`: HeartMuLa frames decoded greedily; `config`: the model's config.json, for a
+    pack that does not carry one. Needs torch (`pip install 'heartmula-burn[sanity]'`)."""
     if frames < 0:
-        raise HeartmulaBurnError(f"--frames {frames}: must be 0 or more")
+        raise ValueError(f"frames={frames}: must be 0 or more")
     torch_device = pick_device(device)
     torch = _import_torch()
     ours = PackArrays(pack)
