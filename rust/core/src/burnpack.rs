@@ -613,6 +613,91 @@ mod tests {
         }
     }
 
+    /// A CBOR text string (major type 3), short form: the golden below is spelt out byte by byte
+    /// from the format reference (sections 1-2), not through ciborium.
+    fn text(s: &str) -> Vec<u8> {
+        assert!(s.len() < 24);
+        let mut out = vec![0x60 + s.len() as u8];
+        out.extend(s.as_bytes());
+        out
+    }
+
+    /// Every `--burn-version` against its whole preamble, written by hand: header, CBOR, padding.
+    /// Two tensors written as "b" (Bool, 3 bytes) then "ab" (F32, 8 bytes): the map lists "ab"
+    /// first (Rust's byte order; canonical CBOR would put "b" first); param_id 300 needs a
+    /// two-byte head. 0.19 packs the data right after the CBOR; 0.20 and later align each tensor
+    /// to 256 bytes; 0.21 and 0.22 spell Bool `{"Bool": "Native"}`.
+    #[test]
+    fn each_burn_version_has_its_golden_preamble() {
+        for version in ["0.19", "0.20", "0.21", "0.22"] {
+            let target = BurnTarget::parse(version).unwrap();
+            let layout = PackLayout::plan(
+                vec![
+                    ("b".into(), DType::Bool, vec![3], Some(1)),
+                    ("ab".into(), DType::F32, vec![2], Some(300)),
+                ],
+                md(&[("k", "v")]),
+                target,
+                Path::new("out.bpk"),
+            )
+            .unwrap();
+            let aligned = version != "0.19";
+            let (ab_start, ab_end): (&[u8], &[u8]) = if aligned {
+                (&[0x19, 0x01, 0x00], &[0x19, 0x01, 0x08]) // 256, 264
+            } else {
+                (&[0x03], &[0x0b]) // 3, 11
+            };
+            let bool_dtype = if matches!(version, "0.21" | "0.22") {
+                [vec![0xa1], text("Bool"), text("Native")].concat()
+            } else {
+                text("Bool")
+            };
+            let cbor = [
+                vec![0xa2],
+                text("tensors"),
+                vec![0xa2],
+                text("ab"),
+                vec![0xa4],
+                text("dtype"),
+                text("F32"),
+                text("shape"),
+                vec![0x81, 0x02],
+                text("data_offsets"),
+                vec![0x82],
+                ab_start.to_vec(),
+                ab_end.to_vec(),
+                text("param_id"),
+                vec![0x19, 0x01, 0x2c],
+                text("b"),
+                vec![0xa4],
+                text("dtype"),
+                bool_dtype,
+                text("shape"),
+                vec![0x81, 0x03],
+                text("data_offsets"),
+                vec![0x82, 0x00, 0x03],
+                text("param_id"),
+                vec![0x01],
+                text("metadata"),
+                vec![0xa1],
+                text("k"),
+                text("v"),
+            ]
+            .concat();
+            let mut preamble = vec![0x4e, 0x52, 0x55, 0x42, 0x01, 0x00];
+            preamble.extend((cbor.len() as u32).to_le_bytes());
+            preamble.extend(&cbor);
+            let data_start = if aligned { 256 } else { preamble.len() as u64 };
+            preamble.resize(data_start as usize, 0);
+            assert_eq!(layout.preamble(), preamble, "--burn-version {version}");
+            assert_eq!(layout.data_start, data_start, "--burn-version {version}");
+            let offsets: Vec<(u64, u64)> = layout.tensors.iter().map(|t| (t.start, t.end)).collect();
+            let ab = if aligned { (256, 264) } else { (3, 11) };
+            assert_eq!(offsets, [(0, 3), ab], "--burn-version {version}");
+            assert_eq!(layout.file_size, data_start + ab.1, "--burn-version {version}");
+        }
+    }
+
     fn plan_u8(sizes: &[u64], metadata: BTreeMap<String, String>) -> Result<PackLayout> {
         let specs = sizes
             .iter()
