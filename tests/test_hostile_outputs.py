@@ -360,3 +360,30 @@ def test_a_full_disk_while_copying_a_runtime_file_names_the_destination(tmp_path
         assert listing(small) == [], "no pack, no temporary file"
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_folder_output_is_locked_while_it_is_filled(tmp_path):
+    # Another run's sweep removes only partials nobody holds a lock on (a live run in another PID
+    # namespace looks dead to it): a folder partial must be held like the core's partial files.
+    import fcntl
+
+    from heartmula_burn._atomic import staged_folder
+
+    dest = tmp_path / "unpacked"
+    with staged_folder(dest, overwrite=False) as partial:
+        (partial / "x").write_text("x")
+        other = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        # Under the name of a dead run (no PID is above pid_max), the lock alone keeps it.
+        dead = partial.with_name(".unpacked.4194305.heartmula-partial")
+        partial.rename(dead)
+        try:
+            _core.partial_path(dest)  # sweeps dead runs' partials for `dest`
+            assert dead.is_dir()
+        finally:
+            dead.rename(partial)
+    assert (dest / "x").read_text() == "x" and not partial.exists()

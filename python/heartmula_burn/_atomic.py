@@ -8,6 +8,7 @@ files are written under fresh names and renamed over their destinations."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import stat
@@ -177,7 +178,9 @@ def commit_all(staged: Iterable[_core.StagedFile], *, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged_folder(dest: Path, *, overwrite: bool) -> Iterator[Path]:
     """Yields an empty temporary folder beside `dest`; when the block ends without an exception it
-    replaces `dest` (an existing one only with `overwrite`), else it is removed."""
+    replaces `dest` (an existing one only with `overwrite`), else it is removed. The folder is
+    locked (flock) while it is filled, as the core's partial files are, so that another run's sweep
+    of dead runs' partials leaves it alone."""
     if not dest.parent.is_dir():
         raise OutputError.at(dest, "output folder's parent does not exist")
     check_replaceable(dest, folder=True)
@@ -185,9 +188,13 @@ def staged_folder(dest: Path, *, overwrite: bool) -> Iterator[Path]:
         raise OutputError.at(dest, "output exists (use --force to replace it)")
     partial = _core.partial_path(dest)
     partial.mkdir()
+    lock = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
+        with contextlib.suppress(OSError):  # a filesystem without locks: nothing can take it either
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield partial
         check_replaceable(dest, folder=True)
         _core.commit_dir(partial, dest, overwrite=overwrite)
     finally:
+        os.close(lock)
         shutil.rmtree(partial, ignore_errors=True)  # gone already when committed
