@@ -42,6 +42,9 @@ cargo clippy --locked --manifest-path rust/core/fuzz/Cargo.toml --all-targets --
 echo "== cargo test (Rust core)"
 cargo test --locked
 
+echo "== mutation testing of the Rust core's latest change (cargo-mutants --in-diff)"
+bash scripts/mutants-diff.sh
+
 echo "== the sdist builds"
 sdist_out=$(mktemp -d)
 CARGO_TARGET_DIR="$PWD/target" "$venv/bin/python" -m pip wheel --quiet --no-deps -w "$sdist_out" "$sdist"

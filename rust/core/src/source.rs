@@ -436,7 +436,18 @@ pub(crate) mod tests {
         let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: plain syscall on a path this test owns.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let err = Shard::open(&fifo).err().unwrap().to_string();
+        // In a thread: were the open to wait for a writer, the test opens the writing end after
+        // 10 s to free it and fails, rather than hanging until the harness gives up.
+        let (sent, received) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || sent.send(Shard::open(&path).err().map(|e| e.to_string())));
+        let err = match received.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(err) => err.expect("a FIFO shard is refused"),
+            Err(_) => {
+                let _writer = OpenOptions::new().write(true).open(&fifo);
+                panic!("opening a FIFO shard waited for a writer");
+            }
+        };
         assert!(err.contains("shard is a FIFO, not a regular file"), "{err}");
         assert!(err.contains("model.safetensors"), "{err}");
         let err = open_regular(dir.path(), Input::Pack).err().unwrap().to_string();
