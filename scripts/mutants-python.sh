@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Mutation testing of one module of the Python layer with cosmic-ray, judged by the tests named.
+#
+#   scripts/mutants-python.sh MODULE TEST_FILE...
+#   scripts/mutants-python.sh python/heartmula_burn/_presets/heartmula.py test_oracles.py test_pack_cli.py
+#
+# Mutants are applied in a scratch worktree of HEAD (commit first), never in this checkout, with the
+# compiled core taken from the virtual environment tests/run.sh made (VENV, default .venv). Prints
+# the surviving mutants and the totals; the session database stays in target/mutants-python/ for `cr-report`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ $# -ge 2 ] || { echo "usage: $0 MODULE TEST_FILE..." >&2; exit 2; }
+module=$1
+shift
+venv=$(realpath -m "${VENV:-.venv}")
+out=$PWD/target/mutants-python
+mkdir -p "$out"
+
+version=8.7.0
+if ! "$venv/bin/cosmic-ray" --version 2>/dev/null | grep -q "$version"; then
+    "$venv/bin/python" -m pip install --quiet "cosmic-ray==$version"
+fi
+core=$("$venv/bin/python" -c 'import heartmula_burn._core as c; print(c.__file__)')
+
+work=$(mktemp -d)
+trap 'git worktree remove --force "$work" >/dev/null 2>&1 || rm -rf "$work"' EXIT
+git worktree add --quiet --detach "$work" HEAD
+cp "$core" "$work/python/heartmula_burn/"
+
+name=$(basename "$module" .py)
+config=$out/$name.toml
+session=$out/$name.sqlite
+cat >"$config" <<EOF
+[cosmic-ray]
+module-path = "$module"
+timeout = 300.0
+excluded-modules = []
+# The source tree first on the path, so that the mutated file is the one imported.
+test-command = "cd tests && PYTHONPATH=../python $venv/bin/python -m pytest -x -q -p no:cacheprovider $*"
+
+[cosmic-ray.distributor]
+name = "local"
+EOF
+rm -f "$session"
+(
+    cd "$work"
+    "$venv/bin/cosmic-ray" init "$config" "$session"
+    "$venv/bin/cosmic-ray" baseline "$config"
+    "$venv/bin/cosmic-ray" exec "$config" "$session"
+)
+# The survivors with their diffs, then the totals (cr-report's last lines).
+"$venv/bin/cr-report" "$session" --surviving-only --show-diff
+"$venv/bin/cr-report" "$session" | tail -n 3
