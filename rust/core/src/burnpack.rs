@@ -990,6 +990,201 @@ mod tests {
         ])
     }
 
+    /// A header as bytes: magic, format version, metadata size.
+    fn header(version: u16, metadata_size: u32) -> Vec<u8> {
+        let mut out = vec![0x4e, 0x52, 0x55, 0x42];
+        out.extend(version.to_le_bytes());
+        out.extend(metadata_size.to_le_bytes());
+        out
+    }
+
+    /// Each of the header's limits on both sides of its edge (the reference's section 5).
+    #[test]
+    fn the_header_is_checked_at_each_edge() {
+        let p = Path::new("p.bpk");
+        let check = |header: &[u8], file_size: u64| check_header(p, header, file_size).map_err(|e| e.to_string());
+        let max_file = 107_374_182_400;
+        assert_eq!(check(&header(1, 6), max_file), Ok(6));
+        assert!(check(&header(1, 6), max_file + 1)
+            .unwrap_err()
+            .contains("over Burn's limit"));
+        assert!(check(&header(1, 6)[..9], 9)
+            .unwrap_err()
+            .contains("shorter than the 10-byte header"));
+        assert_eq!(check(&header(0, 0), 10), Ok(0), "version 0 is older, not newer");
+        assert!(check(&header(2, 0), 10).unwrap_err().contains("format version 2"));
+        let max_metadata = 104_857_600;
+        assert_eq!(
+            check(&header(1, max_metadata), 10 + max_metadata as u64),
+            Ok(max_metadata as u64)
+        );
+        let over = check(&header(1, max_metadata + 1), 20 + max_metadata as u64).unwrap_err();
+        assert!(over.contains("exceeds the limit"), "{over}");
+        // The metadata must fit in the file: exactly fitting is fine, one byte short is not.
+        assert_eq!(check(&header(1, 6), 16), Ok(6));
+        assert!(check(&header(1, 6), 15)
+            .unwrap_err()
+            .contains("truncated: metadata needs 16 bytes"));
+    }
+
+    #[test]
+    fn dtypes_are_read_as_each_burn_version_spells_them() {
+        use ciborium::Value as V;
+        let text = |s: &str| V::Text(s.into());
+        let map = |pairs: Vec<(V, V)>| V::Map(pairs);
+        let cases = [
+            (text("F32"), Some(DType::F32)),
+            (text("BF16"), Some(DType::BF16)),
+            (text("Bool"), Some(DType::Bool)),
+            (text("f32"), None),
+            (text("Flex32"), None),
+            (map(vec![(text("Bool"), text("Native"))]), Some(DType::Bool)),
+            (map(vec![(text("Bool"), text("U8"))]), Some(DType::Bool)),
+            (map(vec![(text("Bool"), text("Packed"))]), None),
+            (map(vec![(text("F32"), text("Native"))]), None),
+            (
+                map(vec![(text("Bool"), text("Native")), (text("Bool"), text("U8"))]),
+                None,
+            ),
+            (map(vec![(text("Bool"), V::Integer(1.into()))]), None),
+            (V::Integer(3.into()), None),
+        ];
+        for (value, dtype) in cases {
+            assert_eq!(decode_dtype(&value), dtype, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn values_and_layouts_are_named_in_plain_words() {
+        use ciborium::Value as V;
+        let cases = [
+            (V::Text("x\n".into()), "'x\\n'"),
+            (V::Integer((-3).into()), "-3"),
+            (V::Map(vec![]), "(a map)"),
+            (V::Array(vec![]), "(an array)"),
+            (V::Bytes(vec![1]), "(a byte string)"),
+            (V::Float(1.5), "1.5"),
+            (V::Bool(true), "true"),
+            (V::Null, "null"),
+            (V::Tag(1, Box::new(V::Null)), "(a tagged value)"),
+        ];
+        for (value, words) in cases {
+            assert_eq!(describe_cbor_value(&value), words);
+        }
+        assert_eq!(Layout::Aligned.describe(), "0.20+ (256-byte aligned)");
+        assert_eq!(Layout::Unaligned019.describe(), "0.19 (unaligned)");
+        // A `tensors` that is not a map: the message says what was expected.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&V::Map(vec![(V::Text("tensors".into()), V::Array(vec![]))]), &mut cbor).unwrap();
+        let mut bytes = header(1, cbor.len() as u32);
+        bytes.extend(cbor);
+        let err = index_from_bytes(Path::new("p.bpk"), &bytes).unwrap_err().to_string();
+        assert!(err.contains("invalid type: sequence, expected map"), "{err}");
+        // ciborium words that itself; a deserializer that asks the visitor gets its words.
+        let number = serde::de::value::U64Deserializer::<serde::de::value::Error>::new(3);
+        let err = entries::<_, u64>(number).unwrap_err().to_string();
+        assert_eq!(err, "invalid type: integer `3`, expected a map");
+    }
+
+    /// A pack as bytes from its tensors (name, dtype, shape, start, end): the header, the CBOR,
+    /// zero padding to `data_start` (`None`: right after the CBOR) and `data_len` zero bytes.
+    fn raw_pack(tensors: &[(&str, &str, u64, u64, u64)], data_start: Option<usize>, data_len: usize) -> Vec<u8> {
+        use ciborium::Value as V;
+        let int = |n: u64| V::Integer(n.into());
+        let entries = tensors
+            .iter()
+            .map(|&(name, dtype, len, start, end)| {
+                let d = V::Map(vec![
+                    (V::Text("dtype".into()), V::Text(dtype.into())),
+                    (V::Text("shape".into()), V::Array(vec![int(len)])),
+                    (V::Text("data_offsets".into()), V::Array(vec![int(start), int(end)])),
+                ]);
+                (V::Text(name.into()), d)
+            })
+            .collect();
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&V::Map(vec![(V::Text("tensors".into()), V::Map(entries))]), &mut cbor).unwrap();
+        let mut bytes = header(1, cbor.len() as u32);
+        bytes.extend(cbor);
+        bytes.resize(data_start.unwrap_or(bytes.len()) + data_len, 0);
+        bytes
+    }
+
+    fn read(bytes: &[u8]) -> std::result::Result<PackIndex, String> {
+        index_from_bytes(Path::new("p.bpk"), bytes).map_err(|e| e.to_string())
+    }
+
+    /// The reader's checks of each descriptor and of the file's length, at their edges.
+    #[test]
+    fn the_reader_checks_offsets_sizes_and_length_at_each_edge() {
+        // An empty tensor (start == end) is fine; end before start is not.
+        let index = read(&raw_pack(&[("e", "F32", 0, 0, 0)], Some(256), 0)).unwrap();
+        assert_eq!((index.data_start, index.tensors[0].end), (256, 0));
+        let err = read(&raw_pack(&[("e", "F32", 1, 8, 4)], Some(256), 8)).unwrap_err();
+        assert!(err.contains("'e': corrupt offsets: end 4 < start 8"), "{err}");
+        // Burn's per-tensor limit counts the tensor's own bytes (end - start), limit included.
+        let max = 10_737_418_240u64;
+        let err = read(&raw_pack(&[("big", "U8", max, 0, max)], Some(256), 0)).unwrap_err();
+        assert!(
+            err.contains("truncated"),
+            "exactly at the limit passes that check: {err}"
+        );
+        let err = read(&raw_pack(&[("big", "U8", max + 1, 0, max + 1)], Some(256), 0)).unwrap_err();
+        assert!(
+            err.contains("'big': 10737418241 bytes, over Burn's per-tensor limit"),
+            "{err}"
+        );
+        let far = 2 * max; // a small tensor far into the file
+        let err = read(&raw_pack(&[("far", "F32", 1, far, far + 4)], Some(256), 0)).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        // A file of the wrong length: the error names the layout the offsets imply, and the length
+        // it needs. Aligned: 256 + 260. Unaligned: header 10 + CBOR 82 (map 1, "tensors" 8, map 1,
+        // two entries of 2 + 34: map 1, "dtype" 6, "U8" 3, "shape" 6, [n] 2, "data_offsets" 13,
+        // [s, e] 3) + 7.
+        let aligned = [("a", "U8", 4, 0, 4), ("b", "U8", 4, 256, 260)];
+        let bytes = raw_pack(&aligned, Some(256), 259);
+        assert_eq!(bytes.len(), 256 + 259);
+        let err = read(&bytes).unwrap_err();
+        assert!(
+            err.contains("the 0.20+ (256-byte aligned) layout needs 516 bytes but the file has 515"),
+            "{err}"
+        );
+        let err = read(&raw_pack(&aligned, Some(256), 262)).unwrap_err();
+        assert!(
+            err.contains("2 unexpected bytes after the last tensor (0.20+ (256-byte aligned) layout ends at 516)"),
+            "{err}"
+        );
+        let unaligned = [("a", "U8", 3, 0, 3), ("b", "U8", 4, 3, 7)];
+        assert_eq!(
+            read(&raw_pack(&unaligned, None, 7)).unwrap().layout,
+            Layout::Unaligned019
+        );
+        let err = read(&raw_pack(&unaligned, None, 9)).unwrap_err();
+        assert!(
+            err.contains("2 unexpected bytes after the last tensor (0.19 (unaligned) layout ends at 99)"),
+            "{err}"
+        );
+        let err = read(&raw_pack(&unaligned, None, 6)).unwrap_err();
+        assert!(
+            err.contains("the 0.19 (unaligned) layout needs 99 bytes but the file has 98"),
+            "{err}"
+        );
+    }
+
+    /// Burn's tensor-count limit, exactly at it and one over.
+    #[test]
+    fn the_reader_accepts_exactly_the_tensor_count_limit() {
+        let names: Vec<String> = (0..=100_000).map(|i| format!("t{i}")).collect();
+        let tensors: Vec<(&str, &str, u64, u64, u64)> = names.iter().map(|n| (n.as_str(), "U8", 0, 0, 0)).collect();
+        let bytes = raw_pack(&tensors[..100_000], None, 0);
+        let padded = align_up(bytes.len() as u64, 256) as usize;
+        let mut aligned = bytes.clone();
+        aligned.resize(padded, 0);
+        assert_eq!(read(&aligned).unwrap().tensors.len(), 100_000);
+        let err = read(&raw_pack(&tensors, None, 0)).unwrap_err();
+        assert!(err.contains("100001 tensors, over Burn's limit of 100000"), "{err}");
+    }
+
     #[test]
     fn reader_refuses_duplicate_keys_and_speaks_plain_words() {
         use ciborium::Value as V;

@@ -122,6 +122,44 @@ mod tests {
             .collect()
     }
 
+    /// Every pair of float dtypes, on values every one of them holds exactly (1, -2.5, 0), against
+    /// their IEEE bit patterns written by hand.
+    #[test]
+    fn every_float_pair_converts() {
+        let bits: [(DType, Vec<u8>); 4] = [
+            (
+                DType::F64,
+                [0x3FF0_0000_0000_0000u64, 0xC004_0000_0000_0000, 0]
+                    .iter()
+                    .flat_map(|b| b.to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F32,
+                [0x3F80_0000u32, 0xC020_0000, 0]
+                    .iter()
+                    .flat_map(|b| b.to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::F16,
+                [0x3C00u16, 0xC100, 0].iter().flat_map(|b| b.to_le_bytes()).collect(),
+            ),
+            (
+                DType::BF16,
+                [0x3F80u16, 0xC020, 0].iter().flat_map(|b| b.to_le_bytes()).collect(),
+            ),
+        ];
+        for (from, src) in &bits {
+            for (to, expected) in &bits {
+                let mut out = vec![0xAA]; // converted elements are appended after what is there
+                convert(src, *from, *to, &mut out);
+                assert_eq!(out[0], 0xAA);
+                assert_eq!(&out[1..], &expected[..], "{from} to {to}");
+            }
+        }
+    }
+
     #[test]
     fn f32_to_bf16_rounds_to_nearest_even() {
         // 1 + 2^-8 is exactly half way between bf16 1.0 (0x3F80) and 1.0078125 (0x3F81): ties to even -> 0x3F80.
