@@ -36,7 +36,7 @@ module-path = "$module"
 timeout = 300.0
 excluded-modules = []
 # The source tree first on the path, so that the mutated file is the one imported.
-test-command = "cd tests && PYTHONPATH=../python $venv/bin/python -m pytest -x -q -p no:cacheprovider $*"
+test-command = "bash -c 'cd tests && PYTHONPATH=../python $venv/bin/python -m pytest -x -q -p no:cacheprovider $*'"
 
 [cosmic-ray.distributor]
 name = "local"
@@ -51,3 +51,9 @@ rm -f "$session"
 # The survivors with their diffs, then the totals (cr-report's last lines).
 "$venv/bin/cr-report" "$session" --surviving-only --show-diff
 "$venv/bin/cr-report" "$session" | tail -n 3
+# A mutant the tests could not judge (the command did not run) is a broken run, not a caught mutant.
+incompetent=$("$venv/bin/cosmic-ray" dump "$session" | grep -c '"test_outcome": "incompetent"' || true)
+if [ "$incompetent" != 0 ]; then
+    echo "mutants-python: $incompetent mutant(s) could not be tested (see cosmic-ray dump $session)" >&2
+    exit 1
+fi
