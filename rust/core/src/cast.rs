@@ -222,6 +222,24 @@ mod tests {
         assert_eq!(u16s(&out), [0x3C01]);
     }
 
+    /// Round to odd on both sides of an f32 value, for both signs: the truncation toward zero,
+    /// with its last bit set when anything was cut off.
+    #[test]
+    fn round_to_odd_truncates_and_marks_inexact() {
+        let ulp = 2f64.powi(-23);
+        let tiny = 2f64.powi(-30);
+        let cases = [
+            (1.0 + ulp + tiny, 0x3F80_0001u32),    // nearest rounds down to an odd value: kept
+            (1.0 + 2.0 * ulp - tiny, 0x3F80_0001), // nearest rounds up to 1 + 2 ulp: back to 1 + ulp
+            (1.0 + 2.0 * ulp + tiny, 0x3F80_0003), // nearest rounds down to an even value: made odd
+            (1.0 + 2.0 * ulp, 0x3F80_0002),        // exact: unchanged
+        ];
+        for (v, bits) in cases {
+            assert_eq!(f64_to_f32_round_odd(v).to_bits(), bits, "{v}");
+            assert_eq!(f64_to_f32_round_odd(-v).to_bits(), bits | 0x8000_0000, "-{v}");
+        }
+    }
+
     #[test]
     fn fast_bf16_matches_half_bit_for_bit() {
         // Every exponent and sign with mantissas around each rounding boundary, plus a spread.

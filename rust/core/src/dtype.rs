@@ -110,6 +110,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn safetensors_dtypes_map_by_hand() {
+        use safetensors::Dtype as S;
+        let table = [
+            (S::F64, Some(DType::F64)),
+            (S::F32, Some(DType::F32)),
+            (S::F16, Some(DType::F16)),
+            (S::BF16, Some(DType::BF16)),
+            (S::I64, Some(DType::I64)),
+            (S::I32, Some(DType::I32)),
+            (S::I16, Some(DType::I16)),
+            (S::I8, Some(DType::I8)),
+            (S::U64, Some(DType::U64)),
+            (S::U32, Some(DType::U32)),
+            (S::U16, Some(DType::U16)),
+            (S::U8, Some(DType::U8)),
+            (S::BOOL, Some(DType::Bool)),
+            (S::F8_E4M3, None),
+            (S::F8_E5M2, None),
+        ];
+        for (st, ours) in table {
+            assert_eq!(DType::from_safetensors(st), ours, "{st:?}");
+        }
+    }
+
+    #[test]
     fn parse_accepts_both_spellings_and_rejects_unknown() {
         assert_eq!(DType::parse("bf16"), Some(DType::BF16));
         assert_eq!(DType::parse("BOOL"), Some(DType::Bool));

@@ -317,6 +317,11 @@ mod tests {
         assert_eq!(slot.state.load(Ordering::Acquire), ACTIVE);
         assert!(holds(slot, data.as_ptr() as usize + 15));
         assert!(!holds(slot, data.as_ptr() as usize + 16));
+        let shown = format!("{guard:?}");
+        assert!(
+            shown.contains(&format!("start: {}, len: 16", data.as_ptr() as usize)),
+            "{shown}"
+        );
         drop(guard);
         assert_eq!(slot.state.load(Ordering::Acquire), FREE);
         assert!(
