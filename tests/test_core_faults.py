@@ -223,3 +223,27 @@ def test_a_pack_asked_to_hold_a_name_twice_names_the_output(tmp_path):
         _core.pack([item, item], {}, out)
     assert str(err.value) == f"{out}: tensor 'w' appears twice in the pack"
     assert_clean_failure(subprocess.CompletedProcess([], 1, "", f"{err.value}\n"), str(out))
+
+
+def test_a_pack_rewritten_while_it_is_verified_is_the_packs_fault(tmp_path):
+    # The pack is what verify reads as "the file under test": its change is a PackFileError
+    # naming it, not a SourceError (which would blame the checkpoint).
+    src = big_sparse_checkpoint(tmp_path / "src", 256 << 20)
+    pack = tmp_path / "p.bpk"
+    hb.pack_checkpoint(src, pack, any_model=True)
+    aged(pack)
+    rewritten = []
+
+    def rewrite(done: int, total: int) -> None:
+        # At the first report, which may be the last (reports come at most ten times a second):
+        # the pack is checked for changes after it.
+        if not rewritten:
+            with open(pack, "r+b") as f:  # same size, other bytes
+                f.seek(pack.stat().st_size - 4096)
+                f.write(b"\x3f" * 4096)
+            rewritten.append(done)
+
+    with pytest.raises(hb.PackFileError) as err:
+        hb.verify(pack, src, progress=rewrite)
+    assert rewritten
+    assert str(err.value).startswith(f"{pack}: changed while being read (mtime "), str(err.value)

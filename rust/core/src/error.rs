@@ -74,6 +74,14 @@ impl Error {
         }
     }
 
+    /// The same fault, of a pack read as such (`verify`'s pack) rather than of a source.
+    pub fn of_pack(self) -> Self {
+        match self {
+            Error::Source { path, tensor, message } => Error::PackFile { path, tensor, message },
+            other => other,
+        }
+    }
+
     pub fn pack_file(path: &Path, message: impl Into<String>) -> Self {
         Error::PackFile {
             path: path.to_path_buf(),
@@ -117,5 +125,17 @@ mod tests {
         assert!(io
             .to_string()
             .starts_with("/x/a.safetensors: cannot open shard: No such file"));
+    }
+
+    #[test]
+    fn a_source_fault_of_a_pack_becomes_a_pack_fault_with_the_same_words() {
+        let p = Path::new("/x/p.bpk");
+        let fault = Error::source_tensor(p, "w", "shrank").of_pack();
+        assert!(
+            matches!(&fault, Error::PackFile { tensor: Some(t), .. } if t == "w"),
+            "{fault:?}"
+        );
+        assert_eq!(fault.to_string(), "/x/p.bpk: tensor 'w': shrank");
+        assert!(matches!(Error::output(p, "exists").of_pack(), Error::Output { .. }));
     }
 }

@@ -136,7 +136,7 @@ pub fn verify_against(
                 &converted
             };
             // Both maps were read: a fault in either means these bytes were zeros, not the file's.
-            pack.check(Some(packed))?;
+            pack.check(Some(packed)).map_err(Error::of_pack)?;
             sources.shards[s].check(Some(source))?;
             if got_chunk != want {
                 let at = got_chunk.iter().zip(want).position(|(a, b)| a != b).unwrap() as u64 / out_size;
@@ -164,7 +164,7 @@ pub fn verify_against(
         }
     }
     // Bytes compared from a file that changed meanwhile prove nothing either way.
-    pack.check_unchanged()?;
+    pack.check_unchanged().map_err(Error::of_pack)?;
     for shard in &sources.shards {
         shard.check_unchanged()?;
     }
