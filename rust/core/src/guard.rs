@@ -378,5 +378,26 @@ mod tests {
         assert_eq!(guard.fault(), Some(40_000));
         assert_eq!(OTHER_CALLS.load(Ordering::SeqCst), 0, "ours was installed again first");
         drop(guard);
+        // Ours runs on the alternate stack (a fault during a stack overflow) and may nest; the one
+        // it replaced is called back the way it expects (with siginfo, or a plain handler).
+        // SAFETY: sigaction queries and installs with valid arguments.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current);
+            assert_eq!(current.sa_sigaction, on_sigbus as *const () as usize);
+            let wanted = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            assert_eq!(current.sa_flags & wanted, wanted);
+            assert_eq!(PREVIOUS_HANDLER.load(Ordering::Acquire), other as *const () as usize);
+            assert!(PREVIOUS_SIGINFO.load(Ordering::Acquire));
+            let mut plain: libc::sigaction = std::mem::zeroed();
+            plain.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGBUS, &plain, std::ptr::null_mut());
+            protect();
+            assert_eq!(PREVIOUS_HANDLER.load(Ordering::Acquire), libc::SIG_IGN);
+            assert!(!PREVIOUS_SIGINFO.load(Ordering::Acquire));
+            plain.sa_sigaction = libc::SIG_DFL; // as the process had it
+            libc::sigaction(libc::SIGBUS, &plain, std::ptr::null_mut());
+            protect();
+        }
     }
 }

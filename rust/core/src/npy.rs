@@ -135,6 +135,59 @@ mod tests {
         assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, h.len() - 10);
     }
 
+    /// The version numpy's format picks: 1.0 while the header length fits its 16-bit field
+    /// (magic 6 + version 2 + length 2 + text + newline <= 65535 before padding), else 2.0 with a
+    /// 32-bit length; a one-element shape is spelt `(n,)`, as Python writes a 1-tuple.
+    #[test]
+    fn versions_and_shapes_are_spelt_as_numpy_spells_them() {
+        let text = |dims: &[u64]| {
+            let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+            format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({shape}), }}").len()
+        };
+        assert!(std::str::from_utf8(&header(DType::U8, &[5])[10..])
+            .unwrap()
+            .contains("'shape': (5,), }"));
+        // Shapes of ones and tens whose text is 65524 bytes (the last of version 1) and 65525.
+        let mut dims = vec![1u64; (65_524 - text(&[])) / 3 - 1];
+        while text(&dims) < 65_524 {
+            let one = dims.iter().position(|&d| d == 1).unwrap();
+            dims[one] = 10;
+        }
+        assert_eq!(text(&dims), 65_524);
+        let last_v1 = header(DType::U8, &dims);
+        assert_eq!(&last_v1[6..8], &[1, 0]);
+        assert_eq!(
+            u16::from_le_bytes([last_v1[8], last_v1[9]]) as usize,
+            last_v1.len() - 10
+        );
+        let one = dims.iter().position(|&d| d == 1).unwrap();
+        dims[one] = 10;
+        let first_v2 = header(DType::U8, &dims);
+        assert_eq!(&first_v2[6..8], &[2, 0]);
+        assert_eq!(
+            u32::from_le_bytes(first_v2[8..12].try_into().unwrap()) as usize,
+            first_v2.len() - 12
+        );
+        assert_eq!(first_v2.len() % 64, 0);
+        assert_eq!(parse_header(&first_v2).unwrap().shape, dims);
+        // Versions 2.0 and 3.0 written by hand are read; 4.0 is not.
+        for version in [2u8, 3] {
+            let text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n";
+            let mut bytes = b"\x93NUMPY".to_vec();
+            bytes.extend([version, 0]);
+            bytes.extend((text.len() as u32).to_le_bytes());
+            bytes.extend(text);
+            let parsed = parse_header(&bytes).unwrap();
+            assert_eq!(
+                (parsed.dtype, parsed.shape, parsed.data_offset),
+                (DType::F32, vec![2], 12 + text.len() as u64)
+            );
+        }
+        let mut v4 = header(DType::F32, &[2]);
+        v4[6] = 4;
+        assert!(parse_header(&v4).unwrap_err().contains("unsupported .npy version 4"));
+    }
+
     #[test]
     fn round_trips_every_dtype_and_shape() {
         for dtype in DType::ALL {
