@@ -6,9 +6,11 @@ derives from config.json. Nothing here is computed by the preset's own code."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
+from heartmula_burn import CheckpointError
 from heartmula_burn._fields import Fields
 from heartmula_burn._presets.heartmula import FLAVORS, HeartMuLa
 from heartmula_burn._synthetic import FULL_CONFIG
@@ -254,3 +256,74 @@ def test_the_layer_tables_are_torchtunes(flavor):
     theirs = {f"backbone.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
     want = {n: s for n, s in hand_table(flavor, flavor).items() if n.startswith("backbone.")}
     assert not differences(theirs, want), differences(theirs, want)[:10]
+
+
+# ---- the config's edges, with counts worked out by hand -------------------------------------------
+
+
+def custom(backbone: dict, decoder: dict | None = None, **top: object) -> dict:
+    """The released config with custom flavours `b` (and `d`, default the released decoder)."""
+    flavors = {"b": {"num_heads": 2, "num_kv_heads": 1, "embed_dim": 8, "intermediate_dim": 16, **backbone}}
+    config = {**RELEASED_CONFIG, "backbone_flavor": "b", "flavors": flavors, **top}
+    if decoder is not None:
+        flavors["d"] = {"num_heads": 2, "num_kv_heads": 1, "embed_dim": 8, "intermediate_dim": 16, **decoder}
+        config["decoder_flavor"] = "d"
+    return config
+
+
+def refusal(config: dict) -> str:
+    with pytest.raises(CheckpointError) as err:
+        preset_table(config)
+    return str(err.value)
+
+
+def test_the_tensor_count_limit_is_burns_exactly():
+    # 10 tensors besides the layers, 9 per layer: 10 + 9 * 11110 = 100,000, Burn's limit, is fine.
+    # The released decoder (llama-300M) brings 3 layers, so the backbone may have 11107.
+    assert len(preset_table(custom({"num_layers": 11107}))) == 100_000
+    message = refusal(custom({"num_layers": 11108}))
+    assert "'flavors.b.num_layers' gives HeartMuLa 100,009 tensors, more than the 100,000" in message
+    # Two custom flavours: counted together, and the key named is the one bringing the most.
+    assert len(preset_table(custom({"num_layers": 11000}, {"num_layers": 110}))) == 100_000
+    assert "'flavors.b.num_layers' gives HeartMuLa 100,009" in refusal(
+        custom({"num_layers": 11001}, {"num_layers": 110})
+    )
+    assert "'flavors.d.num_layers'" in refusal(custom({"num_layers": 10}, {"num_layers": 11101}))
+
+
+def test_a_flavour_name_used_twice_counts_its_layers_twice():
+    config = {**custom({"num_layers": 5556}), "decoder_flavor": "b"}  # 10 + 9 * 2 * 5556 = 100,018
+    assert "'flavors.b.num_layers' gives HeartMuLa 100,018 tensors" in refusal(config)
+    config = {**custom({"num_layers": 5555}), "decoder_flavor": "b"}  # 10 + 9 * 11110 = 100,000
+    assert len(preset_table(config)) == 100_000
+
+
+def test_sizes_at_their_minimums():
+    assert "odd head dim (3)" in refusal(custom({"num_layers": 1, "embed_dim": 6}))
+    assert len(preset_table(custom({"num_layers": 1, "embed_dim": 4}))) == 10 + 9 * (1 + 3)  # head dim 2
+    for key in ("text_vocab_size", "audio_vocab_size", "muq_dim"):
+        assert preset_table({**RELEASED_CONFIG, key: 1})
+        assert f"'{key}'" in refusal({**RELEASED_CONFIG, key: 0})
+    # The depth decoder predicts codebooks 1..k-1 from `audio_head`: k = 2 is the least it can be.
+    assert preset_table({**RELEASED_CONFIG, "audio_num_codebooks": 2})["audio_head"] == (1, 3072, 8197)
+    assert "'audio_num_codebooks'" in refusal({**RELEASED_CONFIG, "audio_num_codebooks": 1})
+
+
+@pytest.mark.parametrize(
+    ("model_type", "recognized"),
+    [("heartmula", True), ("heartcodec", False), ("llama", False), ("HeartMuLa", False), (None, True)],
+)
+def test_the_preset_recognizes_only_its_own_model_type(model_type, recognized):
+    config = {k: v for k, v in RELEASED_CONFIG.items() if k != "model_type"}
+    if model_type is not None:
+        config["model_type"] = model_type
+    assert HeartMuLa().recognizes(Fields(config, Path("config.json"))) is recognized
+    # Without a model_type, a config is HeartMuLa's only if it names a backbone flavour.
+    assert not HeartMuLa().recognizes(Fields({"dim": 8}, Path("config.json")))
+
+
+def test_inspect_counts_layers_from_the_highest_index():
+    shapes = preset_table(RELEASED_CONFIG)
+    only_first = {n: s for n, s in shapes.items() if not re.match(r"decoder\.layers\.[12]\.", n)}
+    described = dict(HeartMuLa().describe(Fields(RELEASED_CONFIG, Path("config.json")), only_first))
+    assert described["decoder"].startswith("1 layers")

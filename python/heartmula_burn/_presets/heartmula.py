@@ -67,7 +67,7 @@ def _flavor(config: Fields, key: str) -> tuple[str, Flavor]:
         )
     entry = flavors.obj(name)
     sizes = {k: entry.integer(k, minimum=1, maximum=FLAVOR_MAXIMA.get(k, MAX_SIZE)) for k in FLAVOR_KEYS}
-    flavor = Flavor(**sizes, max_seq_len=entry.integer("max_seq_len", minimum=1, maximum=MAX_SIZE, default=2048))
+    flavor = Flavor(**sizes)  # max_seq_len shapes no tensor: a custom flavour's is not read
     if flavor.embed_dim % flavor.num_heads:
         raise entry.error("num_heads", f"({flavor.num_heads}) must divide embed_dim ({flavor.embed_dim})")
     if flavor.num_heads % flavor.num_kv_heads:
