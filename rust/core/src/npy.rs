@@ -127,7 +127,7 @@ mod tests {
     fn header_matches_what_numpy_writes() {
         // numpy.save of np.zeros((3, 4), '<f4'): 128-byte preamble (v1.0, 118-byte header text).
         let h = header(DType::F32, &[3, 4]);
-        assert_eq!(h.len() % 64, 0);
+        assert_eq!(h.len(), 128);
         let text = std::str::from_utf8(&h[10..]).unwrap();
         assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"));
         assert!(text.ends_with(" \n"));
@@ -211,5 +211,8 @@ mod tests {
         f[at..at + 5].copy_from_slice(b"True ");
         assert!(parse_header(&f).unwrap_err().contains("Fortran"));
         assert!(parse_header(b"PK\x03\x04").unwrap_err().contains("magic"));
+        // The 10-byte preamble alone is a .npy file whose header is empty, not a bad magic.
+        let empty = parse_header(b"\x93NUMPY\x01\x00\x00\x00").unwrap_err();
+        assert!(empty.contains("header has no 'descr'"), "{empty}");
     }
 }
