@@ -211,6 +211,9 @@ mod tests {
         f[at..at + 5].copy_from_slice(b"True ");
         assert!(parse_header(&f).unwrap_err().contains("Fortran"));
         assert!(parse_header(b"PK\x03\x04").unwrap_err().contains("magic"));
+        // Version 2 keeps its length in 4 bytes: 11 bytes cannot hold it (an error, not a panic).
+        let short = parse_header(b"\x93NUMPY\x02\x00\x00\x00\x00").unwrap_err();
+        assert!(short.contains("version 2"), "{short}");
         // The 10-byte preamble alone is a .npy file whose header is empty, not a bad magic.
         let empty = parse_header(b"\x93NUMPY\x01\x00\x00\x00").unwrap_err();
         assert!(empty.contains("header has no 'descr'"), "{empty}");

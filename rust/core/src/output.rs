@@ -615,6 +615,34 @@ mod tests {
         assert!(!try_lock(&File::open(f.temp_path()).unwrap()));
     }
 
+    /// What the sweep finds under a dead run's partial name may be anything: a link is not
+    /// followed (nor removed), and a FIFO is not waited on.
+    #[test]
+    fn the_sweep_neither_follows_links_nor_waits_on_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        let target = dir.path().join("someone-elses");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join(partial_name("out.bpk", 0x7FFF_FFF0, PARTIAL_SUFFIX));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.path().join(partial_name("out.bpk", 0x7FFF_FFF1, PARTIAL_SUFFIX));
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain syscall on a path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (sent, received) = std::sync::mpsc::channel();
+        let swept = dest.clone();
+        std::thread::spawn(move || sent.send(remove_stale_partials(&swept)));
+        let removed = match received.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(removed) => removed,
+            Err(_) => {
+                let _writer = OpenOptions::new().write(true).open(&fifo); // frees the sweep
+                panic!("the sweep waited on a FIFO");
+            }
+        };
+        assert!(!removed.contains(&link), "{removed:?}");
+        assert!(link.symlink_metadata().is_ok() && target.exists());
+    }
+
     #[test]
     fn outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode() {
         use std::os::unix::fs::PermissionsExt;
