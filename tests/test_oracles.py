@@ -300,6 +300,8 @@ def test_a_flavour_name_used_twice_counts_its_layers_twice():
 
 def test_sizes_at_their_minimums():
     assert "odd head dim (3)" in refusal(custom({"num_layers": 1, "embed_dim": 6}))
+    for key in ("num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim"):
+        assert f"'flavors.b.{key}'" in refusal(custom({"num_layers": 1, key: 0}))
     assert len(preset_table(custom({"num_layers": 1, "embed_dim": 4}))) == 10 + 9 * (1 + 3)  # head dim 2
     for key in ("text_vocab_size", "audio_vocab_size", "muq_dim"):
         assert preset_table({**RELEASED_CONFIG, key: 1})

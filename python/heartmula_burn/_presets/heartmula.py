@@ -17,7 +17,7 @@ class Flavor:
     num_kv_heads: int
     embed_dim: int
     intermediate_dim: int
-    max_seq_len: int = 2048
+    max_seq_len: int = 2048  # shapes no tensor: kept as upstream states it, never read from a config
 
     @property
     def head_dim(self) -> int:
