@@ -615,6 +615,37 @@ mod tests {
         assert!(!try_lock(&File::open(f.temp_path()).unwrap()));
     }
 
+    #[test]
+    fn destinations_are_checked_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("taken");
+        std::fs::create_dir(&folder).unwrap();
+        let err = AtomicFile::create(&folder, 1, true).err().unwrap().to_string();
+        assert!(err.ends_with("taken: output is an existing folder"), "{err}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = AtomicFile::create(&file.join("out.bpk"), 1, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.ends_with("out.bpk: output folder is not a folder"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing created");
+        // A bare file name lies in the current folder.
+        assert_eq!(parent_dir(Path::new("out.bpk")), Some(PathBuf::from(".")));
+        assert_eq!(parent_dir(Path::new("/")), None);
+    }
+
+    /// No process has PID 0 (kill(0, 0) would ask about our own process group): a partial named
+    /// so is a dead run's.
+    #[test]
+    fn a_partial_named_for_pid_0_is_a_dead_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        let zero = dir.path().join(partial_name("out.bpk", 0, PARTIAL_SUFFIX));
+        std::fs::write(&zero, b"x").unwrap();
+        assert_eq!(remove_stale_partials(&dest), vec![zero]);
+    }
+
     /// What the sweep finds under a dead run's partial name may be anything: a link is not
     /// followed (nor removed), and a FIFO is not waited on.
     #[test]
