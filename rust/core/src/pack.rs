@@ -646,14 +646,23 @@ pub(crate) mod tests {
             overwrite: false,
         };
         let mut calls = 0;
+        let wall = std::time::Instant::now();
         let summary = pack(&request, &mut |_| {
             calls += 1;
             true
         })
         .unwrap();
+        let wall = wall.elapsed().as_secs_f64();
         assert!(calls >= 3);
         assert_eq!(summary.tensors, 3);
+        // Output bytes: 6 converted (3 BF16), 16 + 8 unchanged (by the kernel or from the map).
+        assert_eq!(summary.data_bytes, 6 + 16 + 8);
         assert_eq!(summary.converted, 6);
+        assert_eq!(summary.kernel_copied + summary.buffer_copied, 16 + 8);
+        // The phases follow one another within the call: each took some time, none more than all.
+        let phases = [summary.plan_seconds, summary.data_seconds, summary.sync_seconds];
+        assert!(phases.iter().all(|&s| s > 0.0), "{phases:?}");
+        assert!(phases.iter().sum::<f64>() <= wall, "{phases:?} in {wall}");
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(bytes.len() as u64, summary.file_size);
         let index = read_index(&out).unwrap();
