@@ -693,7 +693,12 @@ pub(crate) mod tests {
         let raw = dir.path().join("raw");
         std::fs::create_dir(&raw).unwrap();
         let names = vec!["w.npy".to_string(), "n.npy".to_string()];
-        export_npy(&items, &raw, &names, &mut |_| true).unwrap();
+        let summary = export_npy(&items, &raw, &names, &mut |_| true).unwrap();
+        // 6 BF16 (12 bytes) and one I32 (4), each after a 128-byte header (numpy's, for these).
+        assert_eq!((summary.tensors, summary.data_bytes, summary.converted), (2, 16, 12));
+        let sizes: Vec<u64> = names.iter().map(|n| raw.join(n).metadata().unwrap().len()).collect();
+        assert_eq!(sizes, [128 + 12, 128 + 4]);
+        assert_eq!(summary.file_size, 128 + 12 + 128 + 4);
         let direct = PackRequest {
             items: items.clone(),
             metadata: BTreeMap::new(),
