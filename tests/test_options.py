@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,24 @@ def test_sanity_device_auto_and_frames(lm_pack):
     none = _sanity(lm_pack, "--frames", "0", "--device", "cpu")
     assert report["ok"] and none["ok"] and (report["frames"], none["frames"]) == (2, 0)
     assert len(report["figures"]["greedy_codes"]) == 2 and none["figures"]["greedy_codes"] == []
+
+
+def test_output_piped_into_a_reader_that_left_is_not_a_failure(tiny_ckpt, tmp_path):
+    """`inspect PACK | head -3` under `set -o pipefail`: the reader is gone before our output is
+    flushed. The write fails with EPIPE; the command exits 0 without a traceback, as `main` says."""
+    pack = tmp_path / "heartmula.bpk"
+    run_cli("pack", tiny_ckpt, "-o", pack, "-q", check_rc=0)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails, deterministically
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "heartmula_burn", "inspect", str(pack)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")

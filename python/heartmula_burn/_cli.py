@@ -775,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         with _signals_unwind():
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+            return code
     except UsageError as e:
         command.error(str(e))  # exits 2
     except HeartmulaBurnError as e:
