@@ -454,6 +454,64 @@ pub(crate) mod tests {
         assert!(err.contains("pack is a directory, not a regular file"), "{err}");
     }
 
+    #[test]
+    fn a_stamp_holds_the_files_own_figures_and_names_each_change_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.safetensors");
+        std::fs::write(&path, [0u8; 10]).unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+        file.set_modified(when).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let stamp = FileStamp::of(&meta);
+        assert_eq!(stamp.size, 10);
+        assert_eq!(stamp.mtime_ns, 1_700_000_000_123_456_789);
+        assert_eq!((stamp.dev, stamp.ino), (meta.dev(), meta.ino()));
+        assert_eq!(stamp.changes_since(&stamp), None);
+
+        let size = FileStamp { size: 12, ..stamp };
+        assert_eq!(size.changes_since(&stamp).as_deref(), Some("size 10 -> 12 bytes"));
+        // Before 1970 the seconds go down and the nanoseconds stay positive, as `date` prints them.
+        let mtime = FileStamp {
+            mtime_ns: -1_500_000_000,
+            ..stamp
+        };
+        assert_eq!(
+            mtime.changes_since(&stamp).as_deref(),
+            Some("mtime 1700000000.123456789 -> -2.500000000")
+        );
+        let inode = FileStamp {
+            ino: stamp.ino + 1,
+            ..stamp
+        };
+        let moved = FileStamp {
+            dev: stamp.dev + 1,
+            ..stamp
+        };
+        let expected = format!(
+            "inode {} -> {} (another file now has its name)",
+            stamp.ino,
+            stamp.ino + 1
+        );
+        assert_eq!(inode.changes_since(&stamp), Some(expected));
+        assert!(moved.changes_since(&stamp).unwrap().starts_with("inode "));
+        let all = FileStamp {
+            size: 0,
+            mtime_ns: 0,
+            dev: stamp.dev,
+            ino: stamp.ino + 1,
+        };
+        assert_eq!(
+            all.changes_since(&stamp).unwrap(),
+            format!(
+                "size 10 -> 0 bytes, mtime 1700000000.123456789 -> 0.000000000, inode {} -> {} \
+                 (another file now has its name)",
+                stamp.ino,
+                stamp.ino + 1
+            )
+        );
+    }
+
     /// Writes a safetensors file by hand: (name, dtype name, shape, bytes) in order.
     pub fn write_shard(path: &Path, tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) {
         let mut header = String::from("{");
@@ -492,6 +550,145 @@ pub(crate) mod tests {
         assert_eq!(names, ["z", "a"]);
         assert_eq!(shard.bytes(&shard.tensors[1]), &[2, 2, 2]);
         assert_eq!(shard.tensors[0].dtype, Some(DType::F32));
+    }
+
+    #[test]
+    fn tensors_are_found_by_name_and_by_the_offset_of_any_of_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        // "e" is empty: it starts where "b" starts, and owns that offset as the first found.
+        write_shard(
+            &p,
+            &[
+                ("a", "U8", vec![3], vec![1; 3]),
+                ("e", "U8", vec![0], vec![]),
+                ("b", "U8", vec![2], vec![2; 2]),
+            ],
+        );
+        let shard = Shard::open(&p).unwrap();
+        assert_eq!(shard.find("b").map(|t| t.byte_len), Some(2));
+        assert_eq!(shard.find("a").map(|t| t.byte_len), Some(3));
+        assert!(shard.find("c").is_none());
+        let start = shard.find("a").unwrap().file_offset; // the first byte after the header
+        let owner = |offset: u64| shard.tensor_at(offset).map(|t| t.name.clone());
+        assert_eq!(owner(start - 1), None, "a header byte belongs to no tensor");
+        assert_eq!(owner(start).as_deref(), Some("a"));
+        assert_eq!(owner(start + 2).as_deref(), Some("a"));
+        assert_eq!(owner(start + 3).as_deref(), Some("e"));
+        assert_eq!(owner(start + 4).as_deref(), Some("b"));
+        assert_eq!(owner(start + 5), None, "past the last byte");
+    }
+
+    #[test]
+    fn a_read_past_the_files_end_is_a_shrink_and_one_up_to_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.safetensors");
+        write_shard(&p, &[("w", "U8", vec![4], vec![7; 4])]);
+        let shard = Shard::open(&p).unwrap();
+        let size = std::fs::metadata(&p).unwrap().len();
+        let w = shard.find("w").unwrap();
+        assert!(shard.shrank_under(w, size).is_none());
+        let err = shard
+            .shrank_under(w, size + 1)
+            .expect("a read past the end")
+            .to_string();
+        assert!(
+            err.contains(&format!("it is {size} bytes now, the tensor's bytes run to {size}")),
+            "{err}"
+        );
+        assert!(err.contains("a.safetensors") && err.contains("'w'"), "{err}");
+    }
+
+    #[test]
+    fn eight_bytes_are_enough_for_the_length_and_seven_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("short.safetensors");
+        for len in [0usize, 7] {
+            std::fs::write(&p, vec![0u8; len]).unwrap();
+            let err = Shard::open(&p).err().unwrap().to_string();
+            assert!(
+                err.contains(&format!("only {len} bytes, shorter than the 8-byte header length")),
+                "{err}"
+            );
+        }
+        std::fs::write(&p, [0u8; 8]).unwrap(); // a length of 0: past the length check, a bad header
+        let err = Shard::open(&p).err().unwrap().to_string();
+        assert!(
+            err.contains("short.safetensors") && !err.contains("shorter than"),
+            "{err}"
+        );
+    }
+
+    /// A safetensors file by hand: its header text as given, then `data_len` zero bytes.
+    fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_bad_layout_is_named_by_its_first_wrong_tensor() {
+        let t = |name: &str, dtype: &str, shape: &str, start: u64, end: u64| {
+            format!("\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape},\"data_offsets\":[{start},{end}]}}")
+        };
+        let meta = "\"__metadata__\":{\"format\":\"pt\"}";
+        let cases: [(String, usize, Option<&str>); 9] = [
+            (format!("{{{meta},{}}}", t("w", "F32", "[1]", 0, 4)), 4, None),
+            (format!("{{{},{meta}}}", t("w", "F32", "[1]", 4, 0)), 4, Some("tensor 'w': offsets [4, 0] end before they start")),
+            (
+                format!("{{{},{}}}", t("a", "U8", "[4]", 0, 4), t("b", "U8", "[4]", 2, 6)),
+                6,
+                Some("tensor 'b': offsets [2, 6] overlaps the tensor before it"),
+            ),
+            (
+                format!("{{{},{}}}", t("a", "U8", "[4]", 0, 4), t("b", "U8", "[4]", 6, 10)),
+                10,
+                Some("tensor 'b': offsets [6, 10] leaves a gap before it"),
+            ),
+            (
+                format!("{{{}}}", t("w", "U8", "[8]", 0, 8)),
+                7,
+                Some("tensor 'w': offsets [0, 8] run past the end of the data (7 bytes; truncated?)"),
+            ),
+            (
+                format!("{{{}}}", t("w", "BF16", "[3]", 0, 8)),
+                8,
+                Some("tensor 'w': 8 bytes do not match its shape x dtype (6 bytes)"),
+            ),
+            (
+                format!("{{{}}}", t("w", "F32", "[4294967296,4294967296]", 0, 8)),
+                8,
+                Some("tensor 'w': 8 bytes do not match its shape x dtype (a size past 64 bits)"),
+            ),
+            (
+                format!("{{{}}}", t("w", "U8", "[4]", 0, 4)),
+                6,
+                Some("file size does not match the end of the last tensor: 6 data bytes, tensors end at 4 (truncated or trailing bytes)"),
+            ),
+            (format!("{{{}}}", t("w", "U8", "[0]", 0, 0)), 0, None),
+        ];
+        for (header, data_len, expected) in cases {
+            assert_eq!(
+                diagnose_layout(&raw_file(&header, data_len)).as_deref(),
+                expected,
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn parsing_checks_the_length_field_fits_before_reading_it() {
+        let p = Path::new("x.safetensors");
+        let err = parse_safetensors(p, &[0u8; 7]).err().unwrap().to_string();
+        assert!(
+            err.contains("only 7 bytes, shorter than the 8-byte header length"),
+            "{err}"
+        );
+        let err = parse_safetensors(p, &[0u8; 8]).err().unwrap().to_string();
+        assert!(!err.contains("shorter than"), "{err}");
+        let (tensors, metadata) = parse_safetensors(p, &raw_file("{}", 0)).unwrap();
+        assert!(tensors.is_empty() && metadata.is_empty());
     }
 
     #[test]

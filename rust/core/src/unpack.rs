@@ -109,4 +109,46 @@ mod tests {
         assert_eq!(shard.bytes(&shard.tensors[1]), &[1, 0, 1]);
         assert_eq!(shard.metadata, vec![("format".to_string(), "pt".to_string())]);
     }
+
+    #[test]
+    fn the_file_is_as_long_as_its_header_and_data_and_names_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        // More data than header: a size computed as header minus data would not fit in a u64.
+        write_shard(
+            &a,
+            &[
+                ("big", "U8", vec![1000], vec![9; 1000]),
+                ("t", "U8", vec![2], vec![1, 2]),
+            ],
+        );
+        let out = dir.path().join("b.safetensors");
+        let items = [
+            crate::pack::tests::item("big", &a, "big", DType::U8),
+            crate::pack::tests::item("t", &a, "t", DType::U8),
+        ];
+        let summary = write_safetensors(&items, &out, &BTreeMap::new(), false, &mut |_| true).unwrap();
+        let written = std::fs::read(&out).unwrap();
+        let header_len = u64::from_le_bytes(written[..8].try_into().unwrap());
+        assert_eq!(header_len % 8, 0, "padded as the safetensors library pads it");
+        assert_eq!(written.len() as u64, 8 + header_len + 1002);
+        assert_eq!(summary.file_size, written.len() as u64);
+        assert_eq!(&written[written.len() - 2..], &[1, 2]);
+
+        for (names, what) in [(["t", "t"], "'t'"), (["__metadata__", "t"], "'__metadata__'")] {
+            let items = names.map(|name| PackItem {
+                name: name.into(),
+                ..crate::pack::tests::item("t", &a, "t", DType::U8)
+            });
+            let out = dir.path().join("c.safetensors");
+            let err = write_safetensors(&items, &out, &BTreeMap::new(), false, &mut |_| true)
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                err.contains(&format!("tensor {what} cannot be written twice or under that name")),
+                "{err}"
+            );
+            assert!(!out.exists());
+        }
+    }
 }

@@ -232,6 +232,44 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_past_one_chunk_is_compared_chunk_by_chunk_to_its_last_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let elements = (8u64 << 20) / 4 + 5; // F32: one 8 MiB chunk of source bytes and 5 elements more
+        let w: Vec<u8> = (0..elements)
+            .flat_map(|i| ((i % 1000) as f32 * 0.25).to_le_bytes())
+            .collect();
+        write_shard(&a, &[("w", "F32", vec![elements], w)]);
+        let items = vec![crate::pack::tests::item("w", &a, "w", DType::BF16)];
+        let request = PackRequest {
+            items: items.clone(),
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: dir.path().join("p.bpk"),
+            overwrite: false,
+        };
+        pack(&request, &mut |_| true).unwrap();
+        let mut seen = Vec::new();
+        let problems = verify_against(&request.output, &items, &mut |p| {
+            seen.push((p.done, p.total));
+            true
+        })
+        .unwrap();
+        assert_eq!(problems, vec![]);
+        let total = elements * 2;
+        assert_eq!(seen, vec![((8 << 20) / 4 * 2, total), (total, total)]);
+
+        let index = read_index(&request.output).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&request.output).unwrap();
+        f.write_all_at(&[0x7f, 0x7f], index.tensors[0].file_offset + (elements - 1) * 2)
+            .unwrap();
+        let problems = verify_against(&request.output, &items, &mut |_| true).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let expected = format!("element {} is not the exact cast of {}:w", elements - 1, a.display());
+        assert_eq!(problems[0].message, expected);
+    }
+
+    #[test]
     fn dirty_padding_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (request, _) = setup(dir.path());
@@ -244,5 +282,49 @@ mod tests {
         let problems = check_container(&request.output).unwrap().1;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[1].tensor.as_deref(), Some(second.name.as_str()));
+    }
+
+    #[test]
+    fn padding_is_checked_after_each_tensor_and_alignment_only_where_the_layout_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        // Three tensors of 3 bytes: each later one starts past padding that follows the one before.
+        write_shard(
+            &a,
+            &[
+                ("x", "U8", vec![3], vec![1; 3]),
+                ("y", "U8", vec![3], vec![2; 3]),
+                ("z", "U8", vec![3], vec![3; 3]),
+            ],
+        );
+        let items: Vec<PackItem> = ["x", "y", "z"]
+            .iter()
+            .map(|n| crate::pack::tests::item(n, &a, n, DType::U8))
+            .collect();
+        let request = |target, name: &str| PackRequest {
+            items: items.clone(),
+            metadata: BTreeMap::new(),
+            target,
+            output: dir.path().join(name),
+            overwrite: false,
+        };
+        let aligned = request(BurnTarget::V0_21, "aligned.bpk");
+        pack(&aligned, &mut |_| true).unwrap();
+        let index = read_index(&aligned.output).unwrap();
+        let z = &index.tensors[2];
+        let f = std::fs::OpenOptions::new().write(true).open(&aligned.output).unwrap();
+        f.write_all_at(&[7], z.file_offset - 1).unwrap(); // between y's last byte and z
+        let problems = check_container(&aligned.output).unwrap().1;
+        assert_eq!(
+            problems,
+            vec![Problem::tensor("z", "padding before this tensor is not zero")]
+        );
+
+        // Burn 0.19 packs tensors back to back: offsets off the 256-byte grid are no problem there.
+        let packed = request(BurnTarget::V0_19, "packed.bpk");
+        pack(&packed, &mut |_| true).unwrap();
+        let (index, problems) = check_container(&packed.output).unwrap();
+        assert_eq!(index.tensors[1].file_offset, index.tensors[0].file_offset + 3);
+        assert_eq!(problems, vec![]);
     }
 }
