@@ -777,6 +777,73 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_final_progress_report_can_still_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        write_shard(&a, &[("w", "F32", vec![4], vec![0; 16])]);
+        let out = dir.path().join("out.bpk");
+        let request = PackRequest {
+            items: vec![item("w", &a, "w", DType::F32)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: false,
+        };
+        // The data's last chunk reports done == total once; the final report says it again.
+        let mut reports = Vec::new();
+        let result = pack(&request, &mut |p| {
+            reports.push((p.done, p.total));
+            reports.len() < 2
+        });
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert_eq!(reports, [(16, 16), (16, 16)]);
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
+    }
+
+    #[test]
+    fn exported_files_hold_a_header_and_data_longer_than_it_and_a_late_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let data: Vec<u8> = (0..200u8).collect(); // more data than numpy's 128-byte header
+        write_shard(
+            &a,
+            &[("s", "U8", vec![2], vec![5, 6]), ("big", "U8", vec![200], data.clone())],
+        );
+        let items = vec![item("s", &a, "s", DType::U8), item("big", &a, "big", DType::U8)];
+        let names = vec!["s.npy".to_string(), "big.npy".to_string()];
+        let raw = dir.path().join("raw");
+        std::fs::create_dir(&raw).unwrap();
+        export_npy(&items, &raw, &names, &mut |_| true).unwrap();
+        let big = std::fs::read(raw.join("big.npy")).unwrap();
+        assert_eq!(big.len(), 128 + 200);
+        assert_eq!(&big[128..], &data[..]);
+
+        // The shard is stamped again after its last tensor: a change made once every byte was
+        // read (here: its modification time) still fails the export.
+        let late = dir.path().join("late");
+        std::fs::create_dir(&late).unwrap();
+        let err = export_npy(&items, &late, &names, &mut |p| {
+            if p.done == p.total {
+                let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+                OpenOptions::new()
+                    .write(true)
+                    .open(&a)
+                    .unwrap()
+                    .set_modified(when)
+                    .unwrap();
+            }
+            true
+        })
+        .expect_err("a shard changed after its last read")
+        .to_string();
+        assert!(
+            err.contains("a.safetensors") && err.contains("changed while being read"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_requests_name_file_and_tensor_and_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
@@ -956,6 +1023,54 @@ pub(crate) mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial left");
+    }
+
+    #[test]
+    fn a_shard_on_another_filesystem_type_is_copied_from_its_mapping_byte_for_byte() {
+        // tmpfs to another filesystem type: copy_file_range says EXDEV, and the bytes go through
+        // the buffered path, in chunks, the last one short.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fs_type = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: statfs fills the zeroed struct this test owns.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+            st.f_type
+        };
+        if fs_type(shm.path()) == fs_type(dir.path()) {
+            return; // the kernel copies between two filesystems of one type: no buffered path here
+        }
+        let a = shm.path().join("a.safetensors");
+        let len = (COPY_CHUNK + 3) as usize;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        write_shard(&a, &[("big", "U8", vec![len as u64], data.clone())]);
+        let out = dir.path().join("out.bpk");
+        let request = PackRequest {
+            items: vec![item("big", &a, "big", DType::U8)],
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output: out.clone(),
+            overwrite: false,
+        };
+        let mut steps = Vec::new();
+        let summary = pack(&request, &mut |p| {
+            steps.push(p.done);
+            true
+        })
+        .unwrap();
+        assert_eq!((summary.kernel_copied, summary.buffer_copied), (0, len as u64));
+        assert_eq!(steps.last(), Some(&(len as u64)));
+        assert!(steps.contains(&COPY_CHUNK), "{steps:?}");
+        let index = crate::burnpack::read_index(&out).unwrap();
+        let written = std::fs::read(&out).unwrap();
+        let start = index.tensors[0].file_offset as usize;
+        assert!(
+            written[start..start + len] == data[..],
+            "the copy differs from the shard"
+        );
     }
 
     #[test]

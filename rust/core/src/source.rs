@@ -652,8 +652,8 @@ pub(crate) mod tests {
                 Some("tensor 'w': offsets [0, 8] run past the end of the data (7 bytes; truncated?)"),
             ),
             (
-                format!("{{{}}}", t("w", "BF16", "[3]", 0, 8)),
-                8,
+                format!("{{{},{}}}", t("a", "U8", "[2]", 0, 2), t("w", "BF16", "[3]", 2, 10)),
+                10,
                 Some("tensor 'w': 8 bytes do not match its shape x dtype (6 bytes)"),
             ),
             (
