@@ -616,6 +616,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// A pack request with what most tests need: no metadata, Burn 0.21's layout, no overwrite.
+    pub(crate) fn request(items: Vec<PackItem>, output: PathBuf) -> PackRequest {
+        PackRequest {
+            items,
+            metadata: BTreeMap::new(),
+            target: BurnTarget::V0_21,
+            output,
+            overwrite: false,
+        }
+    }
+
     fn f32_bytes(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
@@ -699,13 +710,7 @@ pub(crate) mod tests {
         let sizes: Vec<u64> = names.iter().map(|n| raw.join(n).metadata().unwrap().len()).collect();
         assert_eq!(sizes, [128 + 12, 128 + 4]);
         assert_eq!(summary.file_size, 128 + 12 + 128 + 4);
-        let direct = PackRequest {
-            items: items.clone(),
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: dir.path().join("direct.bpk"),
-            overwrite: false,
-        };
+        let direct = request(items.clone(), dir.path().join("direct.bpk"));
         pack(&direct, &mut |_| true).unwrap();
         let mut from_npy = direct.clone();
         from_npy.output = dir.path().join("from_npy.bpk");
@@ -782,13 +787,7 @@ pub(crate) mod tests {
         let a = dir.path().join("a.safetensors");
         write_shard(&a, &[("w", "F32", vec![4], vec![0; 16])]);
         let out = dir.path().join("out.bpk");
-        let request = PackRequest {
-            items: vec![item("w", &a, "w", DType::F32)],
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: out.clone(),
-            overwrite: false,
-        };
+        let request = request(vec![item("w", &a, "w", DType::F32)], out.clone());
         // The data's last chunk reports done == total once; the final report says it again.
         let mut reports = Vec::new();
         let result = pack(&request, &mut |p| {
@@ -853,13 +852,7 @@ pub(crate) mod tests {
         );
         let out = dir.path().join("out.bpk");
         let run = |it: PackItem| {
-            let request = PackRequest {
-                items: vec![it],
-                metadata: BTreeMap::new(),
-                target: BurnTarget::V0_21,
-                output: out.clone(),
-                overwrite: false,
-            };
+            let request = request(vec![it], out.clone());
             pack(&request, &mut |_| true).err().unwrap().to_string()
         };
         let missing = run(item("x", &a, "nope", DType::F32));
@@ -892,13 +885,7 @@ pub(crate) mod tests {
         write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
         let out = dir.path().join("out.bpk");
         for (dtype, what) in [(DType::BF16, "shrank while being read"), (DType::F32, "ended early")] {
-            let request = PackRequest {
-                items: vec![item("big", &a, "big", dtype)],
-                metadata: BTreeMap::new(),
-                target: BurnTarget::V0_21,
-                output: out.clone(),
-                overwrite: false,
-            };
+            let request = request(vec![item("big", &a, "big", dtype)], out.clone());
             let mut shrunk = false;
             let err = pack(&request, &mut |_| {
                 if !shrunk {
@@ -952,13 +939,7 @@ pub(crate) mod tests {
             (DType::BF16, replace, "inode "),
         ] {
             aged_shard(&a, n);
-            let request = PackRequest {
-                items: vec![item("big", &a, "big", dtype)],
-                metadata: BTreeMap::new(),
-                target: BurnTarget::V0_21,
-                output: out.clone(),
-                overwrite: false,
-            };
+            let request = request(vec![item("big", &a, "big", dtype)], out.clone());
             let mut changed = false;
             let err = pack(&request, &mut |_| {
                 if !changed {
@@ -978,13 +959,7 @@ pub(crate) mod tests {
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial left");
         }
         aged_shard(&a, 16);
-        let request = PackRequest {
-            items: vec![item("big", &a, "big", DType::BF16)],
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: out.clone(),
-            overwrite: false,
-        };
+        let request = request(vec![item("big", &a, "big", DType::BF16)], out.clone());
         pack(&request, &mut |_| true).expect("an unchanged shard packs");
     }
 
@@ -1000,13 +975,7 @@ pub(crate) mod tests {
         let n = 24usize << 20; // 96 MiB: more than one copy chunk
         write_shard(&a, &[("big", "F32", vec![n as u64], vec![0x3f; n * 4])]);
         let out = dir.path().join("out.bpk");
-        let request = PackRequest {
-            items: vec![item("big", &a, "big", DType::F32)],
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: out.clone(),
-            overwrite: false,
-        };
+        let request = request(vec![item("big", &a, "big", DType::F32)], out.clone());
         let mut shrunk = false;
         let err = pack(&request, &mut |_| {
             if !shrunk {
@@ -1048,13 +1017,7 @@ pub(crate) mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         write_shard(&a, &[("big", "U8", vec![len as u64], data.clone())]);
         let out = dir.path().join("out.bpk");
-        let request = PackRequest {
-            items: vec![item("big", &a, "big", DType::U8)],
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: out.clone(),
-            overwrite: false,
-        };
+        let request = request(vec![item("big", &a, "big", DType::U8)], out.clone());
         let mut steps = Vec::new();
         let summary = pack(&request, &mut |p| {
             steps.push(p.done);
@@ -1078,13 +1041,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
         write_shard(&a, &[("w", "F32", vec![4], vec![1; 16])]);
-        let request = PackRequest {
-            items: vec![item("w", &a, "w", DType::F32)],
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: dir.path().join("out.bpk"),
-            overwrite: false,
-        };
+        let request = request(vec![item("w", &a, "w", DType::F32)], dir.path().join("out.bpk"));
         let (summary, staged) = pack_staged(&request, &mut |_| true).unwrap();
         assert!(!request.output.exists());
         assert_eq!(std::fs::metadata(staged.temp_path()).unwrap().len(), summary.file_size);

@@ -184,7 +184,6 @@ mod tests {
     use crate::dtype::DType;
     use crate::pack::{pack, PackRequest};
     use crate::source::tests::write_shard;
-    use std::collections::BTreeMap;
     use std::os::unix::fs::FileExt;
 
     fn setup(dir: &Path) -> (PackRequest, Vec<PackItem>) {
@@ -193,13 +192,7 @@ mod tests {
         write_shard(&a, &[("w", "F32", vec![4, 6], w), ("b", "U8", vec![3], vec![1, 2, 3])]);
         let item = |name: &str, dtype| crate::pack::tests::item(name, &a, name, dtype);
         let items = vec![item("w", DType::BF16), item("b", DType::U8)];
-        let request = PackRequest {
-            items: items.clone(),
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: dir.join("p.bpk"),
-            overwrite: false,
-        };
+        let request = crate::pack::tests::request(items.clone(), dir.join("p.bpk"));
         (request, items)
     }
 
@@ -241,13 +234,7 @@ mod tests {
             .collect();
         write_shard(&a, &[("w", "F32", vec![elements], w)]);
         let items = vec![crate::pack::tests::item("w", &a, "w", DType::BF16)];
-        let request = PackRequest {
-            items: items.clone(),
-            metadata: BTreeMap::new(),
-            target: BurnTarget::V0_21,
-            output: dir.path().join("p.bpk"),
-            overwrite: false,
-        };
+        let request = crate::pack::tests::request(items.clone(), dir.path().join("p.bpk"));
         pack(&request, &mut |_| true).unwrap();
         let mut seen = Vec::new();
         let problems = verify_against(&request.output, &items, &mut |p| {
@@ -302,11 +289,8 @@ mod tests {
             .map(|n| crate::pack::tests::item(n, &a, n, DType::U8))
             .collect();
         let request = |target, name: &str| PackRequest {
-            items: items.clone(),
-            metadata: BTreeMap::new(),
             target,
-            output: dir.path().join(name),
-            overwrite: false,
+            ..crate::pack::tests::request(items.clone(), dir.path().join(name))
         };
         let aligned = request(BurnTarget::V0_21, "aligned.bpk");
         pack(&aligned, &mut |_| true).unwrap();
