@@ -53,9 +53,11 @@ Write endpoints need a token from `tokens` (401 otherwise) unless `write_require
 Test hooks: `requests` (every request of both listeners, raw path without query), `downloads()`, `tokens`,
 `fail_lfs_upload` (the object PUT of these repo paths is answered 403 after its body was read; the path is found by
 matching the object's size and first 512 bytes against the `sample`s of the preupload calls), `drop_after` (close
-the connection after that many body bytes of the next GET of that path, once), `slow_bytes_per_s` (throttle file
-bodies; read per chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of file requests sent
-with a Range), `errors` (tracebacks of unexpected server errors: a test may assert it stays empty).
+the connection after that many body bytes of the next GET of that path, once), `tamper` (GET bodies of these repo
+paths are served with the byte at the given offset flipped, every time, as a corrupted CDN object would be, while
+the advertised sha256 / git sha1 stay those of the true bytes), `slow_bytes_per_s` (throttle file bodies; read per
+chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of file requests sent with a Range),
+`errors` (tracebacks of unexpected server errors: a test may assert it stays empty).
 
 What the 2.4.0 client does that tests should know: it reads downloads in 10 MiB chunks and, after a dropped
 connection, sleeps 1 s and resumes with `Range: bytes=<last full 10 MiB boundary>-` (so a `drop_after` below
@@ -327,6 +329,7 @@ class HubServer:
         self.tokens: set[str] = {DEFAULT_TOKEN}
         self.fail_lfs_upload: set[str] = set()
         self.drop_after: dict[str, int] = {}
+        self.tamper: dict[str, int] = {}
         self.slow_bytes_per_s: int | None = None
         self.write_requires_token: bool = True
         self.errors: list[str] = []
@@ -993,11 +996,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         drop: int | None = None
+        flip: int | None = None
         if self.command == "GET":
             with self.hub._lock:
                 self.hub._downloads.append(self.raw_path)
                 if path in self.hub.drop_after:
                     drop = self.hub.drop_after.pop(path)
+                flip = self.hub.tamper.get(path)
         self._start(status, headers, end - start)
         if self.command == "HEAD":
             return
@@ -1008,6 +1013,9 @@ class _Handler(BaseHTTPRequestHandler):
         for chunk in blob.chunks(start, start + budget, chunk_size):
             if self.hub._stopping:
                 break
+            if flip is not None and start + sent <= flip < start + sent + len(chunk):
+                at = flip - start - sent
+                chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
             self.wfile.write(chunk)
             sent += len(chunk)
             rate = self.hub.slow_bytes_per_s

@@ -1,6 +1,7 @@
 """The benchmark's baselines write the same pack as ours, byte for byte, so that timing them
 against each other compares the same work."""
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,21 @@ def test_burn_writer_bench_writes_our_bytes(manifests, tmp_path):
     theirs = tmp_path / "burn.bpk"
     subprocess.run([str(binary), str(manifest), str(theirs)], check=True, timeout=300, capture_output=True)
     assert theirs.read_bytes() == ours.read_bytes()
+
+
+def test_check_benchmark_runs_and_reports_every_case(tmp_path):
+    """bench_check.py end to end on a few MB: it asserts inside that each case did its work."""
+    out = tmp_path / "times.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_check.py"), "--workdir", str(tmp_path)]
+        + ["--gb", "0.01", "--runs", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    for case in ("sha256sum", "check", "check-1-thread", "check-marked"):
+        assert f"| {case} |" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["bytes"] == 10_000_000 and report["files"] == 1
+    assert not (tmp_path / "bench-check").exists(), "the blobs are deleted afterwards"

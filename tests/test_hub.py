@@ -6,6 +6,7 @@ imported, so every command runs in a subprocess with its own environment."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -420,3 +421,142 @@ def test_push_dry_run_lists_and_sends_nothing(hub, hub_packs, tmp_path):
 def test_push_options_need_push(tmp_path):
     proc = run_process("publish-layout", tmp_path / "out", "--pack", tmp_path / "x.bpk", "--dry-run")
     assert proc.returncode == 2 and "--push" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Every fetched file checked against the digest the Hub gave for it
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def git_blob_id(path: Path) -> str:
+    """git's own answer, not ours."""
+    return subprocess.run(["git", "hash-object", path], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("command", "folder", "name", "algorithm"),
+    [
+        ("download", "HeartMuLa-oss-3B", "model-00002-of-00004.safetensors", "sha256"),
+        ("pack", "HeartCodec-oss", "model-00001-of-00002.safetensors", "sha256"),
+        ("download", "HeartMuLa-oss-3B", "config.json", "git-sha1"),
+    ],
+)
+def test_a_file_whose_bytes_differ_from_the_hubs_digest_fails_and_is_fetched_anew_next_time(
+    hub, tiny_root, tmp_path, command, folder, name, algorithm
+):
+    repo = LM if folder == "HeartMuLa-oss-3B" else CODEC
+    true = (tiny_root / folder / name).read_bytes()
+    at = len(true) * 2 // 3
+    served = flipped(true, at)
+    cache, root, out = tmp_path / "cache", tmp_path / "ckpt", tmp_path / "out"
+    args = ["download", root] if command == "download" else ["pack", "--hub", "-o", f"{out}/"]
+    hub.tamper[name] = at
+    try:
+        proc = hub_cli(hub, cache, *args, "-q")
+    finally:
+        del hub.tamper[name]
+    if algorithm == "sha256":
+        want, got = sha256_hex(true), sha256_hex(served)
+    else:
+        (tmp_path / "true").write_bytes(true)
+        (tmp_path / "served").write_bytes(served)
+        want, got = git_blob_id(tmp_path / "true"), git_blob_id(tmp_path / "served")
+    assert_clean_failure(
+        proc, f"{repo}@{hub.commits(repo)[0][:12]}", name, f"{algorithm} {got}", f"the Hub gave {want}", "run again"
+    )
+    assert not root.exists() and not out.exists(), "nothing is laid out or packed from a file that failed its check"
+    assert not list(cache.rglob(want)), "the bad blob is removed from the cache"
+    # The next run downloads that file anew (the server serves it intact now) and succeeds.
+    before = len(hub.downloads())
+    hub_cli(hub, cache, *args, "-q", check_rc=0)
+    assert [p for p in hub.downloads()[before:] if p.endswith("/" + name)]
+    if command == "download":
+        assert (root / folder / name).read_bytes() == true
+    else:
+        assert sorted(p.name for p in out.iterdir()) == [
+            "gen_config.json",
+            "heartcodec.bpk",
+            "heartmula.bpk",
+            "tokenizer.json",
+        ]
+
+
+def test_files_are_hashed_once_and_again_only_when_the_cache_changes(hub, tiny_root, tmp_path):
+    cache = tmp_path / "cache"
+
+    def run(root: str) -> dict[str, Any]:
+        proc = hub_cli(hub, cache, "download", tmp_path / root, "--json", "-q", check_rc=0)
+        return {r["repo"]: r for r in json.loads(proc.stdout)["repos"]}
+
+    sizes = {
+        LM: sum(p.stat().st_size for p in (tiny_root / "HeartMuLa-oss-3B").iterdir()),
+        CODEC: sum(p.stat().st_size for p in (tiny_root / "HeartCodec-oss").iterdir()),
+        GEN: sum((tiny_root / n).stat().st_size for n in ("tokenizer.json", "gen_config.json")),
+    }
+    counts = {
+        LM: len(list((tiny_root / "HeartMuLa-oss-3B").iterdir())),
+        CODEC: len(list((tiny_root / "HeartCodec-oss").iterdir())),
+        GEN: 2,
+    }
+    first = run("a")
+    assert {repo: r["hashed_bytes"] for repo, r in first.items()} == sizes
+    assert {repo: r["checked_files"] for repo, r in first.items()} == counts
+    second = run("b")
+    assert {repo: r["hashed_bytes"] for repo, r in second.items()} == dict.fromkeys(sizes, 0)
+    assert {repo: r["checked_files"] for repo, r in second.items()} == counts
+    # A blob altered in the cache after its check (rewritten in place: a new mtime) is hashed again and fails.
+    name = "model-00001-of-00004.safetensors"
+    link = tmp_path / "a" / "HeartMuLa-oss-3B" / name
+    blob = link.resolve()
+    blob.write_bytes(flipped(blob.read_bytes(), 100))
+    proc = hub_cli(hub, cache, "download", tmp_path / "c", "-q")
+    assert_clean_failure(proc, name, f"the Hub gave {blob.name}")
+    assert not blob.exists()
+    third = run("d")
+    intact = tiny_root / "HeartMuLa-oss-3B" / name
+    assert third[LM]["hashed_bytes"] == intact.stat().st_size, "only the file fetched anew is hashed"
+    assert (tmp_path / "d" / "HeartMuLa-oss-3B" / name).read_bytes() == intact.read_bytes()
+
+
+def test_a_snapshot_file_that_is_no_blob_link_is_refused(tmp_path):
+    from heartmula_burn import HubError
+    from heartmula_burn._integrity import blob_of, check_snapshot, file_digest
+
+    repo = tmp_path / "models--o--n"
+    snapshot, blobs = repo / "snapshots" / ("c" * 40), repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    data = b"weights" * 1000
+    (blobs / sha256_hex(data)).write_bytes(data)
+    os.symlink(f"../../blobs/{sha256_hex(data)}", snapshot / "good.safetensors")
+    (snapshot / "copied.safetensors").write_bytes(data)
+    (tmp_path / "elsewhere").write_bytes(data)
+    os.symlink(tmp_path / "elsewhere", snapshot / "outside.safetensors")
+    (blobs / "not-a-digest").write_bytes(data)
+    os.symlink("../../blobs/not-a-digest", snapshot / "odd.safetensors")
+    assert blob_of("o/n@c", snapshot, "good.safetensors").digest == sha256_hex(data)
+    for name, needle in [
+        ("copied.safetensors", "not a link into the Hugging Face cache's blobs"),
+        ("outside.safetensors", "links outside the repository's blobs"),
+        ("odd.safetensors", "which is no sha256 or git blob id"),
+    ]:
+        with pytest.raises(HubError, match=needle) as info:
+            blob_of("o/n@c", snapshot, name)
+        assert str(info.value).startswith(f"o/n@c: {name}: ")
+    # The digests against independent tools: coreutils' sha256sum and git's blob id.
+    (tmp_path / "f").write_bytes(data)
+    sha = subprocess.run(["sha256sum", tmp_path / "f"], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert file_digest(tmp_path / "f", "sha256")[0] == sha
+    assert file_digest(tmp_path / "f", "git-sha1")[0] == git_blob_id(tmp_path / "f")
+    # A FIFO where a blob should be is refused at once, not waited on.
+    os.mkfifo(blobs / ("f" * 64))
+    os.symlink(f"../../blobs/{'f' * 64}", snapshot / "fifo.safetensors")
+    with pytest.raises(HubError, match="is not a regular file"):
+        check_snapshot("o/n@c", snapshot, ["fifo.safetensors"])

@@ -1,6 +1,6 @@
 """The Hugging Face Hub at both ends: fetch the three upstream repositories a conversion needs, and
 push a publish-layout folder as one commit. Everything goes through `huggingface_hub` (its cache,
-resumable downloads, checksums, progress bars, HF_TOKEN / `hf auth login`, HF_HUB_OFFLINE,
+resumable downloads, progress bars, HF_TOKEN / `hf auth login`, HF_HUB_OFFLINE,
 HF_ENDPOINT); nothing here speaks HTTP itself.
 
 Files are downloaded into the Hugging Face cache, never copied out of it: a CKPT_ROOT made by
@@ -8,7 +8,9 @@ Files are downloaded into the Hugging Face cache, never copied out of it: a CKPT
 shared with every other tool that reads the cache (heartlib, ComfyUI nodes, `hf download`), a second
 run downloads nothing, and HF_HUB_OFFLINE=1 works from the cache alone. The links also record where
 each model came from (`models--ORG--NAME/snapshots/COMMIT/`), which packs then carry as
-`source_repo` and `source_revision` (see `checkpoint.hub_source`)."""
+`source_repo` and `source_revision` (see `checkpoint.hub_source`). Every file fetched is checked
+against the digest the Hub gave for it before anything reads it (`_integrity`): huggingface_hub
+checks sizes only."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from . import _core
 from ._atomic import check_replaceable, staged_folder
 from ._checkpoint import hub_source
 from ._errors import HubError, OutputError
+from ._integrity import Checked, check_snapshot
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -94,6 +97,7 @@ class Fetched:
     files: list[str]
     sizes: dict[str, int] = field(default_factory=dict)
     to_download: int = 0
+    checked: Checked | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,8 @@ class Fetched:
             "snapshot": str(self.snapshot),
             "files": self.files,
             "downloaded_bytes": self.to_download,
+            "checked_files": self.checked.files if self.checked else 0,
+            "hashed_bytes": self.checked.hashed_bytes if self.checked else 0,
         }
 
 
@@ -293,6 +299,21 @@ def fetch(fetched: Fetched) -> Fetched:
     return fetched
 
 
+def check(fetched: Fetched) -> Fetched:
+    """Compares every file of a fetched snapshot with the digest the Hub gave for it (sha256 for
+    LFS files), with a progress bar of the bytes hashed; a mismatch is a HubError naming the file."""
+    hf = _hf()
+    label = f"{fetched.spec.repo}@{fetched.commit[:12]}"
+    with hf.utils.tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {fetched.spec.repo}") as bar:
+
+        def expect(total: int) -> None:
+            bar.total = total
+            bar.refresh()
+
+        fetched.checked = check_snapshot(label, fetched.snapshot, fetched.files, progress=bar.update, expect=expect)
+    return fetched
+
+
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[None]:
     """huggingface_hub's own progress bars, on or off for the block."""
@@ -313,7 +334,7 @@ def download(
     specs: Sequence[RepoSpec], *, say: Callable[[str], None] | None = None, quiet: bool = False
 ) -> list[Fetched]:
     """Plans every repository first (so that a missing file or a full disk stops the run before a
-    byte is downloaded), then fetches them."""
+    byte is downloaded), then fetches each and checks its files against the Hub's digests."""
     with progress_bars(not quiet):
         plans = [plan(spec) for spec in specs]
         for p in plans:
@@ -324,7 +345,16 @@ def download(
                     f"{human(p.to_download)} to download ({human(cached)} cached)"
                 )
         check_space(plans)
-        return [fetch(p) for p in plans]
+        fetched = []
+        for p in plans:
+            fetched.append(check(fetch(p)))
+            if say is not None and p.checked is not None:
+                earlier = p.checked.files - p.checked.hashed_files
+                say(
+                    f"{p.spec.repo}: {p.checked.files} files match the Hub's checksums "
+                    f"({human(p.checked.hashed_bytes)} hashed now, {earlier} files unchanged since an earlier check)"
+                )
+        return fetched
 
 
 def _is_cache_link(path: Path) -> bool:
