@@ -129,6 +129,7 @@ complete_words heartmula-burn p
 complete_words heartmula-burn pack --dt
 complete_words heartmula-burn pack --dtype b
 complete_words heartmula-burn download x --lm-re
+complete_words heartmula-burn download x --lm-release HeartMuLa-oss-3B-h
 """
 
 
@@ -144,7 +145,8 @@ def test_bash_completion_completes_subcommands_options_and_choices(tmp_path):
         "pack publish-layout",
         "--dtype",
         "bf16",
-        "--lm-repo --lm-revision",
+        "--lm-repo --lm-release --lm-revision",
+        "HeartMuLa-oss-3B-happy-new-year",
     ]
 
 

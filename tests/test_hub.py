@@ -6,6 +6,7 @@ imported, so every command runs in a subprocess with its own environment."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -560,3 +561,38 @@ def test_a_snapshot_file_that_is_no_blob_link_is_refused(tmp_path):
     os.symlink(f"../../blobs/{'f' * 64}", snapshot / "fifo.safetensors")
     with pytest.raises(HubError, match="is not a regular file"):
         check_snapshot("o/n@c", snapshot, ["fifo.safetensors"])
+
+
+@pytest.mark.parametrize(
+    ("options", "lm", "codec"),
+    [
+        # Release names are taken in any case; each lands where heartlib looks for its model.
+        (
+            ["--lm-release", "heartmula-oss-3b-happy-new-year", "--codec-release", "HeartCodec-oss-20260123"],
+            "HeartMuLa/HeartMuLa-oss-3B-happy-new-year",
+            "HeartMuLa/HeartCodec-oss-20260123",
+        ),
+        (["--lm-release", "HeartMuLa-RL-oss-3B-20260123"], "HeartMuLa/HeartMuLa-RL-oss-3B-20260123", CODEC),
+    ],
+)
+def test_a_named_release_is_fetched_from_its_repository(hub, tiny_root, tmp_path, options, lm, codec):
+    for repo, folder in ((lm, "HeartMuLa-oss-3B"), (codec, "HeartCodec-oss")):
+        with contextlib.suppress(ValueError):  # the upstream defaults, or added by an earlier case
+            hub.add_repo(repo, repo_files(tiny_root / folder))
+    root, cache = tmp_path / "ckpt", tmp_path / "cache"
+    proc = hub_cli(hub, cache, "download", root, *options, "--json", "-q", check_rc=0)
+    report = json.loads(proc.stdout)
+    assert [(r["role"], r["repo"], r["commit"]) for r in report["repos"]] == [
+        ("lm", lm, hub.commits(lm)[0]),
+        ("codec", codec, hub.commits(codec)[0]),
+        ("gen", GEN, hub.commits(GEN)[0]),
+    ]
+    for folder in ("HeartMuLa-oss-3B", "HeartCodec-oss"):
+        for p in (tiny_root / folder).iterdir():
+            assert (root / folder / p.name).read_bytes() == p.read_bytes()
+    # Packed straight from the Hub, as the README's command does: each pack names its release.
+    out = tmp_path / "runtime"
+    hub_cli(hub, cache, "pack", "--hub", "-o", f"{out}/", *options, "-q", check_rc=0)
+    for name, repo in (("heartmula.bpk", lm), ("heartcodec.bpk", codec)):
+        metadata = metadata_of(out / name)
+        assert (metadata["source_repo"], metadata["source_revision"]) == (repo, hub.commits(repo)[0])

@@ -20,6 +20,7 @@ RUN_HERE = "python -m heartmula_burn "
 COVERED = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && ": "test_convert_sh_one_step",
     "bash tests/run.sh": ".ci/run",
+    "python -m heartmula_burn pack --hub -o runtime/ --lm-release": "test_a_named_release_is_fetched_from_its_repository",
     "python -m heartmula_burn pack --hub": "test_pack_hub_goes_from_nothing_to_the_runtime_folder",
     "python -m heartmula_burn download CKPT_ROOT --lm-repo": "test_a_pinned_revision_is_fetched_and_recorded",
     "python -m heartmula_burn download CKPT_ROOT": "test_download_lays_out_upstream_layout_then_packs_like_the_local_folder",

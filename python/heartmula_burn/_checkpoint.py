@@ -3,8 +3,9 @@ about which shard holds which tensor.
 
 A CKPT_ROOT is laid out as upstream ships it: one folder per model (`HeartMuLa-oss-3B`,
 `HeartCodec-oss` or `HeartCodec-oss-20260123`) beside the runtime files (`tokenizer.json`,
-`gen_config.json`). A folder that holds the shards itself, or a single `.safetensors` file, is a
-checkpoint of one model."""
+`gen_config.json`). A folder of any other name is a model folder too when a preset recognises its
+config.json (`HeartMuLa-oss-7B/`). A folder that holds the shards itself, or a single
+`.safetensors` file, is a checkpoint of one model."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from . import _core
 from ._core import TensorInfo as SourceTensor
 from ._errors import CheckpointError
 from ._fields import Fields, inside, read_json
-from ._presets import PRESETS, preset_named
+from ._presets import PRESETS, Preset, preset_named, recognized
 
 INDEX_SUFFIX = ".safetensors.index.json"
 # Files a runtime needs beside the packs, looked for in CKPT_ROOT, then in the model folder.
@@ -79,13 +80,45 @@ def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
                 model_dir, f"model folder does not exist (folders in {root}: {', '.join(present) or 'none'}){hint}"
             )
         return [model_dir]
-    found = [root / name for preset in PRESETS for name in preset.folder_names if (root / name).is_dir()]
+    found = _model_folders(root)
     if found:
-        return found
+        return list(found)
     if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
         return [root]
     folders = ", ".join(name + "/" for preset in PRESETS for name in preset.folder_names)
     raise CheckpointError.at(root, f"no checkpoint found (expected {folders} a *{INDEX_SUFFIX} or *.safetensors files)")
+
+
+def _model_folders(root: Path) -> dict[Path, Preset]:
+    """The folders of ROOT that hold a model, with the preset that knows it: those named as upstream
+    ships a model (whatever their config says: a broken one is reported when loaded), and any other
+    whose config.json a preset recognises. Two folders of one model are refused: both would be
+    written to the same pack."""
+    found: dict[Path, Preset] = {}
+    for folder in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        named = next((q for q in PRESETS if folder.name in q.folder_names), None)
+        if folder.is_dir() and (named is not None or (folder / "config.json").is_file()):
+            preset = _recognized_in(folder) or named
+            if preset is not None:
+                found[folder] = preset
+    for preset in PRESETS:
+        same = [f.name + "/" for f, p in found.items() if p is preset]
+        if len(same) > 1:
+            raise CheckpointError.at(
+                root,
+                f"holds {len(same)} {preset.title} checkpoints ({', '.join(same)}): pack one at a time (--subdir NAME)",
+            )
+    # In the presets' order, whatever the names: the first pack is the LM's (`-o FILE` names it).
+    return dict(sorted(found.items(), key=lambda item: PRESETS.index(item[1])))
+
+
+def _recognized_in(folder: Path) -> Preset | None:
+    """The preset that recognises `folder/config.json`; None when it is missing or unreadable (a
+    folder upstream's name marks as a model's reports that when loaded)."""
+    try:
+        return recognized(read_json(folder / "config.json", "config.json"))
+    except CheckpointError:
+        return None
 
 
 def load_checkpoints(root: str | Path, subdir: str | None = None) -> list[Checkpoint]:
@@ -160,7 +193,8 @@ def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str |
     dirs = model_dirs(root, subdir)
     if len(dirs) > 1 and model is not None:
         preset = preset_named(model)
-        dirs = [d for d in dirs if preset is not None and d.name in preset.folder_names] or dirs
+        folders = _model_folders(root)
+        dirs = [d for d in dirs if preset is not None and folders.get(d) is preset] or dirs
     if len(dirs) > 1:
         names = ", ".join(d.name for d in dirs)
         raise CheckpointError.at(root, f"holds several models ({names}): give the one to use as subdir")

@@ -36,7 +36,7 @@ from ._packing import (
     plan_checkpoint,
     plan_checkpoints,
 )
-from ._presets import PRESETS
+from ._presets import PRESETS, Preset
 from ._text import shown
 
 SYNTHETIC_MODELS = ("both", "heartmula", "heartcodec")
@@ -50,8 +50,9 @@ Burn packs (.bpk) that Burn's BurnpackStore loads directly. CKPT_ROOT is laid ou
   CKPT_ROOT/HeartCodec-oss/{{config.json, model.safetensors.index.json, model-*.safetensors}}
   CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json
 `pack CKPT_ROOT -o OUT/` writes the folder a Burn HeartMuLa runtime loads: heartmula.bpk,
-heartcodec.bpk, tokenizer.json, gen_config.json. Model folders it knows: {FOLDERS}.
-A folder holding a single model.safetensors, or shards without an index, works too."""
+heartcodec.bpk, tokenizer.json, gen_config.json. A model folder is found by its config.json,
+whatever its name (upstream's: {FOLDERS}). A folder holding a single model.safetensors, or
+shards without an index, works too."""
 
 
 class UsageError(Exception):
@@ -107,20 +108,24 @@ def _add_hub_args(p: argparse.ArgumentParser) -> None:
         "the repositories to fetch (through huggingface_hub: its cache, HF_TOKEN or `hf auth login`, "
         "HF_ENDPOINT, HF_HUB_OFFLINE=1 to work from the cache alone)",
     )
-    g.add_argument(
-        "--lm-repo", default=hub.LM_REPO, metavar="REPO_ID", help=f"the HeartMuLa LM (default {hub.LM_REPO})"
-    )
-    g.add_argument(
-        "--codec-repo", default=hub.CODEC_REPO, metavar="REPO_ID", help=f"HeartCodec (default {hub.CODEC_REPO})"
-    )
-    g.add_argument(
-        "--gen-repo",
-        default=hub.GEN_REPO,
-        metavar="REPO_ID",
-        help=f"tokenizer.json and gen_config.json (default {hub.GEN_REPO})",
-    )
-    for role in ("lm", "codec", "gen"):
-        g.add_argument(f"--{role}-revision", metavar="REV", help="a branch, tag or commit (default main)")
+    for spec in hub.default_specs():
+        preset = next((q for q in PRESETS if q.hub_role == spec.role), None)
+        what = preset.title if preset is not None else " and ".join(spec.patterns)
+        g.add_argument(f"--{spec.role}-repo", metavar="REPO_ID", help=f"{what}: any repository (default {spec.repo})")
+        if preset is not None and len(preset.releases) > 1:
+            listing = ", ".join(r.name + (f" ({r.note})" if r.note else "") for r in preset.releases)
+            g.add_argument(
+                f"--{spec.role}-release",
+                **_release_choice(preset),
+                help=f"{preset.title} by release, laid out in {spec.folder}/: {listing} (default {preset.releases[0].name})",
+            )
+        g.add_argument(f"--{spec.role}-revision", metavar="REV", help="a branch, tag or commit (default main)")
+
+
+def _release_choice(preset: Preset) -> dict[str, Any]:
+    """add_argument's keywords for a release of `preset`, by its name in any case."""
+    names = {r.name.lower(): r.name for r in preset.releases}
+    return {**_one_of(tuple(names.values()), lambda text: names.get(text.lower(), text)), "metavar": "NAME"}
 
 
 def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
@@ -429,14 +434,14 @@ def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | N
 
 
 def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
-    return hub.repo_specs(
-        lm_repo=args.lm_repo,
-        codec_repo=args.codec_repo,
-        gen_repo=args.gen_repo,
-        lm_revision=args.lm_revision,
-        codec_revision=args.codec_revision,
-        gen_revision=args.gen_revision,
-    )
+    repos, revisions = {}, {}
+    for spec in hub.default_specs():
+        repo, release = getattr(args, f"{spec.role}_repo"), getattr(args, f"{spec.role}_release", None)
+        if repo and release:
+            raise UsageError(f"give --{spec.role}-repo or --{spec.role}-release, not both")
+        repos[spec.role] = repo or (hub.release_repo(spec.role, release) if release else None)
+        revisions[spec.role] = getattr(args, f"{spec.role}_revision")
+    return hub.repo_specs(repos, revisions)
 
 
 def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:

@@ -18,9 +18,9 @@ import fnmatch
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -29,15 +29,13 @@ from ._atomic import check_replaceable, staged_folder
 from ._checkpoint import hub_source
 from ._errors import HubError, OutputError
 from ._integrity import Checked, check_snapshot
+from ._presets import PRESETS
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 T = TypeVar("T")
 
-LM_REPO = "HeartMuLa/HeartMuLa-oss-3B"
-CODEC_REPO = "HeartMuLa/HeartCodec-oss"
-GEN_REPO = "HeartMuLa/HeartMuLaGen"
 INSTALL_HINT = "the Hub commands need huggingface_hub: pip install 'heartmula-burn[hub]' (Python 3.10 or later)"
 # The thread transfers run in; the CLI leaves without waiting for it when stopped by a signal.
 THREAD_NAME = "heartmula-burn-hub"
@@ -63,27 +61,41 @@ class RepoSpec:
 
 
 MODEL_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json")
-RUNTIME_PATTERNS = ("tokenizer.json", "gen_config.json")
+MODEL_REQUIRED = ("config.json", "*.safetensors")
+RUNTIME_ROLE = "gen"  # the repository of the runtime files: --gen-repo, --gen-revision
+
+
+def default_specs() -> list[RepoSpec]:
+    """The repositories a conversion fetches, as the presets name them: each model's default
+    release, laid out as upstream's README does (every release of a model lands in the model's
+    first folder name, where heartlib looks for it), then the runtime files' repository."""
+    specs = [
+        RepoSpec(p.hub_role, p.releases[0].repo, None, p.folder_names[0], MODEL_PATTERNS, MODEL_REQUIRED)
+        for p in PRESETS
+    ]
+    specs += [
+        RepoSpec(RUNTIME_ROLE, p.runtime_repo, None, None, p.runtime_files, p.runtime_files)
+        for p in PRESETS
+        if p.runtime_repo is not None
+    ]
+    return specs
 
 
 def repo_specs(
-    *,
-    lm_repo: str = LM_REPO,
-    codec_repo: str = CODEC_REPO,
-    gen_repo: str = GEN_REPO,
-    lm_revision: str | None = None,
-    codec_revision: str | None = None,
-    gen_revision: str | None = None,
+    repos: Mapping[str, str | None] | None = None, revisions: Mapping[str, str | None] | None = None
 ) -> list[RepoSpec]:
-    """The three repositories, laid out as upstream's README does: every LM release lands in
-    HeartMuLa-oss-3B/ and every codec release in HeartCodec-oss/ (heartlib looks for those names)."""
+    """`default_specs` with the repository and revision of some roles (`lm`, `codec`, `gen`) replaced."""
+    repos, revisions = repos or {}, revisions or {}
     return [
-        RepoSpec("lm", lm_repo, lm_revision, "HeartMuLa-oss-3B", MODEL_PATTERNS, ("config.json", "*.safetensors")),
-        RepoSpec(
-            "codec", codec_repo, codec_revision, "HeartCodec-oss", MODEL_PATTERNS, ("config.json", "*.safetensors")
-        ),
-        RepoSpec("gen", gen_repo, gen_revision, None, RUNTIME_PATTERNS, RUNTIME_PATTERNS),
+        replace(s, repo=repos.get(s.role) or s.repo, revision=revisions.get(s.role) or s.revision)
+        for s in default_specs()
     ]
+
+
+def release_repo(role: str, name: str) -> str:
+    """The repository of the release `name` of the model whose Hub role is `role`."""
+    preset = next(p for p in PRESETS if p.hub_role == role)
+    return next(r.repo for r in preset.releases if r.name == name)
 
 
 @dataclass

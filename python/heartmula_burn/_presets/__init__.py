@@ -2,14 +2,16 @@
 
 A preset recognises its model from the checkpoint's own config.json, derives every tensor and
 shape the config implies, says which dtypes its pack may hold and which runtime files go beside
-it, and describes the model for the model card. Every preset has this one shape (`Preset`); the
-known ones are listed in `PRESETS`."""
+it, names the releases upstream publishes on the Hub, and describes the model for the model card.
+Every preset has this one shape (`Preset`); the known ones are listed in `PRESETS`, and everything
+else (finding model folders, the Hub's repositories and options, the card) asks them."""
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,17 +29,39 @@ MAX_TENSOR_BYTES = 10 * 1024**3
 MAX_SIZE = MAX_TENSOR_BYTES
 
 
+@dataclass(frozen=True)
+class Release:
+    """A release of a model that upstream publishes as a Hugging Face repository. Its name, the
+    repository's own (`HeartMuLa-oss-3B-happy-new-year`), is what `--lm-release` takes."""
+
+    repo: str
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.repo.rsplit("/", 1)[-1]
+
+
 class Preset(ABC):
     """One model the converter knows by name."""
 
     name: ClassVar[str]  # "heartmula": the pack's `model` metadata
     title: ClassVar[str]  # for people: "HeartMuLa"
     pack_name: ClassVar[str]  # the file a runtime looks for: "heartmula.bpk"
-    folder_names: ClassVar[tuple[str, ...]]  # where upstream ships it inside CKPT_ROOT
+    # Where upstream ships it inside CKPT_ROOT (the first: where `download` lays every release out,
+    # as heartlib looks for it); a folder of any other name is recognised by its config.json.
+    folder_names: ClassVar[tuple[str, ...]]
     runtime_files: ClassVar[tuple[str, ...]] = ()  # copied beside the pack
+    runtime_repo: ClassVar[str | None] = None  # the Hugging Face repository the runtime files come from
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
-    base_model: ClassVar[str]  # the Hugging Face repository it comes from
+    hub_role: ClassVar[str]  # its Hub options' prefix: "lm" gives --lm-repo, --lm-release, --lm-revision
+    releases: ClassVar[tuple[Release, ...]]  # on the Hub; the first is the default
+
+    @property
+    def base_model(self) -> str:
+        """The Hugging Face repository of its default release (the model card's `base_model`)."""
+        return self.releases[0].repo
 
     @abstractmethod
     def recognizes(self, config: Fields) -> bool:
@@ -118,12 +142,17 @@ def preset_named(name: str) -> Preset | None:
     return next((p for p in PRESETS if p.name == name), None)
 
 
+def recognized(config: Fields) -> Preset | None:
+    """The preset whose model the config.json describes, if any."""
+    return next((p for p in PRESETS if p.recognizes(config)), None)
+
+
 def preset_for(config: Fields) -> Preset:
     """The preset whose model the config.json describes; a `CheckpointError` naming the file when
     none does."""
-    for preset in PRESETS:
-        if preset.recognizes(config):
-            return preset
+    preset = recognized(config)
+    if preset is not None:
+        return preset
     known = ", ".join(p.title for p in PRESETS)
     raise CheckpointError.at(
         config.path,

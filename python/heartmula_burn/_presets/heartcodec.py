@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._fields import Fields
-from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
+from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
 
 # Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"flow_matching.cond_feature_emb.weight", "scalar_model.decoder.0.bias"})
@@ -286,7 +286,8 @@ class HeartCodec(Preset):
         "HeartCodec packs are F32 only: Burn HeartMuLa runtimes read only F32 codec tensors (any other "
         "dtype is silently replaced by defaults) and heartlib warns that bf16 degrades the codec's audio"
     )
-    base_model = "HeartMuLa/HeartCodec-oss"
+    hub_role = "codec"
+    releases = (Release("HeartMuLa/HeartCodec-oss"), Release("HeartMuLa/HeartCodec-oss-20260123"))
 
     def recognizes(self, config: Fields) -> bool:
         model_type = config.doc.get("model_type")

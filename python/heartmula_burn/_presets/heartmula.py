@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._fields import Fields
-from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Shapes, check_tensor_count
+from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,15 @@ class HeartMuLa(Preset):
     pack_name = "heartmula.bpk"
     folder_names = ("HeartMuLa-oss-3B",)
     runtime_files = ("tokenizer.json", "gen_config.json")
+    runtime_repo = "HeartMuLa/HeartMuLaGen"
     dtypes = ("f32", "bf16", "f16", "source")
-    base_model = "HeartMuLa/HeartMuLa-oss-3B"
+    hub_role = "lm"
+    # Every 3B release has the same tensors and config (heartlib loads them all into HeartMuLa-oss-3B/).
+    releases = (
+        Release("HeartMuLa/HeartMuLa-oss-3B"),
+        Release("HeartMuLa/HeartMuLa-RL-oss-3B-20260123"),
+        Release("HeartMuLa/HeartMuLa-oss-3B-happy-new-year", "recommended upstream"),
+    )
 
     def recognizes(self, config: Fields) -> bool:
         model_type = config.doc.get("model_type")
