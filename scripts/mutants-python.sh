@@ -2,7 +2,7 @@
 # Mutation testing of one module of the Python layer with cosmic-ray, judged by the tests named.
 #
 #   scripts/mutants-python.sh MODULE TEST_FILE...
-#   scripts/mutants-python.sh python/heartmula_burn/_presets/heartmula.py test_oracles.py test_pack_cli.py
+#   scripts/mutants-python.sh python/heartmula_burn/_presets/heartmula/__init__.py test_oracles.py test_pack_cli.py
 #
 # Mutants are applied in a scratch worktree of HEAD (commit first), never in this checkout, with the
 # compiled core taken from the virtual environment tests/run.sh made (VENV, default .venv). Prints

@@ -14,10 +14,10 @@ from safetensors.numpy import load_file
 
 torch = crosscheck("torch")
 
-from heartmula_burn import _codec_forward as codec_forward
-from heartmula_burn import _sanity as sanity
 from heartmula_burn._fields import Fields
 from heartmula_burn._presets.heartcodec import RESIDUAL_DILATIONS, parse_config
+from heartmula_burn._presets.heartcodec import forward as codec_forward
+from heartmula_burn._presets.heartcodec.sanity import HeartCodecRunner
 from heartmula_burn._synthetic import CODEC_TINY_CONFIG
 
 CODEC = "HeartCodec-oss"
@@ -161,7 +161,7 @@ def test_f32_codec_pack_matches_its_checkpoint_exactly(pack, tiny_root):
     assert proc.returncode == 0, proc.stderr
     checks = {c["name"]: c for c in report["checks"]}
     assert report["model"] == "heartcodec" and all(c["ok"] for c in checks.values())
-    for name in sanity.HeartCodecRunner.compared:
+    for name in HeartCodecRunner.compared:
         assert report["figures"][f"reference: {name}: max_abs_diff"] == 0.0
     assert checks["decoder audio of 8 latent frames finite"]["figure"].startswith("shape [2, 15360]")
     assert report["figures"]["audio_peak"] > 0.1

@@ -16,9 +16,9 @@ if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
 else:
     torch = pytest.importorskip("torch")
 
-from heartmula_burn import _forward as forward
 from heartmula_burn import _sanity as sanity
-from heartmula_burn._presets.heartmula import Flavor
+from heartmula_burn._presets.heartmula import Flavor, forward
+from heartmula_burn._presets.heartmula.sanity import HeartMuLaRunner
 
 
 def _torchtune():
@@ -172,7 +172,7 @@ def test_f32_pack_matches_checkpoint_exactly(packs, tiny_ckpt):
     assert proc.returncode == 0, proc.stderr
     checks = _checks(report)
     assert report["ok"] and all(c["ok"] for c in checks.values())
-    for name in sanity.HeartMuLaRunner.compared[:-1]:
+    for name in HeartMuLaRunner.compared[:-1]:
         assert report["figures"][f"reference: {name}: max_abs_diff"] == 0.0
     assert len(report["figures"]["greedy_codes"]) == 3
     assert report["figures"]["max_abs_c0_logit"] > 0
@@ -183,9 +183,9 @@ def test_bf16_pack_matches_cast_reference_and_reports_the_loss(packs, tiny_ckpt)
     assert proc.returncode == 0, proc.stderr
     checks = _checks(report)
     exact = [c for n, c in checks.items() if n.startswith("reference cast to the pack's dtypes (289 tensors)")]
-    assert len(exact) == len(sanity.HeartMuLaRunner.compared) and all(c["ok"] for c in exact)
+    assert len(exact) == len(HeartMuLaRunner.compared) and all(c["ok"] for c in exact)
     loose = [c for n, c in checks.items() if n.startswith("vs the uncast reference")]
-    assert len(loose) == len(sanity.HeartMuLaRunner.compared) and all(c["ok"] is None for c in loose)
+    assert len(loose) == len(HeartMuLaRunner.compared) and all(c["ok"] is None for c in loose)
     # Rounding to bf16 does change the logits, and that is reported, not hidden.
     assert report["figures"]["vs the uncast reference (lossy cast, not judged): c0_logits: max_abs_diff"] > 0
 

@@ -30,8 +30,6 @@ from ._errors import CheckpointError, HeartmulaBurnError, SourceError
 from ._fields import Fields, read_json
 from ._packfile import NUMPY_DTYPES, MappedFile, dtype_size, open_pack
 from ._presets import Preset, config_of_pack, preset_for_pack
-from ._presets import heartcodec as codec_preset
-from ._presets import heartmula as lm_preset
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +149,7 @@ def open_weights(
     return CheckpointArrays(path, subdir, model)
 
 
-def _import_torch() -> Any:
+def import_torch() -> Any:
     try:
         import torch
     except ImportError:
@@ -160,7 +158,7 @@ def _import_torch() -> Any:
 
 
 def _as_torch(array: np.ndarray[Any, Any]) -> torch.Tensor:
-    torch = _import_torch()
+    torch = import_torch()
     with warnings.catch_warnings():
         # The views are read-only (the file is mapped read-only); nothing here writes to them.
         warnings.simplefilter("ignore", UserWarning)
@@ -177,7 +175,7 @@ def load_weights(
 ) -> dict[str, torch.Tensor]:
     """name -> tensor on `device`, in the stored dtype or, for names in `cast_to`, cast to that Burn
     dtype (round to nearest even, as the packer casts)."""
-    torch = _import_torch()
+    torch = import_torch()
     torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     weights = {}
     for name in names:
@@ -209,233 +207,22 @@ class Runner(ABC):
         """Every output the checks look at, as CPU tensors."""
 
     def weight_checks(self, weights: dict[str, torch.Tensor], result: SanityResult) -> None:
-        _finite_weights(weights, result)
+        finite_weights(weights, result)
 
     @abstractmethod
     def output_checks(self, out: dict[str, torch.Tensor], result: SanityResult) -> None: ...
-
-
-class HeartMuLaRunner(Runner):
-    preset = lm_preset.HeartMuLa()
-    compared = ("h_last", "c0_logits", "decoder_logits", "frame2_c0_logits", "greedy_codes")
-    # Fixed inputs (the reference recipe): tags and lyrics framed by BOS/EOS as the pipeline does, a
-    # placeholder row for the MuQ embedding between them, then teacher-forced codes for frame 1.
-    TAGS = (128000, 1000, 2000, 3000, 128001)
-    LYRICS = (128000, 4000, 5000, 6000, 7000, 128001)
-    CFG_SCALE = 1.5  # the pipeline's default guidance; row 0 is conditional, row 1 unconditional
-    # The same frame through the KV cache and recomputed from scratch differ only by summation order.
-    CACHE_TOLERANCE = 1e-4
-
-    def __init__(self, config: Fields, frames: int) -> None:
-        super().__init__(config, frames)
-        self.cfg = lm_preset.parse_config(config)
-
-    def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        from ._forward import HeartMuLa
-
-        return forward_outputs(HeartMuLa(weights, self.cfg), self.frames)
-
-    def output_checks(self, out: dict[str, torch.Tensor], result: SanityResult) -> None:
-        torch = _import_torch()
-        for name, label in (
-            ("c0_logits", "prompt codebook-0 logits"),
-            ("decoder_logits", "teacher-forced logits, codebooks 1-7"),
-            ("frame2_c0_logits", "frame 2 codebook-0 logits (KV cache)"),
-        ):
-            finite = bool(torch.isfinite(out[name]).all())
-            result.checks.append(Check(f"{label} finite", finite, f"max |logit| {_max_abs(out[name]):.4g}"))
-        cached, recomputed = out["frame2_c0_logits"], out["frame2_c0_recomputed"]
-        diff = _max_abs(cached - recomputed)
-        bound = self.CACHE_TOLERANCE * max(1.0, _max_abs(recomputed))
-        result.checks.append(
-            Check(
-                "KV cache agrees with a full recompute", diff <= bound, f"max |diff| {diff:.3g} (allowed {bound:.3g})"
-            )
-        )
-        codes = out["greedy_codes"]
-        vocab = self.cfg.audio_vocab_size
-        in_range = bool(((codes >= 0) & (codes < vocab)).all()) and bool(out["greedy_finite"])
-        result.checks.append(
-            Check(f"greedy decode of {len(codes)} frame(s)", in_range, f"codes {codes.tolist()} (vocabulary {vocab})")
-        )
-        result.figures["max_abs_c0_logit"] = _max_abs(out["c0_logits"])
-        result.figures["greedy_codes"] = codes.tolist()
-
-
-def forward_outputs(model: Any, frames: int) -> dict[str, torch.Tensor]:
-    """HeartMuLa's outputs: the prompt's last hidden state and codebook-0 logits, teacher-forced
-    depth-decoder logits, frame 2's codebook-0 logits through the KV cache and recomputed without
-    it, and `frames` greedily decoded frames."""
-    import torch
-
-    from ._forward import KVCache
-
-    cfg, device = model.cfg, model.device
-    k, vocab = cfg.audio_num_codebooks, cfg.audio_vocab_size
-    r = HeartMuLaRunner
-    text_ids = [t % cfg.text_vocab_size for t in r.TAGS] + [0] + [t % cfg.text_vocab_size for t in r.LYRICS]
-    s = len(text_ids)
-    tokens = torch.zeros(2, s, k + 1, dtype=torch.long, device=device)
-    tokens[:, :, k] = torch.tensor(text_ids, device=device)
-    mask = torch.zeros(2, s, k + 1, dtype=torch.bool, device=device)
-    mask[:, :, k] = True
-    muq = (0.01 * torch.sin(torch.arange(cfg.muq_dim, dtype=torch.float32, device=device))).expand(2, -1)
-    uncond = torch.tensor([False, True], device=device)
-
-    def frame_row(codes: torch.Tensor) -> torch.Tensor:  # [2, k] codes -> the row that feeds them back
-        row = torch.cat([codes, torch.zeros(2, 1, dtype=torch.long, device=device)], dim=1)[:, None]
-        row_mask = torch.ones_like(row, dtype=torch.bool)
-        row_mask[..., k] = False
-        return model.embed(row, row_mask, uncond)  # type: ignore[no-any-return]
-
-    def guided_argmax(logits: torch.Tensor) -> torch.Tensor:  # classifier-free guidance, then greedy
-        return (logits[1] + (logits[0] - logits[1]) * r.CFG_SCALE).argmax(-1).expand(2)
-
-    out = {}
-    with torch.no_grad():
-        cache = KVCache.empty(cfg.backbone.num_layers)
-        h = model.embed(tokens, mask, uncond, muq, muq_row=len(r.TAGS))
-        last = model.backbone(h, torch.arange(s, device=device), cache)[:, -1]
-        after_prompt = cache.copy()
-        out["h_last"] = last
-        out["c0_logits"] = model.codebook0_logits(last)
-
-        forced = torch.tensor([(100 * (i + 1)) % vocab for i in range(k)], device=device).expand(2, k)
-        out["decoder_logits"], _ = model.depth_decode(last, forced[:, 0], lambda i, _logits: forced[:, i])
-        h2 = frame_row(forced)
-        out["frame2_c0_logits"] = model.codebook0_logits(
-            model.backbone(h2, torch.tensor([s], device=device), cache)[:, -1]
-        )
-        fresh = KVCache.empty(cfg.backbone.num_layers)
-        recomputed = model.backbone(torch.cat([h, h2], dim=1), torch.arange(s + 1, device=device), fresh)[:, -1]
-        out["frame2_c0_recomputed"] = model.codebook0_logits(recomputed)
-
-        cache, last_h, logits = after_prompt, last, out["c0_logits"]
-        codes, step_logits = [], []
-        for f in range(frames):
-            c0 = guided_argmax(logits)
-            decoder_logits, rest = model.depth_decode(last_h, c0, lambda i, li: guided_argmax(li))
-            frame = torch.cat([c0[:, None], rest], dim=1)
-            codes.append(frame[0])
-            step_logits += [logits, decoder_logits]
-            if f + 1 < frames:
-                last_h = model.backbone(frame_row(frame), torch.tensor([s + f], device=device), cache)[:, -1]
-                logits = model.codebook0_logits(last_h)
-        out["greedy_codes"] = torch.stack(codes) if codes else torch.zeros(0, k, dtype=torch.long)
-        out["greedy_finite"] = torch.tensor(all(bool(torch.isfinite(x).all()) for x in step_logits))
-    return {name: value.detach().to("cpu") for name, value in out.items()}
-
-
-class HeartCodecRunner(Runner):
-    preset = codec_preset.HeartCodec()
-    compared = ("vq_condition", "estimator_velocity", "audio")
-    CODE_FRAMES = 4  # 12.5 Hz codes -> 8 latent frames (25 Hz) -> 8 x 1920 audio samples per channel
-    GUIDANCE = 1.25  # heartlib's detokenize default
-    TIMESTEP = 0.5
-
-    def __init__(self, config: Fields, frames: int) -> None:
-        super().__init__(config, frames)
-        self.cfg = codec_preset.parse_config(config)
-
-    def inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed codes [1, Q, CODE_FRAMES] and a fixed latent [2 * CODE_FRAMES, out_channels] whose
-        values are multiples of 1/9 (so the decoder's rounding cannot flip any of them)."""
-        torch = _import_torch()
-        c = self.cfg
-        q = torch.arange(c.num_quantizers, device=device)[:, None]
-        t = torch.arange(self.CODE_FRAMES, device=device)[None, :]
-        codes = ((q * 977 + t * 131 + 7) % c.codebook_size)[None]
-        frames = 2 * self.CODE_FRAMES
-        i = torch.arange(frames, device=device)[:, None]
-        j = torch.arange(c.out_channels, device=device)[None, :]
-        latent = (((i * 7 + j * 3) % 19) - 9).float() / 9
-        return codes, latent
-
-    def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        from ._codec_forward import HeartCodec
-
-        torch = _import_torch()
-        model, c = HeartCodec(weights, self.cfg), self.cfg
-        codes, latent = self.inputs(device)
-        out = {}
-        with torch.no_grad():
-            condition = model.condition(codes)  # [1, 2T, dim]
-            out["vq_condition"] = condition[0]
-            frames = condition.shape[1]
-            # One Euler step's estimator call as heartlib's solve_euler makes it with guidance: the batch
-            # holds the unconditional row (zero conditioning) and the conditional one.
-            x = torch.sin(0.37 * torch.arange(frames * c.out_channels, device=device, dtype=torch.float32))
-            x = x.view(1, frames, c.out_channels)
-            in_context = torch.zeros_like(x)
-            rows = [torch.cat([x, in_context, mu], dim=-1) for mu in (torch.zeros_like(condition), condition)]
-            hidden = torch.cat(rows, dim=0)
-            if hidden.shape[-1] != c.in_channels:  # a config whose estimator takes other inputs
-                hidden = torch.sin(0.37 * torch.arange(2 * frames * c.in_channels, device=device, dtype=torch.float32))
-                hidden = hidden.view(2, frames, c.in_channels)
-            velocity = model.estimator(hidden, torch.full((2,), self.TIMESTEP, device=device))
-            uncond, cond = velocity.chunk(2, dim=0)
-            out["estimator_velocity"] = (uncond + self.GUIDANCE * (cond - uncond))[0]
-            out["audio"] = model.audio(latent)
-        return {name: value.detach().to("cpu") for name, value in out.items()}
-
-    def weight_checks(self, weights: dict[str, torch.Tensor], result: SanityResult) -> None:
-        super().weight_checks(weights, result)
-        not_f32 = [n for n, w in weights.items() if str(w.dtype) != "torch.float32"]
-        result.checks.append(
-            Check(
-                "every tensor F32 (runtimes read nothing else)",
-                not not_f32,
-                "all F32" if not not_f32 else f"{len(not_f32)} are not: {', '.join(not_f32[:3])}",
-            )
-        )
-        directions = [n for n in weights if n.endswith("parametrizations.weight.original1")]
-        zero = [n for n in directions if bool((weights[n].float().flatten(1).norm(dim=1) == 0).any())]
-        result.checks.append(
-            Check(
-                "weight-norm directions non-zero",
-                not zero,
-                f"{len(directions)} normed convolutions"
-                + ("" if not zero else f"; a zero direction (weight becomes NaN) in {', '.join(zero[:3])}"),
-            )
-        )
-
-    def output_checks(self, out: dict[str, torch.Tensor], result: SanityResult) -> None:
-        torch = _import_torch()
-        c = self.cfg
-        for name, label in (
-            ("vq_condition", "VQ conditioning of fixed codes"),
-            ("estimator_velocity", f"estimator velocity at t={self.TIMESTEP}"),
-        ):
-            finite = bool(torch.isfinite(out[name]).all())
-            result.checks.append(Check(f"{label} finite", finite, f"max |value| {_max_abs(out[name]):.4g}"))
-        audio = out["audio"]
-        frames = 2 * self.CODE_FRAMES
-        expected = (c.out_channels // c.latent_hidden_dim, frames * c.upsampling)
-        good = tuple(audio.shape) == expected and bool(torch.isfinite(audio).all())
-        rms = float(audio.pow(2).mean().sqrt()) if audio.numel() else 0.0
-        result.checks.append(
-            Check(
-                f"decoder audio of {frames} latent frames finite",
-                good,
-                f"shape {list(audio.shape)} (expected {list(expected)}), peak {_max_abs(audio):.4g}, rms {rms:.4g}",
-            )
-        )
-        result.figures["audio_peak"] = _max_abs(audio)
-
-
-RUNNERS: dict[str, type[Runner]] = {"heartmula": HeartMuLaRunner, "heartcodec": HeartCodecRunner}
 
 
 # ---------------------------------------------------------------------------------------------
 # Checks
 
 
-def _max_abs(x: torch.Tensor) -> float:
+def max_abs(x: torch.Tensor) -> float:
     return float(x.abs().max()) if x.numel() else 0.0
 
 
-def _finite_weights(weights: dict[str, torch.Tensor], result: SanityResult) -> None:
-    torch = _import_torch()
+def finite_weights(weights: dict[str, torch.Tensor], result: SanityResult) -> None:
+    torch = import_torch()
     counts = {n: int((~torch.isfinite(w)).sum()) for n, w in weights.items() if w.is_floating_point()}
     bad = {n: c for n, c in counts.items() if c}
     figure = (
@@ -457,14 +244,14 @@ def _compare(
     result: SanityResult,
 ) -> None:
     """One check per output: exact equality when `exact`, else the difference is only reported."""
-    torch = _import_torch()
+    torch = import_torch()
     for name in names:
         a, b = ours[name], ref[name]
         if not a.is_floating_point():
             same = torch.equal(a, b)
             figure = "identical" if same else f"{int((a != b).sum())} of {a.numel()} codes differ"
         else:
-            diff = _max_abs(a - b)
+            diff = max_abs(a - b)
             same = diff == 0.0 and torch.equal(a, b)
             cosine = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
             figure = f"max |diff| {diff:.3g}, cosine {cosine:.6f}"
@@ -473,7 +260,7 @@ def _compare(
 
 
 def pick_device(device: str) -> torch.device:
-    torch = _import_torch()
+    torch = import_torch()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -492,32 +279,13 @@ def resolve_config(
     preset: Preset, pack: PackArrays, reference: CheckpointArrays | PackArrays | None, config_path: str | Path | None
 ) -> Fields:
     """The model's config.json: --config, else the one the pack carries in its metadata, else the
-    reference's; a HeartMuLa pack without any is sized from its flavour names and shapes."""
+    reference's; else what the preset makes of the pack (a HeartMuLa pack: its flavour names and shapes)."""
     if config_path is not None:
         return read_json(Path(config_path), "config.json")
     for config in (pack.config, reference.config if reference is not None else None):
         if config is not None:
             return config
-    if preset.name == "heartcodec":  # the released config is heartlib's defaults throughout
-        return Fields({}, pack.path, "config")
-    meta, shapes = pack.pack.metadata, pack.shapes()
-    if meta.get("backbone_flavor") in lm_preset.FLAVORS and meta.get("decoder_flavor") in lm_preset.FLAVORS:
-        try:
-            doc = {
-                "backbone_flavor": meta["backbone_flavor"],
-                "decoder_flavor": meta["decoder_flavor"],
-                "text_vocab_size": shapes["text_embeddings.weight"][0],
-                "audio_vocab_size": shapes["codebook0_head.weight"][0],
-                "audio_num_codebooks": shapes["audio_head"][0] + 1,
-                "muq_dim": shapes["muq_linear.weight"][1],
-            }
-        except (KeyError, IndexError) as e:
-            raise CheckpointError.at(pack.path, f"tensor {e} missing or mis-shaped; cannot size the model") from None
-        return Fields(doc, pack.path, "metadata")
-    raise CheckpointError.at(
-        pack.path,
-        "the pack does not say which HeartMuLa it holds (no 'config' in its metadata); pass --config CONFIG_JSON",
-    )
+    return preset.config_from_pack(pack.pack.metadata, pack.shapes(), pack.path)
 
 
 def _run_model(
@@ -528,7 +296,7 @@ def _run_model(
     cast_to: Mapping[str, str] | None = None,
     on_loaded: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float, float]:
-    torch = _import_torch()
+    torch = import_torch()
     start = time.perf_counter()
     weights = load_weights(source, names, device, cast_to)
     if on_loaded is not None:
@@ -563,7 +331,7 @@ def run(
     if frames < 0:
         raise ValueError(f"frames={frames}: must be 0 or more")
     torch_device = pick_device(device)
-    torch = _import_torch()
+    torch = import_torch()
     ours = PackArrays(pack)
     ref: CheckpointArrays | PackArrays | None = None
     try:
@@ -571,7 +339,7 @@ def run(
         if preset is None:
             raise CheckpointError.at(ours.path, "holds neither HeartMuLa nor HeartCodec: nothing to run")
         ref = open_weights(reference, subdir, preset.name) if reference is not None else None
-        runner = RUNNERS[preset.name](resolve_config(preset, ours, ref, config), frames)
+        runner = preset.runner(resolve_config(preset, ours, ref, config), frames)
         dtypes = sorted({ours.dtype(t.name) for t in ours.pack.tensors})
         result = SanityResult(
             str(pack),

@@ -13,10 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._errors import CheckpointError
 from .._fields import Fields
+
+if TYPE_CHECKING:
+    from .._sanity import Runner
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -77,6 +80,21 @@ class Preset(ABC):
         """(label, value) rows for the model card: the architecture, from the shapes and the config
         (empty where the pack carries none: defaults apply). Shapes are those of a pack this
         preset's check accepted."""
+
+    @abstractmethod
+    def runner(self, config: Fields, frames: int) -> Runner:
+        """How `sanity` runs this model on fixed inputs (its module, `<model>/sanity.py`, needs torch
+        and is imported only here)."""
+
+    def config_from_pack(
+        self, metadata: Mapping[str, str], shapes: Mapping[str, tuple[int, ...]], where: Path
+    ) -> Fields:
+        """The config.json of a pack that carries none (no `config` metadata, no --config, no
+        reference), from what the pack does say; by default there is none to be had."""
+        raise CheckpointError.at(
+            where,
+            f"the pack does not say which {self.title} it holds (no 'config' in its metadata); pass --config CONFIG_JSON",
+        )
 
     def metadata(self, config: Fields) -> dict[str, str]:
         """Metadata the pack carries for runtimes: the model's name and its config.json (compact

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from ._presets.heartcodec import FLOW_T_SIZE, RESIDUAL_DILATIONS, HeartCodecConfig
+from . import FLOW_T_SIZE, RESIDUAL_DILATIONS, HeartCodecConfig
 
 ROPE_BASE = 10_000
 NORM_EPS = 1e-6

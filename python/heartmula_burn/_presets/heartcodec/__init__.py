@@ -9,9 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .._fields import Fields
-from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+from ..._fields import Fields
+from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+
+if TYPE_CHECKING:
+    from ..._sanity import Runner
 
 # Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"flow_matching.cond_feature_emb.weight", "scalar_model.decoder.0.bias"})
@@ -295,6 +300,17 @@ class HeartCodec(Preset):
 
     def expected_tensors(self, config: Fields) -> Shapes:
         return expected_tensors(parse_config(config))
+
+    def runner(self, config: Fields, frames: int) -> Runner:
+        from .sanity import HeartCodecRunner
+
+        return HeartCodecRunner(config, frames)
+
+    def config_from_pack(
+        self, metadata: Mapping[str, str], shapes: Mapping[str, tuple[int, ...]], where: Path
+    ) -> Fields:
+        """The released config is heartlib's defaults throughout: an empty one."""
+        return Fields({}, where, "config")
 
     def describe(self, config: Fields, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
         c = parse_config(config)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ._presets.heartmula import Flavor, HeartMuLaConfig
+from . import Flavor, HeartMuLaConfig
 
 # Llama 3.2's RoPE with llama3 frequency scaling, as torchtune's Llama3ScaledRoPE sets it up.
 ROPE_BASE = 500_000

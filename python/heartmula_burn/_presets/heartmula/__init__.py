@@ -5,9 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .._fields import Fields
-from . import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+from ..._errors import CheckpointError
+from ..._fields import Fields
+from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+
+if TYPE_CHECKING:
+    from ..._sanity import Runner
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,30 @@ class HeartMuLa(Preset):
 
     def expected_tensors(self, config: Fields) -> Shapes:
         return expected_tensors(parse_config(config))
+
+    def runner(self, config: Fields, frames: int) -> Runner:
+        from .sanity import HeartMuLaRunner
+
+        return HeartMuLaRunner(config, frames)
+
+    def config_from_pack(
+        self, metadata: Mapping[str, str], shapes: Mapping[str, tuple[int, ...]], where: Path
+    ) -> Fields:
+        """Sized from the flavour names the pack's metadata gives and its shapes."""
+        if metadata.get("backbone_flavor") not in FLAVORS or metadata.get("decoder_flavor") not in FLAVORS:
+            return super().config_from_pack(metadata, shapes, where)
+        try:
+            doc = {
+                "backbone_flavor": metadata["backbone_flavor"],
+                "decoder_flavor": metadata["decoder_flavor"],
+                "text_vocab_size": shapes["text_embeddings.weight"][0],
+                "audio_vocab_size": shapes["codebook0_head.weight"][0],
+                "audio_num_codebooks": shapes["audio_head"][0] + 1,
+                "muq_dim": shapes["muq_linear.weight"][1],
+            }
+        except (KeyError, IndexError) as e:
+            raise CheckpointError.at(where, f"tensor {e} missing or mis-shaped; cannot size the model") from None
+        return Fields(doc, where, "metadata")
 
     def metadata(self, config: Fields) -> dict[str, str]:
         cfg = parse_config(config)
