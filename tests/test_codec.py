@@ -20,7 +20,8 @@ from conftest import REPO, assert_clean_failure, linked, load_json, residual_vq,
 from heartmula_burn import open_pack
 from heartmula_burn._fields import Fields
 from heartmula_burn._presets.heartcodec import HeartCodec, parse_config
-from heartmula_burn._synthetic import CODEC_FULL_CONFIG, value_scale, write_synthetic_checkpoint
+from heartmula_burn._presets.heartcodec.synthetic import FULL_CONFIG as CODEC_FULL_CONFIG
+from heartmula_burn._synthetic import value_scale, write_synthetic_checkpoint
 from safetensors.numpy import load_file, save_file
 
 CODEC = "HeartCodec-oss"

@@ -18,7 +18,7 @@ from heartmula_burn._fields import Fields
 from heartmula_burn._presets.heartcodec import RESIDUAL_DILATIONS, parse_config
 from heartmula_burn._presets.heartcodec import forward as codec_forward
 from heartmula_burn._presets.heartcodec.sanity import HeartCodecRunner
-from heartmula_burn._synthetic import CODEC_TINY_CONFIG
+from heartmula_burn._presets.heartcodec.synthetic import TINY_CONFIG as CODEC_TINY_CONFIG
 
 CODEC = "HeartCodec-oss"
 CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))

@@ -24,8 +24,10 @@ from heartmula_burn import _packfile as packfile
 from heartmula_burn._fields import Fields
 from heartmula_burn._manifest import Manifest
 from heartmula_burn._presets.heartcodec import HeartCodec
+from heartmula_burn._presets.heartcodec.synthetic import FULL_CONFIG as CODEC_FULL_CONFIG
+from heartmula_burn._presets.heartcodec.synthetic import TINY_CONFIG as CODEC_TINY_CONFIG
 from heartmula_burn._presets.heartmula import HeartMuLa
-from heartmula_burn._synthetic import CODEC_FULL_CONFIG, CODEC_TINY_CONFIG, FULL_CONFIG, TINY_CONFIG
+from heartmula_burn._presets.heartmula.synthetic import FULL_CONFIG, TINY_CONFIG
 
 MODEL = "HeartMuLa-oss-3B"
 CODEC = "HeartCodec-oss"

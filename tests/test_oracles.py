@@ -13,7 +13,7 @@ import pytest
 from heartmula_burn import CheckpointError
 from heartmula_burn._fields import Fields
 from heartmula_burn._presets.heartmula import FLAVORS, HeartMuLa
-from heartmula_burn._synthetic import FULL_CONFIG
+from heartmula_burn._presets.heartmula.synthetic import FULL_CONFIG
 
 # HeartMuLa-oss-3B/config.json as released (the keys the model is built from).
 RELEASED_CONFIG = {

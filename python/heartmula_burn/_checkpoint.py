@@ -19,11 +19,9 @@ from . import _core
 from ._core import TensorInfo as SourceTensor
 from ._errors import CheckpointError
 from ._fields import Fields, inside, read_json
-from ._presets import PRESETS, Preset, preset_named, recognized
+from ._presets import PRESETS, RUNTIME_FILES, Preset, preset_named, recognized
 
 INDEX_SUFFIX = ".safetensors.index.json"
-# Files a runtime needs beside the packs, looked for in CKPT_ROOT, then in the model folder.
-RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
 
 __all__ = [
     "Checkpoint",
@@ -273,7 +271,7 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None
     extras = {}
-    for name in RUNTIME_FILES:
+    for name in RUNTIME_FILES:  # looked for in CKPT_ROOT, then in the model folder
         for folder in (root if root.is_dir() else root.parent, model_dir):
             # Whatever is there under the name, even a FIFO or a broken link: copying it is what
             # checks it (and says what is wrong), rather than leaving it out silently.

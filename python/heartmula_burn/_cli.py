@@ -39,7 +39,8 @@ from ._packing import (
 from ._presets import PRESETS, Preset
 from ._text import shown
 
-SYNTHETIC_MODELS = ("both", "heartmula", "heartcodec")
+# "both": every model the presets know (the name kept from when there were two).
+SYNTHETIC_MODELS = ("both", *(p.name for p in PRESETS))
 SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
 
@@ -714,7 +715,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from ._synthetic import write_synthetic_checkpoint
 
-    models = ("heartmula", "heartcodec") if args.model == "both" else (args.model,)
+    models = tuple(p.name for p in PRESETS) if args.model == "both" else (args.model,)
     out = Path(args.output)
     if out.is_dir() and any(out.iterdir()) and not args.force:
         # Beside a real CKPT_ROOT, synthetic weights must never replace real files unasked.

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from . import _core
 from ._atomic import check_destinations, check_replaceable, commit_all, stage_copy
 from ._checkpoint import Checkpoint, load_checkpoints, runtime_file_origin
-from ._errors import CheckpointError, OutputError, SourceError
-from ._fields import open_regular, read_json
+from ._errors import OutputError, SourceError
+from ._fields import open_regular
 from ._manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
 from ._presets import PRESETS, preset_named
 
@@ -27,8 +27,6 @@ ProgressFn = Callable[[int, int], None]
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
 # The file a manifest of no known model, naming no source_model, is packed to when no output is named.
 DEFAULT_PACK_NAME = "model.bpk"
-# The keys of gen_config.json every runtime reads (heartlib's HeartMuLaGenConfig, audio.cpp, maolan).
-GEN_CONFIG_KEYS = ("text_bos_id", "text_eos_id", "audio_eos_id", "empty_id")
 CPU_NOTE = (
     "Burn's CPU backend (burn-ndarray 0.21) cannot load BF16 or F16 tensors: a runtime on the CPU needs the F32 pack"
 )
@@ -77,24 +75,19 @@ class Job:
 
 
 def check_runtime_file(name: str, source: Path) -> None:
-    """Refuses a runtime file that is not what its name says, before a byte of it is copied:
-    tokenizer.json must be a JSON object with a `model` (a Hugging Face tokenizers file),
-    gen_config.json a JSON object with the four ids runtimes read; any other file must be a regular
-    file. Read with a size cap, and never a FIFO or a device (a planted link to /dev/zero)."""
-    if name == "tokenizer.json":
-        if "model" not in read_json(source, name):
-            raise CheckpointError.at(source, "tokenizer.json has no 'model': not a Hugging Face tokenizers file")
-    elif name == "gen_config.json":
-        doc = read_json(source, name)
-        for key in GEN_CONFIG_KEYS:
-            doc.integer(key, minimum=0)
-    else:
-        try:
-            os.close(open_regular(source, SourceError, name))
-        except FileNotFoundError:
-            raise SourceError.at(source, f"{name} not found") from None
-        except OSError as e:
-            raise SourceError.at(source, f"cannot read {name}: {e.strerror or e}") from None
+    """Refuses a runtime file that is not what its name says, before a byte of it is copied: the
+    preset that ships it checks its content (HeartMuLa: tokenizer.json, gen_config.json); any file
+    must be a regular one, read with a size cap, never a FIFO or a device (a planted link to
+    /dev/zero)."""
+    owner = next((p for p in PRESETS if name in p.runtime_files), None)
+    if owner is not None:
+        owner.check_runtime_file(name, source)
+    try:
+        os.close(open_regular(source, SourceError, name))
+    except FileNotFoundError:
+        raise SourceError.at(source, f"{name} not found") from None
+    except OSError as e:
+        raise SourceError.at(source, f"cannot read {name}: {e.strerror or e}") from None
 
 
 def runtime_notes(extras: dict[str, Path]) -> list[str]:

@@ -17,45 +17,17 @@ from ._errors import OutputError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
 from ._packing import check_runtime_file, runtime_notes
-from ._presets import Preset, config_of_pack, preset_for_pack
+from ._presets import RUNTIME_FILES, Preset, config_of_pack, preset_for_pack
 from ._synthetic import SYNTHETIC_KEY
 from ._text import shown
 
 # Burn releases the compatibility checks (rust/burn-compat) run against.
 VERIFIED_BURN_VERSIONS = ("0.21.0", "0.22.1")
 LFS_THRESHOLD = 10 * 1000 * 1000  # bytes; larger files go through Git LFS
-RUNTIME_FILES = ("tokenizer.json", "gen_config.json")
 # Files publish_layout writes itself, beside the packs.
 OWN_FILES = (".gitattributes", "README.md")
 REPO_ID = re.compile(r"[\w.-]{1,96}(/[\w.-]{1,96})?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
-
-LOADING = {
-    "heartmula": """Tensors keep their upstream names and PyTorch layout (`Linear` weights are `[out, in]`), so
-build every `Linear` with `LinearLayout::Col` and load with a plain `BurnpackStore`:
-
-```rust
-use burn_store::{BurnpackStore, ModuleSnapshot};
-
-let mut store = BurnpackStore::from_file("heartmula.bpk");
-let result = model.load_from(&mut store)?;
-assert!(result.missing.is_empty());
-// audio_embeddings.weight is read separately, by name.
-```""",
-    "heartcodec": """Every tensor is F32 under its upstream name, in PyTorch layout (`Linear` `[out, in]`, `Conv1d`
-`[out, in, k]`, `ConvTranspose1d` `[in, out, k]`). Weight norm is kept unfolded: a runtime computes
-each normed convolution's weight as `g * v / ||v||` (norm over all but the first axis) from
-`<conv>.parametrizations.weight.original0` (g) and `.original1` (v). Runtimes look tensors up by
-their full names:
-
-```rust
-use burn_store::{BurnpackStore, ModuleStore};
-
-let mut store = BurnpackStore::from_file("heartcodec.bpk");
-let tensors = store.get_all_snapshots()?;
-let cond = &tensors["flow_matching.cond_feature_emb.weight"];   // [512, 512]
-```""",
-}
 
 
 def sha256_of(path: Path, progress: Callable[[int], object] | None = None) -> str:
@@ -117,7 +89,7 @@ class _Published:
             config = config_of_pack(meta, self.path) or Fields({}, self.path, "config")
             lines += ["", "| | |", "| --- | --- |"]
             lines += [f"| {label} | {_cell(value)} |" for label, value in self.preset.describe(config, shapes)]
-            lines += ["", "### Loading from Rust", "", LOADING[self.preset.name]]
+            lines += ["", "### Loading from Rust", "", self.preset.card_loading]
         lines += ["", "### Pack metadata", "", "| key | value |", "| --- | --- |"]
         lines += [f"| `{_cell(k)}` | `{_cell(v)}` |" for k, v in meta.items()]
         return "\n".join(lines)
@@ -257,7 +229,7 @@ def publish_layout(
         if lm is not None:
             given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
             for name in RUNTIME_FILES:
-                chosen = given[name]
+                chosen = given.get(name)
                 path = Path(chosen) if chosen is not None else lm.path.parent / name
                 if not os.path.lexists(path):
                     option = "--" + name.split(".")[0].replace("_", "-")

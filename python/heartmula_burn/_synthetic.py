@@ -20,88 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from ._fields import Fields
-from ._presets import Preset, Shapes
-from ._presets.heartcodec import HeartCodec
-from ._presets.heartmula import FLAVOR_KEYS, FLAVORS, HeartMuLa
-
-GEN_CONFIG = {"text_bos_id": 128000, "text_eos_id": 128001, "audio_eos_id": 8193, "empty_id": 0}
-
-FULL_CONFIG: dict[str, Any] = {
-    "architectures": ["HeartMuLa"],
-    "model_type": "heartmula",
-    "backbone_flavor": "llama-3B",
-    "decoder_flavor": "llama-300M",
-    "text_vocab_size": 128256,
-    "audio_vocab_size": 8197,
-    "audio_num_codebooks": 8,
-    "muq_dim": 512,
-    "torch_dtype": "float32",
-}
-
-# Same tensor names and layer counts as upstream; small, distinct dims so that a swapped or
-# transposed tensor changes shapes wherever it can.
-TINY_CONFIG: dict[str, Any] = {
-    **FULL_CONFIG,
-    "backbone_flavor": "tiny-backbone",
-    "decoder_flavor": "tiny-decoder",
-    "text_vocab_size": 300,
-    "audio_vocab_size": 37,
-    "muq_dim": 8,
-    "flavors": {
-        "tiny-backbone": {"num_layers": 28, "num_heads": 4, "num_kv_heads": 2, "embed_dim": 32, "intermediate_dim": 64},
-        "tiny-decoder": {"num_layers": 3, "num_heads": 2, "num_kv_heads": 1, "embed_dim": 16, "intermediate_dim": 48},
-    },
-}
-
-# HeartCodec-oss's config.json (heartlib's HeartCodecConfig as released).
-CODEC_FULL_CONFIG: dict[str, Any] = {
-    "architectures": ["HeartCodec"],
-    "model_type": "heartcodec",
-    "dim": 512,
-    "codebook_size": 8192,
-    "decay": 0.9,
-    "commitment_weight": 1.0,
-    "threshold_ema_dead_code": 2,
-    "use_cosine_sim": False,
-    "codebook_dim": 32,
-    "num_quantizers": 8,
-    "attention_head_dim": 64,
-    "in_channels": 1024,
-    "norm_type": "ada_norm_single",
-    "num_attention_heads": 24,
-    "num_layers": 24,
-    "num_layers_2": 6,
-    "out_channels": 256,
-    "num_bands": 1,
-    "sample_rate": 48000,
-    "causal": True,
-    "num_samples": 2,
-    "downsample_factors": [3, 4, 4, 4, 5],
-    "downsample_kernel_sizes": [6, 8, 8, 8, 10],
-    "upsample_factors": [5, 4, 4, 4, 3],
-    "upsample_kernel_sizes": [10, 8, 8, 8, 6],
-    "latent_hidden_dim": 128,
-    "default_kernel_size": 7,
-    "delay_kernel_size": 5,
-    "init_channel": 64,
-    "res_kernel_size": 7,
-    "torch_dtype": "float32",
-}
-
-# Every one of the 818 tensor names (24 + 6 blocks, 8 quantizers, all ScalarModel stages), tiny
-# widths: estimator 16 / 32 wide, latent 2 x 4 channels, ScalarModel channels 2 .. 64.
-CODEC_TINY_CONFIG: dict[str, Any] = {
-    **CODEC_FULL_CONFIG,
-    "dim": 16,
-    "codebook_size": 32,
-    "codebook_dim": 4,
-    "attention_head_dim": 8,
-    "num_attention_heads": 2,
-    "in_channels": 32,  # latent 8 + in-context latent 8 + conditioning 16
-    "out_channels": 8,
-    "latent_hidden_dim": 4,
-    "init_channel": 2,
-}
+from ._presets import PRESETS, Shapes
 
 ST_DTYPES = {"F32": np.dtype("<f4"), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype("<f2")}
 CHUNK_ELEMENTS = 4 << 20  # 16 MiB of f32 per write
@@ -233,24 +152,6 @@ def write_model(
     (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def heartmula_config(full: bool, backbone_layers: int | None = None) -> dict[str, Any]:
-    """The LM's config.json; `backbone_layers` scales it for benchmarks (a custom flavour with the
-    same dims and that many backbone layers, described under "flavors")."""
-    config = dict(FULL_CONFIG if full else TINY_CONFIG)
-    if backbone_layers is not None:
-        flavors: dict[str, Any] = dict(config.get("flavors", {}))
-        base_name = config["backbone_flavor"]
-        if base_name in FLAVORS:
-            base = {k: getattr(FLAVORS[base_name], k) for k in (*FLAVOR_KEYS, "max_seq_len")}
-        else:
-            base = dict(flavors[base_name])
-        name = f"{base_name}-{backbone_layers}L"
-        flavors[name] = {**base, "num_layers": backbone_layers}
-        config["flavors"] = flavors
-        config["backbone_flavor"] = name
-    return config
-
-
 def write_synthetic_checkpoint(
     root: str | Path,
     *,
@@ -262,28 +163,27 @@ def write_synthetic_checkpoint(
     backbone_layers: int | None = None,
     models: Sequence[str] = ("heartmula",),
 ) -> Path:
-    """Writes ROOT/HeartMuLa-oss-3B (`models` holding "heartmula"), ROOT/HeartCodec-oss ("heartcodec",
-    in 2 shards as released) and ROOT/{tokenizer.json, gen_config.json}. Returns ROOT."""
+    """Writes one folder per model in `models` (preset names), named as upstream ships it
+    (ROOT/HeartMuLa-oss-3B in `num_shards` shards, ROOT/HeartCodec-oss in 2 as released), and the
+    runtime files (ROOT/tokenizer.json, gen_config.json). `backbone_layers` scales the LM for
+    benchmarks. Returns ROOT."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    plans: list[tuple[Preset, dict[str, Any], int]] = [
-        (HeartMuLa(), heartmula_config(full, backbone_layers), num_shards),
-        (HeartCodec(), dict(CODEC_FULL_CONFIG if full else CODEC_TINY_CONFIG), 2),  # 2 shards, as released
-    ]
-    for i, (preset, config, shards) in enumerate(plans):
-        if preset.name in models:
-            tensors = preset.expected_tensors(Fields(config, root / "config.json"))
-            write_model(
-                root / preset.folder_names[0],
-                config,
-                tensors,
-                dtype=dtype,
-                num_shards=shards,
-                seed=seed + i,
-                full=full,
-                with_index=with_index,
-            )
-    (root / "gen_config.json").write_text(json.dumps(GEN_CONFIG, indent=4))
-    tokenizer = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {}, "merges": []}}
-    (root / "tokenizer.json").write_text(json.dumps(tokenizer))
+    for i, preset in enumerate(PRESETS):
+        runtime = preset.synthetic_runtime_files()
+        for name, text in runtime.items():
+            (root / name).write_text(text)
+        if preset.name not in models:
+            continue
+        config = preset.synthetic_config(full, backbone_layers)
+        write_model(
+            root / preset.folder_names[0],
+            config,
+            preset.expected_tensors(Fields(config, root / "config.json")),
+            dtype=dtype,
+            num_shards=preset.synthetic_shards or num_shards,
+            seed=seed + i,
+            full=full,
+            with_index=with_index,
+        )
     return root

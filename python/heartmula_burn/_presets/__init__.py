@@ -58,6 +58,7 @@ class Preset(ABC):
     runtime_repo: ClassVar[str | None] = None  # the Hugging Face repository the runtime files come from
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
+    card_loading: ClassVar[str] = ""  # the model card's "Loading from Rust" section (markdown)
     hub_role: ClassVar[str]  # its Hub options' prefix: "lm" gives --lm-repo, --lm-release, --lm-revision
     releases: ClassVar[tuple[Release, ...]]  # on the Hub; the first is the default
 
@@ -95,6 +96,21 @@ class Preset(ABC):
             where,
             f"the pack does not say which {self.title} it holds (no 'config' in its metadata); pass --config CONFIG_JSON",
         )
+
+    def check_runtime_file(self, name: str, source: Path) -> None:
+        """Refuses a runtime file (one of `runtime_files`) that is not what its name says, before a
+        byte of it is copied; a preset with none has nothing to check."""
+
+    synthetic_shards: ClassVar[int | None] = None  # shards of a synthetic checkpoint (None: the caller's)
+
+    @abstractmethod
+    def synthetic_config(self, full: bool, layers: int | None = None) -> dict[str, Any]:
+        """The config.json of a synthetic checkpoint: the released model's (`full`) or a tiny one
+        with every tensor name; `layers` scales the main stack (benchmarks), where the model has one."""
+
+    def synthetic_runtime_files(self) -> dict[str, str]:
+        """Name -> text of the runtime files a synthetic checkpoint holds beside the model folders."""
+        return {}
 
     def metadata(self, config: Fields) -> dict[str, str]:
         """Metadata the pack carries for runtimes: the model's name and its config.json (compact
@@ -154,6 +170,8 @@ def _registry() -> tuple[Preset, ...]:
 
 
 PRESETS: tuple[Preset, ...] = _registry()
+# Every runtime file any model ships beside its pack, once each, in the presets' order.
+RUNTIME_FILES: tuple[str, ...] = tuple(dict.fromkeys(f for p in PRESETS for f in p.runtime_files))
 
 
 def preset_named(name: str) -> Preset | None:

@@ -10,10 +10,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..._fields import Fields
 from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+from . import card
 
 if TYPE_CHECKING:
     from ..._sanity import Runner
@@ -292,6 +293,7 @@ class HeartCodec(Preset):
         "dtype is silently replaced by defaults) and heartlib warns that bf16 degrades the codec's audio"
     )
     hub_role = "codec"
+    card_loading = card.LOADING
     releases = (Release("HeartMuLa/HeartCodec-oss"), Release("HeartMuLa/HeartCodec-oss-20260123"))
 
     def recognizes(self, config: Fields) -> bool:
@@ -300,6 +302,13 @@ class HeartCodec(Preset):
 
     def expected_tensors(self, config: Fields) -> Shapes:
         return expected_tensors(parse_config(config))
+
+    synthetic_shards = 2  # as released
+
+    def synthetic_config(self, full: bool, layers: int | None = None) -> dict[str, Any]:
+        from .synthetic import FULL_CONFIG, TINY_CONFIG
+
+        return dict(FULL_CONFIG if full else TINY_CONFIG)
 
     def runner(self, config: Fields, frames: int) -> Runner:
         from .sanity import HeartCodecRunner

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import CheckpointError
-from ..._fields import Fields
+from ..._fields import Fields, read_json
 from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor_count
+from . import card
 
 if TYPE_CHECKING:
     from ..._sanity import Runner
@@ -43,6 +45,8 @@ FLAVOR_KEYS = ("num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermed
 LAYER_TENSORS = 9
 FIXED_TENSORS = 10
 FLAVOR_MAXIMA = {"num_layers": MAX_TENSOR_COUNT}  # a count; all other keys are sizes
+# The keys of gen_config.json every runtime reads (heartlib's HeartMuLaGenConfig, audio.cpp, maolan).
+GEN_CONFIG_KEYS = ("text_bos_id", "text_eos_id", "audio_eos_id", "empty_id")
 # Tensors only a HeartMuLa checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"codebook0_head.weight", "audio_head", "backbone.norm.scale"})
 
@@ -148,6 +152,7 @@ class HeartMuLa(Preset):
     folder_names = ("HeartMuLa-oss-3B",)
     runtime_files = ("tokenizer.json", "gen_config.json")
     runtime_repo = "HeartMuLa/HeartMuLaGen"
+    card_loading = card.LOADING
     dtypes = ("f32", "bf16", "f16", "source")
     hub_role = "lm"
     # Every 3B release has the same tensors and config (heartlib loads them all into HeartMuLa-oss-3B/).
@@ -163,6 +168,28 @@ class HeartMuLa(Preset):
 
     def expected_tensors(self, config: Fields) -> Shapes:
         return expected_tensors(parse_config(config))
+
+    def check_runtime_file(self, name: str, source: Path) -> None:
+        """tokenizer.json must be a JSON object with a `model` (a Hugging Face tokenizers file),
+        gen_config.json a JSON object with the ids every runtime reads. Read with a size cap, and
+        never a FIFO or a device (a planted link to /dev/zero)."""
+        if name == "tokenizer.json":
+            if "model" not in read_json(source, name):
+                raise CheckpointError.at(source, "tokenizer.json has no 'model': not a Hugging Face tokenizers file")
+        elif name == "gen_config.json":
+            doc = read_json(source, name)
+            for key in GEN_CONFIG_KEYS:
+                doc.integer(key, minimum=0)
+
+    def synthetic_config(self, full: bool, layers: int | None = None) -> dict[str, Any]:
+        from .synthetic import heartmula_config
+
+        return heartmula_config(full, layers)
+
+    def synthetic_runtime_files(self) -> dict[str, str]:
+        from .synthetic import GEN_CONFIG, TOKENIZER
+
+        return {"gen_config.json": json.dumps(GEN_CONFIG, indent=4), "tokenizer.json": json.dumps(TOKENIZER)}
 
     def runner(self, config: Fields, frames: int) -> Runner:
         from .sanity import HeartMuLaRunner
