@@ -1,0 +1,132 @@
+"""Command line: `python -m heartmula_burn COMMAND ...` (see --help), one module per command, each
+with its `NAME`, `register(subparsers)` and `run(args)`.
+
+Exit codes: 0 ok; 1 failure (one line on stderr naming the file and tensor, nothing half-written);
+2 usage; 128+N when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), the destination
+untouched and no temporary file left."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any, Callable
+
+from .. import __version__
+from .. import _hub as hub
+from .._errors import HeartmulaBurnError
+from . import completion, download, export_raw, inspect, manifest, pack, publish, sanity, synthetic, unpack, verify
+from ._common import FOLDERS, Parser, Terminated, UsageError, _say
+
+DESCRIPTION = f"""\
+Convert HeartMuLa's checkpoints (the LM and its audio codec, or any safetensors checkpoint) into
+Burn packs (.bpk) that Burn's BurnpackStore loads directly. CKPT_ROOT is laid out as upstream ships it:
+  CKPT_ROOT/HeartMuLa-oss-3B/{{config.json, model.safetensors.index.json, model-*.safetensors}}
+  CKPT_ROOT/HeartCodec-oss/{{config.json, model.safetensors.index.json, model-*.safetensors}}
+  CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json
+`pack CKPT_ROOT -o OUT/` writes the folder a Burn HeartMuLa runtime loads: heartmula.bpk,
+heartcodec.bpk, tokenizer.json, gen_config.json. A model folder is found by its config.json,
+whatever its name (upstream's are {FOLDERS}).
+A folder holding a single model.safetensors, or shards without an index, works too."""
+
+# In the order --help lists them.
+COMMAND_MODULES = (
+    pack,
+    download,
+    manifest,
+    inspect,
+    export_raw,
+    publish,
+    verify,
+    unpack,
+    sanity,
+    synthetic,
+    completion,
+)
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {m.NAME: m.run for m in COMMAND_MODULES}
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python -m heartmula_burn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"heartmula-burn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    parser.commands = dict(sub.choices)
+    return parser
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP become exceptions (KeyboardInterrupt, Terminated) raised where the
+    program is, so that every temporary output is removed on the way out; further ones are ignored
+    while that happens. Over a file-size limit (ulimit -f), writes fail with a message instead of
+    the process dying from SIGXFSZ. The previous handlers come back afterwards."""
+
+    def unwind(signum: int, _frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    handlers: dict[signal.Signals, Any] = {
+        signal.SIGINT: unwind,
+        signal.SIGTERM: unwind,
+        signal.SIGHUP: unwind,
+        signal.SIGXFSZ: signal.SIG_IGN,
+    }
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    command = parser.commands[args.command]  # its usage goes with its errors
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    error: str | None = None
+    code = 1
+    try:
+        with _signals_unwind():
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+            return code
+    except UsageError as e:
+        command.error(str(e))  # exits 2
+    except HeartmulaBurnError as e:
+        error = str(e)
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: not an error of ours. Point stdout at /dev/null so that
+        # the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        error = f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)
+    except KeyboardInterrupt:
+        error, code = "interrupted (SIGINT); nothing was written", 128 + signal.SIGINT
+    except Terminated as t:
+        error, code = f"stopped by {signal.Signals(t.signum).name}; nothing was written", 128 + t.signum
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        _say(f"heartmula-burn: error: {error}")
+    if code > 128 and any(t.name == hub.THREAD_NAME and t.is_alive() for t in threading.enumerate()):
+        # A download's worker threads are mid-file, and the interpreter would wait for them at exit
+        # (minutes for a 5 GB shard). Everything of ours is cleaned up already, and huggingface_hub
+        # renames a file into place only when complete: leave now.
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+        os._exit(code)
+    return code

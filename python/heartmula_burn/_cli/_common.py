@@ -1,0 +1,181 @@
+"""What the commands share: the parser class, argument types and option groups, how a line is said
+and a progress bar drawn, and the Hub repositories the options name."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NoReturn, TextIO
+
+from .. import _hub as hub
+from .._manifest import DTYPE_CHOICES
+from .._packing import (
+    CPU_NOTE,
+    ProgressFn,
+)
+from .._presets import PRESETS, Preset
+from .._text import shown
+
+FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together: exit 2, with the usage line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviated options (`--dtyp` is a typo, not `--dtype`), saying which option
+    was probably meant; subcommands' parsers are kept, so that their own usage goes with their errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            options = list(self._option_string_actions)
+            for word in message.split()[2:]:
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1) if word.startswith("-") else []
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def _one_of(choices: Sequence[str], normalise: Callable[[str], str] = str.lower) -> dict[str, Any]:
+    """add_argument's keywords for a value among `choices`, taken in any case, with a "did you mean"
+    for a near miss (the choices stay declared, for --help and shell completion)."""
+
+    def choice(text: str) -> str:
+        value = normalise(text)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r}; choose from {', '.join(choices)}{hint}")
+
+    return {"type": choice, "choices": choices, "metavar": "{" + ",".join(choices) + "}"}
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds exactly as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _add_hub_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Hugging Face Hub",
+        "the repositories to fetch (through huggingface_hub: its cache, HF_TOKEN or `hf auth login`, "
+        "HF_ENDPOINT, HF_HUB_OFFLINE=1 to work from the cache alone)",
+    )
+    for spec in hub.default_specs():
+        preset = next((q for q in PRESETS if q.hub_role == spec.role), None)
+        what = preset.title if preset is not None else " and ".join(spec.patterns)
+        g.add_argument(f"--{spec.role}-repo", metavar="REPO_ID", help=f"{what}: any repository (default {spec.repo})")
+        if preset is not None and len(preset.releases) > 1:
+            listing = ", ".join(r.name + (f" ({r.note})" if r.note else "") for r in preset.releases)
+            g.add_argument(
+                f"--{spec.role}-release",
+                **_release_choice(preset),
+                help=f"{preset.title} by release, laid out in {spec.folder}/: {listing} (default {preset.releases[0].name})",
+            )
+        g.add_argument(f"--{spec.role}-revision", metavar="REV", help="a branch, tag or commit (default main)")
+
+
+def _release_choice(preset: Preset) -> dict[str, Any]:
+    """add_argument's keywords for a release of `preset`, by its name in any case."""
+    names = {r.name.lower(): r.name for r in preset.releases}
+    return {**_one_of(tuple(names.values()), lambda text: names.get(text.lower(), text)), "metavar": "NAME"}
+
+
+def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
+    p.add_argument("ckpt_root", metavar="CKPT_ROOT", nargs="?", help="checkpoint folder (or one .safetensors file)")
+    p.add_argument(
+        "--subdir",
+        metavar="NAME",
+        help=f"only this model folder inside CKPT_ROOT (default: every one of {FOLDERS} present, else "
+        "CKPT_ROOT itself)",
+    )
+    p.add_argument("--dtype", **_one_of(DTYPE_CHOICES), default="f32", help=dtype_help)
+    p.add_argument(
+        "--any-model",
+        action="store_true",
+        help="pack any safetensors checkpoint as is, without a preset's check of its tensors and dtypes",
+    )
+
+
+DTYPE_HELP = (
+    "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, or source (keep each "
+    "tensor's own). Narrowing rounds to nearest even, like torch; integers are never converted. " + CPU_NOTE + ". "
+    "HeartCodec packs are always F32 (Burn runtimes read only F32 codec tensors; heartlib warns bf16 degrades "
+    "the audio): packing a codec alone refuses other dtypes, and alongside the LM it stays F32, with a note"
+)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _size(text: str) -> int:
+    """'5GB' -> 5000000000, '2GiB' -> 2147483648, '1000' -> 1000."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB, 2GiB)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _say(line: str, file: TextIO | None = None) -> None:
+    """One line for a person, on stderr by default, with control characters escaped."""
+    print(shown(line), file=file or sys.stderr)
+
+
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | None]:
+    """Yields a `progress(done, total)` callback drawing a bar on stderr (a terminal only), or None."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr, smoothing=0.1)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
+    repos, revisions = {}, {}
+    for spec in hub.default_specs():
+        repo, release = getattr(args, f"{spec.role}_repo"), getattr(args, f"{spec.role}_release", None)
+        if repo and release:
+            raise UsageError(f"give --{spec.role}-repo or --{spec.role}-release, not both")
+        repos[spec.role] = repo or (hub.release_repo(spec.role, release) if release else None)
+        revisions[spec.role] = getattr(args, f"{spec.role}_revision")
+    return hub.repo_specs(repos, revisions)

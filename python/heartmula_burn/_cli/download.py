@@ -1,0 +1,47 @@
+"""`download`: the three repositories a conversion needs, laid out as upstream's README does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import _hub as hub
+from ._common import (
+    _add_hub_args,
+    _hub_specs,
+    _say,
+)
+
+NAME = "download"
+
+
+def register(sub: Any) -> None:
+    d = sub.add_parser(
+        "download",
+        help="fetch HeartMuLa, HeartCodec and the runtime files from the Hugging Face Hub into CKPT_ROOT",
+        description="Fetch the three repositories a conversion needs through huggingface_hub (the LM, the "
+        "codec, and tokenizer.json + gen_config.json), only the files a conversion reads, into the Hugging Face "
+        "cache, and lay them out as upstream's README does: CKPT_ROOT/HeartMuLa-oss-3B/, "
+        "CKPT_ROOT/HeartCodec-oss/, CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json, as links into the "
+        "cache (stored once, shared with other tools; a second run downloads nothing). Free space is checked "
+        "before a byte is fetched. Each revision's commit is printed and recorded: packs made from CKPT_ROOT "
+        "carry source_repo and source_revision.",
+    )
+    d.add_argument("ckpt_root", metavar="CKPT_ROOT", help="folder to lay the checkpoint out in (created if missing)")
+    _add_hub_args(d)
+    d.add_argument("-f", "--force", action="store_true", help="replace files in CKPT_ROOT this command did not make")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--json", action="store_true", help="print what was fetched (repositories, commits, files) as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.ckpt_root)
+    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+    written = hub.lay_out(root, fetched, force=args.force)
+    if args.json:
+        print(json.dumps({"ckpt_root": str(root), "repos": [f.to_dict() for f in fetched]}, indent=2))
+    if not args.quiet:
+        _say(f"laid out {root}: {', '.join(p.name for p in written)} (links into the Hugging Face cache)")
+    return 0

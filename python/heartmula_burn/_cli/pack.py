@@ -1,0 +1,151 @@
+"""`pack`: a checkpoint (every model in it), a manifest or the Hub's repositories into packs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import _hub as hub
+from .._manifest import Manifest
+from .._packing import (
+    BURN_VERSIONS,
+    Conversion,
+    Job,
+    ProgressFn,
+    manifest_job,
+    pack_manifests,
+    plan_checkpoint,
+    plan_checkpoints,
+)
+from ._common import (
+    DTYPE_HELP,
+    UsageError,
+    _add_hub_args,
+    _add_source_args,
+    _hub_specs,
+    _one_of,
+    _progress_bar,
+    _say,
+)
+
+NAME = "pack"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="pack a checkpoint (every model in it) or a manifest into .bpk files",
+        description="Pack every model of CKPT_ROOT (HeartMuLa -> heartmula.bpk, HeartCodec -> heartcodec.bpk), "
+        "each first checked by its preset: every tensor config.json implies, with its shape. tokenizer.json and "
+        "gen_config.json are copied beside. All outputs are written to temporary files beside their destinations "
+        "and put in place together once complete and on disk: on any failure, Ctrl-C or SIGTERM the output "
+        "folder is exactly as it was.",
+    )
+    _add_source_args(p, DTYPE_HELP)
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output pack, or a folder (an existing one, or a path ending in '/', created if missing) for all packs; "
+        "other packs go "
+        "beside the first under their own names (default: ./heartmula.bpk, ./heartcodec.bpk)",
+    )
+    p.add_argument(
+        "--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)"
+    )
+    p.add_argument("-f", "--force", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--burn-version",
+        "--burn-layout",
+        dest="burn_version",
+        **_one_of(BURN_VERSIONS),
+        default="0.21",
+        help="Burn release whose reader the pack targets (default 0.21, also right for 0.22). 0.19 wrote no "
+        "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
+    )
+    p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help="download the checkpoint from the Hugging Face Hub first (the repositories below; needs "
+        "huggingface_hub) and pack it: no CKPT_ROOT needed",
+    )
+    p.add_argument(
+        "--ckpt-root",
+        dest="hub_root",
+        metavar="DIR",
+        help="with --hub: lay the download out in DIR as `download DIR` does (default: pack straight from the "
+        "Hugging Face cache)",
+    )
+    _add_hub_args(p)
+
+
+def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
+    from .._checkpoint import load_checkpoints, load_model_folders
+
+    if args.ckpt_root or args.manifest or args.subdir:
+        raise UsageError("--hub downloads the checkpoint: give no CKPT_ROOT, --manifest or --subdir with it")
+    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+    if args.hub_root:
+        root = Path(args.hub_root)
+        hub.lay_out(root, fetched, force=args.force)
+        checkpoints = load_checkpoints(root)
+    else:
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
+    return plan_checkpoints(checkpoints, args.output, dtype=args.dtype, any_model=args.any_model)
+
+
+def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
+    if args.hub:
+        return _hub_jobs(args)
+    if args.hub_root:
+        raise UsageError("--ckpt-root goes with --hub (without it, give CKPT_ROOT)")
+    if args.manifest:
+        if args.ckpt_root:
+            raise UsageError("give either CKPT_ROOT or --manifest, not both")
+        return [manifest_job(Manifest.load(args.manifest), args.output)], []
+    if not args.ckpt_root:
+        raise UsageError("give a CKPT_ROOT (or --manifest FILE)")
+    return plan_checkpoint(args.ckpt_root, args.output, dtype=args.dtype, any_model=args.any_model, subdir=args.subdir)
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs, notes = _pack_jobs(args)
+    with contextlib.ExitStack() as bars:
+
+        def progress(job: Job) -> ProgressFn | None:
+            return bars.enter_context(_progress_bar(args.quiet, job.output.name))
+
+        result = pack_manifests(
+            jobs,
+            force=args.force,
+            burn_version=args.burn_version,
+            progress_for=progress,
+            copy_extras=not args.no_extras,
+            notes=notes,
+        )
+    _report_pack(args, result)
+    return 0
+
+
+def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    if args.quiet:
+        return
+    for note in result.notes:
+        _say(f"note: {note}")
+    if args.json:
+        return
+    for r in result.packs:
+        rate = r.data_bytes / r.seconds / 1e6 if r.seconds > 0 else 0.0
+        _say(
+            f"wrote {r.output} ({r.tensors} tensors, {r.file_size:,} bytes, {r.dtype}) in {r.seconds:.1f} s ({rate:.0f} MB/s)"
+        )
+    for extra in result.extras:
+        _say(f"copied {extra}")

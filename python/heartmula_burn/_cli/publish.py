@@ -1,0 +1,105 @@
+"""`publish-layout`: the folder to publish on the Hub, and its push."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .. import _hub as hub
+from ._common import (
+    UsageError,
+    _say,
+)
+
+NAME = "publish-layout"
+
+
+def register(sub: Any) -> None:
+    pl = sub.add_parser(
+        "publish-layout",
+        help="assemble a folder to publish as a model repository",
+        description="Assemble OUT_DIR with the packs (named heartmula.bpk / heartcodec.bpk by what they hold, "
+        "hard-linked when possible), tokenizer.json and gen_config.json (with a HeartMuLa pack), a .gitattributes "
+        "routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose figures (tensor "
+        "counts, dtypes, architecture, sizes, sha256) are read from the packs. With only a HeartMuLa pack given, a "
+        "heartcodec.bpk beside it is included too: the four files a Burn HeartMuLa runtime loads.",
+    )
+    pl.add_argument("out_dir", metavar="OUT_DIR")
+    pl.add_argument("--pack", required=True, action="append", help="a pack to publish (repeat for each)")
+    pl.add_argument("--tokenizer", help="tokenizer.json (default: beside the HeartMuLa pack)")
+    pl.add_argument("--gen-config", help="gen_config.json (default: beside the HeartMuLa pack)")
+    pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pl.add_argument(
+        "--push",
+        metavar="REPO_ID",
+        help="then upload OUT_DIR to this Hugging Face repository in one commit (created if missing; needs "
+        "huggingface_hub and a token with write access: HF_TOKEN or `hf auth login`); the commit URL is printed",
+    )
+    pl.add_argument("--private", action="store_true", help="with --push: create the repository private")
+    pl.add_argument("--revision", metavar="BRANCH", help="with --push: commit to this branch (created if missing)")
+    pl.add_argument("--dry-run", action="store_true", help="with --push: list what would be uploaded, upload nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._publish import publish_layout
+
+    if not args.push and (args.private or args.revision or args.dry_run):
+        raise UsageError("--private, --revision and --dry-run go with --push REPO_ID")
+    packs = [Path(p) for p in args.pack]
+    codec = packs[0].parent / "heartcodec.bpk"
+    if len(packs) == 1 and codec.is_file() and not codec.samefile(packs[0]):
+        packs.append(codec)
+        if not args.quiet:
+            _say(f"note: including {codec}, found beside {packs[0]}")
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="sha256", file=sys.stderr)
+    try:
+        summary = publish_layout(
+            args.out_dir,
+            packs,
+            tokenizer=args.tokenizer,
+            gen_config=args.gen_config,
+            force=args.force,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        for note in summary.get("notes", []):
+            _say(f"note: {note}")
+        _say(f"wrote {summary['output']} ({', '.join(summary['files'])})")
+    if args.push:
+        _push(args, summary)
+    return 0
+
+
+def _push(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    from .._publish import commit_message, in_lfs
+
+    message, description = commit_message(summary["sources"], __version__)
+    upload = hub.push_folder(
+        Path(summary["output"]),
+        args.push,
+        message=message,
+        description=description,
+        private=args.private,
+        revision=args.revision,
+        dry_run=args.dry_run,
+        quiet=args.quiet,
+    )
+    if args.dry_run:
+        _say(f"would upload to {upload.repo} (branch {upload.revision}), one commit: {message}", sys.stdout)
+        for name, size in upload.files.items():
+            _say(f"  {name}  {hub.human(size)}{'  (LFS)' if in_lfs(name, size) else ''}", sys.stdout)
+        return
+    _say(
+        f"pushed {len(upload.files)} files to {upload.repo} (branch {upload.revision}): {upload.commit_url}", sys.stdout
+    )
