@@ -94,3 +94,16 @@ def test_release_options_refuse_what_makes_no_sense(tmp_path, args, needle):
     proc = run_cli("download", tmp_path / "ckpt", *args)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_pack_that_names_no_model_is_told_by_its_tensors(tiny_root, tmp_path):
+    from heartmula_burn._presets import preset_for_pack
+
+    run_cli("pack", tiny_root, "-o", f"{tmp_path}/", "-q", check_rc=0)
+    for pack_name, model in (("heartmula.bpk", "heartmula"), ("heartcodec.bpk", "heartcodec")):
+        names = set(tensors_of(tmp_path / pack_name))
+        found = preset_for_pack({}, names)
+        assert found is not None and found.name == model
+        assert preset_for_pack({"model": "heartcodec"}, names).name == "heartcodec"  # the metadata wins
+        # One tensor short of what only that model has, and nothing says which: none.
+        assert preset_for_pack({}, names - {"audio_head", "scalar_model.decoder.0.bias"}) is None

@@ -58,6 +58,7 @@ class Preset(ABC):
     runtime_repo: ClassVar[str | None] = None  # the Hugging Face repository the runtime files come from
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
+    signature: ClassVar[frozenset[str]]  # tensors only this model has: a pack that names no model is told by them
     card_loading: ClassVar[str] = ""  # the model card's "Loading from Rust" section (markdown)
     hub_role: ClassVar[str]  # its Hub options' prefix: "lm" gives --lm-repo, --lm-release, --lm-revision
     releases: ClassVar[tuple[Release, ...]]  # on the Hub; the first is the default
@@ -202,13 +203,7 @@ def preset_for_pack(metadata: Mapping[str, str], names: set[str]) -> Preset | No
     by_name = preset_named(metadata.get("model", ""))
     if by_name is not None:
         return by_name
-    from .heartcodec import SIGNATURE as CODEC_SIGNATURE
-    from .heartmula import SIGNATURE as LM_SIGNATURE
-
-    for preset_name, signature in (("heartmula", LM_SIGNATURE), ("heartcodec", CODEC_SIGNATURE)):
-        if signature <= names:
-            return preset_named(preset_name)
-    return None
+    return next((p for p in PRESETS if p.signature <= names), None)
 
 
 def config_of_pack(metadata: Mapping[str, str], path: Path) -> Fields | None:

@@ -294,6 +294,7 @@ class HeartCodec(Preset):
     )
     hub_role = "codec"
     card_loading = card.LOADING
+    signature = SIGNATURE
     releases = (Release("HeartMuLa/HeartCodec-oss"), Release("HeartMuLa/HeartCodec-oss-20260123"))
 
     def recognizes(self, config: Fields) -> bool:

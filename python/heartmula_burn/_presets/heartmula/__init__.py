@@ -153,6 +153,7 @@ class HeartMuLa(Preset):
     runtime_files = ("tokenizer.json", "gen_config.json")
     runtime_repo = "HeartMuLa/HeartMuLaGen"
     card_loading = card.LOADING
+    signature = SIGNATURE
     dtypes = ("f32", "bf16", "f16", "source")
     hub_role = "lm"
     # Every 3B release has the same tensors and config (heartlib loads them all into HeartMuLa-oss-3B/).
