@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times the check of fetched files against the Hub's digests (`heartmula_burn._integrity`) side by
+"""Times the check of fetched files against the Hub's digests (`heartmula_burn._hub.integrity`) side by
 side with coreutils' `sha256sum` over the same files, on a Hugging Face cache snapshot laid out as
 huggingface_hub lays it out (links into `blobs/` named by sha256).
 
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula_burn._integrity import MARK, check_snapshot
+from heartmula_burn._hub.integrity import MARK, check_snapshot
 
 CHUNK = 64 << 20
 

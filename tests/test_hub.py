@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -302,10 +303,10 @@ def test_free_space_is_checked_before_downloading(monkeypatch, tmp_path):
 
     spec = hub.repo_specs()[0]
     plan = hub.Fetched(spec, "0" * 40, tmp_path, ["model.safetensors"], {"model.safetensors": 10**12}, 10**12)
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda _: _Usage(5 * 10**9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: _Usage(5 * 10**9))
     with pytest.raises(OutputError, match=r"needs 1\.00 TB, 5\.00 GB are free"):
         hub.check_space([plan])
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda _: _Usage(2 * 10**12))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: _Usage(2 * 10**12))
     hub.check_space([plan])
 
 
@@ -528,7 +529,7 @@ def test_files_are_hashed_once_and_again_only_when_the_cache_changes(hub, tiny_r
 
 def test_a_snapshot_file_that_is_no_blob_link_is_refused(tmp_path):
     from heartmula_burn import HubError
-    from heartmula_burn._integrity import blob_of, check_snapshot, file_digest
+    from heartmula_burn._hub.integrity import blob_of, check_snapshot, file_digest
 
     repo = tmp_path / "models--o--n"
     snapshot, blobs = repo / "snapshots" / ("c" * 40), repo / "blobs"
@@ -596,3 +597,37 @@ def test_a_named_release_is_fetched_from_its_repository(hub, tiny_root, tmp_path
     for name, repo in (("heartmula.bpk", lm), ("heartcodec.bpk", codec)):
         metadata = metadata_of(out / name)
         assert (metadata["source_repo"], metadata["source_revision"]) == (repo, hub.commits(repo)[0])
+
+
+def test_pack_hub_from_python_packs_a_release_as_the_cli_does(hub, tiny_root, local_packs, tmp_path):
+    """The Python API's one step; run in a subprocess, as huggingface_hub reads its settings on import."""
+    lm = "HeartMuLa/HeartMuLa-oss-3B-happy-new-year"
+    with contextlib.suppress(ValueError):  # added by another test
+        hub.add_repo(lm, repo_files(tiny_root / "HeartMuLa-oss-3B"))
+    out = tmp_path / "runtime"
+    code = (
+        "import json, sys, heartmula_burn as hb\n"
+        "r = hb.pack_hub(sys.argv[1], releases={'lm': 'HEARTMULA-OSS-3B-HAPPY-NEW-YEAR'})\n"
+        "print(json.dumps([p.output for p in r.packs]))\n"
+        "for bad in ({'lm': 'HeartMuLa-oss-9B'}, {'gen': 'x'}):\n"
+        "    try:\n"
+        "        hb.pack_hub(sys.argv[1], releases=bad)\n"
+        "    except ValueError as e:\n"
+        "        print(e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, f"{out}/"],
+        env=hub_env(hub, tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert json.loads(lines[0]) == [str(out / "heartmula.bpk"), str(out / "heartcodec.bpk")]
+    assert "'HeartMuLa-oss-9B' is no release of HeartMuLa" in lines[1]
+    assert "no model has releases under 'gen'" in lines[2]
+    for name in ("heartmula.bpk", "heartcodec.bpk"):
+        assert tensors_of(out / name) == tensors_of(local_packs / name)
+    assert metadata_of(out / "heartmula.bpk")["source_repo"] == lm

@@ -7,7 +7,7 @@ from ._checkpoint import Checkpoint, load_checkpoint, load_checkpoints
 from ._errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
 from ._manifest import Manifest, ManifestTensor, build_manifest, package_version
 from ._packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
-from ._packing import Conversion, PackReport, pack_checkpoint, pack_manifest
+from ._packing import Conversion, PackReport, pack_checkpoint, pack_hub, pack_manifest
 from ._sanity import SanityResult
 from ._sanity import run as sanity
 from ._verify import unpack, verify
@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoints",
     "open_pack",
     "pack_checkpoint",
+    "pack_hub",
     "pack_manifest",
     "safe_open",
     "sanity",

@@ -9,14 +9,15 @@ import contextlib
 import filecmp
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
+from . import _hub as hub
 from ._atomic import check_destinations, check_replaceable, commit_all, stage_copy
-from ._checkpoint import Checkpoint, load_checkpoints, runtime_file_origin
+from ._checkpoint import Checkpoint, load_checkpoints, load_model_folders, runtime_file_origin
 from ._errors import OutputError, SourceError
 from ._fields import open_regular
 from ._manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
@@ -332,6 +333,72 @@ def pack_checkpoint(
     if dtype.lower() not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
     jobs, notes = plan_checkpoint(root, output, dtype=dtype.lower(), any_model=any_model, subdir=subdir)
+    return pack_manifests(
+        jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
+    )
+
+
+def plan_hub(
+    specs: Sequence[hub.RepoSpec],
+    output: str | Path | None = None,
+    *,
+    dtype: str = "f32",
+    any_model: bool = False,
+    ckpt_root: str | Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+    quiet: bool = True,
+) -> tuple[list[Job], list[str]]:
+    """Fetches the repositories (`hub.download`: planned, downloaded into the cache, checked
+    against the Hub's digests) and plans their packs as `plan_checkpoints` does: straight from the
+    cache's snapshots, or from `ckpt_root` laid out as `download` does (`force`: replace what is
+    there)."""
+    fetched = hub.download(specs, say=say, quiet=quiet)
+    if ckpt_root is not None:
+        hub.lay_out(Path(ckpt_root), fetched, force=force)
+        checkpoints = load_checkpoints(ckpt_root)
+    else:
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
+    return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model)
+
+
+def pack_hub(
+    output: str | Path | None = None,
+    *,
+    repos: Mapping[str, str | None] | None = None,
+    releases: Mapping[str, str | None] | None = None,
+    revisions: Mapping[str, str | None] | None = None,
+    ckpt_root: str | Path | None = None,
+    dtype: str = "f32",
+    any_model: bool = False,
+    force: bool = False,
+    burn_version: str = "0.21",
+    progress: ProgressFn | None = None,
+    copy_extras: bool = True,
+    quiet: bool = True,
+) -> Conversion:
+    """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
+    'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
+    Hugging Face cache, checked against the Hub's digests, and packed as `pack_checkpoint` packs.
+
+    - `releases`: a model's release by name, per role: `{"lm": "HeartMuLa-oss-3B-happy-new-year",
+      "codec": "HeartCodec-oss-20260123"}`; `repos`: any repository per role (`lm`, `codec`,
+      `gen`); `revisions`: a branch, tag or commit per role (default main).
+    - `ckpt_root`: also lay the download out there as `download` does (links into the cache).
+    - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
+
+    Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
+    answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
+    `ValueError` for an argument out of range before anything is fetched, and what
+    `pack_checkpoint` raises."""
+    check_burn_version(burn_version)
+    if dtype.lower() not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    specs = hub.repo_specs(repos, revisions, releases)
+    jobs, notes = plan_hub(
+        specs, output, dtype=dtype.lower(), any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet
+    )
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )

@@ -171,11 +171,13 @@ def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | N
 
 
 def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
-    repos, revisions = {}, {}
+    """The repositories the Hub options name (each role's --ROLE-repo, --ROLE-release, --ROLE-revision)."""
     for spec in hub.default_specs():
-        repo, release = getattr(args, f"{spec.role}_repo"), getattr(args, f"{spec.role}_release", None)
-        if repo and release:
+        if getattr(args, f"{spec.role}_repo") and getattr(args, f"{spec.role}_release", None):
             raise UsageError(f"give --{spec.role}-repo or --{spec.role}-release, not both")
-        repos[spec.role] = repo or (hub.release_repo(spec.role, release) if release else None)
-        revisions[spec.role] = getattr(args, f"{spec.role}_revision")
-    return hub.repo_specs(repos, revisions)
+    roles = [spec.role for spec in hub.default_specs()]
+    return hub.repo_specs(
+        {role: getattr(args, f"{role}_repo") for role in roles},
+        {role: getattr(args, f"{role}_revision") for role in roles},
+        {role: getattr(args, f"{role}_release", None) for role in roles},
+    )

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from pathlib import Path
 from typing import Any
 
-from .. import _hub as hub
 from .._manifest import Manifest
 from .._packing import (
     BURN_VERSIONS,
@@ -18,7 +16,7 @@ from .._packing import (
     manifest_job,
     pack_manifests,
     plan_checkpoint,
-    plan_checkpoints,
+    plan_hub,
 )
 from ._common import (
     DTYPE_HELP,
@@ -85,19 +83,18 @@ def register(sub: Any) -> None:
 
 
 def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
-    from .._checkpoint import load_checkpoints, load_model_folders
-
     if args.ckpt_root or args.manifest or args.subdir:
         raise UsageError("--hub downloads the checkpoint: give no CKPT_ROOT, --manifest or --subdir with it")
-    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
-    if args.hub_root:
-        root = Path(args.hub_root)
-        hub.lay_out(root, fetched, force=args.force)
-        checkpoints = load_checkpoints(root)
-    else:
-        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
-        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
-    return plan_checkpoints(checkpoints, args.output, dtype=args.dtype, any_model=args.any_model)
+    return plan_hub(
+        _hub_specs(args),
+        args.output,
+        dtype=args.dtype,
+        any_model=args.any_model,
+        ckpt_root=args.hub_root,
+        force=args.force,
+        say=None if args.quiet else _say,
+        quiet=args.quiet,
+    )
 
 
 def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import HubError
+from .._errors import HubError
 
 CHUNK = 8 << 20
 # Where a blob that matched its name records it: "size:mtime_ns:inode" of the file it hashed.

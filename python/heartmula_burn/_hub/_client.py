@@ -1,0 +1,126 @@
+"""huggingface_hub as every Hub command uses it: imported on first use, its exceptions as one
+line naming the repository, its progress bars on or off, and transfers that a signal interrupts at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, TypeVar
+
+from .._errors import HubError
+
+T = TypeVar("T")
+
+
+INSTALL_HINT = "the Hub commands need huggingface_hub: pip install 'heartmula-burn[hub]' (Python 3.10 or later)"
+
+
+# The thread transfers run in; the CLI leaves without waiting for it when stopped by a signal.
+THREAD_NAME = "heartmula-burn-hub"
+
+
+def _hf() -> Any:
+    try:
+        import huggingface_hub
+        import huggingface_hub.constants
+        import huggingface_hub.errors
+        import huggingface_hub.utils  # the package loads its submodules lazily
+    except ImportError:
+        raise HubError(INSTALL_HINT) from None
+    return huggingface_hub
+
+
+def human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def hub_errors(label: str, repo: str) -> Iterator[None]:
+    """huggingface_hub's exceptions as one line naming the repository and what to do."""
+    hf = _hf()
+    errors = hf.errors
+    endpoint = hf.constants.ENDPOINT
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise HubError.at(
+            label, f"gated repository: accept its licence at {endpoint}/{repo} and set HF_TOKEN (or `hf auth login`)"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise HubError.at(
+            label, f"repository not found on {endpoint} (a private one needs HF_TOKEN or `hf auth login`)"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise HubError.at(label, "revision not found (a branch, tag or commit of the repository)") from None
+    except errors.RemoteEntryNotFoundError as e:
+        raise HubError.at(label, f"file not found on the Hub: {_first_line(e)}") from None
+    except errors.LocalEntryNotFoundError as e:
+        offline = " (HF_HUB_OFFLINE is set)" if hf.constants.HF_HUB_OFFLINE else ""
+        raise HubError.at(
+            label,
+            f"not complete in the local cache {hf.constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}: "
+            f"{_first_line(e)}",
+        ) from None
+    except errors.HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        raise HubError.at(label, f"the Hub answered {status}: {_first_line(e)}") from None
+    except errors.OfflineModeIsEnabled as e:
+        raise HubError.at(label, f"HF_HUB_OFFLINE is set: {_first_line(e)}") from None
+    except OSError:
+        raise  # a full disk, a permission: the OSError (with its file name) says it best
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
+            raise HubError.at(label, f"cannot reach {endpoint}: {_first_line(e) or type(e).__name__}") from None
+        cause = e.__cause__
+        if isinstance(cause, errors.HfHubHTTPError):  # an upload's "Error while uploading 'FILE' to the Hub."
+            status = cause.response.status_code if cause.response is not None else "?"
+            raise HubError.at(label, f"{_first_line(e)} The Hub answered {status}: {_first_line(cause)}") from None
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+
+
+def _interruptible(fn: Callable[[], T]) -> T:
+    """Runs `fn` in a daemon thread and waits in short slices, so that Ctrl-C and SIGTERM raise in
+    the main thread at once: huggingface_hub's download pool joins its threads before it lets an
+    exception out, which for a 5 GB shard would mean minutes. (Its files are written under
+    temporary names and renamed when complete, so leaving mid-file leaves no half file.)"""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the waiting thread)
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name=THREAD_NAME, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's own progress bars, on or off for the block."""
+    utils = _hf().utils
+    was_disabled = utils.are_progress_bars_disabled()
+    if enabled:
+        yield
+        return
+    utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            utils.enable_progress_bars()
