@@ -107,3 +107,19 @@ def test_a_pack_that_names_no_model_is_told_by_its_tensors(tiny_root, tmp_path):
         assert preset_for_pack({"model": "heartcodec"}, names).name == "heartcodec"  # the metadata wins
         # One tensor short of what only that model has, and nothing says which: none.
         assert preset_for_pack({}, names - {"audio_head", "scalar_model.decoder.0.bias"}) is None
+
+
+def test_the_codec_pack_beside_the_lm_pack_joins_it_and_not_the_other_way(tmp_path):
+    from heartmula_burn._publish import packs_beside
+
+    lm, codec = tmp_path / "heartmula.bpk", tmp_path / "heartcodec.bpk"
+    lm.write_bytes(b"lm")
+    assert packs_beside(lm) == []  # nothing beside it yet
+    codec.write_bytes(b"codec")
+    assert packs_beside(lm) == [codec]
+    assert packs_beside(codec) == []  # the codec alone is published alone
+    (tmp_path / "other.bpk").write_bytes(b"x")
+    assert packs_beside(tmp_path / "other.bpk") == []
+    codec.unlink()
+    codec.symlink_to(lm)  # the same file under the codec's name is not a second pack
+    assert packs_beside(lm) == []

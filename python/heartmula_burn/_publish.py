@@ -17,7 +17,7 @@ from ._errors import OutputError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
 from ._packing import check_runtime_file, runtime_notes
-from ._presets import RUNTIME_FILES, Preset, config_of_pack, preset_for_pack
+from ._presets import PRESETS, RUNTIME_FILES, Preset, config_of_pack, preset_for_pack
 from ._synthetic import SYNTHETIC_KEY
 from ._text import shown
 
@@ -190,6 +190,17 @@ def _link_or_copy(source: Path, dest: Path, final: Path) -> None:
         raise OutputError.at(final, "written twice while assembling the folder") from None
     except OSError:
         copy_file(source, dest, final)
+
+
+def packs_beside(first: Path) -> list[Path]:
+    """The packs a runtime loads beside `first` when it is the pack the runtime is built around
+    (the one whose model ships the runtime files: heartmula.bpk), found beside it under the other
+    models' pack names (heartcodec.bpk); none for any other pack."""
+    lead = next((p for p in PRESETS if p.runtime_files and p.pack_name == first.name), None)
+    if lead is None:
+        return []
+    beside = [first.parent / p.pack_name for p in PRESETS if p is not lead]
+    return [path for path in beside if path.is_file() and not path.samefile(first)]
 
 
 def publish_layout(

@@ -45,16 +45,16 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._publish import publish_layout
+    from .._publish import packs_beside, publish_layout
 
     if not args.push and (args.private or args.revision or args.dry_run):
         raise UsageError("--private, --revision and --dry-run go with --push REPO_ID")
     packs = [Path(p) for p in args.pack]
-    codec = packs[0].parent / "heartcodec.bpk"
-    if len(packs) == 1 and codec.is_file() and not codec.samefile(packs[0]):
-        packs.append(codec)
-        if not args.quiet:
-            _say(f"note: including {codec}, found beside {packs[0]}")
+    if len(packs) == 1:
+        for found in packs_beside(packs[0]):
+            packs.append(found)
+            if not args.quiet:
+                _say(f"note: including {found}, found beside {packs[0]}")
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
