@@ -7,7 +7,7 @@ conditioning, one flow-matching estimator call, the ScalarModel decoder to audio
 reference (the checkpoint or another pack), the same forward from the reference weights cast to the
 pack's dtypes, which must agree exactly.
 
-Models are loaded one at a time, tensor by tensor, straight from the mapped files (zero-copy on the
+Models are loaded one at a time, tensor by tensor, straight from the mapped files (`_weights`: zero-copy on the
 CPU; one host-to-device copy per tensor on a GPU). A file that shrinks while it is read fails the
 run naming the file and tensor."""
 
@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import ml_dtypes
-import numpy as np
-
-from ._checkpoint import load_checkpoint
-from ._errors import CheckpointError, HeartmulaBurnError, SourceError
+from ._errors import CheckpointError, HeartmulaBurnError
 from ._fields import Fields, read_json
-from ._packfile import NUMPY_DTYPES, MappedFile, dtype_size, open_pack
-from ._presets import Preset, config_of_pack, preset_for_pack
+from ._packfile import dtype_size
+from ._presets import Preset, preset_for_pack
+from ._weights import CheckpointArrays, PackArrays, import_torch, load_weights, open_weights
 
 if TYPE_CHECKING:
     import torch
 
-INSTALL_HINT = "pip install 'heartmula-burn[sanity]' (or: pip install torch)"
 FLOATS = ("F64", "F32", "F16", "BF16")
 
 
@@ -67,124 +62,6 @@ class SanityResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights
-
-
-class CheckpointArrays:
-    """A safetensors checkpoint as read-only numpy views over its mapped shards."""
-
-    def __init__(self, root: str | Path, subdir: str | None = None, model: str | None = None):
-        self.checkpoint = load_checkpoint(root, subdir, model=model)
-        self.path = self.checkpoint.model_dir
-        self.config = self.checkpoint.config
-        self._tensors = {t.name: t for t in self.checkpoint.tensors}
-        self._files = {shard: MappedFile(shard, SourceError, self._locator(shard)) for shard in self.checkpoint.shards}
-
-    def _locator(self, shard: Path) -> Callable[[int], str | None]:
-        return lambda offset: self._tensor_at(shard, offset)
-
-    def _tensor_at(self, shard: Path, offset: int) -> str | None:
-        return next(
-            (
-                t.name
-                for t in self._tensors.values()
-                if t.file == shard and t.file_offset <= offset < t.file_offset + t.byte_len
-            ),
-            None,
-        )
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {n: t.shape for n, t in self._tensors.items()}
-
-    def dtype(self, name: str) -> str:
-        t = self._tensors[name]
-        if t.dtype not in NUMPY_DTYPES:
-            raise CheckpointError.at(t.file, f"dtype {t.source_dtype} is not supported here", tensor=name)
-        return t.dtype
-
-    def numpy(self, name: str) -> np.ndarray[Any, Any]:
-        t = self._tensors[name]
-        return self._files[t.file].array(t.file_offset, t.byte_len, NUMPY_DTYPES[self.dtype(name)], t.shape, name)
-
-    def check(self) -> None:
-        for f in self._files.values():
-            f.check()
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-
-
-class PackArrays:
-    def __init__(self, path: str | Path):
-        self.pack = open_pack(path)
-        self.path = self.pack.path
-        self.config = config_of_pack(self.pack.metadata, self.path)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {t.name: t.shape for t in self.pack.tensors}
-
-    def dtype(self, name: str) -> str:
-        return self.pack.info(name).dtype
-
-    def numpy(self, name: str) -> np.ndarray[Any, Any]:
-        return self.pack.numpy(name)
-
-    def check(self) -> None:
-        self.pack.check()
-
-    def close(self) -> None:
-        self.pack.close()
-
-
-def open_weights(
-    path: str | Path, subdir: str | None = None, model: str | None = None
-) -> CheckpointArrays | PackArrays:
-    path = Path(path)
-    if path.is_file() and path.suffix != ".safetensors":
-        return PackArrays(path)
-    return CheckpointArrays(path, subdir, model)
-
-
-def import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise HeartmulaBurnError(f"the sanity check needs PyTorch, which is not installed: {INSTALL_HINT}") from None
-    return torch
-
-
-def _as_torch(array: np.ndarray[Any, Any]) -> torch.Tensor:
-    torch = import_torch()
-    with warnings.catch_warnings():
-        # The views are read-only (the file is mapped read-only); nothing here writes to them.
-        warnings.simplefilter("ignore", UserWarning)
-        if array.dtype == ml_dtypes.bfloat16:
-            return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)  # type: ignore[no-any-return]
-        return torch.from_numpy(array)  # type: ignore[no-any-return]
-
-
-def load_weights(
-    source: CheckpointArrays | PackArrays,
-    names: list[str],
-    device: torch.device,
-    cast_to: Mapping[str, str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """name -> tensor on `device`, in the stored dtype or, for names in `cast_to`, cast to that Burn
-    dtype (round to nearest even, as the packer casts)."""
-    torch = import_torch()
-    torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-    weights = {}
-    for name in names:
-        tensor = _as_torch(source.numpy(name)).to(device)
-        target = (cast_to or {}).get(name)
-        if target is not None and target != source.dtype(name):
-            tensor = tensor.to(torch_dtypes[target])
-        weights[name] = tensor
-    return weights
 
 
 # ---------------------------------------------------------------------------------------------

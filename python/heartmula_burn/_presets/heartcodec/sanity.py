@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._fields import Fields
-from ..._sanity import Check, Runner, SanityResult, import_torch, max_abs
+from ..._sanity import Check, Runner, SanityResult, max_abs
+from ..._weights import import_torch
 from . import HeartCodec, parse_config
 
 if TYPE_CHECKING:
