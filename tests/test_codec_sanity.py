@@ -4,6 +4,7 @@ and end to end on packs that are right and packs broken in ways only running the
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,9 @@ CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))
 # let through. The VQ sum measured 9.5e-7 (2 ulps at its peak of 7.5): its bound is 3x that.
 DECODER_BOUND = 4e-6
 VQ_BOUND = 3e-6
+# The estimator, against TorchEstimator below: at most 1.8e-6 measured over four timestep pairs (outputs
+# up to 2.1, where one f32 ulp is 2.4e-7); its bound is 5e-6.
+ESTIMATOR_BOUND = 5e-6
 
 
 def weights_of(root: Path) -> dict[str, torch.Tensor]:
@@ -139,6 +143,141 @@ def test_vq_output_matches_vector_quantize_pytorch(weights):
     with torch.no_grad():
         wrong = codec_forward.HeartCodec(weights, CFG).vq_output(shuffled)
     assert (wrong - want).abs().max() > 0.1
+
+
+class TorchEstimator(torch.nn.Module):
+    """The flow-matching estimator (heartlib's two-stage LlamaTransformer with AdaLN-single) built from
+    torch's own modules and named as heartlib names them, written from upstream's formulas with other
+    primitives than the forward under test: nn.RMSNorm, nn.LayerNorm, attention as an explicit
+    softmax, RoPE as a complex rotation of adjacent pairs, the timestep frequencies as powers."""
+
+    FLOW_T_SIZE, PERIOD, SCALE, EPS, ROPE_BASE = 512, 10_000, 1000, 1e-6, 10_000
+
+    def __init__(self, c) -> None:
+        super().__init__()
+        inner, inner_2 = c.num_attention_heads * c.attention_head_dim, 2 * c.num_attention_heads * c.attention_head_dim
+        self.c = c
+        self.proj_in = self.project(c.in_channels, inner)
+        self.transformer_blocks = torch.nn.ModuleList(
+            [self.block(inner, c.attention_head_dim) for _ in range(c.num_layers)]
+        )
+        self.transformer_blocks_2 = torch.nn.ModuleList(
+            [self.block(inner_2, 2 * c.attention_head_dim) for _ in range(c.num_layers_2)]
+        )
+        self.connection_proj = self.project(c.in_channels + inner, inner_2)
+        self.proj_out = self.project(inner_2, c.out_channels)
+        self.scale_shift_table = torch.nn.Parameter(torch.empty(2, inner))
+        self.scale_shift_table_2 = torch.nn.Parameter(torch.empty(2, inner_2))
+        self.adaln_single, self.adaln_single_2 = self.adaln(inner), self.adaln(inner_2)
+
+    @staticmethod
+    def project(n_in: int, n_out: int) -> torch.nn.Module:
+        layer = torch.nn.Module()
+        layer.ffn_1 = torch.nn.Conv1d(n_in, n_out, 3, padding=1)
+        layer.ffn_2 = torch.nn.Linear(n_out, n_out)
+        return layer
+
+    def adaln(self, dim: int) -> torch.nn.Module:
+        module = torch.nn.Module()
+        module.emb = torch.nn.Module()
+        module.emb.timestep_embedder = torch.nn.Module()
+        module.emb.timestep_embedder.linear_1 = torch.nn.Linear(self.FLOW_T_SIZE, dim)
+        module.emb.timestep_embedder.linear_2 = torch.nn.Linear(dim, dim)
+        module.linear = torch.nn.Linear(dim, 6 * dim)
+        return module
+
+    def block(self, dim: int, head_dim: int) -> torch.nn.Module:
+        blk = torch.nn.Module()
+        blk.attn_norm, blk.mlp_norm = torch.nn.RMSNorm(dim, eps=self.EPS), torch.nn.RMSNorm(dim, eps=self.EPS)
+        blk.attn = torch.nn.Module()
+        heads = self.c.num_attention_heads
+        for name, shape in (("q_proj", (dim, heads * head_dim)), ("k_proj", (dim, heads * head_dim))):
+            setattr(blk.attn, name, torch.nn.Linear(*shape, bias=False))
+        blk.attn.v_proj = torch.nn.Linear(dim, heads * head_dim, bias=False)
+        blk.attn.o_proj = torch.nn.Linear(heads * head_dim, dim, bias=False)
+        hidden = 256 * ((int(2 * 4 * dim / 3) + 255) // 256)  # Llama's SwiGLU width, a multiple of 256
+        blk.mlp = torch.nn.Module()
+        blk.mlp.gate, blk.mlp.up = torch.nn.Linear(dim, hidden, bias=False), torch.nn.Linear(dim, hidden, bias=False)
+        blk.mlp.down = torch.nn.Linear(hidden, dim, bias=False)
+        blk.scale_shift_table = torch.nn.Parameter(torch.empty(6, dim))
+        blk.head_dim = head_dim
+        return blk
+
+    @staticmethod
+    def run_project(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return layer.ffn_2(layer.ffn_1(x.transpose(1, 2)).transpose(1, 2) / math.sqrt(3))
+
+    def timestep(self, module: torch.nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # In f32, in upstream's order of operations (PixArt's embedding): angles reach 800 rad at
+        # t = 0.8, where one f32 ulp is 6e-5 rad, so an f64 angle or another order of the same
+        # products moved the output by up to 1e-4 (measured).
+        half = self.FLOW_T_SIZE // 2
+        freqs = torch.exp(-math.log(self.PERIOD) * torch.arange(half) / half)
+        args = t[:, None] * freqs[None] * self.SCALE
+        encoding = torch.cat([args.cos(), args.sin()], dim=-1)
+        embedder = module.emb.timestep_embedder
+        emb = embedder.linear_2(torch.nn.functional.silu(embedder.linear_1(encoding)))
+        return module.linear(torch.nn.functional.silu(emb)), emb
+
+    def attention(self, blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        heads, d = self.c.num_attention_heads, blk.head_dim
+
+        def rotate(z: torch.Tensor) -> torch.Tensor:  # [b, t, heads, d]: pairs (z[2i], z[2i+1]) as complex numbers
+            pairs = torch.view_as_complex(z.reshape(b, t, heads, d // 2, 2).contiguous())
+            angle = torch.outer(torch.arange(t, dtype=torch.float32), self.ROPE_BASE ** (-torch.arange(0, d, 2) / d))
+            turned = pairs * torch.polar(torch.ones_like(angle), angle)[None, :, None, :]
+            return torch.view_as_real(turned).reshape(b, t, heads, d)
+
+        q = rotate(blk.attn.q_proj(x).view(b, t, heads, d))
+        k = rotate(blk.attn.k_proj(x).view(b, t, heads, d))
+        v = blk.attn.v_proj(x).view(b, t, heads, d)
+        weights = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d), dim=-1)
+        return blk.attn.o_proj(torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, heads * d))
+
+    def run_block(self, blk: torch.nn.Module, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        table = blk.scale_shift_table[None] + mod.view(x.shape[0], 6, -1)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (table[:, i : i + 1] for i in range(6))
+        x = x + gate_a * self.attention(blk, blk.attn_norm(x) * (1 + scale_a) + shift_a)
+        h = blk.mlp_norm(x) * (1 + scale_m) + shift_m
+        return x + gate_m * blk.mlp.down(torch.nn.functional.silu(blk.mlp.gate(h)) * blk.mlp.up(h))
+
+    def out(self, x: torch.Tensor, table: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = table[None, 0:1] + emb[:, None], table[None, 1:2] + emb[:, None]
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.EPS) * (1 + scale) + shift
+
+    def forward(self, hidden: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = self.run_project(self.proj_in, hidden)
+        mod, emb = self.timestep(self.adaln_single, t)
+        for blk in self.transformer_blocks:
+            s = self.run_block(blk, s, mod)
+        s = self.out(s, self.scale_shift_table, emb)
+        x = self.run_project(self.connection_proj, torch.cat([hidden, s], dim=-1))
+        mod, emb = self.timestep(self.adaln_single_2, t)
+        for blk in self.transformer_blocks_2:
+            x = self.run_block(blk, x, mod)
+        return self.run_project(self.proj_out, self.out(x, self.scale_shift_table_2, emb))
+
+
+def test_estimator_matches_torch_modules_loaded_with_the_upstream_names(weights):
+    module = TorchEstimator(CFG)
+    prefix = "flow_matching.estimator."
+    module.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    frames = 7
+    hidden = torch.sin(0.37 * torch.arange(2 * frames * CFG.in_channels, dtype=torch.float32)).view(2, frames, -1)
+    t = torch.tensor([0.25, 0.8])
+    with torch.no_grad():
+        want = module(hidden, t)
+        got = codec_forward.HeartCodec(weights, CFG).estimator(hidden, t)
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(got, want, rtol=0, atol=ESTIMATOR_BOUND)
+    # Negative control: the last stage-2 block's query and key projections swapped.
+    last = f"{prefix}transformer_blocks_2.{CFG.num_layers_2 - 1}.attn."
+    swapped = {**weights, last + "q_proj.weight": weights[last + "k_proj.weight"]}
+    swapped[last + "k_proj.weight"] = weights[last + "q_proj.weight"]
+    with torch.no_grad():
+        wrong = codec_forward.HeartCodec(swapped, CFG).estimator(hidden, t)
+    assert (wrong - want).abs().max() > 1e3 * ESTIMATOR_BOUND
 
 
 # ---- end to end --------------------------------------------------------------------------------------

@@ -60,10 +60,6 @@ class HeartCodec:
         cond = self._linear(self.vq_output(codes), "flow_matching.cond_feature_emb")
         return F.interpolate(cond.permute(0, 2, 1), scale_factor=2, mode="nearest").permute(0, 2, 1)
 
-    def unconditioned(self, frames: int) -> torch.Tensor:
-        """The conditioning of frames with none (`zero_cond_embedding1`), [1, frames, dim]."""
-        return self._f("flow_matching.zero_cond_embedding1").expand(1, frames, -1)
-
     # ---- the flow-matching estimator ----------------------------------------------------------
 
     def estimator(self, hidden: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
