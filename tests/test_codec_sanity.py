@@ -199,7 +199,8 @@ class TorchEstimator(torch.nn.Module):
         blk.mlp = torch.nn.Module()
         blk.mlp.gate, blk.mlp.up = torch.nn.Linear(dim, hidden, bias=False), torch.nn.Linear(dim, hidden, bias=False)
         blk.mlp.down = torch.nn.Linear(hidden, dim, bias=False)
-        blk.scale_shift_table = torch.nn.Parameter(torch.empty(6, dim))
+        if self.c.ada_norm:
+            blk.scale_shift_table = torch.nn.Parameter(torch.empty(6, dim))
         blk.head_dim = head_dim
         return blk
 
@@ -236,6 +237,10 @@ class TorchEstimator(torch.nn.Module):
         return blk.attn.o_proj(torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, heads * d))
 
     def run_block(self, blk: torch.nn.Module, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        if not self.c.ada_norm:  # norm_type "layer_norm": plain pre-norm residual blocks
+            x = x + self.attention(blk, blk.attn_norm(x))
+            h = blk.mlp_norm(x)
+            return x + blk.mlp.down(torch.nn.functional.silu(blk.mlp.gate(h)) * blk.mlp.up(h))
         table = blk.scale_shift_table[None] + mod.view(x.shape[0], 6, -1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (table[:, i : i + 1] for i in range(6))
         x = x + gate_a * self.attention(blk, blk.attn_norm(x) * (1 + scale_a) + shift_a)
@@ -259,25 +264,46 @@ class TorchEstimator(torch.nn.Module):
         return self.run_project(self.proj_out, self.out(x, self.scale_shift_table_2, emb))
 
 
-def test_estimator_matches_torch_modules_loaded_with_the_upstream_names(weights):
-    module = TorchEstimator(CFG)
+@pytest.mark.parametrize("norm_type", ["ada_norm_single", "layer_norm"])
+def test_estimator_matches_torch_modules_loaded_with_the_upstream_names(weights, norm_type):
+    cfg = parse_config(Fields({**CODEC_TINY_CONFIG, "norm_type": norm_type}, Path("config.json")))
+    if not cfg.ada_norm:  # blocks without their AdaLN tables, as such a checkpoint holds them
+        weights = {k: v for k, v in weights.items() if not (".transformer_blocks" in k and "scale_shift" in k)}
+    module = TorchEstimator(cfg)
     prefix = "flow_matching.estimator."
     module.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
     frames = 7
-    hidden = torch.sin(0.37 * torch.arange(2 * frames * CFG.in_channels, dtype=torch.float32)).view(2, frames, -1)
+    hidden = torch.sin(0.37 * torch.arange(2 * frames * cfg.in_channels, dtype=torch.float32)).view(2, frames, -1)
     t = torch.tensor([0.25, 0.8])
     with torch.no_grad():
         want = module(hidden, t)
-        got = codec_forward.HeartCodec(weights, CFG).estimator(hidden, t)
+        got = codec_forward.HeartCodec(weights, cfg).estimator(hidden, t)
     assert want.abs().max() > 0.5
     torch.testing.assert_close(got, want, rtol=0, atol=ESTIMATOR_BOUND)
     # Negative control: the last stage-2 block's query and key projections swapped.
-    last = f"{prefix}transformer_blocks_2.{CFG.num_layers_2 - 1}.attn."
+    last = f"{prefix}transformer_blocks_2.{cfg.num_layers_2 - 1}.attn."
     swapped = {**weights, last + "q_proj.weight": weights[last + "k_proj.weight"]}
     swapped[last + "k_proj.weight"] = weights[last + "q_proj.weight"]
     with torch.no_grad():
-        wrong = codec_forward.HeartCodec(swapped, CFG).estimator(hidden, t)
+        wrong = codec_forward.HeartCodec(swapped, cfg).estimator(hidden, t)
     assert (wrong - want).abs().max() > 1e3 * ESTIMATOR_BOUND
+
+
+def test_condition_is_the_vq_output_through_cond_feature_emb_at_twice_the_rate(weights):
+    rvq = residual_vq(CODEC_TINY_CONFIG)
+    prefix = "flow_matching.vq_embed."
+    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    for k in [k for k in state if k.endswith("initted")]:
+        state[k] = state[k].reshape(()).bool()
+    rvq.load_state_dict(state, strict=True)
+    emb = torch.nn.Linear(CODEC_TINY_CONFIG["dim"], CODEC_TINY_CONFIG["dim"])
+    emb.load_state_dict({n: weights[f"flow_matching.cond_feature_emb.{n}"] for n in ("weight", "bias")}, strict=True)
+    codes = torch.randint(0, CODEC_TINY_CONFIG["codebook_size"], (1, CODEC_TINY_CONFIG["num_quantizers"], 5))
+    with torch.no_grad():
+        want = emb(rvq.get_output_from_indices(codes.transpose(1, 2))).repeat_interleave(2, dim=1)
+        got = codec_forward.HeartCodec(weights, CFG).condition(codes)
+    assert got.shape == (1, 10, CODEC_TINY_CONFIG["dim"])
+    torch.testing.assert_close(got, want, rtol=0, atol=VQ_BOUND)
 
 
 # ---- end to end --------------------------------------------------------------------------------------
