@@ -27,7 +27,9 @@ trap 'git worktree remove --force "$work" >/dev/null 2>&1 || rm -rf "$work"' EXI
 git worktree add --quiet --detach "$work" HEAD
 cp "$core" "$work/python/heartmula_burn/"
 
-name=$(basename "$module" .py)
+# The module path as one name (_presets/heartcodec/forward.py -> _presets_heartcodec_forward): two
+# models' forward.py must not share a session.
+name=$(echo "${module#python/heartmula_burn/}" | sed 's#/#_#g; s#\.py$##')
 config=$out/$name.toml
 session=$out/$name.sqlite
 cat >"$config" <<EOF
