@@ -60,14 +60,20 @@ class Checkpoint:
 
 def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
     """The model folders of a CKPT_ROOT: ROOT/<subdir> when given; else every folder a known model
-    ships in that exists there; else ROOT itself (or the folder of a single .safetensors file)."""
-    root = Path(root)
+    ships in, or whose config.json a preset recognises; else ROOT itself (or the folder of a
+    single .safetensors file)."""
+    return list(_models(Path(root), subdir))
+
+
+def _models(root: Path, subdir: str | None) -> dict[Path, Preset | None]:
+    """`model_dirs` with the preset each folder was recognised by (None where it was not looked at:
+    a subdir, ROOT itself)."""
     if not root.exists():
         raise CheckpointError.at(root, "checkpoint folder does not exist")
     if root.is_file():
         if root.suffix != ".safetensors":
             raise CheckpointError.at(root, "not a .safetensors file or a checkpoint folder")
-        return [root.parent]
+        return {root.parent: None}
     if subdir is not None:
         model_dir = root / subdir
         if not model_dir.is_dir():
@@ -77,12 +83,12 @@ def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
             raise CheckpointError.at(
                 model_dir, f"model folder does not exist (folders in {root}: {', '.join(present) or 'none'}){hint}"
             )
-        return [model_dir]
-    found = _model_folders(root)
+        return {model_dir: None}
+    found: dict[Path, Preset | None] = dict(_model_folders(root))
     if found:
-        return list(found)
+        return found
     if any(root.glob("*.safetensors")) or any(root.glob("*" + INDEX_SUFFIX)):
-        return [root]
+        return {root: None}
     folders = ", ".join(name + "/" for preset in PRESETS for name in preset.folder_names)
     raise CheckpointError.at(root, f"no checkpoint found (expected {folders} a *{INDEX_SUFFIX} or *.safetensors files)")
 
@@ -188,11 +194,11 @@ def _hub_source_of(model_dir: Path) -> tuple[str, str] | None:
 def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str | None = None) -> Checkpoint:
     """One model of a CKPT_ROOT: the only one there, or the one `model` (a preset name) names."""
     root = Path(root)
-    dirs = model_dirs(root, subdir)
+    found = _models(root, subdir)
+    dirs = list(found)
     if len(dirs) > 1 and model is not None:
         preset = preset_named(model)
-        folders = _model_folders(root)
-        dirs = [d for d in dirs if preset is not None and folders.get(d) is preset] or dirs
+        dirs = [d for d in dirs if preset is not None and found[d] is preset] or dirs
     if len(dirs) > 1:
         names = ", ".join(d.name for d in dirs)
         raise CheckpointError.at(root, f"holds several models ({names}): give the one to use as subdir")

@@ -329,10 +329,8 @@ def pack_checkpoint(
     Raises `CheckpointError`/`SourceError` for a bad checkpoint, `OutputError` for an output that
     cannot be written as asked, `ValueError` for an argument out of range (before any file is
     touched), and the builtin `OSError` subclasses for failures of the system."""
-    check_burn_version(burn_version)
-    if dtype.lower() not in DTYPE_CHOICES:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
-    jobs, notes = plan_checkpoint(root, output, dtype=dtype.lower(), any_model=any_model, subdir=subdir)
+    dtype = checked_options(dtype, burn_version)
+    jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir)
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )
@@ -392,16 +390,23 @@ def pack_hub(
     answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
     `ValueError` for an argument out of range before anything is fetched, and what
     `pack_checkpoint` raises."""
-    check_burn_version(burn_version)
-    if dtype.lower() not in DTYPE_CHOICES:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    dtype = checked_options(dtype, burn_version)
     specs = hub.repo_specs(repos, revisions, releases)
     jobs, notes = plan_hub(
-        specs, output, dtype=dtype.lower(), any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet
+        specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet
     )
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )
+
+
+def checked_options(dtype: str, burn_version: str) -> str:
+    """The pack functions' dtype (lower-cased) once it and the Burn version are known good: a
+    ValueError before any file is touched otherwise."""
+    check_burn_version(burn_version)
+    if dtype.lower() not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    return dtype.lower()
 
 
 def check_burn_version(version: str) -> None:

@@ -172,10 +172,10 @@ def _progress_bar(quiet: bool, desc: str = "packing") -> Iterator[ProgressFn | N
 
 def _hub_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
     """The repositories the Hub options name (each role's --ROLE-repo, --ROLE-release, --ROLE-revision)."""
-    for spec in hub.default_specs():
-        if getattr(args, f"{spec.role}_repo") and getattr(args, f"{spec.role}_release", None):
-            raise UsageError(f"give --{spec.role}-repo or --{spec.role}-release, not both")
     roles = [spec.role for spec in hub.default_specs()]
+    for role in roles:  # said in the options' words; repo_specs would say it in the API's
+        if getattr(args, f"{role}_repo") and getattr(args, f"{role}_release", None):
+            raise UsageError(f"give --{role}-repo or --{role}-release, not both")
     return hub.repo_specs(
         {role: getattr(args, f"{role}_repo") for role in roles},
         {role: getattr(args, f"{role}_revision") for role in roles},
