@@ -1,12 +1,13 @@
 """Types of the compiled core (rust/py). Checked against the module by `python -m mypy.stubtest`."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 
 from typing_extensions import Self, TypeAlias, final
 
 __all__ = [
+    "DTypeInfo",
     "MapGuard",
     "PackIndex",
     "PackItem",
@@ -18,9 +19,11 @@ __all__ = [
     "cast_bytes",
     "check_container",
     "commit_dir",
+    "dtype_info",
     "export_npy",
     "pack",
     "partial_path",
+    "plain_dtypes",
     "read_pack_index",
     "read_safetensors_header",
     "verify_against",
@@ -115,6 +118,23 @@ class PackTensor:
     def nbytes(self) -> int: ...
 
 @final
+class DTypeInfo:
+    @property
+    def name(self) -> str: ...
+    @property
+    def burn_name(self) -> str: ...
+    @property
+    def element_size(self) -> int | None: ...
+    @property
+    def is_float(self) -> bool: ...
+    @property
+    def is_quantized(self) -> bool: ...
+    @property
+    def block(self) -> int | None: ...
+    def byte_len(self, shape: Sequence[int]) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
 class PackIndex:
     @property
     def file_size(self) -> int: ...
@@ -178,5 +198,7 @@ def verify_against(path: _Path, items: list[PackItem], *, progress: _Progress = 
 def read_safetensors_header(path: _Path) -> tuple[list[TensorInfo], dict[str, str]]: ...
 def read_pack_index(path: _Path) -> PackIndex: ...
 def cast_bytes(data: bytes, from_dtype: str, to_dtype: str) -> bytes: ...
+def dtype_info(name: str) -> DTypeInfo: ...
+def plain_dtypes() -> list[DTypeInfo]: ...
 def partial_path(destination: _Path) -> Path: ...
 def commit_dir(partial: _Path, destination: _Path, *, overwrite: bool = False) -> None: ...

@@ -28,12 +28,14 @@ pub const MAX_CBOR_DEPTH: usize = 128;
 
 /// Which Burn release's reader the pack is written for. The bytes differ in two places only:
 /// 0.19 has no alignment padding, and 0.21 encodes Bool as `{"Bool": "Native"}` instead of `"Bool"`.
+/// 0.22 writes plain dtypes as 0.21 does; only it reads our quantized descriptors (0.21's
+/// `QuantScheme` has other fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BurnTarget {
     V0_19,
     V0_20,
-    /// Burn 0.21 and 0.22 (identical for the dtypes a checkpoint can hold).
     V0_21,
+    V0_22,
 }
 
 impl BurnTarget {
@@ -41,7 +43,8 @@ impl BurnTarget {
         match s {
             "0.19" => Some(BurnTarget::V0_19),
             "0.20" => Some(BurnTarget::V0_20),
-            "0.21" | "0.22" => Some(BurnTarget::V0_21),
+            "0.21" => Some(BurnTarget::V0_21),
+            "0.22" => Some(BurnTarget::V0_22),
             _ => None,
         }
     }
@@ -51,7 +54,11 @@ impl BurnTarget {
     }
 
     fn bool_has_store(self) -> bool {
-        self == BurnTarget::V0_21
+        matches!(self, BurnTarget::V0_21 | BurnTarget::V0_22)
+    }
+
+    fn reads_quantized(self) -> bool {
+        self == BurnTarget::V0_22
     }
 }
 
@@ -74,14 +81,6 @@ impl TensorPlan {
     pub fn byte_len(&self) -> u64 {
         self.end - self.start
     }
-}
-
-/// Number of bytes a tensor of this dtype and shape occupies, or None on overflow.
-pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(d))?
-        .checked_mul(dtype.size())
 }
 
 /// The whole layout of a pack, computed before a byte of data is written.
@@ -121,8 +120,14 @@ impl PackLayout {
             if !seen.insert(name.clone()) {
                 return Err(refuse(format!("tensor '{name}' appears twice in the pack")));
             }
-            let len = byte_len(dtype, &shape)
-                .ok_or_else(|| refuse(format!("tensor '{name}': shape {shape:?} overflows 64 bits")))?;
+            if dtype.is_quantized() && !target.reads_quantized() {
+                return Err(refuse(format!(
+                    "tensor '{name}' is {dtype}: quantized packs are written for Burn 0.22 (older readers spell the scheme differently)"
+                )));
+            }
+            let len = dtype
+                .byte_len(&shape)
+                .map_err(|why| refuse(format!("tensor '{name}' cannot be {dtype}: {why}")))?;
             if len > MAX_TENSOR_SIZE {
                 return Err(refuse(format!(
                     "tensor '{name}' is {len} bytes; Burn's reader refuses tensors over {MAX_TENSOR_SIZE} bytes"
@@ -186,16 +191,72 @@ impl PackLayout {
 }
 
 /// Burn's `DType` as its derived `Serialize` writes it: unit variants as text,
-/// and from 0.21 on `Bool(BoolStore::Native)` as the map `{"Bool": "Native"}`.
+/// from 0.21 on `Bool(BoolStore::Native)` as the map `{"Bool": "Native"}`, and `QFloat(scheme)`
+/// as `{"QFloat": scheme}`.
 struct CborDType {
     dtype: DType,
     bool_has_store: bool,
 }
 
+/// cubecl-common 0.11's `QuantScheme` as serde writes it: the fields in declaration order, unit
+/// variants as their names, `None` as null. Only the one scheme we write is spelled here.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+struct QuantSchemeCbor {
+    value: String,
+    store: String,
+    mode: String,
+    tensor: Option<String>,
+    block: Option<BlockScaleCbor>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+struct BlockScaleCbor {
+    size: BlockSizeCbor,
+    dtype: String,
+}
+
+/// Burn's `BlockSize`: the block's extents with leading 1s dropped, padded with 1s to five
+/// (so a block of one value has no extents at all: `len` 0).
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+struct BlockSizeCbor {
+    storage: [u8; 5],
+    len: u8,
+}
+
+impl QuantSchemeCbor {
+    /// `{Q8S, Native, Symmetric, tensor: None, block: [block] F32}`.
+    fn q8s(block: u8) -> QuantSchemeCbor {
+        QuantSchemeCbor {
+            value: "Q8S".into(),
+            store: "Native".into(),
+            mode: "Symmetric".into(),
+            tensor: None,
+            block: Some(BlockScaleCbor {
+                size: BlockSizeCbor {
+                    storage: [block, 1, 1, 1, 1],
+                    len: u8::from(block != 1),
+                },
+                dtype: "F32".into(),
+            }),
+        }
+    }
+
+    /// The dtype this scheme is, when it is one we read.
+    fn dtype(&self) -> Option<DType> {
+        let block = self.block.as_ref()?.size.storage[0];
+        (block > 0 && *self == QuantSchemeCbor::q8s(block)).then_some(DType::Q8S(block))
+    }
+}
+
 impl Serialize for CborDType {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         // ciborium ignores variant indices; only names reach the bytes.
-        if self.dtype == DType::Bool && self.bool_has_store {
+        if let DType::Q8S(block) = self.dtype {
+            s.serialize_newtype_variant("DType", 0, "QFloat", &QuantSchemeCbor::q8s(block))
+        } else if self.dtype == DType::Bool && self.bool_has_store {
             struct Native;
             impl Serialize for Native {
                 fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -204,7 +265,7 @@ impl Serialize for CborDType {
             }
             s.serialize_newtype_variant("DType", 0, "Bool", &Native)
         } else {
-            s.serialize_unit_variant("DType", 0, self.dtype.name())
+            s.serialize_unit_variant("DType", 0, self.dtype.plain_name())
         }
     }
 }
@@ -382,15 +443,19 @@ struct DescriptorIn {
     param_id: Option<u64>,
 }
 
-/// Reads `"F32"` (all versions), `"Bool"` (0.19/0.20) and `{"Bool": "Native"|"U8"}` (0.21+).
+/// Reads `"F32"` (all versions), `"Bool"` (0.19/0.20), `{"Bool": "Native"|"U8"}` (0.21+) and
+/// `{"QFloat": scheme}` for the Q8S block schemes we write (0.22+).
 fn decode_dtype(value: &ciborium::Value) -> Option<DType> {
     match value {
-        ciborium::Value::Text(name) if name != "Flex32" => DType::parse(name).filter(|d| d.name() == name),
+        ciborium::Value::Text(name) => DType::PLAIN.into_iter().find(|d| d.plain_name() == name),
         ciborium::Value::Map(entries) if entries.len() == 1 => match &entries[0] {
             (ciborium::Value::Text(k), ciborium::Value::Text(store))
                 if k == "Bool" && (store == "Native" || store == "U8") =>
             {
                 Some(DType::Bool)
+            }
+            (ciborium::Value::Text(k), scheme) if k == "QFloat" => {
+                scheme.deserialized::<QuantSchemeCbor>().ok()?.dtype()
             }
             _ => None,
         },
@@ -513,16 +578,16 @@ fn parse_index(path: &Path, cbor: &[u8], file_size: u64) -> Result<PackIndex> {
                 ),
             ));
         }
-        let expected = byte_len(dtype, &d.shape);
-        if expected != Some(end - start) {
-            return Err(Error::pack_tensor(
-                path,
-                &name,
-                match expected {
-                    Some(needed) => format!("holds {} bytes but {dtype} {:?} needs {needed}", end - start, d.shape),
-                    None => format!("shape {:?} overflows 64 bits", d.shape),
-                },
-            ));
+        match dtype.byte_len(&d.shape) {
+            Ok(needed) if needed == end - start => {}
+            Ok(needed) => {
+                return Err(Error::pack_tensor(
+                    path,
+                    &name,
+                    format!("holds {} bytes but {dtype} {:?} needs {needed}", end - start, d.shape),
+                ))
+            }
+            Err(why) => return Err(Error::pack_tensor(path, &name, format!("{dtype} {:?}: {why}", d.shape))),
         }
         tensors.push(PackTensor {
             name,
@@ -604,7 +669,7 @@ mod tests {
             ("0.19", Some(BurnTarget::V0_19)),
             ("0.20", Some(BurnTarget::V0_20)),
             ("0.21", Some(BurnTarget::V0_21)),
-            ("0.22", Some(BurnTarget::V0_21)),
+            ("0.22", Some(BurnTarget::V0_22)),
             ("0.23", None),
             ("", None),
         ];
@@ -806,6 +871,131 @@ mod tests {
         assert_eq!(layout.preamble(), expected);
         assert_eq!(layout.data_start, 256);
         assert_eq!(layout.file_size, 272);
+    }
+
+    /// A Q8S block-16 [16, 48] tensor's descriptor, CBOR written out by hand from cubecl-common
+    /// 0.11's `QuantScheme` field order: the dtype `{"QFloat": {value, store, mode, tensor: null,
+    /// block: {size: {storage: [16,1,1,1,1], len: 1}, dtype}}}`, and 768 + 48 * 4 = 960 bytes.
+    #[test]
+    fn quantized_descriptor_matches_the_hand_written_cbor_and_reads_back() {
+        let layout = PackLayout::plan(
+            vec![("w".into(), DType::Q8S(16), vec![16, 48], None)],
+            BTreeMap::new(),
+            BurnTarget::V0_22,
+            Path::new("q.bpk"),
+        )
+        .unwrap();
+        let text = |out: &mut Vec<u8>, s: &str| {
+            out.push(0x60 + s.len() as u8);
+            out.extend(s.as_bytes());
+        };
+        let mut expected = vec![0xa1];
+        text(&mut expected, "tensors");
+        expected.push(0xa1);
+        text(&mut expected, "w");
+        expected.push(0xa3);
+        text(&mut expected, "dtype");
+        expected.push(0xa1);
+        text(&mut expected, "QFloat");
+        expected.push(0xa5);
+        for (k, v) in [("value", "Q8S"), ("store", "Native"), ("mode", "Symmetric")] {
+            text(&mut expected, k);
+            text(&mut expected, v);
+        }
+        text(&mut expected, "tensor");
+        expected.push(0xf6); // null
+        text(&mut expected, "block");
+        expected.push(0xa2);
+        text(&mut expected, "size");
+        expected.push(0xa2);
+        text(&mut expected, "storage");
+        expected.extend([0x85, 0x10, 0x01, 0x01, 0x01, 0x01]);
+        text(&mut expected, "len");
+        expected.push(0x01);
+        text(&mut expected, "dtype");
+        text(&mut expected, "F32");
+        text(&mut expected, "shape");
+        expected.extend([0x82, 0x10, 0x18, 0x30]);
+        text(&mut expected, "data_offsets");
+        expected.extend([0x82, 0x00, 0x19, 0x03, 0xc0]);
+        assert_eq!(layout.cbor, expected);
+
+        let mut bytes = layout.preamble();
+        bytes.resize(layout.file_size as usize, 0);
+        let index = index_from_bytes(Path::new("q.bpk"), &bytes).unwrap();
+        assert_eq!(index.tensors[0].dtype, DType::Q8S(16));
+        assert_eq!(index.tensors[0].end, 960);
+    }
+
+    #[test]
+    fn quantized_tensors_are_refused_for_older_readers_and_uneven_blocks() {
+        let plan = |target, shape: Vec<u64>| {
+            PackLayout::plan(
+                vec![("w".into(), DType::Q8S(32), shape, None)],
+                BTreeMap::new(),
+                target,
+                Path::new("q.bpk"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        for old in [BurnTarget::V0_19, BurnTarget::V0_20, BurnTarget::V0_21] {
+            assert!(plan(old, vec![2, 32]).unwrap_err().contains("written for Burn 0.22"));
+        }
+        let uneven = plan(BurnTarget::V0_22, vec![16, 48]).unwrap_err();
+        assert!(
+            uneven.contains("'w' cannot be Q8S_B32: its last dimension (48) is not a whole number of blocks of 32"),
+            "{uneven}"
+        );
+        assert!(plan(BurnTarget::V0_22, vec![48, 32]).is_ok());
+    }
+
+    /// Schemes other than the one we write are refused by name, not misread.
+    #[test]
+    fn other_quantization_schemes_are_not_read() {
+        let good = ciborium::Value::serialized(&QuantSchemeCbor::q8s(32)).unwrap();
+        let qfloat =
+            |scheme: ciborium::Value| ciborium::Value::Map(vec![(ciborium::Value::Text("QFloat".into()), scheme)]);
+        assert_eq!(decode_dtype(&qfloat(good)), Some(DType::Q8S(32)));
+        let variants = [("value", "Q4S"), ("store", "PackedU32"), ("mode", "Lookup")];
+        for (field, value) in variants {
+            let mut scheme = QuantSchemeCbor::q8s(32);
+            match field {
+                "value" => scheme.value = value.into(),
+                "store" => scheme.store = value.into(),
+                _ => scheme.mode = value.into(),
+            }
+            let cbor = ciborium::Value::serialized(&scheme).unwrap();
+            assert_eq!(decode_dtype(&qfloat(cbor)), None, "{field}={value}");
+        }
+        let mut global = QuantSchemeCbor::q8s(32);
+        global.tensor = Some("F32".into());
+        assert_eq!(
+            decode_dtype(&qfloat(ciborium::Value::serialized(&global).unwrap())),
+            None
+        );
+        let mut two_dims = QuantSchemeCbor::q8s(32);
+        two_dims.block.as_mut().unwrap().size = BlockSizeCbor {
+            storage: [4, 32, 1, 1, 1],
+            len: 2,
+        };
+        assert_eq!(
+            decode_dtype(&qfloat(ciborium::Value::serialized(&two_dims).unwrap())),
+            None
+        );
+        let zero = ciborium::Value::serialized(&QuantSchemeCbor::q8s(0)).unwrap();
+        assert_eq!(decode_dtype(&qfloat(zero)), None);
+        // Burn drops leading 1s: a block of one value is `{storage: [1, 1, 1, 1, 1], len: 0}`,
+        // and `len: 1` there is not how Burn writes it.
+        let one = ciborium::Value::serialized(&QuantSchemeCbor::q8s(1)).unwrap();
+        assert_eq!(decode_dtype(&qfloat(one.clone())), Some(DType::Q8S(1)));
+        let len_of = |v: &ciborium::Value| format!("{v:?}").contains("Text(\"len\"), Integer(Integer(0))");
+        assert!(len_of(&one), "{one:?}");
+        let mut spelled_out = QuantSchemeCbor::q8s(1);
+        spelled_out.block.as_mut().unwrap().size.len = 1;
+        assert_eq!(
+            decode_dtype(&qfloat(ciborium::Value::serialized(&spelled_out).unwrap())),
+            None
+        );
     }
 
     #[test]

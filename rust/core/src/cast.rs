@@ -1,15 +1,77 @@
-//! Element conversions between float dtypes, on little-endian byte slices.
+//! Element conversions between float dtypes, on little-endian byte slices, and into and out of
+//! quantized dtypes (see `quant`).
 //!
 //! Narrowing rounds to nearest, ties to even (as `torch.Tensor.to` does); NaN stays NaN and
 //! values past the target's range become infinities (IEEE overflow). Widening is exact.
+//! Quantizing goes through f32 (as Burn quantizes an f32 tensor); dequantizing gives f32 first.
 
 use half::{bf16, f16};
 
 use crate::dtype::DType;
+use crate::quant;
 
-/// Whether `from` can be converted to `to` (identity included).
+/// Whether `from` can be converted to `to` (identity included): between floats, from a float to
+/// a quantized dtype and back, never between two quantized dtypes or to or from integers.
 pub fn supported(from: DType, to: DType) -> bool {
-    from == to || (from.is_float() && to.is_float())
+    let floating = |d: DType| d.is_float() || d.is_quantized();
+    from == to || (floating(from) && floating(to) && !(from.is_quantized() && to.is_quantized()))
+}
+
+/// Converts runs of whole elements (whole blocks, where either side is quantized), keeping its
+/// scratch buffers between calls so that a tensor converts in bounded, reused memory.
+pub struct Converter {
+    from: DType,
+    to: DType,
+    floats: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+impl Converter {
+    pub fn new(from: DType, to: DType) -> Converter {
+        debug_assert!(supported(from, to) && from != to);
+        Converter {
+            from,
+            to,
+            floats: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Converts one run: `src` holds its values and, for a quantized source, `src_scales` the
+    /// scales of their blocks (else empty). Appends the values to `dst` and, for a quantized
+    /// target, the scales to `dst_scales`.
+    pub fn run(&mut self, src: &[u8], src_scales: &[u8], dst: &mut Vec<u8>, dst_scales: &mut Vec<u8>) {
+        match (self.from, self.to) {
+            (DType::Q8S(block), to) => {
+                self.floats.clear();
+                quant::dequantize(src, src_scales, block as usize, &mut self.floats);
+                if to == DType::F32 {
+                    dst.extend(self.floats.iter().flat_map(|v| v.to_le_bytes()));
+                } else {
+                    self.bytes.clear();
+                    self.bytes.extend(self.floats.iter().flat_map(|v| v.to_le_bytes()));
+                    convert(&self.bytes, DType::F32, to, dst);
+                }
+            }
+            (from, DType::Q8S(block)) => {
+                let f32_bytes = if from == DType::F32 {
+                    src
+                } else {
+                    self.bytes.clear();
+                    convert(src, from, DType::F32, &mut self.bytes);
+                    &self.bytes
+                };
+                self.floats.clear();
+                self.floats.extend(
+                    f32_bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+                );
+                quant::quantize(&self.floats, block as usize, dst, dst_scales);
+            }
+            (from, to) => convert(src, from, to, dst),
+        }
+    }
 }
 
 /// Converts whole elements of `src` (dtype `from`) and appends them to `dst` (dtype `to`).
@@ -288,5 +350,40 @@ mod tests {
         assert!(supported(DType::I64, DType::I64));
         assert!(!supported(DType::I64, DType::F32));
         assert!(!supported(DType::F32, DType::Bool));
+    }
+
+    #[test]
+    fn quantized_dtypes_convert_to_and_from_floats_only() {
+        assert!(supported(DType::BF16, DType::Q8S(32)));
+        assert!(supported(DType::Q8S(32), DType::F16));
+        assert!(supported(DType::Q8S(32), DType::Q8S(32)));
+        assert!(!supported(DType::Q8S(32), DType::Q8S(16)));
+        assert!(!supported(DType::I8, DType::Q8S(32)));
+        assert!(!supported(DType::Q8S(32), DType::U8));
+    }
+
+    /// A BF16 source quantizes as its exact f32 widening does; dequantizing to BF16 rounds the
+    /// f32 products once. Values chosen by hand: block [1, -0.5] has scale 2/254.
+    #[test]
+    fn the_converter_quantizes_through_f32_and_dequantizes_to_any_float() {
+        let bf16_src: Vec<u8> = [0x3F80u16, 0xBF00].iter().flat_map(|b| b.to_le_bytes()).collect();
+        let (mut values, mut scales) = (Vec::new(), Vec::new());
+        Converter::new(DType::BF16, DType::Q8S(2)).run(&bf16_src, &[], &mut values, &mut scales);
+        assert_eq!(values, vec![127u8, (-64i8) as u8]);
+        assert_eq!(scales, (2.0f32 / 254.0).to_le_bytes().to_vec());
+
+        let (mut back, mut none) = (Vec::new(), Vec::new());
+        Converter::new(DType::Q8S(2), DType::F32).run(&values, &scales, &mut back, &mut none);
+        let want: Vec<u8> = [127.0f32 * (2.0 / 254.0), -64.0 * (2.0 / 254.0)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!((back, none.len()), (want.clone(), 0));
+
+        let mut narrow = Vec::new();
+        Converter::new(DType::Q8S(2), DType::BF16).run(&values, &scales, &mut narrow, &mut none);
+        let mut expected = Vec::new();
+        convert(&want, DType::F32, DType::BF16, &mut expected);
+        assert_eq!(narrow, expected);
     }
 }

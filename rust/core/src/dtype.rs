@@ -1,9 +1,14 @@
-//! Element types as Burn names them, and how they map to safetensors dtypes.
+//! The one dtype table: every element type a pack can hold, its name, its size, how many bytes a
+//! tensor of it takes, and how it maps to safetensors dtypes. The binding hands this table to
+//! Python, so a dtype is added here and nowhere else.
 
 use std::fmt;
 
-/// The element types a Burn pack can hold that a safetensors checkpoint can supply.
-/// Names are Burn's `DType` variant names, which is also how they appear in the CBOR metadata.
+/// Prefix of a quantized dtype's name: `Q8S_B32` is Q8S in blocks of 32.
+const Q8S_PREFIX: &str = "Q8S_B";
+
+/// The element types a Burn pack can hold. Plain names are Burn's `DType` variant names, which is
+/// also how they appear in the CBOR metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     F64,
@@ -19,10 +24,16 @@ pub enum DType {
     U16,
     U8,
     Bool,
+    /// Burn's `QFloat` with the scheme `{Q8S, Native, Symmetric, tensor: None, block: [n] F32}`:
+    /// one i8 per value (symmetric, -127..=127) in row-major order, then one little-endian f32
+    /// scale per block of `n` values along the last dimension, in block order. `n` is 1..=255
+    /// (Burn stores a block size in a byte).
+    Q8S(u8),
 }
 
 impl DType {
-    pub const ALL: [DType; 13] = [
+    /// Every dtype with a fixed size per element (all but the quantized ones).
+    pub const PLAIN: [DType; 13] = [
         DType::F64,
         DType::F32,
         DType::F16,
@@ -38,18 +49,67 @@ impl DType {
         DType::Bool,
     ];
 
-    /// Bytes per element, as Burn's `DType::size` (Bool is stored one byte per element).
-    pub fn size(self) -> u64 {
-        match self {
+    /// Bytes per element, as Burn's `DType::size` (Bool is stored one byte per element); None
+    /// for a quantized dtype, whose scales make the size a property of the whole tensor.
+    pub fn element_size(self) -> Option<u64> {
+        Some(match self {
             DType::F64 | DType::I64 | DType::U64 => 8,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::Q8S(_) => return None,
+        })
+    }
+
+    /// Bytes per element of a plain dtype; callers have ruled out quantized dtypes.
+    pub fn size(self) -> u64 {
+        self.element_size().expect("a plain dtype")
+    }
+
+    /// Bytes a tensor of this dtype and shape occupies, or why it cannot be stored.
+    pub fn byte_len(self, shape: &[u64]) -> Result<u64, String> {
+        let overflow = || format!("shape {shape:?} overflows 64 bits");
+        let elements = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(overflow)?;
+        match self {
+            DType::Q8S(block) => {
+                let last = *shape.last().ok_or("a quantized tensor needs at least one dimension")?;
+                if last % block as u64 != 0 {
+                    return Err(format!(
+                        "its last dimension ({last}) is not a whole number of blocks of {block}"
+                    ));
+                }
+                // The values, one byte each, then one f32 scale per block.
+                (elements / block as u64)
+                    .checked_mul(4)
+                    .and_then(|scales| elements.checked_add(scales))
+                    .ok_or_else(overflow)
+            }
+            plain => elements.checked_mul(plain.size()).ok_or_else(overflow),
         }
     }
 
-    /// Burn's variant name, e.g. "F32", "BF16", "Bool".
-    pub fn name(self) -> &'static str {
+    /// The block length of a quantized dtype.
+    pub fn block(self) -> Option<u8> {
+        match self {
+            DType::Q8S(block) => Some(block),
+            _ => None,
+        }
+    }
+
+    /// Our name for the dtype: Burn's variant name ("F32", "BF16", "Bool"), or for a quantized
+    /// dtype its scheme and block ("Q8S_B32").
+    pub fn name(self) -> String {
+        match self {
+            DType::Q8S(block) => format!("{Q8S_PREFIX}{block}"),
+            plain => plain.plain_name().to_string(),
+        }
+    }
+
+    /// Burn's variant name of a plain dtype (a quantized one is Burn's `QFloat`).
+    pub fn plain_name(self) -> &'static str {
         match self {
             DType::F64 => "F64",
             DType::F32 => "F32",
@@ -64,17 +124,34 @@ impl DType {
             DType::U16 => "U16",
             DType::U8 => "U8",
             DType::Bool => "Bool",
+            DType::Q8S(_) => "QFloat",
         }
     }
 
-    /// Parses a Burn or safetensors name, case-insensitively ("bf16", "F32", "BOOL", "bool").
+    /// Parses a Burn or safetensors name, or a quantized name, case-insensitively ("bf16", "F32",
+    /// "BOOL", "bool", "q8s_b32").
     pub fn parse(name: &str) -> Option<DType> {
         let upper = name.to_ascii_uppercase();
-        DType::ALL.into_iter().find(|d| d.name().to_ascii_uppercase() == upper)
+        if let Some(block) = upper.strip_prefix(Q8S_PREFIX) {
+            // Digits only, no sign or leading zero: one spelling per dtype.
+            if block.starts_with('0') || !block.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            return block.parse::<u8>().ok().map(DType::Q8S);
+        }
+        DType::PLAIN
+            .into_iter()
+            .find(|d| d.plain_name().to_ascii_uppercase() == upper)
     }
 
+    /// A plain float dtype (what a float checkpoint tensor can be cast to exactly or by rounding).
     pub fn is_float(self) -> bool {
         matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// A dtype whose values are stored quantized and read back as floats (Burn's `QFloat`).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8S(_))
     }
 
     /// The Burn dtype for a safetensors dtype, or None where Burn has no equivalent (fp8, fp4, complex).
@@ -101,7 +178,7 @@ impl DType {
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -140,9 +217,47 @@ mod tests {
         assert_eq!(DType::parse("BOOL"), Some(DType::Bool));
         assert_eq!(DType::parse("f32"), Some(DType::F32));
         assert_eq!(DType::parse("F8_E4M3"), None);
-        for d in DType::ALL {
-            assert_eq!(DType::parse(d.name()), Some(d));
+        for d in DType::PLAIN {
+            assert_eq!(DType::parse(&d.name()), Some(d));
         }
+    }
+
+    #[test]
+    fn quantized_names_parse_one_spelling_per_block() {
+        assert_eq!(DType::parse("Q8S_B32"), Some(DType::Q8S(32)));
+        assert_eq!(DType::parse("q8s_b1"), Some(DType::Q8S(1)));
+        assert_eq!(DType::parse("Q8S_B255"), Some(DType::Q8S(255)));
+        assert_eq!(DType::Q8S(16).name(), "Q8S_B16");
+        for bad in [
+            "Q8S_B0", "Q8S_B256", "Q8S_B032", "Q8S_B+32", "Q8S_B", "Q8S_B3x", "Q8S", "QFloat",
+        ] {
+            assert_eq!(DType::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn byte_lengths_by_hand() {
+        assert_eq!(DType::F32.byte_len(&[3, 5]), Ok(60));
+        assert_eq!(DType::Bool.byte_len(&[7]), Ok(7));
+        assert_eq!(DType::BF16.byte_len(&[]), Ok(2));
+        assert_eq!(DType::F64.byte_len(&[0, 9]), Ok(0));
+        // Burn's own pack of a [16, 48] Q8S block-16 tensor holds 768 values and 48 scales: 960 bytes.
+        assert_eq!(DType::Q8S(16).byte_len(&[16, 48]), Ok(960));
+        assert_eq!(DType::Q8S(32).byte_len(&[2, 64]), Ok(128 + 4 * 4));
+        assert_eq!(DType::Q8S(32).byte_len(&[0, 64]), Ok(0));
+        assert_eq!(DType::Q8S(3).byte_len(&[3]), Ok(3 + 4));
+        assert!(DType::Q8S(32)
+            .byte_len(&[16, 48])
+            .unwrap_err()
+            .contains("not a whole number of blocks of 32"));
+        assert!(DType::Q8S(32).byte_len(&[]).is_err());
+        assert!(DType::F32
+            .byte_len(&[1 << 40, 1 << 30])
+            .unwrap_err()
+            .contains("overflows"));
+        assert!(DType::Q8S(1).byte_len(&[u64::MAX]).unwrap_err().contains("overflows"));
+        assert_eq!(DType::Q8S(32).element_size(), None);
+        assert_eq!(DType::U16.element_size(), Some(2));
     }
 
     #[test]

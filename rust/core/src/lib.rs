@@ -11,6 +11,7 @@ pub mod guard;
 pub mod npy;
 pub mod output;
 pub mod pack;
+pub mod quant;
 pub mod source;
 pub mod unpack;
 pub mod verify;

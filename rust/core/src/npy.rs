@@ -8,8 +8,9 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 const ALIGN: usize = 64;
 
 /// NumPy's type string for a dtype. BF16 has none: it is stored as `<u2`, its dtype kept elsewhere.
-pub fn descr(dtype: DType) -> &'static str {
-    match dtype {
+/// Quantized dtypes have no NumPy form at all.
+pub fn descr(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
         DType::F64 => "<f8",
         DType::F32 => "<f4",
         DType::F16 => "<f2",
@@ -22,20 +23,22 @@ pub fn descr(dtype: DType) -> &'static str {
         DType::U32 => "<u4",
         DType::U8 => "|u1",
         DType::Bool => "|b1",
-    }
+        DType::Q8S(_) => return None,
+    })
 }
 
 fn dtype_of_descr(descr: &str) -> Option<DType> {
     // '=' and '<' are both little-endian on the platforms we build for; '|' means byte-sized.
     let normalized = descr.replacen('=', "<", 1);
-    DType::ALL
-        .into_iter()
-        .filter(|&d| d != DType::BF16)
-        .find(|&d| self::descr(d) == normalized || self::descr(d).replacen('|', "<", 1) == normalized)
+    DType::PLAIN.into_iter().filter(|&d| d != DType::BF16).find(|&d| {
+        let ours = self::descr(d).expect("plain dtypes have one");
+        ours == normalized || ours.replacen('|', "<", 1) == normalized
+    })
 }
 
-/// The header for an array of `dtype` and `shape`, padded so that data starts 64-byte aligned.
-pub fn header(dtype: DType, shape: &[u64]) -> Vec<u8> {
+/// The header for an array of `dtype` and `shape`, padded so that data starts 64-byte aligned;
+/// None for a dtype NumPy cannot hold.
+pub fn header(dtype: DType, shape: &[u64]) -> Option<Vec<u8>> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = match dims.len() {
         1 => format!("({},)", dims[0]),
@@ -43,7 +46,7 @@ pub fn header(dtype: DType, shape: &[u64]) -> Vec<u8> {
     };
     let mut text = format!(
         "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
-        descr(dtype)
+        descr(dtype)?
     );
     let (version, prefix) = if text.len() + 1 + 10 <= u16::MAX as usize {
         (1u8, 10)
@@ -62,7 +65,7 @@ pub fn header(dtype: DType, shape: &[u64]) -> Vec<u8> {
         out.extend_from_slice(&(text.len() as u32).to_le_bytes());
     }
     out.extend_from_slice(text.as_bytes());
-    out
+    Some(out)
 }
 
 /// What a `.npy` header says: dtype, shape and where the data starts.
@@ -126,7 +129,7 @@ mod tests {
     #[test]
     fn header_matches_what_numpy_writes() {
         // numpy.save of np.zeros((3, 4), '<f4'): 128-byte preamble (v1.0, 118-byte header text).
-        let h = header(DType::F32, &[3, 4]);
+        let h = header(DType::F32, &[3, 4]).unwrap();
         assert_eq!(h.len(), 128);
         let text = std::str::from_utf8(&h[10..]).unwrap();
         assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"));
@@ -144,7 +147,7 @@ mod tests {
             let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
             format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({shape}), }}").len()
         };
-        assert!(std::str::from_utf8(&header(DType::U8, &[5])[10..])
+        assert!(std::str::from_utf8(&header(DType::U8, &[5]).unwrap()[10..])
             .unwrap()
             .contains("'shape': (5,), }"));
         // Shapes of ones and tens whose text is 65524 bytes (the last of version 1) and 65525.
@@ -154,7 +157,7 @@ mod tests {
             dims[one] = 10;
         }
         assert_eq!(text(&dims), 65_524);
-        let last_v1 = header(DType::U8, &dims);
+        let last_v1 = header(DType::U8, &dims).unwrap();
         assert_eq!(&last_v1[6..8], &[1, 0]);
         assert_eq!(
             u16::from_le_bytes([last_v1[8], last_v1[9]]) as usize,
@@ -162,7 +165,7 @@ mod tests {
         );
         let one = dims.iter().position(|&d| d == 1).unwrap();
         dims[one] = 10;
-        let first_v2 = header(DType::U8, &dims);
+        let first_v2 = header(DType::U8, &dims).unwrap();
         assert_eq!(&first_v2[6..8], &[2, 0]);
         assert_eq!(
             u32::from_le_bytes(first_v2[8..12].try_into().unwrap()) as usize,
@@ -183,16 +186,16 @@ mod tests {
                 (DType::F32, vec![2], 12 + text.len() as u64)
             );
         }
-        let mut v4 = header(DType::F32, &[2]);
+        let mut v4 = header(DType::F32, &[2]).unwrap();
         v4[6] = 4;
         assert!(parse_header(&v4).unwrap_err().contains("unsupported .npy version 4"));
     }
 
     #[test]
     fn round_trips_every_dtype_and_shape() {
-        for dtype in DType::ALL {
+        for dtype in DType::PLAIN {
             for shape in [vec![], vec![5], vec![0, 3], vec![2, 3, 4]] {
-                let parsed = parse_header(&header(dtype, &shape)).unwrap();
+                let parsed = parse_header(&header(dtype, &shape).unwrap()).unwrap();
                 let want = if dtype == DType::BF16 { DType::U16 } else { dtype };
                 assert_eq!((parsed.dtype, parsed.shape.clone()), (want, shape.clone()));
                 assert_eq!(parsed.data_offset % 64, 0);
@@ -202,11 +205,11 @@ mod tests {
 
     #[test]
     fn rejects_big_endian_and_fortran_order() {
-        let mut h = header(DType::F32, &[2]);
+        let mut h = header(DType::F32, &[2]).unwrap();
         let at = h.windows(3).position(|w| w == b"<f4").unwrap();
         h[at] = b'>';
         assert!(parse_header(&h).unwrap_err().contains("little-endian"));
-        let mut f = header(DType::F32, &[2]);
+        let mut f = header(DType::F32, &[2]).unwrap();
         let at = f.windows(5).position(|w| w == b"False").unwrap();
         f[at..at + 5].copy_from_slice(b"True ");
         assert!(parse_header(&f).unwrap_err().contains("Fortran"));

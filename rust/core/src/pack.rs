@@ -8,12 +8,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::burnpack::{byte_len, BurnTarget, PackLayout};
-use crate::cast;
+use crate::burnpack::{BurnTarget, PackLayout};
+use crate::cast::{self, Converter};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::npy;
 use crate::output::{ensure_free_space, AtomicFile};
+use crate::quant;
 use crate::source::{Shard, ShardTensor};
 
 /// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
@@ -245,7 +246,7 @@ pub(crate) fn write_tensors(
     let total = items
         .iter()
         .zip(&resolved.locations)
-        .map(|(item, &(s, t, _))| byte_len(item.dtype, &resolved.shards[s].tensors[t].shape).unwrap_or(0))
+        .map(|(item, &(s, t, _))| item.dtype.byte_len(&resolved.shards[s].tensors[t].shape).unwrap_or(0))
         .sum();
     let last_reads = last_reads(resolved);
     let mut writer = TensorWriter::new(total, progress, &mut summary);
@@ -295,10 +296,16 @@ pub fn export_npy(
     let mut plans = Vec::with_capacity(items.len());
     for (item, &(s, t, _)) in items.iter().zip(&resolved.locations) {
         let shape = &resolved.shards[s].tensors[t].shape;
-        let len = byte_len(item.dtype, shape)
-            .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "shape overflows"))?;
+        let refuse = |why: String| Error::source_tensor(&item.source, &item.key, why);
+        let header = npy::header(item.dtype, shape).ok_or_else(|| {
+            refuse(format!(
+                "{} has no .npy form (NumPy has no quantized dtypes)",
+                item.dtype
+            ))
+        })?;
+        let len = item.dtype.byte_len(shape).map_err(refuse)?;
         summary.data_bytes += len;
-        plans.push((npy::header(item.dtype, shape), len));
+        plans.push((header, len));
     }
     summary.file_size = plans.iter().map(|(h, len)| h.len() as u64 + len).sum();
     ensure_free_space(dir, dir, summary.file_size)?;
@@ -469,24 +476,41 @@ impl<'a> TensorWriter<'a> {
         Ok(())
     }
 
+    /// Converts a tensor in runs of whole elements (whole blocks of a quantized dtype), each run's
+    /// values and scales written where they lie in the target (see `quant::element_ranges`).
     fn convert(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, target: &Target) -> Result<()> {
         let bytes = shard.bytes(tensor);
-        let step = CONVERT_CHUNK / from.size() * from.size();
-        let mut buffer = Vec::with_capacity((step / from.size() * to.size()) as usize);
-        let mut read = 0u64;
-        let mut written = 0u64;
-        while read < tensor.byte_len {
-            let n = (tensor.byte_len - read).min(step);
-            buffer.clear();
-            cast::convert(&bytes[read as usize..(read + n) as usize], from, to, &mut buffer);
+        let elements: u64 = tensor.shape.iter().product();
+        let step = quant::chunk_elements(from, to, CONVERT_CHUNK);
+        let mut converter = Converter::new(from, to);
+        let (mut values, mut scales) = (Vec::new(), Vec::new());
+        let mut first = 0u64;
+        while first < elements {
+            let count = (elements - first).min(step);
+            let (src, src_scales) = quant::element_ranges(from, elements, first, count);
+            let (dst, dst_scales) = quant::element_ranges(to, elements, first, count);
+            let slice = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+            values.clear();
+            scales.clear();
+            converter.run(
+                slice(src.clone()),
+                src_scales.map_or(&[][..], slice),
+                &mut values,
+                &mut scales,
+            );
             shard.check(Some(tensor))?;
-            target.write_at(&buffer, written)?;
-            release(shard, tensor.file_offset + read, n);
-            read += n;
-            written += buffer.len() as u64;
-            self.wrote(target, written);
-            self.summary.converted += buffer.len() as u64;
-            self.advance(buffer.len() as u64)?;
+            target.write_at(&values, dst.start)?;
+            if let Some(dst_scales) = &dst_scales {
+                target.write_at(&scales, dst_scales.start)?;
+            }
+            // A quantized source's scales are small and share pages between runs: kept mapped.
+            release(shard, tensor.file_offset + src.start, src.end - src.start);
+            first += count;
+            let written = (values.len() + scales.len()) as u64;
+            // The values are written in order; the scales trail them in their own region.
+            self.wrote(target, dst.end);
+            self.summary.converted += written;
+            self.advance(written)?;
         }
         Ok(())
     }
@@ -687,6 +711,68 @@ pub(crate) mod tests {
         assert_eq!(range(1), f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
         assert_eq!(range(2), [7; 8]);
         assert!(index.tensors.iter().all(|t| t.file_offset % 256 == 0));
+    }
+
+    /// A BF16 tensor of three conversion runs and a half (block 48, so runs end inside no block)
+    /// quantized into a pack: values and scales land where Burn's layout puts them, as the whole
+    /// tensor quantized at once; unpacking dequantizes to F32; verify is exact and finds a changed
+    /// scale; export to `.npy` is refused.
+    #[test]
+    fn quantizes_in_runs_to_the_whole_tensor_bytes_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let step = quant::chunk_elements(DType::BF16, DType::Q8S(48), CONVERT_CHUNK);
+        let (rows, cols) = ((step * 7 / 2).div_ceil(96) as usize, 96usize);
+        let floats: Vec<f32> = (0..rows * cols)
+            .map(|i| half::bf16::from_f32(((i * 7919 % 1000) as f32 - 500.0) / (1.0 + (i % 13) as f32)).to_f32())
+            .collect();
+        let bf16: Vec<u8> = floats
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        write_shard(&a, &[("w", "BF16", vec![rows as u64, cols as u64], bf16)]);
+        let out = dir.path().join("q.bpk");
+        let mut request = request(vec![item("w", &a, "w", DType::Q8S(48))], out.clone());
+        request.target = BurnTarget::V0_22;
+        let summary = pack(&request, &mut |_| true).unwrap();
+        let (mut values, mut scales) = (Vec::new(), Vec::new());
+        quant::quantize(&floats, 48, &mut values, &mut scales);
+        assert_eq!(summary.converted, (values.len() + scales.len()) as u64);
+        let bytes = std::fs::read(&out).unwrap();
+        let t = &read_index(&out).unwrap().tensors[0];
+        assert_eq!(t.dtype, DType::Q8S(48));
+        let data = &bytes[t.file_offset as usize..(t.file_offset + t.end - t.start) as usize];
+        assert_eq!(&data[..values.len()], &values[..]);
+        assert_eq!(&data[values.len()..], &scales[..]);
+
+        let back = dir.path().join("back.safetensors");
+        let unpack_item = item("w", &out, "w", DType::F32);
+        crate::unpack::write_safetensors(&[unpack_item], &back, &BTreeMap::new(), false, &mut |_| true).unwrap();
+        let shard = Shard::open(&back).unwrap();
+        let mut dequantized = Vec::new();
+        quant::dequantize(&values, &scales, 48, &mut dequantized);
+        assert_eq!(shard.bytes(&shard.tensors[0]), f32_bytes(&dequantized));
+
+        let items = vec![item("w", &a, "w", DType::Q8S(48))];
+        assert_eq!(
+            crate::verify::verify_against(&out, &items, &mut |_| true).unwrap(),
+            vec![]
+        );
+        let f = OpenOptions::new().write(true).open(&out).unwrap();
+        let last_scale = t.file_offset + (t.end - t.start) - 1;
+        f.write_all_at(&[bytes[last_scale as usize] ^ 0x01], last_scale)
+            .unwrap();
+        let problems = crate::verify::verify_against(&out, &items, &mut |_| true).unwrap();
+        let blocks = rows * cols / 48;
+        let want = format!(
+            "the scale of block {} (elements from {}) is not the exact quantization of",
+            blocks - 1,
+            (blocks - 1) * 48
+        );
+        assert!(problems[0].message.starts_with(&want), "{problems:?}");
+
+        let npy = export_npy(&items, dir.path(), &["w.npy".to_string()], &mut |_| true).unwrap_err();
+        assert!(npy.to_string().contains("Q8S_B48 has no .npy form"), "{npy}");
     }
 
     #[test]

@@ -271,7 +271,7 @@ fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMet
         .tensors
         .into_iter()
         .map(|t| ShardTensor {
-            source_dtype: t.dtype.name().to_string(),
+            source_dtype: t.dtype.name(),
             dtype: Some(t.dtype),
             byte_len: t.end - t.start,
             file_offset: t.file_offset,
@@ -286,8 +286,7 @@ fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMet
 fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
     let bad = |message: String| Error::source(path, format!("not a valid .npy file: {message}"));
     let header = crate::npy::parse_header(bytes).map_err(bad)?;
-    let byte_len =
-        crate::burnpack::byte_len(header.dtype, &header.shape).ok_or_else(|| bad("shape overflows 64 bits".into()))?;
+    let byte_len = header.dtype.byte_len(&header.shape).map_err(bad)?;
     let available = bytes.len() as u64 - header.data_offset.min(bytes.len() as u64);
     if available != byte_len {
         return Err(bad(format!(
@@ -302,7 +301,7 @@ fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetad
     let tensor = ShardTensor {
         name,
         dtype: Some(header.dtype),
-        source_dtype: header.dtype.name().to_string(),
+        source_dtype: header.dtype.name(),
         shape: header.shape,
         file_offset: header.data_offset,
         byte_len,
@@ -695,7 +694,7 @@ pub(crate) mod tests {
     fn npy_files_are_one_tensor_named_after_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("layer.0.weight.npy");
-        let mut bytes = crate::npy::header(DType::F32, &[2, 2]);
+        let mut bytes = crate::npy::header(DType::F32, &[2, 2]).unwrap();
         bytes.extend([1u8; 16]);
         std::fs::write(&p, &bytes).unwrap();
         let shard = Shard::open(&p).unwrap();

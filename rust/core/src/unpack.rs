@@ -8,16 +8,17 @@ use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 use crate::pack::{resolve, write_tensors, PackItem, PackSummary, Progress};
 
-/// The safetensors header's name for a dtype.
+/// The safetensors header's name for a plain dtype.
 pub fn safetensors_dtype(dtype: DType) -> &'static str {
     match dtype {
         DType::Bool => "BOOL",
-        other => other.name(),
+        other => other.plain_name(),
     }
 }
 
-/// Writes `items` (in order, unchanged dtypes) as one safetensors file with `metadata` as its
-/// `__metadata__`.
+/// Writes `items` (in order) as one safetensors file with `metadata` as its `__metadata__`.
+/// Dtypes stay as they are, except that quantized tensors are dequantized to F32 (safetensors
+/// has no quantized dtypes; the values are the ones Burn reads back).
 pub fn write_safetensors(
     items: &[PackItem],
     output: &Path,
@@ -36,17 +37,25 @@ pub fn write_safetensors(
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(items.len());
     for (item, &(s, t, source_dtype)) in items.iter().zip(&resolved.locations) {
-        if item.dtype != source_dtype {
+        let dequantized = source_dtype.is_quantized() && item.dtype == DType::F32;
+        if item.dtype != source_dtype && !dequantized || item.dtype.is_quantized() {
             return Err(Error::output(
                 output,
-                format!("tensor '{}': unpacking does not convert dtypes", item.name),
+                format!(
+                    "tensor '{}': unpacking keeps dtypes and turns quantized ones into F32, not {source_dtype} into {}",
+                    item.name, item.dtype
+                ),
             ));
         }
         let tensor = &resolved.shards[s].tensors[t];
+        let len = item
+            .dtype
+            .byte_len(&tensor.shape)
+            .map_err(|why| Error::output(output, why))?;
         let entry = serde_json::json!({
             "dtype": safetensors_dtype(item.dtype),
             "shape": tensor.shape,
-            "data_offsets": [offset, offset + tensor.byte_len],
+            "data_offsets": [offset, offset + len],
         });
         if header.insert(item.name.clone(), entry).is_some() || item.name == "__metadata__" {
             return Err(Error::output(
@@ -55,7 +64,7 @@ pub fn write_safetensors(
             ));
         }
         offsets.push(offset);
-        offset += tensor.byte_len;
+        offset += len;
     }
     let mut text = serde_json::to_vec(&header).expect("JSON serializes");
     text.resize(text.len().div_ceil(8) * 8, b' '); // as the safetensors library pads its header

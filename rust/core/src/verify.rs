@@ -6,9 +6,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::burnpack::{read_index, Layout, PackIndex, HEADER_SIZE, TENSOR_ALIGNMENT};
-use crate::cast;
+use crate::cast::Converter;
 use crate::error::{Error, Result};
 use crate::pack::{resolve, PackItem, Progress};
+use crate::quant;
 use crate::source::Shard;
 
 /// One thing wrong with a pack, tied to a tensor where there is one.
@@ -34,6 +35,17 @@ fn read_range(file: &mut File, path: &Path, start: u64, len: u64) -> Result<Vec<
     file.read_exact(&mut buffer)
         .map_err(|e| Error::io(path, "cannot read", e))?;
     Ok(buffer)
+}
+
+/// The bytes of `bytes` in `range`.
+fn part(bytes: &[u8], range: std::ops::Range<u64>) -> &[u8] {
+    &bytes[range.start as usize..range.end as usize]
+}
+
+/// The index of the first of `count` equal-sized elements at which `got` and `want` differ.
+fn first_difference(got: &[u8], want: &[u8], count: u64) -> Option<u64> {
+    let at = got.iter().zip(want).position(|(a, b)| a != b)? as u64;
+    Some(at / (got.len() as u64 / count.max(1)).max(1))
 }
 
 /// Checks the container. Anything Burn's reader would reject is an `Err` (the pack cannot be
@@ -94,7 +106,7 @@ pub fn verify_against(
         .filter_map(|item| by_name.get(item.name.as_str()).map(|&i| pack.tensors[i].byte_len))
         .sum();
     let mut done = 0u64;
-    let mut converted = Vec::new();
+    let (mut converted, mut converted_scales) = (Vec::new(), Vec::new());
     for (item, &(s, t, source_dtype)) in items.iter().zip(&sources.locations) {
         let Some(&p) = by_name.get(item.name.as_str()) else {
             problems.push(Problem::tensor(&item.name, "missing from the pack"));
@@ -120,44 +132,61 @@ pub fn verify_against(
         crate::guard::protect(); // our SIGBUS handler, not one installed since, sees the reads
         let got = pack.bytes(packed);
         let src = sources.shards[s].bytes(source);
-        let (in_size, out_size) = (source_dtype.size(), packed_dtype.size());
-        let step = (8u64 << 20) / in_size;
-        let mut element = 0u64;
-        let elements = source.byte_len / in_size;
-        while element < elements {
-            let n = step.min(elements - element);
-            let src_chunk = &src[(element * in_size) as usize..((element + n) * in_size) as usize];
-            let got_chunk = &got[(element * out_size) as usize..((element + n) * out_size) as usize];
-            let want: &[u8] = if source_dtype == packed_dtype {
-                src_chunk
-            } else {
-                converted.clear();
-                cast::convert(src_chunk, source_dtype, packed_dtype, &mut converted);
-                &converted
+        let elements: u64 = source.shape.iter().product();
+        let step = quant::chunk_elements(source_dtype, packed_dtype, 8 << 20);
+        let mut converter = (source_dtype != packed_dtype).then(|| Converter::new(source_dtype, packed_dtype));
+        let mut first = 0u64;
+        while first < elements {
+            let n = step.min(elements - first);
+            let (src_values, src_scales) = quant::element_ranges(source_dtype, elements, first, n);
+            let (got_values, got_scales) = quant::element_ranges(packed_dtype, elements, first, n);
+            let (want, want_scales): (&[u8], &[u8]) = match &mut converter {
+                None => (part(src, src_values), src_scales.map_or(&[][..], |r| part(src, r))),
+                Some(converter) => {
+                    converted.clear();
+                    converted_scales.clear();
+                    converter.run(
+                        part(src, src_values),
+                        src_scales.map_or(&[][..], |r| part(src, r)),
+                        &mut converted,
+                        &mut converted_scales,
+                    );
+                    (&converted, &converted_scales)
+                }
             };
+            let got_chunk = part(got, got_values);
+            let got_scales = got_scales.map_or(&[][..], |r| part(got, r));
             // Both maps were read: a fault in either means these bytes were zeros, not the file's.
             pack.check(Some(packed)).map_err(Error::of_pack)?;
             sources.shards[s].check(Some(source))?;
-            if got_chunk != want {
-                let at = got_chunk.iter().zip(want).position(|(a, b)| a != b).unwrap() as u64 / out_size;
+            if got_chunk != want || got_scales != want_scales {
                 let how = if source_dtype == packed_dtype {
                     "differs from"
+                } else if packed_dtype.is_quantized() {
+                    "is not the exact quantization of"
                 } else {
                     "is not the exact cast of"
                 };
+                let what = match first_difference(got_chunk, want, n) {
+                    Some(at) => format!("element {}", first + at),
+                    None => {
+                        let block = packed_dtype.block().unwrap_or(1) as u64;
+                        let at = first_difference(got_scales, want_scales, n / block).unwrap_or(0);
+                        format!(
+                            "the scale of block {} (elements from {})",
+                            first / block + at,
+                            first + at * block
+                        )
+                    }
+                };
                 problems.push(Problem::tensor(
                     &item.name,
-                    format!(
-                        "element {} {how} {}:{}",
-                        element + at,
-                        sources.shards[s].path.display(),
-                        source.name
-                    ),
+                    format!("{what} {how} {}:{}", sources.shards[s].path.display(), source.name),
                 ));
                 break;
             }
-            element += n;
-            done += n * out_size;
+            first += n;
+            done += (got_chunk.len() + got_scales.len()) as u64;
             if !progress(Progress { done, total }) {
                 return Err(Error::Cancelled);
             }

@@ -98,7 +98,7 @@ impl PackItem {
         &self.0.key
     }
     #[getter]
-    fn dtype(&self) -> &'static str {
+    fn dtype(&self) -> String {
         self.0.dtype.name()
     }
     #[getter]
@@ -106,7 +106,7 @@ impl PackItem {
         self.0.param_id
     }
     #[getter]
-    fn source_dtype(&self) -> Option<&'static str> {
+    fn source_dtype(&self) -> Option<String> {
         self.0.expect_source_dtype.map(|d| d.name())
     }
     #[getter]
@@ -185,7 +185,7 @@ impl TensorInfo {
     }
     /// Burn's name for its dtype, or None where Burn has none (fp8, fp4, complex).
     #[getter]
-    fn dtype(&self) -> Option<&'static str> {
+    fn dtype(&self) -> Option<String> {
         self.tensor.dtype.map(|d| d.name())
     }
     /// The dtype as the file's header spells it ("F32", "F8_E4M3", ...).
@@ -226,7 +226,7 @@ impl PackTensor {
         &self.0.name
     }
     #[getter]
-    fn dtype(&self) -> &'static str {
+    fn dtype(&self) -> String {
         self.0.dtype.name()
     }
     #[getter]
@@ -560,6 +560,11 @@ fn cast_bytes<'py>(py: Python<'py>, data: &[u8], from_dtype: &str, to_dtype: &st
     if !core::cast::supported(from, to) {
         return Err(PyValueError::new_err(format!("cannot convert {from} to {to}")));
     }
+    if from.is_quantized() || to.is_quantized() {
+        return Err(PyValueError::new_err(format!(
+            "cast_bytes converts plain dtypes; {from} to {to} needs a tensor's shape (pack it)"
+        )));
+    }
     if !(data.len() as u64).is_multiple_of(from.size()) {
         return Err(PyValueError::new_err(format!(
             "{} bytes is not a whole number of {from} elements",
@@ -569,6 +574,62 @@ fn cast_bytes<'py>(py: Python<'py>, data: &[u8], from_dtype: &str, to_dtype: &st
     let mut out = Vec::new();
     core::cast::convert(data, from, to, &mut out);
     Ok(PyBytes::new(py, &out))
+}
+
+/// One row of the core's dtype table: what Python knows of a dtype comes from here.
+#[pyclass(frozen, eq, module = "heartmula_burn._core")]
+#[derive(Clone, PartialEq)]
+struct DTypeInfo(core::DType);
+
+#[pymethods]
+impl DTypeInfo {
+    /// Our name: Burn's variant name ("F32", "Bool") or a quantized scheme and block ("Q8S_B32").
+    #[getter]
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    /// Burn's `DType` variant ("QFloat" for a quantized dtype).
+    #[getter]
+    fn burn_name(&self) -> &'static str {
+        self.0.plain_name()
+    }
+    /// Bytes per element, or None for a quantized dtype (its scales belong to the whole tensor).
+    #[getter]
+    fn element_size(&self) -> Option<u64> {
+        self.0.element_size()
+    }
+    #[getter]
+    fn is_float(&self) -> bool {
+        self.0.is_float()
+    }
+    #[getter]
+    fn is_quantized(&self) -> bool {
+        self.0.is_quantized()
+    }
+    /// Values per scale of a quantized dtype, along the last dimension.
+    #[getter]
+    fn block(&self) -> Option<u8> {
+        self.0.block()
+    }
+    /// Bytes a tensor of this dtype and `shape` takes in a pack; ValueError saying why it cannot.
+    fn byte_len(&self, shape: Vec<u64>) -> PyResult<u64> {
+        self.0.byte_len(&shape).map_err(PyValueError::new_err)
+    }
+    fn __repr__(&self) -> String {
+        format!("DTypeInfo({:?})", self.0.name())
+    }
+}
+
+/// The dtype a name spells (any case: "bf16", "F32", "q8s_b32"); ValueError if none.
+#[pyfunction]
+fn dtype_info(name: &str) -> PyResult<DTypeInfo> {
+    parse_dtype(name).map(DTypeInfo)
+}
+
+/// Every plain dtype (fixed size per element), in the core's order.
+#[pyfunction]
+fn plain_dtypes() -> Vec<DTypeInfo> {
+    core::DType::PLAIN.into_iter().map(DTypeInfo).collect()
 }
 
 /// This process's temporary sibling of `destination` (`.NAME.PID.heartmula-partial`), after
@@ -628,6 +689,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Problem>()?;
     m.add_class::<StagedFile>()?;
     m.add_class::<MapGuard>()?;
+    m.add_class::<DTypeInfo>()?;
+    m.add_function(wrap_pyfunction!(dtype_info, m)?)?;
+    m.add_function(wrap_pyfunction!(plain_dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(export_npy, m)?)?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;

@@ -1,0 +1,148 @@
+//! Q8S block quantization as Burn 0.22's CPU backend does it (burn-flex 0.22.1
+//! `quantize_dynamic` with `{Q8S, Native, Symmetric, block [n], F32 scales}`), and the dequantization
+//! Burn applies when it reads such a tensor back.
+//!
+//! Per block of `n` values along the last dimension: `alpha = max |x|` (NaN skipped, as `f32::max`
+//! does), `scale = 2 * alpha / 254`, replaced by `f32::MIN_POSITIVE` when it is zero or not finite,
+//! then `q = round(x * (1 / scale))` (ties away from zero) clamped to -127..=127, NaN giving 0.
+//! The bytes are the i8 values of the whole tensor, then its f32 scales, little-endian.
+
+use std::ops::Range;
+
+use crate::dtype::DType;
+
+/// Q8S's symmetric range is -127..=127; Burn divides by its width.
+const Q8S_MIN: f32 = -127.0;
+const Q8S_MAX: f32 = 127.0;
+const Q8S_RANGE: f32 = Q8S_MAX - Q8S_MIN;
+
+/// The scale Burn stores for a block whose largest magnitude is `alpha`.
+fn block_scale(alpha: f32) -> f32 {
+    let scale = 2.0 * alpha / Q8S_RANGE;
+    // Burn's `validated_scale`: a zero or non-finite scale would make every value NaN or infinite.
+    if scale > 0.0 && scale.is_finite() {
+        scale
+    } else {
+        f32::MIN_POSITIVE
+    }
+}
+
+/// Quantizes whole blocks of `block` values: appends one i8 per value to `values` and one f32
+/// scale per block to `scales`. `src.len()` must be a multiple of `block`.
+pub fn quantize(src: &[f32], block: usize, values: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    debug_assert_eq!(src.len() % block, 0);
+    values.reserve(src.len());
+    scales.reserve(src.len() / block * 4);
+    for chunk in src.chunks_exact(block) {
+        let alpha = chunk.iter().fold(0.0f32, |peak, &x| peak.max(x.abs()));
+        let scale = block_scale(alpha);
+        let inv_scale = 1.0 / scale;
+        values.extend(
+            chunk
+                .iter()
+                .map(|&x| (x * inv_scale).round().clamp(Q8S_MIN, Q8S_MAX) as i8 as u8),
+        );
+        scales.extend_from_slice(&scale.to_le_bytes());
+    }
+}
+
+/// Dequantizes whole blocks as Burn does (`scale * q`): appends f32 values to `dst`.
+/// `values.len()` must be `block` times the number of scales.
+pub fn dequantize(values: &[u8], scales: &[u8], block: usize, dst: &mut Vec<f32>) {
+    debug_assert_eq!(values.len(), scales.len() / 4 * block);
+    dst.reserve(values.len());
+    for (chunk, scale) in values.chunks_exact(block).zip(scales.chunks_exact(4)) {
+        let scale = f32::from_le_bytes(scale.try_into().unwrap());
+        dst.extend(chunk.iter().map(|&q| scale * (q as i8) as f32));
+    }
+}
+
+/// Where elements `first..first + count` of a tensor of `elements` values lie in its bytes: the
+/// values, and for a quantized dtype the scales of their blocks (`first` and `count` are whole
+/// blocks there).
+pub fn element_ranges(dtype: DType, elements: u64, first: u64, count: u64) -> (Range<u64>, Option<Range<u64>>) {
+    match dtype {
+        DType::Q8S(block) => {
+            let block = block as u64;
+            debug_assert!(first.is_multiple_of(block) && count.is_multiple_of(block));
+            let scales = elements + first / block * 4..elements + (first + count) / block * 4;
+            (first..first + count, Some(scales))
+        }
+        plain => (first * plain.size()..(first + count) * plain.size(), None),
+    }
+}
+
+/// How many elements to convert at a time: about `bytes` of f32, whole blocks of both dtypes.
+pub fn chunk_elements(from: DType, to: DType, bytes: u64) -> u64 {
+    let block = from.block().unwrap_or(1).max(to.block().unwrap_or(1)) as u64;
+    let wanted = (bytes / 4).max(1);
+    (wanted / block).max(1) * block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(src: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
+        let (mut values, mut scales) = (Vec::new(), Vec::new());
+        quantize(src, block, &mut values, &mut scales);
+        (
+            values.iter().map(|&b| b as i8).collect(),
+            scales
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn burns_own_per_block_example() {
+        // burn-flex 0.22.1 `test_per_block_quantize_dequantize`: blocks [0,1,2,3] and [4,5,6,7]
+        // have scales 6/254 and 14/254; the largest value of each block maps to 127.
+        let (q, s) = run(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], 4);
+        assert_eq!(s, vec![2.0f32 * 3.0 / 254.0, 2.0f32 * 7.0 / 254.0]);
+        assert_eq!(q, vec![0, 42, 85, 127, 73, 91, 109, 127]);
+    }
+
+    #[test]
+    fn edge_values_follow_burns_rules() {
+        // All zeros: the scale becomes f32::MIN_POSITIVE and every value 0.
+        let (q, s) = run(&[0.0, -0.0, 0.0, 0.0], 4);
+        assert_eq!((q, s), (vec![0; 4], vec![f32::MIN_POSITIVE]));
+        // NaN is skipped by the peak and quantizes to 0.
+        let (q, s) = run(&[f32::NAN, 1.0, -0.5, 0.25], 4);
+        assert_eq!(s, vec![2.0f32 / 254.0]);
+        assert_eq!(q, vec![0, 127, -64, 32]);
+        // An infinity makes the scale non-finite: MIN_POSITIVE, and every non-zero value saturates.
+        let (q, s) = run(&[f32::INFINITY, 1e-30, -2.0, 0.0], 4);
+        assert_eq!(s, vec![f32::MIN_POSITIVE]);
+        assert_eq!(q, vec![127, 127, -127, 0]);
+        // Subnormals: 2 * alpha / 254 rounds to a smaller subnormal, which is still a valid scale.
+        let tiny = f32::from_bits(1000);
+        let (q, s) = run(&[tiny, -tiny], 2);
+        assert_eq!(s, vec![2.0 * tiny / 254.0]);
+        assert_eq!(q, vec![127, -127]);
+        // Ties round away from zero: 0.5 / (2 / 254) = 63.5 -> 64.
+        let (q, _) = run(&[1.0, 0.5, -0.5, 0.0], 4);
+        assert_eq!(q, vec![127, 64, -64, 0]);
+    }
+
+    #[test]
+    fn dequantize_is_scale_times_value() {
+        let values: Vec<u8> = [127i8, -64, 0, 1].iter().map(|&v| v as u8).collect();
+        let scales: Vec<u8> = [0.5f32, 2.0].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        dequantize(&values, &scales, 2, &mut out);
+        assert_eq!(out, vec![63.5, -32.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn ranges_and_chunks_by_hand() {
+        // 128 values in blocks of 32: values at 0..128, scales at 128..144.
+        assert_eq!(element_ranges(DType::Q8S(32), 128, 32, 64), (32..96, Some(132..140)));
+        assert_eq!(element_ranges(DType::BF16, 10, 2, 3), (4..10, None));
+        assert_eq!(chunk_elements(DType::F32, DType::Q8S(48), 1000), 240);
+        assert_eq!(chunk_elements(DType::Q8S(7), DType::F32, 1), 7);
+        assert_eq!(chunk_elements(DType::F32, DType::BF16, 8), 2);
+    }
+}
