@@ -1,11 +1,15 @@
-//! Q8S block quantization as Burn 0.22's CPU backend does it (burn-flex 0.22.1
-//! `quantize_dynamic` with `{Q8S, Native, Symmetric, block [n], F32 scales}`), and the dequantization
-//! Burn applies when it reads such a tensor back.
+//! Q8S block quantization exactly as Burn 0.22.1's `Tensor::quantize_dynamic` does it on its CPU
+//! backend with `{Q8S, Native, Symmetric, block [n], F32 scales}`, and the dequantization Burn
+//! applies when it reads such a tensor back.
 //!
-//! Per block of `n` values along the last dimension: `alpha = max |x|` (NaN skipped, as `f32::max`
-//! does), `scale = 2 * alpha / 254`, replaced by `f32::MIN_POSITIVE` when it is zero or not finite,
-//! then `q = round(x * (1 / scale))` (ties away from zero) clamped to -127..=127, NaN giving 0.
-//! The bytes are the i8 values of the whole tensor, then its f32 scales, little-endian.
+//! That call goes through burn-backend's default `quantize_dynamic` (burn-dispatch does not
+//! forward it to burn-flex's own): per block of `n` values along the last dimension it takes the
+//! block's min and max (burn-flex's scalar row scan: any NaN makes both NaN), `alpha = |min|` unless
+//! `|min| < |max|`, `scale = alpha * 2 / 254`, replaced by `f32::MIN_POSITIVE` when it is zero, NaN
+//! or infinite (burn-flex `quantize`), then `q = round(x * (1 / scale))` (ties away from zero)
+//! clamped to -127..=127, NaN giving 0. So a block with a NaN or an infinity keeps 0 for zeros
+//! and NaN and saturates everything else. The bytes are the i8 values of the whole tensor, then
+//! its f32 scales, little-endian.
 
 use std::ops::Range;
 
@@ -16,9 +20,21 @@ const Q8S_MIN: f32 = -127.0;
 const Q8S_MAX: f32 = 127.0;
 const Q8S_RANGE: f32 = Q8S_MAX - Q8S_MIN;
 
+/// The largest magnitude in a block, NaN if the block holds one (as Burn's min/max scan gives).
+fn block_peak(block: &[f32]) -> f32 {
+    let mut peak = 0.0f32;
+    for &x in block {
+        if x.is_nan() {
+            return f32::NAN;
+        }
+        peak = peak.max(x.abs());
+    }
+    peak
+}
+
 /// The scale Burn stores for a block whose largest magnitude is `alpha`.
 fn block_scale(alpha: f32) -> f32 {
-    let scale = 2.0 * alpha / Q8S_RANGE;
+    let scale = alpha * 2.0 / Q8S_RANGE;
     // Burn's `validated_scale`: a zero or non-finite scale would make every value NaN or infinite.
     if scale > 0.0 && scale.is_finite() {
         scale
@@ -34,8 +50,7 @@ pub fn quantize(src: &[f32], block: usize, values: &mut Vec<u8>, scales: &mut Ve
     values.reserve(src.len());
     scales.reserve(src.len() / block * 4);
     for chunk in src.chunks_exact(block) {
-        let alpha = chunk.iter().fold(0.0f32, |peak, &x| peak.max(x.abs()));
-        let scale = block_scale(alpha);
+        let scale = block_scale(block_peak(chunk));
         let inv_scale = 1.0 / scale;
         values.extend(
             chunk
@@ -109,18 +124,18 @@ mod tests {
         // All zeros: the scale becomes f32::MIN_POSITIVE and every value 0.
         let (q, s) = run(&[0.0, -0.0, 0.0, 0.0], 4);
         assert_eq!((q, s), (vec![0; 4], vec![f32::MIN_POSITIVE]));
-        // NaN is skipped by the peak and quantizes to 0.
-        let (q, s) = run(&[f32::NAN, 1.0, -0.5, 0.25], 4);
-        assert_eq!(s, vec![2.0f32 / 254.0]);
-        assert_eq!(q, vec![0, 127, -64, 32]);
+        // A NaN makes the block's scale NaN, replaced: it quantizes to 0, the rest saturates.
+        let (q, s) = run(&[f32::NAN, 1.0, -0.5, 0.25, 0.0, 1e-45, 2.0, -1.0], 4);
+        assert_eq!(s, vec![f32::MIN_POSITIVE, 2.0f32 * 2.0 / 254.0]);
+        assert_eq!(q, vec![0, 127, -127, 127, 0, 0, 127, -64]);
         // An infinity makes the scale non-finite: MIN_POSITIVE, and every non-zero value saturates.
         let (q, s) = run(&[f32::INFINITY, 1e-30, -2.0, 0.0], 4);
         assert_eq!(s, vec![f32::MIN_POSITIVE]);
         assert_eq!(q, vec![127, 127, -127, 0]);
-        // Subnormals: 2 * alpha / 254 rounds to a smaller subnormal, which is still a valid scale.
+        // Subnormals: alpha * 2 / 254 rounds to a smaller subnormal, which is still a valid scale.
         let tiny = f32::from_bits(1000);
         let (q, s) = run(&[tiny, -tiny], 2);
-        assert_eq!(s, vec![2.0 * tiny / 254.0]);
+        assert_eq!(s, vec![tiny * 2.0 / 254.0]);
         assert_eq!(q, vec![127, -127]);
         // Ties round away from zero: 0.5 / (2 / 254) = 63.5 -> 64.
         let (q, _) = run(&[1.0, 0.5, -0.5, 0.0], 4);
