@@ -6,6 +6,7 @@ Cases (--cases, comma-separated):
   cat+sync       the copy floor: `cat shards > out`, then `sync out` (fsync of the output)
   pack-f32       `heartmula_burn pack --dtype f32` (the default pack)
   pack-bf16      `heartmula_burn pack --dtype bf16`
+  pack-q8        `heartmula_burn pack --dtype q8` (Linear weights Q8S block 32, the rest F32)
   python-packer  benchmarks/python_packer.py: safetensors + torch, one tensor at a time (F32)
   burn-writer    Burn's own BurnpackWriter (burn-store 0.21) over mmap (F32); build it first:
                  cargo build --release --features burn-021 --bin burn_writer_bench \\
@@ -50,7 +51,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BURN_WRITER = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_writer_bench"
-ALL_CASES = ("cat+sync", "pack-f32", "pack-bf16", "python-packer", "burn-writer", "base-pack-f32", "base-pack-bf16")
+ALL_CASES = (
+    "cat+sync",
+    "pack-f32",
+    "pack-bf16",
+    "pack-q8",
+    "python-packer",
+    "burn-writer",
+    "base-pack-f32",
+    "base-pack-bf16",
+)
 # The interpreter whose heartmula_burn the base-pack-* cases run (--baseline-python): an earlier
 # version installed elsewhere, timed side by side with this one.
 BASELINE_PYTHON: list[str] = []

@@ -11,6 +11,7 @@ Building the Burn crates takes minutes, so these run only with HEARTMULA_BURN_CO
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 from heartmula_burn import open_pack
+from heartmula_burn._packfile import dequantize, quantize
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 from test_roundtrip import tensor_sets
 
@@ -38,8 +41,9 @@ def source_of(ckpt):
     return tensors
 
 
-def pack_via_manifest(fix, name, arrays, order, param_ids, metadata):
-    """Writes the arrays as a shard, edits the manifest (order, param_ids, metadata), packs it."""
+def pack_via_manifest(fix, name, arrays, order, param_ids, metadata, quantize=None):
+    """Writes the arrays as a shard, edits the manifest (order, param_ids, metadata, and the
+    tensors `quantize` names: Q8S in blocks of that many), packs it."""
     src = fix / f"{name}.src.safetensors"
     save_file(arrays, str(src))
     manifest = fix / f"{name}.manifest.json"
@@ -50,6 +54,8 @@ def pack_via_manifest(fix, name, arrays, order, param_ids, metadata):
     for t in doc["tensors"]:
         if t["name"] in param_ids:
             t["param_id"] = param_ids[t["name"]]
+        if t["name"] in (quantize or {}):
+            t["dtype"] = f"Q8S_B{quantize[t['name']]}"
     doc["metadata"] = metadata
     manifest.write_text(json.dumps(doc))
     run_cli("pack", "--manifest", manifest, "-o", fix / f"{name}.bpk", "-q", check_rc=0)
@@ -121,6 +127,122 @@ def heartmula_cases(fix, ckpt):
     return cases
 
 
+# Upstream's Linear weights, written out here (not read from the preset): the tensors a q8 pack quantizes.
+LINEAR_WEIGHT = re.compile(
+    r"(backbone|decoder)\.layers\.\d+\.(attn\.(q|k|v|output)_proj|mlp\.w[123])\.weight|projection\.weight|codebook0_head\.weight"
+)
+
+
+def q8_cases(fix, ckpt):
+    """The tiny HeartMuLa packed with --dtype q8 at blocks 32 (the tiny decoder's width 16 does not
+    divide: those stay F32) and 16 (every Linear weight divides). Burn quantizes the same source
+    values itself; the pack must be what its writer makes of them."""
+    source = source_of(ckpt)
+    cases = []
+    for block in (32, 16):
+        name = f"tiny_q8_b{block}"
+        run_cli(
+            "pack",
+            ckpt,
+            "-o",
+            fix / f"{name}.bpk",
+            "--dtype",
+            "q8",
+            "--q-block",
+            block,
+            "-q",
+            "--no-extras",
+            check_rc=0,
+        )
+        save_file(source, str(fix / f"{name}.expected.safetensors"))
+        quantize = {n: block for n, a in source.items() if LINEAR_WEIGHT.fullmatch(n) and a.shape[-1] % block == 0}
+        with open_pack(fix / f"{name}.bpk") as pack:
+            assert {t.name for t in pack.tensors if t.dtype.startswith("Q8S")} == set(quantize), name
+            order = [t.name for t in pack.tensors]
+            metadata = dict(pack.metadata)
+        cases.append(
+            {
+                "name": name,
+                "order": order,
+                "param_ids": {},
+                "metadata": metadata,
+                "heartmula_config": "config.json",
+                "quantize": quantize,
+            }
+        )
+    assert len(cases[0]["quantize"]) < len(cases[1]["quantize"]) == 28 * 7 + 3 * 7 + 2
+    return cases
+
+
+def q8_edge_case(fix):
+    """Values where a quantizer's rules show: all-zero blocks, signed zeros, NaN, infinities, the
+    largest floats (2 * max overflows), subnormals, exact ties, one outlier per block; from F32,
+    BF16, F16 and F64 sources, blocks of 1 to 255."""
+    rng = np.random.default_rng(23)
+    tiny = np.float32(2.0**-140)
+    special = np.array(
+        [0.0, -0.0, np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, tiny, -tiny, 1e-45, 0.5, -0.5, 1.5, 127.5, 1e30, -7.0],
+        "<f4",
+    )
+    arrays = {
+        "zeros": np.zeros((4, 64), "<f4"),
+        "nan_among_values": np.where(np.arange(64) % 5 == 0, np.nan, rng.standard_normal(64))
+        .astype("<f4")
+        .reshape(2, 32),
+        "special": np.resize(special, (6, 32)).astype("<f4"),
+        "ties": (np.arange(-64, 64, dtype="<f4") / np.float32(2)).reshape(4, 32),
+        "subnormal_block": np.full((2, 16), tiny, "<f4") * np.arange(1, 33, dtype="<f4").reshape(2, 16),
+        "outlier": np.where(rng.random((8, 48)) < 0.05, 1e4, rng.standard_normal((8, 48))).astype("<f4"),
+        "bf16_source": rng.standard_normal((3, 96)).astype(ml_dtypes.bfloat16),
+        "f16_source": rng.standard_normal((5, 24)).astype("<f2"),
+        "f64_source": rng.standard_normal((2, 40)).astype("<f8"),
+        "block_one": rng.standard_normal((3, 7)).astype("<f4"),
+        "block_255": rng.standard_normal((2, 510)).astype("<f4"),
+        "kept_f32": rng.standard_normal((2, 3)).astype("<f4"),
+    }
+    blocks = {
+        "zeros": 32, "nan_among_values": 32, "special": 16, "ties": 32, "subnormal_block": 16, "outlier": 48,
+        "bf16_source": 32, "f16_source": 8, "f64_source": 20, "block_one": 1, "block_255": 255,
+    }  # fmt: skip
+    order = list(arrays)
+    pack_via_manifest(fix, "q8_edge", arrays, order, {}, {"format": "burnpack"}, quantize=blocks)
+    return {"name": "q8_edge", "order": order, "param_ids": {}, "metadata": {"format": "burnpack"}, "quantize": blocks}
+
+
+def q8_hypothesis_cases(fix):
+    cases = []
+
+    @settings(max_examples=4, derandomize=True, database=None, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1, 4),
+                st.sampled_from([1, 2, 3, 16, 32, 64]),
+                st.integers(1, 3),
+                st.sampled_from(["<f4", "<f2"]),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        st.integers(0, 2**32 - 1),
+    )
+    def export(shapes, seed):
+        rng = np.random.default_rng(seed)
+        arrays, blocks = {}, {}
+        for i, (rows, block, per_row, dtype) in enumerate(shapes):
+            scale = 10.0 ** rng.integers(-30, 30)
+            with np.errstate(over="ignore"):  # float16 overflows to infinities: an edge case too
+                arrays[f"t{i}"] = (rng.standard_normal((rows, block * per_row)) * scale).astype(dtype)
+            blocks[f"t{i}"] = block
+        name = f"q8hyp{len(cases)}"
+        order = list(arrays)
+        pack_via_manifest(fix, name, arrays, order, {}, {}, quantize=blocks)
+        cases.append({"name": name, "order": order, "param_ids": {}, "metadata": {}, "quantize": blocks})
+
+    export()
+    return cases
+
+
 def codec_case(fix, root):
     """The tiny HeartCodec pack (all 818 upstream names, weight norm unfolded, VQ buffers, F32)."""
     source = {}
@@ -153,6 +275,7 @@ if os.environ.get("HEARTMULA_BURN_PRERELEASE") == "1":
 def fixtures(tmp_path_factory, tiny_ckpt, tiny_root):
     fix = tmp_path_factory.mktemp("compat")
     cases = heartmula_cases(fix, tiny_ckpt) + [codec_case(fix, tiny_root), edge_case(fix)] + hypothesis_cases(fix)
+    cases += q8_cases(fix, tiny_ckpt) + [q8_edge_case(fix)] + q8_hypothesis_cases(fix)
     for c in cases:
         c["pack"] = f"{c['name']}.bpk"
         c["expected"] = f"{c['name']}.expected.safetensors"
@@ -189,14 +312,20 @@ def compat(request, fixtures):
     return fix, cases, proc.stdout, version
 
 
+def read_by(version, case):
+    """Whether that Burn release reads the case's pack (quantized descriptors are 0.22's)."""
+    return version != "0.21" or not case.get("quantize")
+
+
 def test_checks_1_2_3_ran_on_every_case(compat):
     _fix, cases, out, version = compat
     assert "check 1 ok (burn " + version + "): tiny_codec (818 tensors)" in out
     for c in cases:
-        assert f"check 1 ok (burn {version}): {c['name']} " in out
-        assert f"check 2 ok (burn {version}): {c['name']} " in out
-    for name in ("tiny_f32", "tiny_bf16"):
-        assert f"check 3 ok (burn {version}): {name} " in out
+        ran = f"check 1 ok (burn {version}): {c['name']} " in out
+        assert ran == read_by(version, c), c["name"]
+        assert (f"check 2 ok (burn {version}): {c['name']} " in out) == ran, c["name"]
+    for name in ("tiny_f32", "tiny_bf16", "tiny_q8_b32", "tiny_q8_b16"):
+        assert (f"check 3 ok (burn {version}): {name} " in out) == read_by(version, {"quantize": "q8" in name})
 
 
 def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
@@ -224,16 +353,48 @@ def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
     np.testing.assert_array_equal(got, source["text_embeddings.weight"][emb["ids"]])
 
 
+def test_check_3_quantized_forward_matches_numpy(compat, tiny_ckpt):
+    """Burn's Linear forward with the q8 pack's quantized weight equals x @ W'^T, W' the weight
+    quantized and dequantized by the numpy quantizer (written apart from the core's)."""
+    fix, _cases, _out, version = compat
+    if version == "0.21":
+        pytest.skip("Burn 0.21 does not read our quantized packs")
+    source = source_of(tiny_ckpt)
+    for block in (32, 16):
+        forward = json.loads((fix / f"forward_{version}_tiny_q8_b{block}.json").read_text())
+        weight = source["backbone.layers.0.attn.k_proj.weight"]
+        values, scales = quantize(weight, block)
+        dequantized = dequantize(values, scales, block)
+        i = np.arange(3 * weight.shape[1])
+        x = ((i * 7 % 13).astype(np.float32) / np.float32(13) - np.float32(0.5)).reshape(3, weight.shape[1])
+        got = forward["backbone.layers.0.attn.k_proj"]
+        got = np.array(got["values"], np.float32).reshape(got["shape"])
+        np.testing.assert_allclose(got, x @ dequantized.T, rtol=1e-5, atol=1e-6)
+        unquantized = x @ weight.T
+        assert np.abs(got - unquantized).max() > 1e-4  # a negative control: the quantization shows
+
+
 def test_check_4_we_read_burns_packs(compat):
     fix, cases, _out, version = compat
     for c in cases:
+        if not read_by(version, c):
+            continue
         expected = load_file(fix / c["expected"])
+        for name, block in c.get("quantize", {}).items():
+            # The bytes Burn's writer stored: numpy's quantizer on the values Burn widened to f32.
+            values, scales = quantize(expected[name].astype(np.float32), block)
+            expected[name] = np.frombuffer(values.tobytes() + scales.tobytes(), np.uint8)
         with open_pack(fix / f"burn_written_{version}" / f"{c['name']}.bpk") as pack:
             assert pack.metadata == c["metadata"], c["name"]
             assert pack.layout == "0.20+"
             assert sorted(t.name for t in pack.tensors) == sorted(expected), c["name"]
             for t in pack.tensors:
                 want = expected[t.name]
+                if t.name in c.get("quantize", {}):
+                    assert t.dtype == f"Q8S_B{c['quantize'][t.name]}", (c["name"], t.name)
+                    assert bytes(pack.raw_bytes(t.name)) == want.tobytes(), (c["name"], t.name)
+                    assert t.param_id == c["param_ids"].get(t.name), (c["name"], t.name)
+                    continue
                 assert t.shape == want.shape, (c["name"], t.name)
                 assert pack[t.name].dtype == want.dtype, (c["name"], t.name)
                 assert bytes(pack.raw_bytes(t.name)) == want.tobytes(), (c["name"], t.name)

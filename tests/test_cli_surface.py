@@ -78,10 +78,11 @@ def test_any_model_packs_are_named_after_their_source(tiny_ckpt, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["my-model.bpk"]
 
 
-def test_a_narrow_pack_of_any_model_says_the_cpu_backend_cannot_load_it(tiny_ckpt, tmp_path):
+def test_a_narrow_pack_of_any_model_says_which_runtimes_run_it(tiny_ckpt, tmp_path):
     proc = run_cli("pack", tiny_ckpt / "HeartMuLa-oss-3B", "--any-model", "--dtype", "bf16", "-o", tmp_path / "x.bpk")
     assert proc.returncode == 0, proc.stderr
-    assert "note: " in proc.stderr and "CPU backend" in proc.stderr and "BF16" in proc.stderr
+    assert "note: " in proc.stderr and "holds BF16 tensors" in proc.stderr
+    assert "runs in runtimes that cast on load" in proc.stderr and "maolan-generate 0.0.19" in proc.stderr
 
 
 def test_the_installed_package_carries_its_licence():

@@ -5,7 +5,6 @@ inside it: a manifest that came with a download cannot pull other files of this 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
@@ -17,13 +16,18 @@ from ._atomic import write_text
 from ._checkpoint import Checkpoint
 from ._errors import CheckpointError, HeartmulaBurnError, OutputError
 from ._fields import Fields, inside, read_json
-from ._packfile import canonical_dtype, dtype_size
+from ._packfile import canonical_dtype, dtype_info, tensor_nbytes
 from ._presets import Preset, preset_for
 
 MANIFEST_FORMAT = "heartmula-burn-manifest"
 MANIFEST_VERSION = 1
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-DTYPE_CHOICES = ("f32", "bf16", "f16", "source")
+FLOAT_DTYPES = tuple(d.name for d in _core.plain_dtypes() if d.is_float)
+# --dtype: a float dtype for every float tensor, each tensor's own ("source"), or "q8": the tensors
+# the model's preset names quantized to Burn's Q8S in blocks of --q-block values, the rest F32.
+DTYPE_CHOICES = ("f32", "bf16", "f16", "source", "q8")
+QUANTIZED_CHOICES = {"q8": "Q8S"}
+PLAIN_DTYPE_CHOICES = tuple(d for d in DTYPE_CHOICES if d not in QUANTIZED_CHOICES)
+DEFAULT_Q_BLOCK = 32  # as llama.cpp's q8_0 and Burn's own tests
 # Keys under which `unpack` keeps, in each shard's __metadata__, what safetensors cannot otherwise
 # hold, so that packing the unpacked folder gives back the identical pack.
 PACK_METADATA_KEY = "heartmula_burn.pack_metadata"
@@ -67,9 +71,16 @@ class Manifest:
     # Runtime files copied beside the pack (tokenizer.json, gen_config.json); not part of the pack.
     extras: dict[str, Path] = field(default_factory=dict)
 
+    # For people, not saved: what building the manifest decided that they may not expect.
+    notes: list[str] = field(default_factory=list)
+
     @property
     def total_bytes(self) -> int:
-        return sum(math.prod(t.shape) * dtype_size(t.dtype) for t in self.tensors)
+        return sum(tensor_nbytes(t.dtype, t.shape) for t in self.tensors)
+
+    @property
+    def quantized(self) -> bool:
+        return any(dtype_info(t.dtype).is_quantized for t in self.tensors)
 
     def core_items(self) -> list[_core.PackItem]:
         """What `_core.pack` takes: the Rust core re-checks each source against its file."""
@@ -187,12 +198,34 @@ def output_dtype(source_dtype: str, requested: str) -> str:
     return requested.upper()
 
 
-def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False) -> Manifest:
+def quantized_dtype(dtype: str, q_block: int) -> str | None:
+    """Our name for the dtype `--dtype` quantizes to ("Q8S_B32"), None for a plain --dtype;
+    ValueError for a block the scheme cannot have (Burn stores a block length in one byte)."""
+    scheme = QUANTIZED_CHOICES.get(dtype)
+    if scheme is None:
+        return None
+    if isinstance(q_block, bool) or not isinstance(q_block, int) or not 1 <= q_block <= 255:
+        raise ValueError(f"q_block {q_block!r}: a block is 1 to 255 values (Burn stores it in one byte)")
+    return dtype_info(f"{scheme}_B{q_block}").name
+
+
+def build_manifest(
+    ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False, q_block: int = DEFAULT_Q_BLOCK
+) -> Manifest:
     """The default manifest: every tensor under its upstream name, in on-disk order (so reads are
     sequential), converted to `dtype`. Unless `any_model`, the model's preset (recognised from its
-    config.json) checks every tensor and shape first and decides which dtypes it may be packed in."""
+    config.json) checks every tensor and shape first and decides which dtypes it may be packed in.
+    With "q8", the tensors the preset names quantized (`Preset.quantizable`) are quantized in
+    blocks of `q_block` where their last dimension allows it, every other float tensor is F32."""
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPE_CHOICES)})")
+    quantized = quantized_dtype(dtype, q_block)
+    if quantized is not None and any_model:
+        raise HeartmulaBurnError.at(
+            ckpt.model_dir,
+            f"--dtype {dtype} refused with --any-model: a model's preset says which tensors are quantized "
+            "(write a manifest to choose them yourself)",
+        )
     sources: dict[str, str] = {}
     for t in ckpt.tensors:
         if t.dtype is None:
@@ -219,10 +252,14 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         _check_dtypes(ckpt, preset)
         metadata.update(preset.metadata(config))
         extras = {name: p for name, p in extras.items() if name in preset.runtime_files}
+    floats = "f32" if quantized is not None else dtype
     tensors = [
-        ManifestTensor(t.name, t.file, t.name, sources[t.name], output_dtype(sources[t.name], dtype), t.shape)
+        ManifestTensor(t.name, t.file, t.name, sources[t.name], output_dtype(sources[t.name], floats), t.shape)
         for t in ckpt.tensors
     ]
+    notes = []
+    if quantized is not None:
+        notes = _quantize(tensors, quantized, preset_of(ckpt)[0])
     metadata["dtype"] = ",".join(sorted({t.dtype for t in tensors}))
     restored = _unpacked_pack_state(ckpt)
     if restored is not None:
@@ -230,7 +267,29 @@ def build_manifest(ckpt: Checkpoint, dtype: str = "f32", any_model: bool = False
         metadata, param_ids = restored
         for entry in tensors:
             entry.param_id = param_ids.get(entry.name)
-    return Manifest(tensors, metadata, extras)
+    return Manifest(tensors, metadata, extras, notes)
+
+
+def _quantize(tensors: list[ManifestTensor], quantized: str, preset: Preset) -> list[str]:
+    """Sets `quantized` on the float tensors the preset names, where the block divides their last
+    dimension (Burn's quantizer refuses the others: they stay F32); returns a note naming those."""
+    block = dtype_info(quantized).block or 1
+    uneven = []
+    for t in tensors:
+        if preset.quantizable is None or not preset.quantizable.fullmatch(t.name) or t.dtype not in FLOAT_DTYPES:
+            continue
+        if t.shape and t.shape[-1] % block == 0:
+            t.dtype = quantized
+        else:
+            uneven.append(f"{t.name} {list(t.shape)}")
+    if not uneven:
+        return []
+    shown = ", ".join(uneven[:3]) + (f" and {len(uneven) - 3} more" if len(uneven) > 3 else "")
+    note = (
+        f"{len(uneven)} tensor(s) stay F32, their last dimension not a multiple of the block {block} "
+        f"(Burn quantizes whole blocks only): {shown}"
+    )
+    return [note]
 
 
 def preset_of(ckpt: Checkpoint) -> tuple[Preset, Fields]:
@@ -250,7 +309,7 @@ def _check_dtypes(ckpt: Checkpoint, preset: Preset) -> None:
     target = preset.dtypes[0].upper()
     for t in ckpt.tensors:
         source = t.dtype or ""
-        exact = source == target or (source in FLOAT_DTYPES and dtype_size(source) < dtype_size(target))
+        exact = source == target or (source in FLOAT_DTYPES and tensor_nbytes(source, [1]) < tensor_nbytes(target, [1]))
         if not exact:
             raise CheckpointError.at(
                 t.file, f"dtype {source} cannot become {target} exactly; {preset.dtype_reason}", tensor=t.name

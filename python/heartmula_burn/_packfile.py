@@ -4,6 +4,7 @@ already reads safetensors files."""
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import weakref
@@ -35,14 +36,15 @@ __all__ = [
     "PackTensor",
     "PackedTensor",
     "canonical_dtype",
-    "dtype_size",
+    "dtype_info",
     "open_pack",
     "safe_open",
 ]
 # What `get_tensor` and `get_slice` return: numpy arrays, or torch tensors ("pt", as safetensors names it).
 FRAMEWORKS = ("numpy", "np", "pt", "torch")
 
-# Burn dtype name -> numpy dtype (little-endian, as Burn stores elements).
+# Burn dtype name -> numpy dtype (little-endian, as Burn stores elements), for the plain dtypes.
+# Quantized tensors read back as float32, as Burn dequantizes them.
 NUMPY_DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -60,13 +62,58 @@ NUMPY_DTYPES = {
 }
 
 
-def dtype_size(name: str) -> int:
-    return int(NUMPY_DTYPES[name].itemsize)
+def dtype_info(name: str) -> _core.DTypeInfo:
+    """The core's dtype table row for `name` (any case); ValueError for a name it does not know."""
+    return _core.dtype_info(name)
 
 
 def canonical_dtype(text: str) -> str | None:
-    """Burn's name for a dtype spelled either way ("bf16", "BOOL", "Bool"), or None."""
-    return next((name for name in NUMPY_DTYPES if name.upper() == text.upper()), None)
+    """Our name for a dtype spelled any way ("bf16", "BOOL", "q8s_b32"), or None."""
+    try:
+        return dtype_info(text).name
+    except ValueError:
+        return None
+
+
+def tensor_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:
+    """Bytes a tensor of `dtype` and `shape` takes in a pack (values and, if quantized, scales)."""
+    return dtype_info(dtype).byte_len(list(shape))
+
+
+def quantized_parts(raw: memoryview | bytes, info: _core.DTypeInfo, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """A quantized tensor's stored values (int8, in `shape`) and block scales (float32, one row of
+    scales per row of blocks), as views of `raw`."""
+    count = math.prod(shape)
+    block = info.block or 1
+    values = np.frombuffer(raw, np.int8, count).reshape(shape)
+    scales = np.frombuffer(raw, "<f4", count // block, offset=count).reshape((*shape[:-1], shape[-1] // block))
+    return values, scales
+
+
+def quantize(x: np.ndarray[Any, Any], block: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Burn 0.22.1's Q8S `quantize_dynamic` (symmetric, per block along the last dimension)
+    written out in numpy, apart from the core's: per block `scale = max(|min|, |max|) * 2 / 254`,
+    NaN if the block holds a NaN; a zero, NaN or infinite scale becomes the smallest normal float;
+    then `round(x * (1 / scale))`, ties away from zero, clamped to -127..=127, NaN to 0. Returns
+    the int8 values (in `x`'s shape) and the float32 scales (one per block, in block order)."""
+    blocks = np.asarray(x, np.float32).reshape(-1, block)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        alpha = np.abs(blocks).max(axis=1, initial=np.float32(0))  # a NaN propagates
+        scales = alpha * np.float32(2) / np.float32(254)
+        scales = np.where((scales > 0) & np.isfinite(scales), scales, np.finfo(np.float32).tiny).astype(np.float32)
+        scaled = blocks * (np.float32(1) / scales)[:, None]
+        # Round half away from zero in float64, where |y| + 0.5 is exact for every float32 y.
+        wide = scaled.astype(np.float64)
+        rounded = np.copysign(np.floor(np.abs(wide) + 0.5), wide)
+        values = np.nan_to_num(np.clip(rounded, -127, 127), nan=0.0).astype(np.int8)
+    return values.reshape(np.shape(x)), scales
+
+
+def dequantize(values: Any, scales: Any, block: int) -> np.ndarray[Any, Any]:
+    """Burn's dequantization, `scale * q` in float32, block by block along the last dimension."""
+    shape = values.shape
+    blocks = values.reshape(-1, block).astype(np.float32)
+    return np.asarray((scales.reshape(-1, 1) * blocks).reshape(shape), dtype=np.float32)
 
 
 class MappedFile:
@@ -194,7 +241,7 @@ class PackSlice:
         return list(self._info.shape)
 
     def get_dtype(self) -> str:
-        return self._info.dtype
+        return self._info.dtype if self._info.dtype in NUMPY_DTYPES else "F32"  # as it reads back
 
     def __getitem__(self, index: Any) -> Any:
         return self._pack._owned(np.array(self._pack.numpy(self._info.name)[index]))
@@ -286,8 +333,24 @@ class Pack(Mapping[str, "np.ndarray[Any, Any]"]):
         return self.numpy(name)
 
     def numpy(self, name: str) -> np.ndarray[Any, Any]:
+        """A view of the tensor over the mapped file; a quantized tensor is dequantized to a new
+        float32 array, as Burn reads it (`quantized` gives its stored values and scales)."""
         t = self.info(name)
-        return self._file.array(t.file_offset, t.nbytes, NUMPY_DTYPES[t.dtype], t.shape, t.name)
+        if t.dtype in NUMPY_DTYPES:
+            return self._file.array(t.file_offset, t.nbytes, NUMPY_DTYPES[t.dtype], t.shape, t.name)
+        values, scales = self.quantized(name)
+        dequantized = dequantize(values, scales, dtype_info(t.dtype).block or 1)
+        self._file.check()
+        return dequantized
+
+    def quantized(self, name: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """A quantized tensor's stored int8 values (in its shape) and float32 block scales (its
+        shape with the last dimension divided by the block), as views over the mapped file."""
+        t = self.info(name)
+        info = dtype_info(t.dtype)
+        if not info.is_quantized:
+            raise ValueError(f"{self.path}: tensor '{name}' is {t.dtype}, not quantized")
+        return quantized_parts(self._file.raw(t.file_offset, t.nbytes, tensor=name), info, t.shape)
 
     def raw_bytes(self, name: str) -> memoryview:
         t = self.info(name)

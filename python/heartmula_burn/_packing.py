@@ -20,16 +20,20 @@ from ._atomic import check_destinations, check_replaceable, commit_all, stage_co
 from ._checkpoint import Checkpoint, load_checkpoints, load_model_folders, runtime_file_origin
 from ._errors import OutputError, SourceError
 from ._fields import open_regular
-from ._manifest import DTYPE_CHOICES, Manifest, build_manifest, preset_of
+from ._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES, Manifest, build_manifest, preset_of, quantized_dtype
 from ._presets import PRESETS, preset_named
 
 ProgressFn = Callable[[int, int], None]
 # Burn releases whose reader a pack can target (the core writes each one's layout).
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
+# What a pack targets unless told: the oldest reader that loads it (quantized descriptors are 0.22's).
+DEFAULT_BURN_VERSION = "0.21"
+QUANTIZED_BURN_VERSION = "0.22"
 # The file a manifest of no known model, naming no source_model, is packed to when no output is named.
 DEFAULT_PACK_NAME = "model.bpk"
-CPU_NOTE = (
-    "Burn's CPU backend (burn-ndarray 0.21) cannot load BF16 or F16 tensors: a runtime on the CPU needs the F32 pack"
+NARROW_NOTE = (
+    "Burn 0.22 loads them, but maolan-generate 0.0.19's forward needs F32 activations and stops on a BF16 LM "
+    "(`cat: dtype mismatch`): such a pack runs in runtimes that cast on load; the F32 and q8 packs run there"
 )
 
 
@@ -124,7 +128,7 @@ def pack_manifests(
     jobs: Sequence[Job],
     *,
     force: bool = False,
-    burn_version: str = "0.21",
+    burn_version: str | None = None,
     progress: ProgressFn | None = None,
     progress_for: Callable[[Job], ProgressFn | None] | None = None,
     copy_extras: bool = True,
@@ -146,6 +150,7 @@ def pack_manifests(
     # Everything this run will write, checked before a byte is: the core checks each pack again
     # as it starts it, and the commit checks them all again at the end.
     check_destinations([*outputs, *extras], force=force)
+    burn_version = target_burn_version(jobs, burn_version)
     staged: list[_core.StagedFile] = []
     reports = []
     created = _make_folders(job.output.parent for job in jobs if job.make_folder)
@@ -172,6 +177,21 @@ def pack_manifests(
                 folder.rmdir()
         raise
     return Conversion(reports, [str(dest) for dest in extras], all_notes)
+
+
+def target_burn_version(jobs: Sequence[Job], asked: str | None) -> str:
+    """The Burn release the packs are written for: `asked`, or the oldest that reads them all.
+    A ValueError for a release too old for a quantized pack."""
+    quantized = next((job.output for job in jobs if job.manifest.quantized), None)
+    if asked is None:
+        return QUANTIZED_BURN_VERSION if quantized is not None else DEFAULT_BURN_VERSION
+    check_burn_version(asked)
+    if quantized is not None and asked != QUANTIZED_BURN_VERSION:
+        raise ValueError(
+            f"{quantized}: quantized tensors are written for Burn {QUANTIZED_BURN_VERSION} "
+            f"(Burn {asked} spells the scheme differently): leave out burn_version, or ask for {QUANTIZED_BURN_VERSION}"
+        )
+    return asked
 
 
 def _make_folders(folders: Iterable[Path]) -> list[Path]:
@@ -213,14 +233,15 @@ def pack_manifest(
     output: str | Path,
     *,
     force: bool = False,
-    burn_version: str = "0.21",
+    burn_version: str | None = None,
     progress: ProgressFn | None = None,
     copy_extras: bool = True,
 ) -> Conversion:
     """Writes the pack a manifest describes (a `Manifest`, or the path of a manifest file) to
     `output` (a file, or a folder ending in '/': the pack is then named after its model), with
     its runtime files beside it. See `pack_checkpoint` for the options."""
-    check_burn_version(burn_version)
+    if burn_version is not None:
+        check_burn_version(burn_version)
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest)
     return pack_manifests(
@@ -250,13 +271,14 @@ def plan_checkpoint(
     dtype: str = "f32",
     any_model: bool = False,
     subdir: str | None = None,
+    q_block: int = DEFAULT_Q_BLOCK,
 ) -> tuple[list[Job], list[str]]:
     """The packs one run makes of a CKPT_ROOT, and notes for the user. Every model the root holds
     gets its pack (heartmula.bpk, heartcodec.bpk): `output` names the first pack (or, an existing
     folder or a path ending in '/', the folder they go to); the others go beside it under their own
     names. `dtype` applies to models that allow it; a model packed in one dtype only (HeartCodec: F32)
-    keeps that one, with a note."""
-    return plan_checkpoints(load_checkpoints(root, subdir), output, dtype=dtype, any_model=any_model)
+    keeps that one, with a note. `q_block`: the block of a quantized `dtype` ("q8")."""
+    return plan_checkpoints(load_checkpoints(root, subdir), output, dtype=dtype, any_model=any_model, q_block=q_block)
 
 
 def plan_checkpoints(
@@ -265,6 +287,7 @@ def plan_checkpoints(
     *,
     dtype: str = "f32",
     any_model: bool = False,
+    q_block: int = DEFAULT_Q_BLOCK,
 ) -> tuple[list[Job], list[str]]:
     """`plan_checkpoint` for models already loaded (from one CKPT_ROOT, or from the Hub's cache)."""
     folder, first_name = output_folder(output)
@@ -279,7 +302,7 @@ def plan_checkpoints(
             # A model packed in one dtype only keeps it when packed beside others, with a note.
             model_dtype = checked.dtypes[0]
             kept = f"packed in {model_dtype.upper()}, not {dtype.upper()}: {checked.dtype_reason}"
-        manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model)
+        manifest = build_manifest(ckpt, dtype=model_dtype, any_model=any_model, q_block=q_block)
         # A model no preset knows is named after its source: two of them never share a name.
         own_name = f"{Path(os.path.abspath(ckpt.model_dir)).name}.bpk"
         name = first_name if i == 0 and first_name else (named.pack_name if named else own_name)
@@ -289,7 +312,8 @@ def plan_checkpoints(
             notes.append(f"{job.output}: {kept}")
         narrow = {t.dtype for t in manifest.tensors} & {"BF16", "F16"}
         if narrow:  # whatever the model: no Burn CPU runtime can load it
-            notes.append(f"{job.output}: holds {'/'.join(sorted(narrow))} tensors. {CPU_NOTE}")
+            notes.append(f"{job.output}: holds {'/'.join(sorted(narrow))} tensors. {NARROW_NOTE}")
+        notes += [f"{job.output}: {note}" for note in manifest.notes]
     return jobs, notes
 
 
@@ -312,25 +336,29 @@ def pack_checkpoint(
     any_model: bool = False,
     subdir: str | None = None,
     force: bool = False,
-    burn_version: str = "0.21",
+    burn_version: str | None = None,
     progress: ProgressFn | None = None,
     copy_extras: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
 ) -> Conversion:
     """One step from a checkpoint folder to packs: scan, check, build the manifests, pack.
 
     - `output`: the first pack's file, or a folder (an existing one, or a path ending in '/',
       created if missing) for all of them; default the current folder (see `plan_checkpoint`).
-    - `dtype`: "f32" (default), "bf16", "f16" or "source" (any case), for models that allow it.
+    - `dtype`: "f32" (default), "bf16", "f16", "source" (any case), for models that allow it, or
+      "q8": the Linear weights quantized to Burn's Q8S in blocks of `q_block` (default 32) values
+      along their last dimension, one F32 scale per block, everything else F32 (HeartMuLa).
     - `any_model`: no preset's checks; `subdir`: only this model folder of `root`.
-    - `force`: replace existing outputs; `burn_version`: the reader targeted, "0.21" (default),
-      "0.22", "0.20" or "0.19"; `progress(done, total)`: called as bytes are written;
+    - `force`: replace existing outputs; `burn_version`: the reader targeted, "0.21", "0.22",
+      "0.20" or "0.19"; default the oldest that reads the pack ("0.22" for q8, else "0.21");
+      `progress(done, total)`: called as bytes are written;
       `copy_extras`: copy tokenizer.json and gen_config.json beside the packs (default True).
 
     Raises `CheckpointError`/`SourceError` for a bad checkpoint, `OutputError` for an output that
     cannot be written as asked, `ValueError` for an argument out of range (before any file is
     touched), and the builtin `OSError` subclasses for failures of the system."""
-    dtype = checked_options(dtype, burn_version)
-    jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir)
+    dtype = checked_options(dtype, burn_version, q_block)
+    jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir, q_block=q_block)
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )
@@ -346,6 +374,7 @@ def plan_hub(
     force: bool = False,
     say: Callable[[str], None] | None = None,
     quiet: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
 ) -> tuple[list[Job], list[str]]:
     """Fetches the repositories (`hub.download`: planned, downloaded into the cache, checked
     against the Hub's digests) and plans their packs as `plan_checkpoints` does: straight from the
@@ -358,7 +387,7 @@ def plan_hub(
     else:
         runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
         checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
-    return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model)
+    return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
 
 
 def pack_hub(
@@ -371,10 +400,11 @@ def pack_hub(
     dtype: str = "f32",
     any_model: bool = False,
     force: bool = False,
-    burn_version: str = "0.21",
+    burn_version: str | None = None,
     progress: ProgressFn | None = None,
     copy_extras: bool = True,
     quiet: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
 ) -> Conversion:
     """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
     'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
@@ -390,22 +420,28 @@ def pack_hub(
     answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
     `ValueError` for an argument out of range before anything is fetched, and what
     `pack_checkpoint` raises."""
-    dtype = checked_options(dtype, burn_version)
+    dtype = checked_options(dtype, burn_version, q_block)
     specs = hub.repo_specs(repos, revisions, releases)
     jobs, notes = plan_hub(
-        specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet
+        specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block
     )
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )
 
 
-def checked_options(dtype: str, burn_version: str) -> str:
-    """The pack functions' dtype (lower-cased) once it and the Burn version are known good: a
-    ValueError before any file is touched otherwise."""
-    check_burn_version(burn_version)
+def checked_options(dtype: str, burn_version: str | None, q_block: int = DEFAULT_Q_BLOCK) -> str:
+    """The pack functions' dtype (lower-cased) once it, the block and the Burn version are known
+    good: a ValueError before any file is touched otherwise."""
+    if burn_version is not None:
+        check_burn_version(burn_version)
     if dtype.lower() not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    if quantized_dtype(dtype.lower(), q_block) is not None and burn_version not in (None, QUANTIZED_BURN_VERSION):
+        raise ValueError(
+            f"dtype {dtype!r} writes quantized tensors, which Burn {QUANTIZED_BURN_VERSION} and later read: "
+            f"burn_version {burn_version!r} cannot hold them"
+        )
     return dtype.lower()
 
 

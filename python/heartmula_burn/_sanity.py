@@ -21,16 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import _core
 from ._errors import CheckpointError, HeartmulaBurnError
 from ._fields import Fields, read_json
-from ._packfile import dtype_size
+from ._packfile import dtype_info, tensor_nbytes
 from ._presets import Preset, preset_for_pack
 from ._weights import CheckpointArrays, PackArrays, import_torch, load_weights, open_weights
 
 if TYPE_CHECKING:
     import torch
 
-FLOATS = ("F64", "F32", "F16", "BF16")
+FLOATS = tuple(d.name for d in _core.plain_dtypes() if d.is_float)
 
 
 @dataclass
@@ -282,12 +283,16 @@ def run(
 
 def _narrower(pack_dtype: str, ref_dtype: str) -> bool:
     """Whether casting the reference to the pack's dtype can lose information (floats only:
-    the packer never converts integers)."""
-    if pack_dtype == ref_dtype or pack_dtype not in FLOATS or ref_dtype not in FLOATS:
+    the packer never converts integers; quantizing always can)."""
+    if pack_dtype == ref_dtype or ref_dtype not in FLOATS:
+        return False
+    if dtype_info(pack_dtype).is_quantized:
+        return True
+    if pack_dtype not in FLOATS:
         return False
     if {pack_dtype, ref_dtype} == {"F16", "BF16"}:
         return True
-    return dtype_size(pack_dtype) < dtype_size(ref_dtype)
+    return tensor_nbytes(pack_dtype, [1]) < tensor_nbytes(ref_dtype, [1])
 
 
 def format_table(result: SanityResult) -> str:

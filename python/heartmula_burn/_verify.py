@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from ._atomic import staged_folder
 from ._checkpoint import load_checkpoint
 from ._errors import CheckpointError
 from ._manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
-from ._packfile import Pack, dtype_size, open_pack
+from ._packfile import Pack, dtype_info, open_pack, tensor_nbytes
 from ._packing import ProgressFn
 from ._presets import preset_for, preset_for_pack
 
@@ -61,13 +60,18 @@ def _line(pack_path: Path, problem: _core.Problem) -> str:
     return f"{pack_path}: " + (f"tensor '{problem.tensor}': " if problem.tensor is not None else "") + problem.message
 
 
+def unpacked_nbytes(t: _core.PackTensor) -> int:
+    """Bytes the tensor takes in safetensors: as in the pack, or F32 for a quantized one."""
+    return t.nbytes if not dtype_info(t.dtype).is_quantized else tensor_nbytes("F32", t.shape)
+
+
 def shard_plan(pack: Pack, max_shard_size: int) -> list[list[str]]:
     """Consecutive tensors (in data order) grouped into shards of at most `max_shard_size` bytes
     (a single larger tensor gets a shard of its own)."""
     shards: list[list[str]] = [[]]
     size = 0
     for t in pack.tensors:
-        n = math.prod(t.shape) * dtype_size(t.dtype)
+        n = unpacked_nbytes(t)
         if shards[-1] and size + n > max_shard_size:
             shards.append([])
             size = 0
@@ -92,12 +96,17 @@ def unpack(
         raise ValueError(f"--max-shard-size must be positive, not {max_shard_size}")
     with open_pack(pack_path) as pack:
         groups = shard_plan(pack, max_shard_size)
-        metadata = {"format": "pt", PACK_METADATA_KEY: json.dumps(pack.metadata, sort_keys=True)}
-        param_ids = {t.name: t.param_id for t in pack.tensors if t.param_id is not None}
-        if param_ids:
-            metadata[PARAM_IDS_KEY] = json.dumps(param_ids, sort_keys=True)
-        dtypes = {t.name: t.dtype for t in pack.tensors}
-        total = sum(t.nbytes for t in pack.tensors)
+        # Quantized tensors come out dequantized to F32 (safetensors has no quantized dtype), so
+        # repacking the folder cannot give this pack back: its metadata is not kept for that.
+        dequantized = [t.name for t in pack.tensors if dtype_info(t.dtype).is_quantized]
+        metadata = {"format": "pt"}
+        if not dequantized:
+            metadata[PACK_METADATA_KEY] = json.dumps(pack.metadata, sort_keys=True)
+            param_ids = {t.name: t.param_id for t in pack.tensors if t.param_id is not None}
+            if param_ids:
+                metadata[PARAM_IDS_KEY] = json.dumps(param_ids, sort_keys=True)
+        dtypes = {t.name: "F32" if t.name in dequantized else t.dtype for t in pack.tensors}
+        total = sum(unpacked_nbytes(t) for t in pack.tensors)
     names = (
         ["model.safetensors"]
         if len(groups) == 1
@@ -120,4 +129,4 @@ def unpack(
                 "weight_map": {n: name for name, group in zip(names, groups) for n in group},
             }
             (partial / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return {"output": str(out_dir), "shards": names, "data_bytes": total}
+    return {"output": str(out_dir), "shards": names, "data_bytes": total, "dequantized": len(dequantized)}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._checkpoint import load_checkpoint
 from ._errors import CheckpointError, HeartmulaBurnError, SourceError
-from ._packfile import NUMPY_DTYPES, MappedFile, open_pack
+from ._packfile import NUMPY_DTYPES, MappedFile, dequantize, dtype_info, open_pack, quantize
 from ._presets import config_of_pack
 
 if TYPE_CHECKING:
@@ -129,8 +129,14 @@ def load_weights(
     torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     weights = {}
     for name in names:
-        tensor = _as_torch(source.numpy(name)).to(device)
         target = (cast_to or {}).get(name)
+        block = dtype_info(target).block if target is not None else None
+        if block is not None and target != source.dtype(name):
+            # Quantized as Burn quantizes (after an exact widening to f32), then read back as Burn reads it.
+            values, scales = quantize(np.asarray(source.numpy(name), np.float32), block)
+            weights[name] = torch.from_numpy(dequantize(values, scales, block)).to(device)
+            continue
+        tensor = _as_torch(source.numpy(name)).to(device)
         if target is not None and target != source.dtype(name):
             tensor = tensor.to(torch_dtypes[target])
         weights[name] = tensor

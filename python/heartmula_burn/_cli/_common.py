@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn, TextIO
 
 from .. import _hub as hub
-from .._manifest import DTYPE_CHOICES
+from .._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES
 from .._packing import (
-    CPU_NOTE,
+    NARROW_NOTE,
     ProgressFn,
 )
 from .._presets import PRESETS, Preset
@@ -106,6 +106,14 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
     )
     p.add_argument("--dtype", **_one_of(DTYPE_CHOICES), default="f32", help=dtype_help)
     p.add_argument(
+        "--q-block",
+        type=_block,
+        default=DEFAULT_Q_BLOCK,
+        metavar="N",
+        help=f"with --dtype q8: values per scale, along each weight's last dimension (1-255, default "
+        f"{DEFAULT_Q_BLOCK}); a weight whose last dimension N does not divide stays F32, with a note",
+    )
+    p.add_argument(
         "--any-model",
         action="store_true",
         help="pack any safetensors checkpoint as is, without a preset's check of its tensors and dtypes",
@@ -113,11 +121,26 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
 
 
 DTYPE_HELP = (
-    "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, or source (keep each "
-    "tensor's own). Narrowing rounds to nearest even, like torch; integers are never converted. " + CPU_NOTE + ". "
+    "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, source (keep each "
+    "tensor's own), or q8: the Linear weights quantized as Burn 0.22's quantize_dynamic does (Q8S, one i8 per "
+    "value, one F32 scale per --q-block values), everything else F32, 42%% of the F32 pack's size; it targets "
+    "Burn 0.22. Narrowing rounds to nearest even, like torch; integers are never converted. BF16/F16: "
+    + NARROW_NOTE
+    + ". "
     "HeartCodec packs are always F32 (Burn runtimes read only F32 codec tensors; heartlib warns bf16 degrades "
     "the audio): packing a codec alone refuses other dtypes, and alongside the LM it stays F32, with a note"
 )
+
+
+def _block(text: str) -> int:
+    """A quantization block length, 1 to 255 (Burn stores it in one byte)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r}: a block is 1 to 255 values")
+    return value
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

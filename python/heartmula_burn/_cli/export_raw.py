@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._manifest import DTYPE_CHOICES
+from .._manifest import PLAIN_DTYPE_CHOICES
 from ._common import (
     DTYPE_HELP,
     _one_of,
@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
         "--subdir", "--heartmula-subdir", dest="subdir", metavar="NAME", help="only this model folder in CKPT_ROOT"
     )
     e.add_argument("--output-root", required=True, metavar="DIR", help="e.g. artifacts/heartmula-oss-3b")
-    e.add_argument("--dtype", **_one_of(DTYPE_CHOICES), default="f32", help=DTYPE_HELP)
+    # .npy has no quantized dtypes: the raw export writes plain ones only.
+    e.add_argument("--dtype", **_one_of(PLAIN_DTYPE_CHOICES), default="f32", help=DTYPE_HELP)
     e.add_argument("--any-model", action="store_true", help="skip the presets' checks")
     e.add_argument("-f", "--force", action="store_true", help="replace an existing export")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

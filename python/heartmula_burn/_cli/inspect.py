@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
-from .._packfile import open_pack
+from .._packfile import Pack, dtype_info, open_pack
 from .._text import shown
 from ._common import (
     _say,
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 "metadata_size": pack.metadata_size,
                 "data_start": pack.data_start,
                 "metadata": pack.metadata,
+                "dtypes": dtype_summary(pack),
                 "tensors": [
                     {
                         "name": t.name,
@@ -55,9 +57,37 @@ def run(args: argparse.Namespace) -> int:
         _say(f"{pack.path}: Burn pack, {pack.file_size:,} bytes, layout {pack.layout}, {len(pack)} tensors", out)
         for k, v in pack.metadata.items():
             _say(f"  {k} = {v}", out)
+        for name, d in dtype_summary(pack).items():
+            per = f", {d['bytes_per_parameter']:.4g} bytes per parameter" if d["parameters"] else ""
+            scheme = f": {d['scheme']}" if "scheme" in d else ""
+            _say(
+                f"  {name}{scheme}: {d['tensors']} tensors, {d['parameters']:,} parameters, {d['bytes']:,} bytes{per}",
+                out,
+            )
         names = {t.name: shown(t.name) for t in pack.tensors}
         width = max((len(n) for n in names.values()), default=4)
-        print(f"  {'name':<{width}}  {'dtype':<5}  {'shape':<22}  offset", file=out)
+        dwidth = max((len(t.dtype) for t in pack.tensors), default=5)
+        print(f"  {'name':<{width}}  {'dtype':<{dwidth}}  {'shape':<22}  offset", file=out)
         for t in pack.tensors:
-            print(f"  {names[t.name]:<{width}}  {t.dtype:<5}  {list(t.shape)!s:<22}  {t.file_offset}", file=out)
+            print(f"  {names[t.name]:<{width}}  {t.dtype:<{dwidth}}  {list(t.shape)!s:<22}  {t.file_offset}", file=out)
     return 0
+
+
+def dtype_summary(pack: Pack) -> dict[str, dict[str, Any]]:
+    """Per dtype: tensors, parameters, bytes and bytes per parameter; for a quantized dtype, its
+    scheme as Burn names it."""
+    summary: dict[str, dict[str, Any]] = {}
+    for t in pack.tensors:
+        d = summary.setdefault(t.dtype, {"tensors": 0, "parameters": 0, "bytes": 0})
+        d["tensors"] += 1
+        d["parameters"] += math.prod(t.shape)
+        d["bytes"] += t.nbytes
+    for name, d in summary.items():
+        d["bytes_per_parameter"] = d["bytes"] / d["parameters"] if d["parameters"] else None
+        info = dtype_info(name)
+        if info.is_quantized:
+            d["scheme"] = (
+                f"Burn QFloat {{Q8S, Native, Symmetric, block [{info.block}] F32}}: one i8 per value, "
+                f"one F32 scale per {info.block} values along the last dimension"
+            )
+    return summary

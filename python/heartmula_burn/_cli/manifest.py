@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.ckpt_root:
         raise UsageError("give a CKPT_ROOT")
-    manifest = build_manifest(load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model)
+    manifest = build_manifest(
+        load_checkpoint(args.ckpt_root, args.subdir), dtype=args.dtype, any_model=args.any_model, q_block=args.q_block
+    )
     out = Path(args.output)
     manifest.save(out, overwrite=args.force)
     _say(f"wrote {out} ({len(manifest.tensors)} tensors, {manifest.total_bytes:,} bytes of data)")

@@ -13,10 +13,12 @@ from .._packing import (
     Conversion,
     Job,
     ProgressFn,
+    checked_options,
     manifest_job,
     pack_manifests,
     plan_checkpoint,
     plan_hub,
+    target_burn_version,
 )
 from ._common import (
     DTYPE_HELP,
@@ -59,8 +61,9 @@ def register(sub: Any) -> None:
         "--burn-layout",
         dest="burn_version",
         **_one_of(BURN_VERSIONS),
-        default="0.21",
-        help="Burn release whose reader the pack targets (default 0.21, also right for 0.22). 0.19 wrote no "
+        default=None,
+        help="Burn release whose reader the pack targets (default: 0.21, which 0.22 reads too; 0.22 for --dtype q8, "
+        "whose quantized descriptors only 0.22 and later read). 0.19 wrote no "
         "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
     )
     p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
@@ -94,6 +97,7 @@ def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
         force=args.force,
         say=None if args.quiet else _say,
         quiet=args.quiet,
+        q_block=args.q_block,
     )
 
 
@@ -108,11 +112,26 @@ def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
         return [manifest_job(Manifest.load(args.manifest), args.output)], []
     if not args.ckpt_root:
         raise UsageError("give a CKPT_ROOT (or --manifest FILE)")
-    return plan_checkpoint(args.ckpt_root, args.output, dtype=args.dtype, any_model=args.any_model, subdir=args.subdir)
+    return plan_checkpoint(
+        args.ckpt_root,
+        args.output,
+        dtype=args.dtype,
+        any_model=args.any_model,
+        subdir=args.subdir,
+        q_block=args.q_block,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        checked_options(args.dtype, args.burn_version, args.q_block)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     jobs, notes = _pack_jobs(args)
+    try:
+        burn_version = target_burn_version(jobs, args.burn_version)  # a quantized manifest needs 0.22
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with contextlib.ExitStack() as bars:
 
         def progress(job: Job) -> ProgressFn | None:
@@ -121,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         result = pack_manifests(
             jobs,
             force=args.force,
-            burn_version=args.burn_version,
+            burn_version=burn_version,
             progress_for=progress,
             copy_extras=not args.no_extras,
             notes=notes,

@@ -20,7 +20,9 @@ def register(sub: Any) -> None:
         help="write a pack's tensors back to safetensors",
         description="Write the pack's tensors to OUT as safetensors (model.safetensors, or shards plus "
         "model.safetensors.index.json when larger than --max-shard-size). The pack's metadata and param_ids "
-        "are kept in the shards' __metadata__, so `pack --any-model --dtype source OUT` gives back the identical pack.",
+        "are kept in the shards' __metadata__, so `pack --any-model --dtype source OUT` gives back the identical pack. "
+        "Quantized tensors (q8 packs) are written dequantized to F32, the values Burn reads back; such a folder "
+        "does not repack into the same pack.",
     )
     u.add_argument("pack", metavar="PACK")
     u.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (must not exist)")
@@ -36,4 +38,9 @@ def run(args: argparse.Namespace) -> int:
         summary = unpack(args.pack, args.output, max_shard_size=args.max_shard_size, force=args.force, progress=update)
     if not args.quiet:
         _say(f"wrote {summary['output']} ({len(summary['shards'])} shard(s), {summary['data_bytes']:,} bytes)")
+        if summary["dequantized"]:
+            _say(
+                f"note: {summary['dequantized']} quantized tensor(s) written dequantized to F32 (the values Burn "
+                "reads back); repacking this folder gives an F32 pack, not this one"
+            )
     return 0

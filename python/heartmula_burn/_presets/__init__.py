@@ -9,6 +9,7 @@ else (finding model folders, the Hub's repositories and options, the card) asks 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Preset(ABC):
     runtime_repo: ClassVar[str | None] = None  # the Hugging Face repository the runtime files come from
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
+    # The tensors `--dtype q8` quantizes (full names); None: the model has no quantized packs.
+    quantizable: ClassVar[re.Pattern[str] | None] = None
     signature: ClassVar[frozenset[str]]  # tensors only this model has: a pack that names no model is told by them
     card_loading: ClassVar[str] = ""  # the model card's "Loading from Rust" section (markdown)
     hub_role: ClassVar[str]  # its Hub options' prefix: "lm" gives --lm-repo, --lm-release, --lm-revision

@@ -58,6 +58,9 @@ pub struct Case {
     pub metadata: BTreeMap<String, String>,
     /// config.json of a HeartMuLa checkpoint, for the module-loading check.
     pub heartmula_config: Option<PathBuf>,
+    /// Tensors the pack holds quantized (Q8S, this block, F32 scales): their expected bytes are
+    /// what Burn's own `quantize_dynamic` makes of the expected values. Burn 0.22 and later only.
+    pub quantize: BTreeMap<String, u8>,
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -96,7 +99,13 @@ pub fn load_cases(dir: &Path) -> Vec<Case> {
                 })
                 .unwrap_or_default(),
             heartmula_config: c["heartmula_config"].as_str().map(|p| dir.join(p)),
+            quantize: c["quantize"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u8)).collect())
+                .unwrap_or_default(),
         })
+        // Burn 0.21 spells quantization schemes differently: its reader does not read these packs.
+        .filter(|c: &Case| BURN_VERSION != "0.21" || c.quantize.is_empty())
         .collect();
     assert!(!cases.is_empty(), "no fixtures in {}", dir.display());
     cases
@@ -131,7 +140,7 @@ pub struct BurnTensor {
     pub bytes: Vec<u8>,
 }
 
-/// The expected tensors of a case: name -> tensor.
+/// The expected tensors of a case: name -> tensor, those named in `case.quantize` quantized by Burn.
 pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
     let bytes = std::fs::read(&case.expected).expect("expected safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
@@ -143,9 +152,47 @@ pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
                 shape: view.shape().to_vec(),
                 bytes: view.data().to_vec(),
             };
+            let t = match case.quantize.get(&name) {
+                Some(&block) => burn_quantize(t, block),
+                None => t,
+            };
             (name, t)
         })
         .collect()
+}
+
+/// The scheme a q8 pack holds: `{Q8S, Native, Symmetric, tensor: None, block: [block] F32}`.
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
+pub fn q8_scheme(block: u8) -> burn_tensor::quantization::QuantScheme {
+    use burn_tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+    QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_store(QuantStore::Native)
+        .per_block([block], ScaleDtype::F32)
+}
+
+/// Burn's own quantizer on the CPU backend (Flex): the tensor widened to f32 as Burn converts it,
+/// then `quantize_dynamic`, read back as the bytes Burn's writer stores.
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
+pub fn burn_quantize(t: BurnTensor, block: u8) -> BurnTensor {
+    use burn_tensor::{Tensor, TensorData};
+    let device = Default::default();
+    let data = TensorData::from_bytes_vec(t.bytes, t.shape.clone(), t.dtype).convert::<f32>();
+    let rank = t.shape.len();
+    assert!(rank == 2, "the quantized fixtures are matrices (got rank {rank})");
+    let quantized = Tensor::<2>::from_data(data, &device)
+        .quantize_dynamic(&q8_scheme(block))
+        .into_data();
+    BurnTensor {
+        dtype: quantized.dtype(),
+        shape: t.shape,
+        bytes: quantized.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(feature = "burn-021")]
+pub fn burn_quantize(_t: BurnTensor, _block: u8) -> BurnTensor {
+    unreachable!("quantized cases are filtered out for Burn 0.21")
 }
 
 /// What Burn's own reader finds in a pack: tensors, and where the public API exposes them,

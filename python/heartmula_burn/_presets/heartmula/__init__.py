@@ -154,7 +154,13 @@ class HeartMuLa(Preset):
     runtime_repo = "HeartMuLa/HeartMuLaGen"
     card_loading = card.LOADING
     signature = SIGNATURE
-    dtypes = ("f32", "bf16", "f16", "source")
+    dtypes = ("f32", "bf16", "f16", "source", "q8")
+    # The Linear weights, where the bytes are: the runtime (maolan-generate 0.0.19, Burn 0.22.1)
+    # runs them quantized. Embeddings, audio_head, norms and muq_linear it needs as floats.
+    quantizable = re.compile(
+        r"(backbone|decoder)\.layers\.\d+\.(attn\.(q|k|v|output)_proj|mlp\.w[123])\.weight"
+        r"|projection\.weight|codebook0_head\.weight"
+    )
     hub_role = "lm"
     # Every 3B release has the same tensors and config (heartlib loads them all into HeartMuLa-oss-3B/).
     releases = (

@@ -1,0 +1,224 @@
+"""Q8 packs: Burn 0.22's Q8S block quantization (one i8 per value, one F32 scale per block along the
+last dimension), from the CLI and the manifest down to the bytes, and everything that reads packs.
+
+The expected values come from a hand-written table (Burn's own per-block example and edge rules)
+and from the numpy quantizer in `_packfile`, which is written apart from the Rust core's; Burn
+itself checks both in test_burn_compat.py."""
+
+import json
+import math
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import run_cli
+from heartmula_burn import open_pack
+from heartmula_burn._packfile import dequantize, quantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load_file, save_file
+
+# Upstream's Linear weights, written out here rather than read from the preset.
+LINEAR_WEIGHT = re.compile(
+    r"(backbone|decoder)\.layers\.\d+\.(attn\.(q|k|v|output)_proj|mlp\.w[123])\.weight"
+    r"|projection\.weight|codebook0_head\.weight"
+)
+
+
+def test_numpy_quantizer_matches_burns_worked_example_and_rules():
+    # burn-flex 0.22.1 test_per_block_quantize_dequantize: scales 6/254 and 14/254.
+    values, scales = quantize(np.arange(8, dtype=np.float32).reshape(1, 8), 4)
+    assert scales.tolist() == [np.float32(6) / np.float32(254), np.float32(14) / np.float32(254)]
+    assert values.tolist() == [[0, 42, 85, 127, 73, 91, 109, 127]]
+    # Zeros: the smallest normal float as the scale. Ties: away from zero. A NaN or an infinity:
+    # a NaN or infinite scale, replaced by the smallest normal float: NaN and zeros store 0, every
+    # other value saturates.
+    values, scales = quantize(
+        np.array([[0, -0.0, 0, 0], [1, 0.5, -0.5, 0.25], [np.nan, 1, -0.5, 0], [np.inf, 1e-30, -2, 0]], np.float32), 4
+    )
+    tiny = np.finfo(np.float32).tiny
+    assert scales.tolist() == [tiny, np.float32(2) / np.float32(254), tiny, tiny]
+    assert values.tolist() == [[0, 0, 0, 0], [127, 64, -64, 32], [0, 127, -127, 0], [127, 127, -127, 0]]
+
+
+def test_dequantize_is_scale_times_value():
+    values = np.array([[127, -64, 0, 1]], np.int8)
+    scales = np.array([0.5, 2.0], np.float32)
+    assert dequantize(values, scales, 2).tolist() == [[63.5, -32.0, 0.0, 2.0]]
+
+
+def q8_manifest_pack(tmp_path, arrays, blocks, name="q"):
+    """Packs `arrays` through a manifest whose tensors named in `blocks` are Q8S in those blocks."""
+    src = tmp_path / f"{name}.safetensors"
+    save_file(arrays, str(src))
+    manifest = tmp_path / f"{name}.json"
+    run_cli("manifest", src, "--any-model", "--dtype", "source", "-o", manifest, check_rc=0)
+    doc = json.loads(manifest.read_text())
+    for t in doc["tensors"]:
+        if t["name"] in blocks:
+            t["dtype"] = f"Q8S_B{blocks[t['name']]}"
+    manifest.write_text(json.dumps(doc))
+    out = tmp_path / f"{name}.bpk"
+    run_cli("pack", "--manifest", manifest, "-o", out, "-q", check_rc=0)
+    return src, manifest, out
+
+
+@st.composite
+def quantizable(draw):
+    """Matrices of float32/bfloat16/float16 from raw bytes (so NaN, infinities and subnormals
+    come up), each with a block that divides its last dimension."""
+    count = draw(st.integers(1, 4))
+    arrays, blocks = {}, {}
+    for i in range(count):
+        dtype = draw(st.sampled_from([np.dtype("<f4"), np.dtype(ml_dtypes.bfloat16), np.dtype("<f2")]))
+        block = draw(st.sampled_from([1, 2, 5, 16, 32, 255]))
+        rows, per_row = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+        n = rows * block * per_row
+        raw = draw(st.binary(min_size=n * dtype.itemsize, max_size=n * dtype.itemsize))
+        arrays[f"t{i}"] = np.frombuffer(raw, np.uint8).view(dtype).reshape(rows, block * per_row).copy()
+        blocks[f"t{i}"] = block
+    return arrays, blocks
+
+
+@settings(max_examples=30, deadline=None)
+@given(quantizable())
+def test_quantized_packs_round_trip_byte_for_byte(tmp_path_factory, case):
+    arrays, blocks = case
+    tmp = tmp_path_factory.mktemp("q8")
+    _src, manifest, out = q8_manifest_pack(tmp, arrays, blocks)
+    with open_pack(out) as pack:
+        for name, array in arrays.items():
+            values, scales = quantize(array.astype(np.float32), blocks[name])
+            assert bytes(pack.raw_bytes(name)) == values.tobytes() + scales.tobytes(), name
+            stored_values, stored_scales = pack.quantized(name)
+            assert np.array_equal(stored_values, values)
+            assert stored_scales.shape == (*array.shape[:-1], array.shape[-1] // blocks[name])
+            np.testing.assert_array_equal(pack.get_tensor(name), dequantize(values, scales, blocks[name]))
+            assert pack.get_slice(name).get_dtype() == "F32"
+    assert run_cli("verify", out, "--against", manifest).returncode == 0
+    back = tmp / "back"
+    run_cli("unpack", out, "-o", back, check_rc=0)
+    unpacked = load_file(back / "model.safetensors")
+    for name, array in arrays.items():
+        values, scales = quantize(array.astype(np.float32), blocks[name])
+        np.testing.assert_array_equal(unpacked[name], dequantize(values, scales, blocks[name]))
+
+
+def test_verify_finds_one_changed_value_or_scale(tmp_path):
+    rng = np.random.default_rng(5)
+    arrays = {"w": rng.standard_normal((4, 64)).astype("<f4")}
+    _src, manifest, out = q8_manifest_pack(tmp_path, arrays, {"w": 32})
+    with open_pack(out) as pack:
+        start = pack.info("w").file_offset
+    data = bytearray(out.read_bytes())
+    for at, expected in ((start + 70, "element 70 is not the exact quantization of"),
+                         (start + 4 * 64 + 4 * 5 + 1, "the scale of block 5 (elements from 160) is not the exact")):  # fmt: skip
+        changed = bytearray(data)
+        changed[at] ^= 0x01
+        out.write_bytes(changed)
+        proc = run_cli("verify", out, "--against", manifest)
+        assert proc.returncode == 1 and expected in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    out.write_bytes(data)
+    assert run_cli("verify", out, "--against", manifest).returncode == 0
+
+
+def test_pack_q8_quantizes_exactly_the_linear_weights_and_keeps_the_codec_f32(tiny_root, tmp_path):
+    proc = run_cli("pack", tiny_root, "-o", f"{tmp_path}/", "--dtype", "q8", check_rc=0)
+    # The tiny decoder is 16 wide: its Linear weights do not divide into blocks of 32.
+    assert re.search(
+        r"heartmula\.bpk: 21 tensor\(s\) stay F32, their last dimension not a multiple of the block 32", proc.stderr
+    )
+    assert "heartcodec.bpk: packed in F32, not Q8" in proc.stderr
+    with open_pack(tmp_path / "heartmula.bpk") as pack:
+        quantized = {t.name for t in pack.tensors if t.dtype == "Q8S_B32"}
+        want = {t.name for t in pack.tensors if LINEAR_WEIGHT.fullmatch(t.name) and t.shape[-1] % 32 == 0}
+        assert quantized == want and len(want) == 28 * 7 + 2  # the backbone's Linears, projection, codebook0_head
+        assert {t.dtype for t in pack.tensors} - {"Q8S_B32"} == {"F32"}
+        assert pack.metadata["dtype"] == "F32,Q8S_B32"
+        # Every quantized tensor is n bytes of values and n/32 scales.
+        for t in pack.tensors:
+            n = math.prod(t.shape)
+            assert t.nbytes == (n + n // 32 * 4 if t.name in quantized else 4 * n), t.name
+    with open_pack(tmp_path / "heartcodec.bpk") as codec:
+        assert {t.dtype for t in codec.tensors} == {"F32"}
+    verify = run_cli("verify", tmp_path / "heartmula.bpk", "--against", tiny_root)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    shown = run_cli("inspect", tmp_path / "heartmula.bpk", check_rc=0).stdout
+    assert "Q8S_B32: Burn QFloat {Q8S, Native, Symmetric, block [32] F32}" in shown
+    assert "1.125 bytes per parameter" in shown
+    summary = json.loads(run_cli("inspect", tmp_path / "heartmula.bpk", "--json", check_rc=0).stdout)
+    assert summary["dtypes"]["Q8S_B32"]["tensors"] == len(want)
+
+
+def test_block_16_quantizes_the_decoder_too(tiny_ckpt, tmp_path):
+    run_cli("pack", tiny_ckpt, "-o", tmp_path / "lm.bpk", "--dtype", "q8", "--q-block", "16", "-q", check_rc=0)
+    with open_pack(tmp_path / "lm.bpk") as pack:
+        assert sum(t.dtype == "Q8S_B16" for t in pack.tensors) == 28 * 7 + 3 * 7 + 2
+
+
+@pytest.mark.parametrize(
+    ("args", "rc", "needle"),
+    [
+        (["--dtype", "q8", "--q-block", "0"], 2, "a block is 1 to 255 values"),
+        (["--dtype", "q8", "--q-block", "256"], 2, "a block is 1 to 255 values"),
+        (["--dtype", "q8", "--burn-version", "0.21"], 2, "Burn 0.22 and later read"),
+        (["--dtype", "q8", "--any-model"], 1, "a model's preset says which tensors are quantized"),
+    ],
+)
+def test_q8_usage_errors_are_one_line(tiny_ckpt, tmp_path, args, rc, needle):
+    proc = run_cli("pack", tiny_ckpt, "-o", tmp_path / "lm.bpk", *args)
+    assert proc.returncode == rc and needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "lm.bpk").exists()
+
+
+def test_a_quantized_manifest_refuses_an_older_burn_release(tmp_path):
+    arrays = {"w": np.ones((2, 32), "<f4")}
+    _src, manifest, _out = q8_manifest_pack(tmp_path, arrays, {"w": 32})
+    proc = run_cli("pack", "--manifest", manifest, "-o", tmp_path / "old.bpk", "--burn-version", "0.21")
+    assert proc.returncode == 2 and "quantized tensors are written for Burn 0.22" in proc.stderr, proc.stderr
+    assert not (tmp_path / "old.bpk").exists()
+
+
+def test_a_block_that_does_not_divide_a_manifest_tensor_is_refused_naming_it(tmp_path):
+    src = tmp_path / "s.safetensors"
+    save_file({"w": np.ones((2, 48), "<f4")}, str(src))
+    manifest = tmp_path / "m.json"
+    run_cli("manifest", src, "--any-model", "-o", manifest, check_rc=0)
+    doc = json.loads(manifest.read_text())
+    doc["tensors"][0]["dtype"] = "Q8S_B32"
+    manifest.write_text(json.dumps(doc))
+    proc = run_cli("pack", "--manifest", manifest, "-o", tmp_path / "p.bpk")
+    assert proc.returncode == 1, proc.stderr
+    assert "tensor 'w' cannot be Q8S_B32: its last dimension (48) is not a whole number of blocks of 32" in proc.stderr
+    assert not (tmp_path / "p.bpk").exists()
+
+
+def test_export_raw_offers_no_quantized_dtype(tiny_root, tmp_path):
+    proc = run_cli("export-raw", tiny_root, "-o", tmp_path / "raw", "--dtype", "q8")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_unpack_says_quantized_tensors_come_out_as_f32(tiny_ckpt, tmp_path):
+    run_cli("pack", tiny_ckpt, "-o", tmp_path / "lm.bpk", "--dtype", "q8", "-q", check_rc=0)
+    proc = run_cli("unpack", tmp_path / "lm.bpk", "-o", tmp_path / "back", check_rc=0)
+    assert "198 quantized tensor(s) written dequantized to F32" in proc.stderr
+    meta = load_file(tmp_path / "back" / "model.safetensors")
+    assert {str(a.dtype) for a in meta.values()} == {"float32"}
+
+
+def test_sanity_against_the_reference_is_exact_and_a_changed_value_fails(tiny_ckpt, tmp_path):
+    pytest.importorskip("torch")
+    pack = tmp_path / "lm.bpk"
+    run_cli("pack", tiny_ckpt, "-o", pack, "--dtype", "q8", "-q", check_rc=0)
+    good = run_cli("sanity", pack, "--reference", tiny_ckpt, "--device", "cpu", "--json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    with open_pack(pack) as p:
+        t = p.info("backbone.layers.0.mlp.w2.weight")
+    data = bytearray(pack.read_bytes())
+    data[t.file_offset + 3] = (data[t.file_offset + 3] + 1) % 256  # one i8 value one step off
+    pack.write_bytes(data)
+    bad = run_cli("sanity", pack, "--reference", tiny_ckpt, "--device", "cpu")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert re.search(r"FAIL\s+reference cast to the pack's dtypes \(198 tensors\): h_last", bad.stdout + bad.stderr)
