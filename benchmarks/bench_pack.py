@@ -11,6 +11,10 @@ Cases (--cases, comma-separated):
   burn-writer    Burn's own BurnpackWriter (burn-store 0.21) over mmap (F32); build it first:
                  cargo build --release --features burn-021 --bin burn_writer_bench \\
                      --manifest-path rust/burn-compat/Cargo.toml
+  burn-q8        Burn 0.22.1's own Tensor::quantize_dynamic (Flex) and burn-pack Writer, one
+                 deferred tensor at a time, on the q8 manifest; build it first:
+                 cargo build --release --features burn-022 --bin burn_q8_bench \\
+                     --manifest-path rust/burn-compat/Cargo.toml
 
 Every case ends with its output flushed to disk. Runs alternate the cases (floor, pack, ...,
 floor, pack, ...) so that drift on a noisy machine hits them alike; the table shows medians.
@@ -51,6 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BURN_WRITER = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_writer_bench"
+BURN_Q8 = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_q8_bench"
 ALL_CASES = (
     "cat+sync",
     "pack-f32",
@@ -58,6 +63,7 @@ ALL_CASES = (
     "pack-q8",
     "python-packer",
     "burn-writer",
+    "burn-q8",
     "base-pack-f32",
     "base-pack-bf16",
 )
@@ -221,6 +227,8 @@ def run_case(case: str, model_dir: Path, shards: list[str], out: Path, manifests
         cmd = [py, str(REPO / "benchmarks" / "python_packer.py"), str(manifests["f32"]), str(out)]
     elif case == "burn-writer":
         cmd = [str(BURN_WRITER), str(manifests["f32"]), str(out)]
+    elif case == "burn-q8":
+        cmd = [str(BURN_Q8), str(manifests["q8"]), str(out)]
     else:
         sys.exit(f"bench: unknown case {case!r} (known: {', '.join(ALL_CASES)})")
     wall, rss, stdout = run_child(cmd)
@@ -282,8 +290,9 @@ def main() -> int:
     scaled_cases = parse_cases(args.scale_cases)
     scales = [float(s) for s in args.scales.split(",") if s.strip()]
     caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
-    if ("burn-writer" in full_cases or "burn-writer" in scaled_cases) and not BURN_WRITER.exists():
-        sys.exit(f"bench: {BURN_WRITER} is missing; build it (see --help)")
+    for case, binary in (("burn-writer", BURN_WRITER), ("burn-q8", BURN_Q8)):
+        if (case in full_cases or case in scaled_cases) and not binary.exists():
+            sys.exit(f"bench: {binary} is missing; build it (see --help)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     out = args.workdir / "bench-out.bpk"
 
@@ -295,8 +304,9 @@ def main() -> int:
         shards = sorted(str(p) for p in model_dir.glob("*.safetensors"))
         total = sum(os.path.getsize(p) for p in shards)
         manifests = {}
-        if {"python-packer", "burn-writer"} & set(cases):
-            manifests["f32"] = ckpt / "bench-manifest-f32.json"
+        wanted = {"f32": {"python-packer", "burn-writer"} & set(cases), "q8": {"burn-q8"} & set(cases)}
+        for dtype in (d for d, users in wanted.items() if users):
+            manifests[dtype] = ckpt / f"bench-manifest-{dtype}.json"
             subprocess.run(
                 [
                     sys.executable,
@@ -305,10 +315,10 @@ def main() -> int:
                     "manifest",
                     str(model_dir),
                     "--dtype",
-                    "f32",
+                    dtype,
                     "-f",
                     "-o",
-                    str(manifests["f32"]),
+                    str(manifests[dtype]),
                 ],
                 check=True,
                 capture_output=True,

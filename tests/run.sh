@@ -67,8 +67,10 @@ for burn in burn-021 burn-022; do
     echo "== building the Burn compatibility checks ($burn)"
     cargo test --release --locked --no-run --manifest-path rust/burn-compat/Cargo.toml --features "$burn"
 done
-# Burn's own writer as a benchmark baseline (its output is tested to equal ours byte for byte).
+# Burn's own writer, and Burn 0.22.1's quantizer with its writer, as benchmark baselines (their
+# outputs are tested to equal ours byte for byte).
 cargo build --release --locked --manifest-path rust/burn-compat/Cargo.toml --features burn-021 --bin burn_writer_bench
+cargo build --release --locked --manifest-path rust/burn-compat/Cargo.toml --features burn-022 --bin burn_q8_bench
 
 echo "== pytest (with the Burn compatibility checks)"
 export HEARTMULA_BURN_COMPAT=1 HEARTMULA_REQUIRE_TORCH=1

@@ -15,7 +15,7 @@ def manifests(tiny_ckpt, tmp_path):
     """(manifest, our pack) for each target dtype."""
     out = {}
     ckpt = linked(tiny_ckpt, tmp_path)
-    for dtype in ("f32", "bf16"):
+    for dtype in ("f32", "bf16", "q8"):
         manifest = tmp_path / f"{dtype}.json"
         run_cli("manifest", ckpt, "--dtype", dtype, "-o", manifest, check_rc=0)
         pack = tmp_path / f"ours-{dtype}.bpk"
@@ -49,6 +49,23 @@ def test_burn_writer_bench_writes_our_bytes(manifests, tmp_path):
         )
     manifest, ours = manifests["f32"]
     theirs = tmp_path / "burn.bpk"
+    subprocess.run([str(binary), str(manifest), str(theirs)], check=True, timeout=300, capture_output=True)
+    assert theirs.read_bytes() == ours.read_bytes()
+
+
+def test_burn_q8_bench_writes_our_bytes(manifests, tmp_path):
+    """Burn 0.22.1 quantizing (Tensor::quantize_dynamic) and writing the q8 manifest's tensors
+    itself: the file is our q8 pack, byte for byte."""
+    binary = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_q8_bench"
+    if not binary.exists():
+        if os.environ.get("HEARTMULA_BURN_COMPAT") == "1":  # tests/run.sh builds it: missing is a failure
+            pytest.fail(f"{binary} not built")
+        pytest.skip(
+            "build it with: cargo build --release --features burn-022 --bin burn_q8_bench "
+            "--manifest-path rust/burn-compat/Cargo.toml"
+        )
+    manifest, ours = manifests["q8"]
+    theirs = tmp_path / "burn-q8.bpk"
     subprocess.run([str(binary), str(manifest), str(theirs)], check=True, timeout=300, capture_output=True)
     assert theirs.read_bytes() == ours.read_bytes()
 
