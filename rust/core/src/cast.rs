@@ -62,11 +62,10 @@ impl Converter {
                     &self.bytes
                 };
                 self.floats.clear();
-                self.floats.extend(
-                    f32_bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-                );
+                self.floats.resize(f32_bytes.len() / 4, 0.0);
+                for (value, bytes) in self.floats.iter_mut().zip(f32_bytes.chunks_exact(4)) {
+                    *value = f32::from_le_bytes(bytes.try_into().unwrap());
+                }
                 quant::quantize(&self.floats, block as usize, dst, dst_scales);
             }
             (from, to) => convert(src, from, to, dst),

@@ -21,15 +21,36 @@ const Q8S_MAX: f32 = 127.0;
 const Q8S_RANGE: f32 = Q8S_MAX - Q8S_MIN;
 
 /// The largest magnitude in a block, NaN if the block holds one (as Burn's min/max scan gives).
+/// Written with a compare-and-select and a separate NaN flag, so that it vectorises.
 fn block_peak(block: &[f32]) -> f32 {
     let mut peak = 0.0f32;
+    let mut nan = false;
     for &x in block {
-        if x.is_nan() {
-            return f32::NAN;
-        }
-        peak = peak.max(x.abs());
+        let magnitude = x.abs();
+        nan |= x.is_nan();
+        peak = if magnitude > peak { magnitude } else { peak };
     }
-    peak
+    if nan {
+        f32::NAN
+    } else {
+        peak
+    }
+}
+
+/// `y.round().clamp(-127.0, 127.0) as i8` (ties away from zero, NaN to 0), without the call to
+/// `roundf` and the saturating cast that keep the compiler from vectorising. Clamping first
+/// changes nothing (rounding is monotonic and keeps ±127); within ±127 truncation is exact, and so
+/// is the fraction left.
+#[inline(always)]
+fn round_clamp(y: f32) -> i8 {
+    // Compare-and-select only (NaN first to 0, which rounds to 0 as Burn's cast of NaN does).
+    let y = if y.is_nan() { 0.0 } else { y };
+    let y = if y < Q8S_MIN { Q8S_MIN } else { y };
+    let y = if y > Q8S_MAX { Q8S_MAX } else { y };
+    // SAFETY: y is finite and within ±127 here, so it fits an i32.
+    let whole: i32 = unsafe { y.to_int_unchecked() }; // toward zero
+    let fraction = y - whole as f32;
+    (whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5)) as i8
 }
 
 /// The scale Burn stores for a block whose largest magnitude is `alpha`.
@@ -47,17 +68,18 @@ fn block_scale(alpha: f32) -> f32 {
 /// scale per block to `scales`. `src.len()` must be a multiple of `block`.
 pub fn quantize(src: &[f32], block: usize, values: &mut Vec<u8>, scales: &mut Vec<u8>) {
     debug_assert_eq!(src.len() % block, 0);
-    values.reserve(src.len());
-    scales.reserve(src.len() / block * 4);
-    for chunk in src.chunks_exact(block) {
+    let (start, scales_start) = (values.len(), scales.len());
+    values.resize(start + src.len(), 0);
+    scales.resize(scales_start + src.len() / block * 4, 0);
+    let out = values[start..].chunks_exact_mut(block);
+    let out_scales = scales[scales_start..].chunks_exact_mut(4);
+    for ((chunk, q), scale_bytes) in src.chunks_exact(block).zip(out).zip(out_scales) {
         let scale = block_scale(block_peak(chunk));
         let inv_scale = 1.0 / scale;
-        values.extend(
-            chunk
-                .iter()
-                .map(|&x| (x * inv_scale).round().clamp(Q8S_MIN, Q8S_MAX) as i8 as u8),
-        );
-        scales.extend_from_slice(&scale.to_le_bytes());
+        for (q, &x) in q.iter_mut().zip(chunk) {
+            *q = round_clamp(x * inv_scale) as u8;
+        }
+        scale_bytes.copy_from_slice(&scale.to_le_bytes());
     }
 }
 
@@ -140,6 +162,35 @@ mod tests {
         // Ties round away from zero: 0.5 / (2 / 254) = 63.5 -> 64.
         let (q, _) = run(&[1.0, 0.5, -0.5, 0.0], 4);
         assert_eq!(q, vec![127, 64, -64, 0]);
+    }
+
+    /// The branch-free rounding against Burn's own expression, on the values where rounding
+    /// turns (ties, the float just below a tie, the clamp's edges) and on a sweep of every 331st
+    /// bit pattern of f32 (NaNs, infinities and subnormals included).
+    #[test]
+    fn round_clamp_is_burns_round_then_clamp() {
+        let burn = |y: f32| y.round().clamp(Q8S_MIN, Q8S_MAX) as i8;
+        let below = |v: f32| f32::from_bits(v.to_bits() - 1);
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        for k in -130..=130 {
+            let tie = k as f32 + 0.5;
+            cases.extend([tie, below(tie.abs()).copysign(tie), k as f32, -tie]);
+        }
+        for y in cases {
+            assert_eq!(round_clamp(y), burn(y), "{y:?}");
+        }
+        for bits in (0..=u32::MAX).step_by(331) {
+            let y = f32::from_bits(bits);
+            assert_eq!(round_clamp(y), burn(y), "{bits:#x}");
+        }
     }
 
     #[test]
