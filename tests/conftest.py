@@ -5,6 +5,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,23 @@ def linked(ckpt: Path, folder: Path) -> Path:
     link = folder / "ckpt"
     link.symlink_to(ckpt, target_is_directory=True)
     return link
+
+
+def rewrite_tensor(ckpt_root: Path, name: str, change: Any) -> Path:
+    """A copy of the checkpoint with one HeartMuLa tensor changed by `change(array)`, in its own shard."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    copy = ckpt_root.parent / f"{ckpt_root.name}-{name.replace('.', '_')}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ckpt_root, copy)
+    model = copy / "HeartMuLa-oss-3B"
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    shard = model / index["weight_map"][name]
+    tensors = load_file(shard)
+    tensors[name] = np.ascontiguousarray(change(tensors[name]))
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return copy
 
 
 def big_sparse_checkpoint(folder: Path, nbytes: int = 4 << 30) -> Path:

@@ -12,7 +12,7 @@ import re
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import rewrite_tensor, run_cli
 from heartmula_burn import open_pack
 from heartmula_burn._packfile import dequantize, quantize
 from hypothesis import given, settings
@@ -222,3 +222,53 @@ def test_sanity_against_the_reference_is_exact_and_a_changed_value_fails(tiny_ck
     bad = run_cli("sanity", pack, "--reference", tiny_ckpt, "--device", "cpu")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert re.search(r"FAIL\s+reference cast to the pack's dtypes \(198 tensors\): h_last", bad.stdout + bad.stderr)
+
+
+def test_sanity_judges_the_quantization_loss_and_a_transposed_weight_fails_it(tiny_ckpt, tmp_path):
+    """Against the unquantized reference, each float output of the q8 forward is judged by its
+    cosine similarity (the bound measured on the full-size shapes); the greedy codes are reported."""
+    pytest.importorskip("torch")
+    from heartmula_burn._presets.heartmula.sanity import HeartMuLaRunner
+
+    label = "vs the uncast reference (quantized: cosine >= 0.999 judged): "
+    pack = tmp_path / "lm.bpk"
+    run_cli("pack", tiny_ckpt, "-o", pack, "--dtype", "q8", "-q", check_rc=0)
+    good = run_cli("sanity", pack, "--reference", tiny_ckpt, "--device", "cpu", "--json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    report = json.loads(good.stdout)
+    judged = {c["name"].removeprefix(label): c["ok"] for c in report["checks"] if c["name"].startswith(label)}
+    floats = [n for n in HeartMuLaRunner.compared if n != "greedy_codes"]
+    assert judged == {**dict.fromkeys(floats, True), "greedy_codes": None}
+    cosines = [report["figures"][f"{label}{n}: cosine"] for n in floats]
+    assert 0.999 <= min(cosines) and max(cosines) < 1.0  # the quantization shows, within the bound
+
+    # Negative control: a square weight transposed in the pack's source, the reference intact.
+    broken = rewrite_tensor(tiny_ckpt, "backbone.layers.3.attn.output_proj.weight", lambda a: a.T)
+    run_cli("pack", broken, "-o", tmp_path / "t.bpk", "--dtype", "q8", "-q", check_rc=0)
+    bad = run_cli("sanity", tmp_path / "t.bpk", "--reference", tiny_ckpt, "--device", "cpu", "--json")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    failed = {c["name"] for c in json.loads(bad.stdout)["checks"] if c["ok"] is False}
+    assert {f"{label}h_last", f"{label}c0_logits"} <= failed
+
+
+def test_sanity_weights_dequantize_on_read_as_burn_reads_them(tiny_ckpt, tmp_path):
+    """sanity holds quantized weights as stored and dequantizes them on each read: the values are
+    the numpy dequantization of the stored ones, bit for bit, in every tensor's shape."""
+    torch = pytest.importorskip("torch")
+    from heartmula_burn._weights import PackArrays, load_weights
+
+    pack = tmp_path / "lm.bpk"
+    run_cli("pack", tiny_ckpt, "-o", pack, "--dtype", "q8", "--q-block", "16", "-q", check_rc=0)
+    arrays = PackArrays(pack)
+    try:
+        names = [t.name for t in arrays.pack.tensors]
+        weights = load_weights(arrays, names, torch.device("cpu"))
+        quantized = [n for n in names if LINEAR_WEIGHT.fullmatch(n)]
+        assert quantized and len(weights) == len(names)
+        for name in quantized:
+            values, scales = arrays.quantized(name)
+            expected = dequantize(values, scales, 16)
+            assert weights[name].dtype == torch.float32
+            assert weights[name].numpy().tobytes() == expected.tobytes(), name
+    finally:
+        arrays.close()

@@ -3,12 +3,10 @@ and packs that are broken in ways only running the model shows."""
 
 import json
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, linked, run_cli, run_process
+from conftest import assert_clean_failure, linked, rewrite_tensor, run_cli, run_process
 
 # CI installs torch and torchtune and sets this, so that a missing one fails instead of skipping.
 if os.environ.get("HEARTMULA_REQUIRE_TORCH") == "1":
@@ -228,25 +226,9 @@ def test_one_ulp_in_one_weight_fails_the_reference_check(packs, tiny_ckpt, tmp_p
     assert "sanity check failed: reference: h_last" in proc.stderr
 
 
-def _rewrite_tensor(ckpt_root: Path, name: str, change) -> Path:
-    """A copy of the checkpoint with one tensor changed by `change(array)`, in its own shard."""
-    from safetensors.numpy import load_file, save_file
-
-    copy = ckpt_root.parent / f"{ckpt_root.name}-{name.replace('.', '_')}"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(ckpt_root, copy)
-    model = copy / "HeartMuLa-oss-3B"
-    index = json.loads((model / "model.safetensors.index.json").read_text())
-    shard = model / index["weight_map"][name]
-    tensors = load_file(shard)
-    tensors[name] = np.ascontiguousarray(change(tensors[name]))
-    save_file(tensors, shard, metadata={"format": "pt"})
-    return copy
-
-
 def test_transposed_square_weight_fails_the_reference_check(tiny_ckpt, tmp_path):
     # Square, so every shape still fits: only running the model shows it.
-    broken = _rewrite_tensor(tiny_ckpt, "backbone.layers.3.attn.output_proj.weight", lambda a: a.T)
+    broken = rewrite_tensor(tiny_ckpt, "backbone.layers.3.attn.output_proj.weight", lambda a: a.T)
     run_cli("pack", broken, "-o", tmp_path / "t.bpk", "-q", check_rc=0)
     proc, report = _sanity(tmp_path / "t.bpk", "--reference", tiny_ckpt)
     assert proc.returncode == 1
@@ -273,7 +255,7 @@ def test_swapped_tensors_fail_the_reference_check(tiny_ckpt, tmp_path):
 
 
 def test_transposed_rectangular_weight_fails_the_shape_check(tiny_ckpt, tmp_path):
-    broken = _rewrite_tensor(tiny_ckpt, "decoder.layers.1.mlp.w2.weight", lambda a: a.T)
+    broken = rewrite_tensor(tiny_ckpt, "decoder.layers.1.mlp.w2.weight", lambda a: a.T)
     run_cli("pack", broken, "-o", tmp_path / "r.bpk", "--any-model", "-q", check_rc=0)
     proc, report = _sanity(tmp_path / "r.bpk", "--config", broken / "HeartMuLa-oss-3B" / "config.json")
     assert proc.returncode == 1
@@ -287,7 +269,7 @@ def test_non_finite_weight_is_named_without_a_reference(tiny_ckpt, tmp_path):
         a[0, 1] = np.nan
         return a
 
-    broken = _rewrite_tensor(tiny_ckpt, "projection.weight", poison)
+    broken = rewrite_tensor(tiny_ckpt, "projection.weight", poison)
     run_cli("pack", broken, "-o", tmp_path / "n.bpk", "-q", check_rc=0)
     proc, report = _sanity(tmp_path / "n.bpk")
     assert proc.returncode == 1

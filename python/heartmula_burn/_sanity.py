@@ -75,16 +75,19 @@ class Runner(ABC):
 
     preset: ClassVar[Preset]
     compared: ClassVar[tuple[str, ...]]
+    # The least cosine similarity a quantized pack's float outputs may have to the unquantized
+    # reference's; None: the difference is reported, not judged.
+    quantized_cosine_bound: ClassVar[float | None] = None
 
     def __init__(self, config: Fields, frames: int) -> None:
         self.config = config
         self.frames = frames
 
     @abstractmethod
-    def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    def outputs(self, weights: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """Every output the checks look at, as CPU tensors."""
 
-    def weight_checks(self, weights: dict[str, torch.Tensor], result: SanityResult) -> None:
+    def weight_checks(self, weights: Mapping[str, torch.Tensor], result: SanityResult) -> None:
         finite_weights(weights, result)
 
     @abstractmethod
@@ -99,7 +102,7 @@ def max_abs(x: torch.Tensor) -> float:
     return float(x.abs().max()) if x.numel() else 0.0
 
 
-def finite_weights(weights: dict[str, torch.Tensor], result: SanityResult) -> None:
+def finite_weights(weights: Mapping[str, torch.Tensor], result: SanityResult) -> None:
     torch = import_torch()
     counts = {n: int((~torch.isfinite(w)).sum()) for n, w in weights.items() if w.is_floating_point()}
     bad = {n: c for n, c in counts.items() if c}
@@ -120,8 +123,10 @@ def _compare(
     label: str,
     exact: bool,
     result: SanityResult,
+    cosine_bound: float | None = None,
 ) -> None:
-    """One check per output: exact equality when `exact`, else the difference is only reported."""
+    """One check per output: exact equality when `exact`; else float outputs are judged by their
+    cosine similarity when `cosine_bound` is given, and every other difference is only reported."""
     torch = import_torch()
     for name in names:
         a, b = ours[name], ref[name]
@@ -134,6 +139,10 @@ def _compare(
             cosine = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
             figure = f"max |diff| {diff:.3g}, cosine {cosine:.6f}"
             result.figures[f"{label}: {name}: max_abs_diff"] = diff
+            result.figures[f"{label}: {name}: cosine"] = cosine
+            if not exact and cosine_bound is not None:
+                result.checks.append(Check(f"{label}: {name}", cosine >= cosine_bound, figure))
+                continue
         result.checks.append(Check(f"{label}: {name}", same if exact else None, figure))
 
 
@@ -172,7 +181,7 @@ def _run_model(
     names: list[str],
     device: torch.device,
     cast_to: Mapping[str, str] | None = None,
-    on_loaded: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    on_loaded: Callable[[Mapping[str, torch.Tensor]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float, float]:
     torch = import_torch()
     start = time.perf_counter()
@@ -264,13 +273,17 @@ def run(
             if lossy:
                 del ref_out
                 full_out, *_ = _run_model(runner, ref, names, torch_device)
+                quantized = any(dtype_info(pack_dtypes[n]).is_quantized for n in lossy)
+                bound = runner.quantized_cosine_bound if quantized else None
                 _compare(
                     out,
                     full_out,
                     runner.compared,
-                    "vs the uncast reference (lossy cast, not judged)",
+                    "vs the uncast reference "
+                    + ("(lossy cast, not judged)" if bound is None else f"(quantized: cosine >= {bound} judged)"),
                     exact=False,
                     result=result,
+                    cosine_bound=bound,
                 )
         if torch_device.type == "cuda":
             result.figures["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(torch_device)

@@ -1,11 +1,13 @@
 """The weights `sanity` runs a model on: a checkpoint or a pack as read-only numpy views over the
 mapped files (a file that shrinks while read fails naming the file and tensor), loaded into torch
-tensor by tensor, in their stored dtype or cast as the packer casts."""
+tensor by tensor, in their stored dtype or cast as the packer casts. Quantized tensors stay
+quantized in memory and are dequantized each time the forward reads them, so that a q8 model is
+never held in float32 whole."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from ._checkpoint import load_checkpoint
 from ._errors import CheckpointError, HeartmulaBurnError, SourceError
-from ._packfile import NUMPY_DTYPES, MappedFile, dequantize, dtype_info, open_pack, quantize
+from ._packfile import NUMPY_DTYPES, MappedFile, dtype_info, open_pack, quantize
 from ._presets import config_of_pack
 
 if TYPE_CHECKING:
@@ -83,6 +85,9 @@ class PackArrays:
     def numpy(self, name: str) -> np.ndarray[Any, Any]:
         return self.pack.numpy(name)
 
+    def quantized(self, name: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        return self.pack.quantized(name)
+
     def check(self) -> None:
         self.pack.check()
 
@@ -117,27 +122,61 @@ def _as_torch(array: np.ndarray[Any, Any]) -> torch.Tensor:
         return torch.from_numpy(array)  # type: ignore[no-any-return]
 
 
+class Weights(Mapping[str, "torch.Tensor"]):
+    """name -> tensor on the device. A quantized tensor is held as stored (int8 values and float32
+    block scales, about a quarter of its float32 size) and dequantized on each read, as Burn reads
+    it (`scale * q` in float32, which is what `_packfile.dequantize` computes)."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self._tensors[name] = tensor
+
+    def add_quantized(self, name: str, values: torch.Tensor, scales: torch.Tensor, block: int) -> None:
+        self._tensors[name] = (values, scales, block)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        held = self._tensors[name]
+        if not isinstance(held, tuple):
+            return held
+        values, scales, block = held
+        blocks = values.reshape(-1, block).float() * scales.reshape(-1, 1)
+        return blocks.reshape(values.shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
 def load_weights(
     source: CheckpointArrays | PackArrays,
     names: list[str],
     device: torch.device,
     cast_to: Mapping[str, str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """name -> tensor on `device`, in the stored dtype or, for names in `cast_to`, cast to that Burn
-    dtype (round to nearest even, as the packer casts)."""
+) -> Weights:
+    """The named tensors on `device`, in the stored dtype or, for names in `cast_to`, cast to that
+    Burn dtype (round to nearest even, as the packer casts; quantized as Burn quantizes)."""
     torch = import_torch()
     torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-    weights = {}
+    weights = Weights()
     for name in names:
-        target = (cast_to or {}).get(name)
-        block = dtype_info(target).block if target is not None else None
-        if block is not None and target != source.dtype(name):
-            # Quantized as Burn quantizes (after an exact widening to f32), then read back as Burn reads it.
-            values, scales = quantize(np.asarray(source.numpy(name), np.float32), block)
-            weights[name] = torch.from_numpy(dequantize(values, scales, block)).to(device)
+        stored = source.dtype(name)
+        target = (cast_to or {}).get(name, stored)
+        block = dtype_info(target).block
+        if block is not None:
+            if target == stored:
+                assert isinstance(source, PackArrays)  # only packs hold quantized tensors
+                values, scales = source.quantized(name)
+            else:
+                # Quantized as Burn quantizes (after an exact widening to f32).
+                values, scales = quantize(np.asarray(source.numpy(name), np.float32), block)
+            weights.add_quantized(name, _as_torch(values).to(device), _as_torch(scales).to(device), block)
             continue
         tensor = _as_torch(source.numpy(name)).to(device)
-        if target is not None and target != source.dtype(name):
+        if target != stored:
             tensor = tensor.to(torch_dtypes[target])
-        weights[name] = tensor
+        weights.add(name, tensor)
     return weights

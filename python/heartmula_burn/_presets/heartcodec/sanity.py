@@ -5,6 +5,7 @@ only when `sanity` runs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..._fields import Fields
@@ -41,7 +42,7 @@ class HeartCodecRunner(Runner):
         latent = (((i * 7 + j * 3) % 19) - 9).float() / 9
         return codes, latent
 
-    def outputs(self, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    def outputs(self, weights: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         from .forward import HeartCodec as Model
 
         torch = import_torch()
@@ -68,7 +69,7 @@ class HeartCodecRunner(Runner):
             out["audio"] = model.audio(latent)
         return {name: value.detach().to("cpu") for name, value in out.items()}
 
-    def weight_checks(self, weights: dict[str, torch.Tensor], result: SanityResult) -> None:
+    def weight_checks(self, weights: Mapping[str, torch.Tensor], result: SanityResult) -> None:
         super().weight_checks(weights, result)
         not_f32 = [n for n, w in weights.items() if str(w.dtype) != "torch.float32"]
         result.checks.append(
