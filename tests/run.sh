@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python=${PYTHON:-python3}
+# pip keeps no second copy of what it downloads (torch and its CUDA libraries: about 2.5 GB).
+export PIP_NO_CACHE_DIR=1
 venv=$(realpath -m "${VENV:-.venv}")
 dist=$(realpath -m "${DIST:-target/dist}")
 
