@@ -38,34 +38,26 @@ def test_python_packer_writes_our_bytes(manifests, tmp_path, dtype):
     assert theirs.read_bytes() == ours.read_bytes()
 
 
-def test_burn_writer_bench_writes_our_bytes(manifests, tmp_path):
-    binary = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_writer_bench"
+@pytest.mark.parametrize(
+    ("binary_name", "feature", "dtype"),
+    [
+        # Burn 0.21.0's writer given the F32 manifest's tensors.
+        ("burn_writer_bench", "burn-021", "f32"),
+        # Burn 0.22.1 quantizing (Tensor::quantize_dynamic) and writing the q8 manifest's tensors itself.
+        ("burn_q8_bench", "burn-022", "q8"),
+    ],
+)
+def test_burn_bench_writes_our_bytes(manifests, tmp_path, binary_name, feature, dtype):
+    binary = REPO / "rust" / "burn-compat" / "target" / "release" / binary_name
     if not binary.exists():
         if os.environ.get("HEARTMULA_BURN_COMPAT") == "1":  # tests/run.sh builds it: missing is a failure
             pytest.fail(f"{binary} not built")
         pytest.skip(
-            "build it with: cargo build --release --features burn-021 --bin burn_writer_bench "
+            f"build it with: cargo build --release --features {feature} --bin {binary_name} "
             "--manifest-path rust/burn-compat/Cargo.toml"
         )
-    manifest, ours = manifests["f32"]
-    theirs = tmp_path / "burn.bpk"
-    subprocess.run([str(binary), str(manifest), str(theirs)], check=True, timeout=300, capture_output=True)
-    assert theirs.read_bytes() == ours.read_bytes()
-
-
-def test_burn_q8_bench_writes_our_bytes(manifests, tmp_path):
-    """Burn 0.22.1 quantizing (Tensor::quantize_dynamic) and writing the q8 manifest's tensors
-    itself: the file is our q8 pack, byte for byte."""
-    binary = REPO / "rust" / "burn-compat" / "target" / "release" / "burn_q8_bench"
-    if not binary.exists():
-        if os.environ.get("HEARTMULA_BURN_COMPAT") == "1":  # tests/run.sh builds it: missing is a failure
-            pytest.fail(f"{binary} not built")
-        pytest.skip(
-            "build it with: cargo build --release --features burn-022 --bin burn_q8_bench "
-            "--manifest-path rust/burn-compat/Cargo.toml"
-        )
-    manifest, ours = manifests["q8"]
-    theirs = tmp_path / "burn-q8.bpk"
+    manifest, ours = manifests[dtype]
+    theirs = tmp_path / f"{binary_name}.bpk"
     subprocess.run([str(binary), str(manifest), str(theirs)], check=True, timeout=300, capture_output=True)
     assert theirs.read_bytes() == ours.read_bytes()
 

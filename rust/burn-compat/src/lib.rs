@@ -32,6 +32,8 @@ pub use {
     burn_tensor_023 as burn_tensor,
 };
 
+pub mod bench;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
