@@ -163,6 +163,32 @@ pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
         .collect()
 }
 
+/// Whether this release's `quantize_dynamic` gives Burn 0.22.1's bytes, which our q8 packs hold.
+/// 0.23.0-pre.1's Flex quantizer divides by the scale (0.22.1 multiplies by its reciprocal) and
+/// rounds ties to even (0.22.1: away from zero): it reads and loads our q8 packs, and the values
+/// in which its own quantization differs are counted (`quantized_difference`), not asserted.
+pub const QUANTIZES_AS_0_22: bool = cfg!(feature = "burn-022");
+
+/// How a quantized tensor `ours` differs from Burn's quantization `burn` of the same values:
+/// (values differing, values, largest code step, scales differing, scales).
+pub fn quantized_difference(ours: &BurnTensor, burn: &BurnTensor, block: u8) -> [usize; 5] {
+    let values: usize = ours.shape.iter().product();
+    let scales = values / block as usize;
+    let (mut values_differing, mut largest_step) = (0, 0);
+    for (a, b) in ours.bytes[..values].iter().zip(&burn.bytes[..values]) {
+        if a != b {
+            values_differing += 1;
+            largest_step = largest_step.max((*a as i8 as i32 - *b as i8 as i32).unsigned_abs() as usize);
+        }
+    }
+    let scales_differing = ours.bytes[values..]
+        .chunks(4)
+        .zip(burn.bytes[values..].chunks(4))
+        .filter(|(a, b)| a != b)
+        .count();
+    [values_differing, values, largest_step, scales_differing, scales]
+}
+
 /// The scheme a q8 pack holds: `{Q8S, Native, Symmetric, tensor: None, block: [block] F32}`.
 #[cfg(any(feature = "burn-022", feature = "burn-023"))]
 pub fn q8_scheme(block: u8) -> burn_tensor::quantization::QuantScheme {
