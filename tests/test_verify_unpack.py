@@ -36,6 +36,25 @@ def test_verify_against_a_manifest(packs):
     assert proc.returncode == 1 and "dtype F32, expected BF16" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_verify_json_reports_the_verdict_and_each_problem(packs, tiny_ckpt, tmp_path):
+    good = run_cli("verify", packs / "f32.bpk", "--against", tiny_ckpt, "--json", "-q", check_rc=0)
+    assert json.loads(good.stdout) == {
+        "pack": str(packs / "f32.bpk"),
+        "against": str(tiny_ckpt),
+        "ok": True,
+        "problems": [],
+    }
+    raw = bytearray((packs / "f32.bpk").read_bytes())
+    with open_pack(packs / "f32.bpk") as pack:
+        last = pack.tensors[-1]
+    raw[last.file_offset] ^= 1
+    (tmp_path / "bad.bpk").write_bytes(raw)
+    bad = run_cli("verify", tmp_path / "bad.bpk", "--against", tiny_ckpt, "--json", "-q")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    doc = json.loads(bad.stdout)
+    assert doc["ok"] is False and len(doc["problems"]) == 1 and f"tensor '{last.name}'" in doc["problems"][0]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_verify_finds_a_flipped_bit_in_any_tensor(packs, tiny_ckpt, tmp_path_factory, data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -31,6 +32,11 @@ def register(sub: Any) -> None:
     )
     v.add_argument("--subdir", metavar="NAME", help="model folder inside CKPT_ROOT")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    v.add_argument(
+        "--json",
+        action="store_true",
+        help='print the result as JSON ({"pack", "against", "ok", "problems": [one line each]}); exit codes as without',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     with _progress_bar(args.quiet, "verifying") as update:
         problems = verify(args.pack, args.against, subdir=args.subdir, progress=update)
+    if args.json:
+        doc = {"pack": args.pack, "against": args.against, "ok": not problems, "problems": problems}
+        print(json.dumps(doc, indent=2))
+        return 1 if problems else 0
     for line in problems:
         _say(f"heartmula-burn: {line}")
     if problems:
