@@ -283,3 +283,15 @@ def test_convert_sh_one_step(tiny_ckpt, tmp_path):
         assert len(pack) == 289
     proc = subprocess.run(["bash", REPO / "convert.sh"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "usage" in proc.stderr.lower()
+
+
+def test_an_output_without_slash_or_suffix_is_the_first_pack_and_a_note_says_so(tiny_root, tmp_path):
+    proc = run_cli("pack", tiny_root, "-o", tmp_path / "runtime", check_rc=0)
+    assert (tmp_path / "runtime").is_file() and (tmp_path / "heartcodec.bpk").is_file()
+    assert f"for a runtime folder end the path with '/': -o {tmp_path / 'runtime'}/" in proc.stderr
+    # Named as a pack, or a folder: no note.
+    (tmp_path / "a").mkdir()
+    named = run_cli("pack", tiny_root, "-o", tmp_path / "a" / "lm.bpk", check_rc=0)
+    folder = run_cli("pack", tiny_root, "-o", f"{tmp_path / 'b'}/", check_rc=0)
+    assert "end the path with '/'" not in named.stderr + folder.stderr
+    assert (tmp_path / "b" / "heartmula.bpk").is_file()

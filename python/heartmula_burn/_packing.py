@@ -292,6 +292,12 @@ def plan_checkpoints(
     """`plan_checkpoint` for models already loaded (from one CKPT_ROOT, or from the Hub's cache)."""
     folder, first_name = output_folder(output)
     jobs, notes = [], []
+    if first_name is not None and len(checkpoints) > 1 and not first_name.endswith(".bpk"):
+        # `-o runtime` (no '/', not yet a folder) names the first pack's file: said, in case a folder was meant.
+        notes.append(
+            f"{folder / first_name}: written as the first pack's file (the others beside it); "
+            f"for a runtime folder end the path with '/': -o {folder / first_name}/"
+        )
     for i, ckpt in enumerate(checkpoints):
         # The preset that checks it (none with --any-model), and the one it is named after: also,
         # for --any-model packs, that of the folder a known model ships in.
