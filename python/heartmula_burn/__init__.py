@@ -5,9 +5,10 @@ are internal and may change between releases. The command line: `python -m heart
 
 from ._checkpoint import Checkpoint, load_checkpoint, load_checkpoints
 from ._errors import CheckpointError, HeartmulaBurnError, HubError, OutputError, PackFileError, SourceError
+from ._hub.packing import pack_hub
 from ._manifest import Manifest, ManifestTensor, build_manifest, package_version
 from ._packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
-from ._packing import Conversion, PackReport, pack_checkpoint, pack_hub, pack_manifest
+from ._packing import Conversion, PackReport, pack_checkpoint, pack_manifest
 from ._sanity import SanityResult
 from ._sanity import run as sanity
 from ._verify import unpack, verify

@@ -12,7 +12,8 @@ from urllib.parse import quote
 from . import _core
 from ._atomic import check_destinations, commit_all, copy_file, stage_copy, staged_folder
 from ._manifest import Manifest, ManifestTensor
-from ._packing import ProgressFn, extra_targets, plan_checkpoint, runtime_notes
+from ._packing import ProgressFn, plan_checkpoint
+from ._runtime_files import extra_targets, runtime_notes
 
 
 def npy_file_name(tensor_name: str) -> str:

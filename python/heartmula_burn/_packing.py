@@ -6,22 +6,20 @@ was: no half folder, no partial file."""
 from __future__ import annotations
 
 import contextlib
-import filecmp
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import _core
-from . import _hub as hub
-from ._atomic import check_destinations, check_replaceable, commit_all, stage_copy
-from ._checkpoint import Checkpoint, load_checkpoints, load_model_folders, runtime_file_origin
-from ._errors import OutputError, SourceError
-from ._fields import open_regular
+from ._atomic import check_destinations, commit_all, stage_copy
+from ._checkpoint import Checkpoint, load_checkpoints
+from ._errors import OutputError
 from ._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES, Manifest, build_manifest, preset_of, quantized_dtype
 from ._presets import PRESETS, preset_named
+from ._runtime_files import extra_targets, runtime_notes
 
 ProgressFn = Callable[[int, int], None]
 # Burn releases whose reader a pack can target (the core writes each one's layout).
@@ -77,51 +75,6 @@ class Job:
     dtype: str = "f32"
     # The output was given as a folder (`-o DIR/`): created, with missing parents, if it is missing.
     make_folder: bool = False
-
-
-def check_runtime_file(name: str, source: Path) -> None:
-    """Refuses a runtime file that is not what its name says, before a byte of it is copied: the
-    preset that ships it checks its content (HeartMuLa: tokenizer.json, gen_config.json); any file
-    must be a regular one, read with a size cap, never a FIFO or a device (a planted link to
-    /dev/zero)."""
-    owner = next((p for p in PRESETS if name in p.runtime_files), None)
-    if owner is not None:
-        owner.check_runtime_file(name, source)
-    try:
-        os.close(open_regular(source, SourceError, name))
-    except FileNotFoundError:
-        raise SourceError.at(source, f"{name} not found") from None
-    except OSError as e:
-        raise SourceError.at(source, f"cannot read {name}: {e.strerror or e}") from None
-
-
-def runtime_notes(extras: dict[str, Path]) -> list[str]:
-    """A note for each runtime file that resolves outside the folder it was found in (a link to a
-    file elsewhere): the summary says from where it was copied."""
-    notes = []
-    for name, source in extras.items():
-        origin = runtime_file_origin(source)
-        if origin is not None:
-            notes.append(f"{name}: copied from {origin}, outside {source.parent}")
-    return notes
-
-
-def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(source, destination in `folder`) for each runtime file still to copy, each checked first
-    (`check_runtime_file`); refuses to clobber a different file without force, and anything but a
-    file or a link even with it."""
-    todo = []
-    for name, source in extras.items():
-        check_runtime_file(name, source)
-        dest = folder / name
-        check_replaceable(dest)
-        if os.path.lexists(dest):
-            if dest.exists() and (dest.samefile(source) or filecmp.cmp(source, dest, shallow=False)):
-                continue
-            if not force:
-                raise OutputError.at(dest, f"exists and differs from {source} (use --force to replace it)")
-        todo.append((source, dest))
-    return todo
 
 
 def pack_manifests(
@@ -365,72 +318,6 @@ def pack_checkpoint(
     touched), and the builtin `OSError` subclasses for failures of the system."""
     dtype = checked_options(dtype, burn_version, q_block)
     jobs, notes = plan_checkpoint(root, output, dtype=dtype, any_model=any_model, subdir=subdir, q_block=q_block)
-    return pack_manifests(
-        jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
-    )
-
-
-def plan_hub(
-    specs: Sequence[hub.RepoSpec],
-    output: str | Path | None = None,
-    *,
-    dtype: str = "f32",
-    any_model: bool = False,
-    ckpt_root: str | Path | None = None,
-    force: bool = False,
-    say: Callable[[str], None] | None = None,
-    quiet: bool = True,
-    q_block: int = DEFAULT_Q_BLOCK,
-) -> tuple[list[Job], list[str]]:
-    """Fetches the repositories (`hub.download`: planned, downloaded into the cache, checked
-    against the Hub's digests) and plans their packs as `plan_checkpoints` does: straight from the
-    cache's snapshots, or from `ckpt_root` laid out as `download` does (`force`: replace what is
-    there)."""
-    fetched = hub.download(specs, say=say, quiet=quiet)
-    if ckpt_root is not None:
-        hub.lay_out(Path(ckpt_root), fetched, force=force)
-        checkpoints = load_checkpoints(ckpt_root)
-    else:
-        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
-        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
-    return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
-
-
-def pack_hub(
-    output: str | Path | None = None,
-    *,
-    repos: Mapping[str, str | None] | None = None,
-    releases: Mapping[str, str | None] | None = None,
-    revisions: Mapping[str, str | None] | None = None,
-    ckpt_root: str | Path | None = None,
-    dtype: str = "f32",
-    any_model: bool = False,
-    force: bool = False,
-    burn_version: str | None = None,
-    progress: ProgressFn | None = None,
-    copy_extras: bool = True,
-    quiet: bool = True,
-    q_block: int = DEFAULT_Q_BLOCK,
-) -> Conversion:
-    """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
-    'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
-    Hugging Face cache, checked against the Hub's digests, and packed as `pack_checkpoint` packs.
-
-    - `releases`: a model's release by name, per role: `{"lm": "HeartMuLa-oss-3B-happy-new-year",
-      "codec": "HeartCodec-oss-20260123"}`; `repos`: any repository per role (`lm`, `codec`,
-      `gen`); `revisions`: a branch, tag or commit per role (default main).
-    - `ckpt_root`: also lay the download out there as `download` does (links into the cache).
-    - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
-
-    Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
-    answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
-    `ValueError` for an argument out of range before anything is fetched, and what
-    `pack_checkpoint` raises."""
-    dtype = checked_options(dtype, burn_version, q_block)
-    specs = hub.repo_specs(repos, revisions, releases)
-    jobs, notes = plan_hub(
-        specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block
-    )
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )

@@ -16,8 +16,8 @@ from ._atomic import copy_file, staged_folder, write_new
 from ._errors import OutputError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
-from ._packing import check_runtime_file, runtime_notes
 from ._presets import PRESETS, RUNTIME_FILES, Preset, config_of_pack, preset_for_pack
+from ._runtime_files import check_runtime_file, runtime_notes
 from ._synthetic import SYNTHETIC_KEY
 from ._text import shown
 

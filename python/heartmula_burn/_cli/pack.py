@@ -7,6 +7,7 @@ import contextlib
 import json
 from typing import Any
 
+from .._hub.packing import plan_hub
 from .._manifest import Manifest
 from .._packing import (
     BURN_VERSIONS,
@@ -17,7 +18,6 @@ from .._packing import (
     manifest_job,
     pack_manifests,
     plan_checkpoint,
-    plan_hub,
     target_burn_version,
 )
 from ._common import (

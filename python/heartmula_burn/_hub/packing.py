@@ -1,0 +1,80 @@
+"""From the Hub to packs in one step: fetch the repositories into the Hugging Face cache (checked
+against the Hub's digests), then plan and write the packs as `pack_checkpoint` does."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Callable
+
+from .._checkpoint import load_checkpoints, load_model_folders
+from .._manifest import DEFAULT_Q_BLOCK
+from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manifests, plan_checkpoints
+from .download import download, lay_out
+from .repos import RepoSpec, repo_specs
+
+
+def plan_hub(
+    specs: Sequence[RepoSpec],
+    output: str | Path | None = None,
+    *,
+    dtype: str = "f32",
+    any_model: bool = False,
+    ckpt_root: str | Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+    quiet: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
+) -> tuple[list[Job], list[str]]:
+    """Fetches the repositories (`download`: planned, downloaded into the cache, checked
+    against the Hub's digests) and plans their packs as `plan_checkpoints` does: straight from the
+    cache's snapshots, or from `ckpt_root` laid out as `download` does (`force`: replace what is
+    there)."""
+    fetched = download(specs, say=say, quiet=quiet)
+    if ckpt_root is not None:
+        lay_out(Path(ckpt_root), fetched, force=force)
+        checkpoints = load_checkpoints(ckpt_root)
+    else:
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime)
+    return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
+
+
+def pack_hub(
+    output: str | Path | None = None,
+    *,
+    repos: Mapping[str, str | None] | None = None,
+    releases: Mapping[str, str | None] | None = None,
+    revisions: Mapping[str, str | None] | None = None,
+    ckpt_root: str | Path | None = None,
+    dtype: str = "f32",
+    any_model: bool = False,
+    force: bool = False,
+    burn_version: str | None = None,
+    progress: ProgressFn | None = None,
+    copy_extras: bool = True,
+    quiet: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
+) -> Conversion:
+    """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
+    'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
+    Hugging Face cache, checked against the Hub's digests, and packed as `pack_checkpoint` packs.
+
+    - `releases`: a model's release by name, per role: `{"lm": "HeartMuLa-oss-3B-happy-new-year",
+      "codec": "HeartCodec-oss-20260123"}`; `repos`: any repository per role (`lm`, `codec`,
+      `gen`); `revisions`: a branch, tag or commit per role (default main).
+    - `ckpt_root`: also lay the download out there as `download` does (links into the cache).
+    - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
+
+    Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
+    answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
+    `ValueError` for an argument out of range before anything is fetched, and what
+    `pack_checkpoint` raises."""
+    dtype = checked_options(dtype, burn_version, q_block)
+    specs = repo_specs(repos, revisions, releases)
+    jobs, notes = plan_hub(
+        specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block
+    )
+    return pack_manifests(
+        jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
+    )
