@@ -40,22 +40,16 @@ _SNAPSHOT = re.compile(r"(?:^|/)models--(?:([\w.-]+?)--)?([\w.-]+)/snapshots/([0
 
 @dataclass
 class Checkpoint:
-    root: Path
     model_dir: Path
     shards: list[Path]
     tensors: list[SourceTensor]  # on-disk order: shard by shard, by offset within a shard
     config: Fields | None = None  # the model folder's config.json
-    index_path: Path | None = None
     extras: dict[str, Path] = field(default_factory=dict)
     # Each shard's __metadata__ (where `unpack` keeps the original pack's metadata and param_ids).
     shard_metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
     # The Hub repository and commit the files came from, when they are (links into) a cache snapshot.
     source_repo: str | None = None
     source_revision: str | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(t.byte_len for t in self.tensors)
 
 
 def model_dirs(root: str | Path, subdir: str | None = None) -> list[Path]:
@@ -257,7 +251,6 @@ def _shards_without_index(paths: list[Path], shard_metadata: dict[Path, dict[str
 
 
 def _load(root: Path, model_dir: Path) -> Checkpoint:
-    index_path = None
     shard_metadata: dict[Path, dict[str, str]] = {}
     if root.is_file():
         shards = [root]
@@ -267,8 +260,7 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
         if len(indexes) > 1:
             raise CheckpointError.at(model_dir, f"more than one index ({', '.join(p.name for p in indexes)})")
         if indexes:
-            index_path = indexes[0]
-            shards, tensors = _shards_from_index(model_dir, index_path, shard_metadata)
+            shards, tensors = _shards_from_index(model_dir, indexes[0], shard_metadata)
         else:
             shards = sorted(model_dir.glob("*.safetensors"))
             if not shards:
@@ -285,4 +277,4 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
                 extras[name] = folder / name
                 break
     repo, revision = _hub_source_of(model_dir) or (None, None)
-    return Checkpoint(root, model_dir, shards, tensors, config, index_path, extras, shard_metadata, repo, revision)
+    return Checkpoint(model_dir, shards, tensors, config, extras, shard_metadata, repo, revision)
