@@ -305,15 +305,24 @@ FRAME_BOUNDS = {
 }
 
 
+@pytest.fixture(scope="module")
+def frame_weights() -> dict:
+    return _frame_weights(FRAME_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def heartlib_frames(frame_weights) -> dict:
+    return _heartlib_outputs(frame_weights, FRAME_CONFIG, frames=3)
+
+
 def _ours(weights: dict, frames: int) -> dict:
     from heartmula_burn._presets.heartmula.sanity import forward_outputs
 
     return forward_outputs(forward.HeartMuLa(weights, FRAME_CONFIG), frames)
 
 
-def test_frames_match_heartlibs_generate_frame():
-    weights = _frame_weights(FRAME_CONFIG)
-    ours, theirs = _ours(weights, frames=3), _heartlib_outputs(weights, FRAME_CONFIG, frames=3)
+def test_frames_match_heartlibs_generate_frame(frame_weights, heartlib_frames):
+    ours, theirs = _ours(frame_weights, frames=3), heartlib_frames
     for name, bound in FRAME_BOUNDS.items():
         assert ours[name].shape == theirs[name].shape, name
         assert theirs[name].abs().max() > 0.5, name  # non-trivial outputs
@@ -326,9 +335,9 @@ def test_frames_match_heartlibs_generate_frame():
     "fault",
     ["audio_head codebooks swapped", "projection transposed", "unconditional row replaced", "muq bias dropped"],
 )
-def test_frame_comparison_catches_a_wrong_weight(fault):
+def test_frame_comparison_catches_a_wrong_weight(fault, frame_weights, heartlib_frames):
     """Negative controls: the same comparison with one weight wrong on our side fails far above the bounds."""
-    weights = _frame_weights(FRAME_CONFIG)
+    weights = frame_weights
     wrong = dict(weights)
     if fault == "audio_head codebooks swapped":
         wrong["audio_head"] = weights["audio_head"][[1, 0, *range(2, FRAME_CONFIG.audio_num_codebooks - 1)]]
@@ -340,7 +349,7 @@ def test_frame_comparison_catches_a_wrong_weight(fault):
         wrong["unconditional_text_embedding.weight"] = weights["text_embeddings.weight"][:1]
     else:
         wrong["muq_linear.bias"] = torch.zeros_like(weights["muq_linear.bias"])
-    ours, theirs = _ours(wrong, frames=1), _heartlib_outputs(weights, FRAME_CONFIG, frames=1)
+    ours, theirs = _ours(wrong, frames=1), heartlib_frames
     worst = max((ours[n] - theirs[n]).abs().max().item() / b for n, b in FRAME_BOUNDS.items())
     assert worst > 1000, f"{fault}: only {worst:.3g}x the bound"
 
