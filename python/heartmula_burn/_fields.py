@@ -102,9 +102,6 @@ class Fields:
     def __contains__(self, key: str) -> bool:
         return key in self.doc
 
-    def keys(self) -> list[str]:
-        return list(self.doc)
-
     def _get(self, key: str, default: Any, check: Callable[[Any], bool], wanted: str) -> Any:
         if key not in self.doc:
             if default is _MISSING:

@@ -34,9 +34,6 @@ pub enum Error {
     /// The output cannot be written as asked (exists, no room, no such folder, is an input).
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
-    /// An invalid request that names no file (e.g. duplicate output names).
-    #[error("{0}")]
-    Invalid(String),
     /// The caller asked to stop (Ctrl-C, a signal, an exception in the progress callback).
     #[error("interrupted")]
     Cancelled,

@@ -20,5 +20,5 @@ pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use output::AtomicFile;
-pub use pack::{pack, pack_staged, PackItem, PackRequest, PackSummary, Progress};
+pub use pack::{pack_staged, PackItem, PackRequest, PackSummary, Progress};
 pub use source::{Shard, ShardTensor};

@@ -181,19 +181,9 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
     Ok(())
 }
 
-/// Writes the pack. `progress` is called after every chunk; returning false cancels the pack,
-/// which then fails with `Error::Cancelled` and leaves the destination as it was.
-pub fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
-    let (mut summary, staged) = pack_staged(request, progress)?;
-    let started = std::time::Instant::now();
-    staged.commit()?;
-    summary.sync_seconds += started.elapsed().as_secs_f64();
-    Ok(summary)
-}
-
 /// Writes the whole pack to its temporary file and flushes it to disk, but leaves the destination
-/// as it is: the caller commits the returned file (renaming it into place, as `pack` does) or
-/// drops it (deleting it). Lets several outputs be written first and put in place together.
+/// as it is: the caller commits the returned file (renaming it into place) or drops it (deleting
+/// it). Lets several outputs be written first and put in place together.
 pub fn pack_staged(
     request: &PackRequest,
     progress: &mut dyn FnMut(Progress) -> bool,
@@ -627,6 +617,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::burnpack::read_index;
     use crate::source::tests::write_shard;
+
+    /// Writes the pack and puts it in place, as the binding does for a single pack.
+    pub(crate) fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
+        let (summary, staged) = pack_staged(request, progress)?;
+        staged.commit()?;
+        Ok(summary)
+    }
 
     pub(crate) fn item(name: &str, source: &Path, key: &str, dtype: DType) -> PackItem {
         PackItem {

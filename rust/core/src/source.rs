@@ -174,10 +174,6 @@ impl Shard {
         Ok(shard)
     }
 
-    pub fn find(&self, name: &str) -> Option<&ShardTensor> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
-
     pub fn bytes(&self, tensor: &ShardTensor) -> &[u8] {
         &self.mmap[tensor.file_offset as usize..(tensor.file_offset + tensor.byte_len) as usize]
     }
@@ -428,6 +424,10 @@ pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
+    fn find<'a>(shard: &'a Shard, name: &str) -> Option<&'a ShardTensor> {
+        shard.tensors.iter().find(|t| t.name == name)
+    }
+
     #[test]
     fn a_fifo_or_a_folder_is_refused_at_once_not_waited_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -565,10 +565,10 @@ pub(crate) mod tests {
             ],
         );
         let shard = Shard::open(&p).unwrap();
-        assert_eq!(shard.find("b").map(|t| t.byte_len), Some(2));
-        assert_eq!(shard.find("a").map(|t| t.byte_len), Some(3));
-        assert!(shard.find("c").is_none());
-        let start = shard.find("a").unwrap().file_offset; // the first byte after the header
+        assert_eq!(find(&shard, "b").map(|t| t.byte_len), Some(2));
+        assert_eq!(find(&shard, "a").map(|t| t.byte_len), Some(3));
+        assert!(find(&shard, "c").is_none());
+        let start = find(&shard, "a").unwrap().file_offset; // the first byte after the header
         let owner = |offset: u64| shard.tensor_at(offset).map(|t| t.name.clone());
         assert_eq!(owner(start - 1), None, "a header byte belongs to no tensor");
         assert_eq!(owner(start).as_deref(), Some("a"));
@@ -585,7 +585,7 @@ pub(crate) mod tests {
         write_shard(&p, &[("w", "U8", vec![4], vec![7; 4])]);
         let shard = Shard::open(&p).unwrap();
         let size = std::fs::metadata(&p).unwrap().len();
-        let w = shard.find("w").unwrap();
+        let w = find(&shard, "w").unwrap();
         assert!(shard.shrank_under(w, size).is_none());
         let err = shard
             .shrank_under(w, size + 1)

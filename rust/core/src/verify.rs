@@ -211,7 +211,8 @@ mod tests {
     use super::*;
     use crate::burnpack::BurnTarget;
     use crate::dtype::DType;
-    use crate::pack::{pack, PackRequest};
+    use crate::pack::tests::pack;
+    use crate::pack::PackRequest;
     use crate::source::tests::write_shard;
     use std::os::unix::fs::FileExt;
 

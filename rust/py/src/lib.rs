@@ -34,7 +34,7 @@ fn to_py(py: Python<'_>, e: core::Error) -> PyErr {
         core::Error::Source { path, tensor, .. } => ("SourceError", Some(path), tensor),
         core::Error::PackFile { path, tensor, .. } => ("PackFileError", Some(path), tensor),
         core::Error::Output { path, .. } => ("OutputError", Some(path), None),
-        core::Error::Invalid(_) | core::Error::Cancelled => ("HeartmulaBurnError", None, None),
+        core::Error::Cancelled => ("HeartmulaBurnError", None, None),
     };
     let raised = (|| -> PyResult<PyErr> {
         let class = py.import(ERRORS_MODULE)?.getattr(class)?;
