@@ -146,9 +146,10 @@ def test_rope_frequencies_are_torchtunes(head_dim):
 # ---------------------------------------------------------------------------------------------
 # The whole model: sanity's frames against heartlib's generate_frame, rebuilt from torch modules
 
-# Small sizes with the released structure (GQA in both stacks, 8 codebooks, MuQ and CFG rows).
+# Small sizes with the released structure (GQA in both stacks, 8 codebooks, MuQ and CFG rows). The
+# backbone's 6 query heads share 2 KV heads: with 4 over 2, a group of heads - kv_heads would pass too.
 FRAME_CONFIG = HeartMuLaConfig(
-    backbone=Flavor(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=256, intermediate_dim=384, max_seq_len=64),
+    backbone=Flavor(num_layers=2, num_heads=6, num_kv_heads=2, embed_dim=384, intermediate_dim=384, max_seq_len=64),
     decoder=Flavor(num_layers=2, num_heads=2, num_kv_heads=1, embed_dim=128, intermediate_dim=192, max_seq_len=16),
     text_vocab_size=300,
     audio_vocab_size=97,
@@ -298,10 +299,10 @@ def _heartlib_outputs(weights: dict, cfg: HeartMuLaConfig, frames: int) -> dict:
 # max |ours - heartlib's| per output, about 3x the error measured on x86-64 with torch 2.x (outputs
 # peak at 2.8 to 5.0, where one f32 ulp is 2.4e-7 to 4.8e-7).
 FRAME_BOUNDS = {
-    "h_last": 3e-6,  # measured 1.07e-6
-    "c0_logits": 2.5e-6,  # 8.3e-7
-    "decoder_logits": 4e-6,  # 1.31e-6
-    "frame2_c0_logits": 2e-6,  # 6.6e-7
+    "h_last": 4e-6,  # measured 1.22e-6
+    "c0_logits": 5e-6,  # 1.71e-6
+    "decoder_logits": 4.5e-6,  # 1.55e-6
+    "frame2_c0_logits": 2e-6,  # 6.0e-7
 }
 
 

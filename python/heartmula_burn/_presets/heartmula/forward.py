@@ -148,12 +148,11 @@ class HeartMuLa:
         tokens: torch.Tensor,
         mask: torch.Tensor,
         uncond: torch.Tensor | None,
-        muq: torch.Tensor | None = None,
-        muq_row: int = 0,
+        muq: tuple[torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         """tokens/mask: [b, s, K+1] (K audio codebooks, then the text column); uncond: [b] bool rows
-        that take the unconditional text embedding (classifier-free guidance); muq: [b, muq_dim]
-        written over row `muq_row` (the prompt's placeholder)."""
+        that take the unconditional text embedding (classifier-free guidance); muq: the MuQ
+        embedding [b, muq_dim] and the row it is written over (the prompt's placeholder)."""
         k = self.cfg.audio_num_codebooks
         text = self.weights["text_embeddings.weight"][tokens[..., k]].float()
         unconditional = self.weights["unconditional_text_embedding.weight"][0].float()
@@ -163,7 +162,8 @@ class HeartMuLa:
         e = torch.cat([audio, text[..., None, :]], dim=-2)
         h = (e * mask[..., None]).sum(dim=2)
         if muq is not None:
-            m = linear(muq.float(), self.weights["muq_linear.weight"], self.weights["muq_linear.bias"])
+            muq_embedding, muq_row = muq
+            m = linear(muq_embedding.float(), self.weights["muq_linear.weight"], self.weights["muq_linear.bias"])
             if uncond is not None:
                 m = torch.where(uncond[:, None], unconditional, m)
             h[:, muq_row] = m

@@ -99,7 +99,7 @@ def forward_outputs(model: Any, frames: int) -> dict[str, torch.Tensor]:
     out = {}
     with torch.no_grad():
         cache = KVCache.empty(cfg.backbone.num_layers)
-        h = model.embed(tokens, mask, uncond, muq, muq_row=len(r.TAGS))
+        h = model.embed(tokens, mask, uncond, (muq, len(r.TAGS)))
         last = model.backbone(h, torch.arange(s, device=device), cache)[:, -1]
         after_prompt = cache.copy()
         out["h_last"] = last
