@@ -465,7 +465,7 @@ fn decode_dtype(value: &ciborium::Value) -> Option<DType> {
 
 /// Parses a pack's header and metadata and checks every descriptor against the file.
 pub fn read_index(path: &Path) -> Result<PackIndex> {
-    let mut file = crate::source::open_regular(path, crate::source::Input::Pack)?;
+    let mut file = crate::fs::open_regular(path, crate::fs::Input::Pack)?;
     let file_size = file
         .metadata()
         .map_err(|e| Error::io(path, "cannot stat pack", e))?

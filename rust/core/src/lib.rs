@@ -7,6 +7,7 @@ pub mod burnpack;
 pub mod cast;
 pub mod dtype;
 pub mod error;
+pub mod fs;
 pub mod guard;
 pub mod npy;
 pub mod output;

@@ -1,8 +1,8 @@
 //! Safetensors shards, memory-mapped and indexed with the `safetensors` crate's own header parser
 //! (which also checks that offsets are contiguous, in range and match shape x dtype).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -10,6 +10,7 @@ use safetensors::SafeTensors;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fs::{open_regular, FileStamp, Input};
 use crate::guard::MapGuard;
 
 /// One tensor of a shard, with its absolute byte range in the shard file.
@@ -23,54 +24,6 @@ pub struct ShardTensor {
     pub shape: Vec<u64>,
     pub file_offset: u64,
     pub byte_len: u64,
-}
-
-/// What a file is, as far as telling that it changed goes: taken when a shard is opened, before
-/// any byte of it is read, and compared again after the last one (as GNU tar does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileStamp {
-    pub fn of(m: &std::fs::Metadata) -> FileStamp {
-        FileStamp {
-            size: m.len(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
-
-    /// What differs from `earlier`, in words ("size 10 -> 12 bytes, ..."), or None.
-    pub fn changes_since(&self, earlier: &FileStamp) -> Option<String> {
-        let mut changes = Vec::new();
-        if self.size != earlier.size {
-            changes.push(format!("size {} -> {} bytes", earlier.size, self.size));
-        }
-        if self.mtime_ns != earlier.mtime_ns {
-            changes.push(format!(
-                "mtime {} -> {}",
-                seconds(earlier.mtime_ns),
-                seconds(self.mtime_ns)
-            ));
-        }
-        if (self.dev, self.ino) != (earlier.dev, earlier.ino) {
-            changes.push(format!(
-                "inode {} -> {} (another file now has its name)",
-                earlier.ino, self.ino
-            ));
-        }
-        (!changes.is_empty()).then(|| changes.join(", "))
-    }
-}
-
-fn seconds(ns: i128) -> String {
-    format!("{}.{:09}", ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
 }
 
 /// A memory-mapped safetensors file and its parsed header, tensors in file order.
@@ -87,54 +40,6 @@ pub struct Shard {
     pub metadata: ShardMetadata,
     /// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
     pub is_npy: bool,
-}
-
-/// What an input is, for its error lines.
-#[derive(Debug, Clone, Copy)]
-pub enum Input {
-    Shard,
-    Pack,
-}
-
-impl Input {
-    fn words(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Input::Shard => ("shard", "cannot open shard", "cannot stat shard"),
-            Input::Pack => ("pack", "cannot open pack", "cannot stat pack"),
-        }
-    }
-}
-
-/// Opens an input for reading without ever blocking: a FIFO (or a link to one) would wait in
-/// open() for a writer forever, and the retry on EINTR would keep even signals from ending it. So
-/// the open is non-blocking, and anything but a regular file is refused, naming what it is.
-pub fn open_regular(path: &Path, input: Input) -> Result<File> {
-    let (what, cannot_open, cannot_stat) = input.words();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| Error::io(path, cannot_open, e))?;
-    let kind = file
-        .metadata()
-        .map_err(|e| Error::io(path, cannot_stat, e))?
-        .file_type();
-    let name = if kind.is_file() {
-        return Ok(file);
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    };
-    Err(Error::source(path, format!("{what} is {name}, not a regular file")))
 }
 
 impl Shard {
@@ -443,72 +348,12 @@ pub(crate) mod tests {
         let err = match received.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(err) => err.expect("a FIFO shard is refused"),
             Err(_) => {
-                let _writer = OpenOptions::new().write(true).open(&fifo);
+                let _writer = std::fs::OpenOptions::new().write(true).open(&fifo);
                 panic!("opening a FIFO shard waited for a writer");
             }
         };
         assert!(err.contains("shard is a FIFO, not a regular file"), "{err}");
         assert!(err.contains("model.safetensors"), "{err}");
-        let err = open_regular(dir.path(), Input::Pack).err().unwrap().to_string();
-        assert!(err.contains("pack is a directory, not a regular file"), "{err}");
-    }
-
-    #[test]
-    fn a_stamp_holds_the_files_own_figures_and_names_each_change_in_words() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.safetensors");
-        std::fs::write(&path, [0u8; 10]).unwrap();
-        let file = File::options().write(true).open(&path).unwrap();
-        let when = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
-        file.set_modified(when).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        let stamp = FileStamp::of(&meta);
-        assert_eq!(stamp.size, 10);
-        assert_eq!(stamp.mtime_ns, 1_700_000_000_123_456_789);
-        assert_eq!((stamp.dev, stamp.ino), (meta.dev(), meta.ino()));
-        assert_eq!(stamp.changes_since(&stamp), None);
-
-        let size = FileStamp { size: 12, ..stamp };
-        assert_eq!(size.changes_since(&stamp).as_deref(), Some("size 10 -> 12 bytes"));
-        // Before 1970 the seconds go down and the nanoseconds stay positive, as `date` prints them.
-        let mtime = FileStamp {
-            mtime_ns: -1_500_000_000,
-            ..stamp
-        };
-        assert_eq!(
-            mtime.changes_since(&stamp).as_deref(),
-            Some("mtime 1700000000.123456789 -> -2.500000000")
-        );
-        let inode = FileStamp {
-            ino: stamp.ino + 1,
-            ..stamp
-        };
-        let moved = FileStamp {
-            dev: stamp.dev + 1,
-            ..stamp
-        };
-        let expected = format!(
-            "inode {} -> {} (another file now has its name)",
-            stamp.ino,
-            stamp.ino + 1
-        );
-        assert_eq!(inode.changes_since(&stamp), Some(expected));
-        assert!(moved.changes_since(&stamp).unwrap().starts_with("inode "));
-        let all = FileStamp {
-            size: 0,
-            mtime_ns: 0,
-            dev: stamp.dev,
-            ino: stamp.ino + 1,
-        };
-        assert_eq!(
-            all.changes_since(&stamp).unwrap(),
-            format!(
-                "size 10 -> 0 bytes, mtime 1700000000.123456789 -> 0.000000000, inode {} -> {} \
-                 (another file now has its name)",
-                stamp.ino,
-                stamp.ino + 1
-            )
-        );
     }
 
     /// Writes a safetensors file by hand: (name, dtype name, shape, bytes) in order.

@@ -53,7 +53,7 @@ fn first_difference(got: &[u8], want: &[u8], count: u64) -> Option<u64> {
 pub fn check_container(path: &Path) -> Result<(PackIndex, Vec<Problem>)> {
     let index = read_index(path)?;
     let mut problems = Vec::new();
-    let mut file = crate::source::open_regular(path, crate::source::Input::Pack)?;
+    let mut file = crate::fs::open_regular(path, crate::fs::Input::Pack)?;
     let metadata_end = HEADER_SIZE + index.metadata_size;
     if read_range(&mut file, path, metadata_end, index.data_start - metadata_end)?
         .iter()
