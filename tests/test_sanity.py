@@ -3,6 +3,7 @@ and packs that are broken in ways only running the model shows."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ else:
     torch = pytest.importorskip("torch")
 
 from heartmula_burn import _sanity as sanity
-from heartmula_burn._presets.heartmula import Flavor, HeartMuLaConfig, forward
+from heartmula_burn._fields import Fields
+from heartmula_burn._presets.heartmula import FLAVOR_KEYS, Flavor, HeartMuLaConfig, forward
 from heartmula_burn._presets.heartmula.sanity import HeartMuLaRunner
 
 
@@ -250,12 +252,19 @@ class HeartlibFrames(torch.nn.Module):
         return torch.cat(samples, dim=1), c0_logits, torch.stack(logits), last_h
 
 
+# The forward check's inputs as the reference gives them (heartmula-model.md, 3.2): fixed ids framed
+# by BOS/EOS, the MuQ placeholder row between tags and lyrics, the CFG variant's guidance scale.
+REFERENCE_TAGS = (128000, 1000, 2000, 3000, 128001)
+REFERENCE_LYRICS = (128000, 4000, 5000, 6000, 7000, 128001)
+REFERENCE_CFG_SCALE = 1.5
+
+
 def _heartlib_outputs(weights: dict, cfg: HeartMuLaConfig, frames: int) -> dict:
     """What sanity's runner computes, through HeartlibFrames, driven as heartlib's pipeline drives
     generate_frame: the prompt (tags, a MuQ row, lyrics; text column only), then each frame fed back
     as a row of audio codes with the text column masked out, at the next position."""
-    r, k, v = HeartMuLaRunner, cfg.audio_num_codebooks, cfg.audio_vocab_size
-    text = [t % cfg.text_vocab_size for t in (*r.TAGS, 0, *r.LYRICS)]
+    k, v, cfg_scale = cfg.audio_num_codebooks, cfg.audio_vocab_size, REFERENCE_CFG_SCALE
+    text = [t % cfg.text_vocab_size for t in (*REFERENCE_TAGS, 0, *REFERENCE_LYRICS)]
     s = len(text)
     tokens = torch.zeros(2, s, k + 1, dtype=torch.long)
     tokens[:, :, k] = torch.tensor(text)
@@ -266,7 +275,7 @@ def _heartlib_outputs(weights: dict, cfg: HeartMuLaConfig, frames: int) -> dict:
         "tokens": tokens,
         "tokens_mask": mask,
         "input_pos": torch.arange(s).expand(2, -1),
-        "cfg_scale": r.CFG_SCALE,
+        "cfg_scale": cfg_scale,
     }
 
     def row(codes):  # heartlib's _pad_audio_token: the codes, then a masked-out text column
@@ -279,19 +288,19 @@ def _heartlib_outputs(weights: dict, cfg: HeartMuLaConfig, frames: int) -> dict:
     model = HeartlibFrames(weights, cfg)
     forced = torch.tensor([(100 * (i + 1)) % v for i in range(k)])
     _, out["c0_logits"], out["decoder_logits"], out["h_last"] = model.generate_frame(
-        **prompt, muq=muq.clone(), starts=len(r.TAGS), forced=forced
+        **prompt, muq=muq.clone(), starts=len(REFERENCE_TAGS), forced=forced
     )
     padded, padded_mask = row(forced.expand(2, -1))
-    out["frame2_c0_logits"] = model.generate_frame(padded, padded_mask, torch.full((2, 1), s), r.CFG_SCALE)[1]
+    out["frame2_c0_logits"] = model.generate_frame(padded, padded_mask, torch.full((2, 1), s), cfg_scale)[1]
 
     model = HeartlibFrames(weights, cfg)  # fresh caches
     codes = []
-    frame = model.generate_frame(**prompt, muq=muq.clone(), starts=len(r.TAGS))[0]
+    frame = model.generate_frame(**prompt, muq=muq.clone(), starts=len(REFERENCE_TAGS))[0]
     for f in range(1, frames + 1):
         codes.append(frame[0])
         if f < frames:
             padded, padded_mask = row(frame)
-            frame = model.generate_frame(padded, padded_mask, torch.full((2, 1), s + f - 1), r.CFG_SCALE)[0]
+            frame = model.generate_frame(padded, padded_mask, torch.full((2, 1), s + f - 1), cfg_scale)[0]
     out["greedy_codes"] = torch.stack(codes)
     return out
 
@@ -353,6 +362,53 @@ def test_frame_comparison_catches_a_wrong_weight(fault, frame_weights, heartlib_
     ours, theirs = _ours(wrong, frames=1), heartlib_frames
     worst = max((ours[n] - theirs[n]).abs().max().item() / b for n, b in FRAME_BOUNDS.items())
     assert worst > 1000, f"{fault}: only {worst:.3g}x the bound"
+
+
+def _frame_checks(out: dict) -> dict[str, sanity.Check]:
+    """Sanity's checks of HeartMuLa's outputs, by a runner whose config.json describes FRAME_CONFIG."""
+    c = FRAME_CONFIG
+    flavors = {"frame-backbone": c.backbone, "frame-decoder": c.decoder}
+    doc = {
+        "backbone_flavor": "frame-backbone",
+        "decoder_flavor": "frame-decoder",
+        "flavors": {name: {k: getattr(f, k) for k in FLAVOR_KEYS} for name, f in flavors.items()},
+        **{k: getattr(c, k) for k in ("text_vocab_size", "audio_vocab_size", "audio_num_codebooks", "muq_dim")},
+    }
+    runner = HeartMuLaRunner(Fields(doc, Path("config.json")), frames=len(out["greedy_codes"]))
+    result = sanity.SanityResult(pack="lm.bpk", reference=None, device="cpu", pack_dtype="F32", frames=runner.frames)
+    runner.output_checks(out, result)
+    return {check.name: check for check in result.checks}
+
+
+CACHE_CHECK = "KV cache agrees with a full recompute"
+
+
+def test_output_checks_pass_on_sound_frames(frame_weights):
+    checks = _frame_checks(_ours(frame_weights, frames=3))
+    assert len(checks) == 5 and all(check.ok for check in checks.values()), checks
+
+
+def test_cache_check_fails_on_a_cache_kept_in_bfloat16(frame_weights, monkeypatch):
+    """Negative control for the KV cache check: keys and values stored in bfloat16 (a cache kept at
+    half precision) move frame 2's logits far less than a wrong weight does, but far beyond the
+    summation-order differences the check allows."""
+
+    class Bfloat16Entries(list):
+        def __setitem__(self, i, tensor):
+            super().__setitem__(i, tensor.to(torch.bfloat16).float())
+
+    def empty(cls, num_layers):
+        return cls(Bfloat16Entries([None] * num_layers), Bfloat16Entries([None] * num_layers))
+
+    sound = _frame_checks(_ours(frame_weights, frames=1))[CACHE_CHECK]
+    monkeypatch.setattr(forward.KVCache, "empty", classmethod(empty))
+    out = _ours(frame_weights, frames=1)
+    cached, recomputed = out["frame2_c0_logits"], out["frame2_c0_recomputed"]
+    peak = recomputed.abs().max().item()
+    relative = (cached - recomputed).abs().max().item() / max(1.0, peak)
+    # Measured 6.2e-4 (a sound cache: 3e-7): small beside the logits, large beside float noise.
+    assert 3e-4 < relative < 1e-2, relative
+    assert sound.ok and not _frame_checks(out)[CACHE_CHECK].ok, (sound, _frame_checks(out)[CACHE_CHECK])
 
 
 # ---------------------------------------------------------------------------------------------
