@@ -411,6 +411,44 @@ def test_cache_check_fails_on_a_cache_kept_in_bfloat16(frame_weights, monkeypatc
     assert sound.ok and not _frame_checks(out)[CACHE_CHECK].ok, (sound, _frame_checks(out)[CACHE_CHECK])
 
 
+@pytest.fixture(scope="module")
+def sound_frame(frame_weights):
+    return _ours(frame_weights, frames=1)
+
+
+@pytest.mark.parametrize(
+    ("peak", "diff", "ok"),
+    # The README's rule: within 1e-4 of the larger of 1 and the recomputed logits' peak.
+    [(0.5, 0.9e-4, True), (0.5, 1.1e-4, False), (3.0, 2.9e-4, True), (3.0, 3.1e-4, False)],
+)
+def test_cache_check_allows_1e4_of_the_larger_of_1_and_the_peak(sound_frame, peak, diff, ok):
+    out = dict(sound_frame)
+    recomputed = out["frame2_c0_recomputed"] / out["frame2_c0_recomputed"].abs().max() * peak
+    cached = recomputed.clone()
+    cached[0, 3] += diff
+    out["frame2_c0_recomputed"], out["frame2_c0_logits"] = recomputed, cached
+    assert _frame_checks(out)[CACHE_CHECK].ok is ok
+
+
+@pytest.mark.parametrize(
+    ("code", "finite", "ok"),
+    [(0, True, True), (FRAME_CONFIG.audio_vocab_size - 1, True, True), (-1, True, False)]
+    + [(FRAME_CONFIG.audio_vocab_size, True, False), (5, False, False)],
+)
+def test_greedy_check_wants_codes_in_the_vocabulary_and_finite_logits(sound_frame, code, finite, ok):
+    out = dict(sound_frame)
+    out["greedy_codes"] = out["greedy_codes"].clone()
+    out["greedy_codes"][0, 2] = code
+    out["greedy_finite"] = torch.tensor(finite)
+    assert _frame_checks(out)["greedy decode of 1 frame(s)"].ok is ok
+
+
+def test_no_frames_decoded_when_none_are_asked_for(frame_weights):
+    out = _ours(frame_weights, frames=0)
+    assert out["greedy_codes"].shape == (0, FRAME_CONFIG.audio_num_codebooks)
+    assert _frame_checks(out)["greedy decode of 0 frame(s)"].ok
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end, on the tiny synthetic checkpoint
 
