@@ -306,6 +306,56 @@ def test_condition_is_the_vq_output_through_cond_feature_emb_at_twice_the_rate(w
     torch.testing.assert_close(got, want, rtol=0, atol=VQ_BOUND)
 
 
+def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes_them(weights):
+    """The runner's three outputs against the oracles above, composed as heartlib's FlowMatching and
+    detokenize compose the modules: the RVQ output through cond_feature_emb at twice the rate; one
+    guided estimator call as solve_euler makes it ([uncond; cond] rows of [x, in-context, mu], then
+    uncond + 1.25 (cond - uncond), detokenize's default scale); the latent split into two channels
+    and decoded. The inputs are written out again here: sanity's figures are compared across
+    releases, so a changed recipe must fail a test."""
+    c, cfg = CODEC_TINY_CONFIG, CFG
+    rvq = residual_vq(c)
+    prefix = "flow_matching.vq_embed."
+    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    for k in [k for k in state if k.endswith("initted")]:
+        state[k] = state[k].reshape(()).bool()
+    rvq.load_state_dict(state, strict=True)
+    emb = torch.nn.Linear(c["dim"], c["dim"])
+    emb.load_state_dict({n: weights[f"flow_matching.cond_feature_emb.{n}"] for n in ("weight", "bias")}, strict=True)
+    estimator = TorchEstimator(cfg)
+    prefix = "flow_matching.estimator."
+    estimator.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    decoder = TorchDecoder(cfg)
+    prefix = "scalar_model."
+    decoder.load_state_dict(
+        {k[len(prefix) :]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}, strict=True
+    )
+
+    code_frames, frames = 4, 8  # 12.5 Hz codes, 25 Hz latent frames
+    q, t = torch.arange(c["num_quantizers"])[:, None], torch.arange(code_frames)[None, :]
+    codes = ((q * 977 + t * 131 + 7) % c["codebook_size"])[None]
+    x = torch.sin(0.37 * torch.arange(frames * c["out_channels"], dtype=torch.float32)).view(1, frames, -1)
+    i, j = torch.arange(frames)[:, None], torch.arange(c["out_channels"])[None, :]
+    latent = (((i * 7 + j * 3) % 19) - 9).float()[None] / 9  # [1, T, out_channels], as detokenize holds it
+    with torch.no_grad():
+        mu = emb(rvq.get_output_from_indices(codes.transpose(1, 2)))
+        mu = torch.nn.functional.interpolate(mu.permute(0, 2, 1), scale_factor=2, mode="nearest").permute(0, 2, 1)
+        rows = torch.cat([torch.cat([x, x], 0), torch.zeros(2, frames, x.shape[-1]), torch.cat([mu * 0, mu], 0)], 2)
+        uncond, cond = estimator(rows, torch.tensor(0.5).repeat(2)).chunk(2, 0)
+        velocity = uncond + 1.25 * (cond - uncond)
+        split = latent.reshape(1, frames, 2, -1).permute(0, 2, 1, 3).reshape(2, frames, -1)
+        audio = decoder(split.transpose(1, 2)).squeeze(1)
+    out = HeartCodecRunner(Fields(c, Path("config.json")), frames=1).outputs(weights, torch.device("cpu"))
+    assert set(out) == set(HeartCodecRunner.compared)
+    for name, want, bound in (
+        ("vq_condition", mu[0], VQ_BOUND),
+        ("estimator_velocity", velocity[0], ESTIMATOR_BOUND),
+        ("audio", audio, DECODER_BOUND),
+    ):
+        assert want.abs().max() > 0.5, name
+        torch.testing.assert_close(out[name], want, rtol=0, atol=bound, msg=name)
+
+
 # ---- end to end --------------------------------------------------------------------------------------
 
 
