@@ -443,6 +443,24 @@ def test_greedy_check_wants_codes_in_the_vocabulary_and_finite_logits(sound_fram
     assert _frame_checks(out)["greedy decode of 1 frame(s)"].ok is ok
 
 
+@pytest.mark.parametrize(
+    ("output", "check"),
+    [
+        ("c0_logits", "prompt codebook-0 logits finite"),
+        ("decoder_logits", "teacher-forced logits, codebooks 1-7 finite"),
+        ("frame2_c0_logits", "frame 2 codebook-0 logits (KV cache) finite"),
+    ],
+)
+def test_a_nan_logit_fails_its_own_finite_check_only(sound_frame, output, check):
+    out = dict(sound_frame)
+    out[output] = out[output].clone()
+    out[output].view(-1)[7] = float("nan")
+    checks = _frame_checks(out)
+    assert not checks[check].ok
+    finite = [name for name in checks if name.endswith(" finite")]
+    assert len(finite) == 3 and all(checks[name].ok for name in finite if name != check), checks
+
+
 def test_no_frames_decoded_when_none_are_asked_for(frame_weights):
     out = _ours(frame_weights, frames=0)
     assert out["greedy_codes"].shape == (0, FRAME_CONFIG.audio_num_codebooks)
