@@ -433,7 +433,8 @@ def test_cache_check_allows_1e4_of_the_larger_of_1_and_the_peak(sound_frame, pea
 @pytest.mark.parametrize(
     ("code", "finite", "ok"),
     [(0, True, True), (FRAME_CONFIG.audio_vocab_size - 1, True, True), (-1, True, False)]
-    + [(FRAME_CONFIG.audio_vocab_size, True, False), (5, False, False)],
+    + [(FRAME_CONFIG.audio_vocab_size, True, False), (FRAME_CONFIG.audio_vocab_size + 5, True, False)]
+    + [(5, False, False)],
 )
 def test_greedy_check_wants_codes_in_the_vocabulary_and_finite_logits(sound_frame, code, finite, ok):
     out = dict(sound_frame)
@@ -459,6 +460,23 @@ def test_a_nan_logit_fails_its_own_finite_check_only(sound_frame, output, check)
     assert not checks[check].ok
     finite = [name for name in checks if name.endswith(" finite")]
     assert len(finite) == 3 and all(checks[name].ok for name in finite if name != check), checks
+
+
+def test_the_backbone_sees_each_position_once_in_pipeline_order(frame_weights, monkeypatch):
+    """The backbone's calls and their positions, as heartlib's pipeline makes them: the 12-row prompt
+    (5 tags, the MuQ row, 6 lyrics) at 0..11, frame 2's row at 12 through the cache, the same 13
+    rows recomputed without it, then each greedy frame but the last fed back at the next position."""
+    seen = []
+    backbone_call = forward.Transformer.__call__
+
+    def recording(self, h, positions, cache):
+        if self.prefix == "backbone":
+            seen.append(positions.tolist())
+        return backbone_call(self, h, positions, cache)
+
+    monkeypatch.setattr(forward.Transformer, "__call__", recording)
+    _ours(frame_weights, frames=3)
+    assert seen == [list(range(12)), [12], list(range(13)), [12], [13]]
 
 
 def test_no_frames_decoded_when_none_are_asked_for(frame_weights):
