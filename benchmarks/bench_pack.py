@@ -7,6 +7,9 @@ Cases (--cases, comma-separated):
   pack-f32       `heartmula_burn pack --dtype f32` (the default pack)
   pack-bf16      `heartmula_burn pack --dtype bf16`
   pack-q8        `heartmula_burn pack --dtype q8` (Linear weights Q8S block 32, the rest F32)
+  base-pack-f32, base-pack-bf16, base-pack-q8
+                 the same packs by another installed version (--baseline-python PYTHON): an
+                 earlier build timed side by side with this one
   python-packer  benchmarks/python_packer.py: safetensors + torch, one tensor at a time (F32)
   burn-writer    Burn's own BurnpackWriter (burn-store 0.21) over mmap (F32); build it first:
                  cargo build --release --features burn-021 --bin burn_writer_bench \\
@@ -66,6 +69,7 @@ ALL_CASES = (
     "burn-q8",
     "base-pack-f32",
     "base-pack-bf16",
+    "base-pack-q8",
 )
 # The interpreter whose heartmula_burn the base-pack-* cases run (--baseline-python): an earlier
 # version installed elsewhere, timed side by side with this one.
