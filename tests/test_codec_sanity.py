@@ -20,6 +20,7 @@ from heartmula_burn._presets.heartcodec import RESIDUAL_DILATIONS, parse_config
 from heartmula_burn._presets.heartcodec import forward as codec_forward
 from heartmula_burn._presets.heartcodec.sanity import HeartCodecRunner
 from heartmula_burn._presets.heartcodec.synthetic import TINY_CONFIG as CODEC_TINY_CONFIG
+from heartmula_burn._sanity import SanityResult
 
 CODEC = "HeartCodec-oss"
 CFG = parse_config(Fields(CODEC_TINY_CONFIG, Path("config.json")))
@@ -354,6 +355,53 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
     ):
         assert want.abs().max() > 0.5, name
         torch.testing.assert_close(out[name], want, rtol=0, atol=bound, msg=name)
+
+
+@pytest.fixture(scope="module")
+def sound_outputs(weights):
+    return HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1).outputs(
+        weights, torch.device("cpu")
+    )
+
+
+def _output_checks(out: dict) -> dict:
+    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    result = SanityResult(pack="codec.bpk", reference=None, device="cpu", pack_dtype="F32", frames=1, model=CODEC)
+    runner.output_checks(out, result)
+    return {check.name.split(" ")[0]: check.ok for check in result.checks}
+
+
+@pytest.mark.parametrize(
+    ("fault", "failed"),
+    [
+        (None, set()),
+        ("a NaN in the conditioning", {"VQ"}),
+        ("a NaN in the velocity", {"estimator"}),
+        ("a NaN in the audio", {"decoder"}),
+        ("an audio sample short", {"decoder"}),
+        ("mono audio", {"decoder"}),
+    ],
+)
+def test_each_output_check_fails_on_its_own_fault_only(sound_outputs, fault, failed):
+    out = {name: value.clone() for name, value in sound_outputs.items()}
+    if fault == "a NaN in the conditioning":
+        out["vq_condition"][1, 2] = float("nan")
+    elif fault == "a NaN in the velocity":
+        out["estimator_velocity"][3, 1] = float("nan")
+    elif fault == "a NaN in the audio":
+        out["audio"][1, 100] = float("nan")
+    elif fault == "an audio sample short":
+        out["audio"] = out["audio"][:, :-1]
+    elif fault == "mono audio":
+        out["audio"] = out["audio"][:1]
+    checks = _output_checks(out)
+    # Two channels of 8 latent frames at 25 Hz, each 1920 samples at 48 kHz.
+    assert tuple(sound_outputs["audio"].shape) == (2, 8 * 48_000 // 25)
+    assert checks == {
+        "VQ": "VQ" not in failed,
+        "estimator": "estimator" not in failed,
+        "decoder": "decoder" not in failed,
+    }
 
 
 # ---- end to end --------------------------------------------------------------------------------------
