@@ -553,7 +553,9 @@ fn read_pack_index(py: Python<'_>, path: PathBuf) -> PyResult<PackIndex> {
     Ok(PackIndex { index, tensors })
 }
 
-/// Converts raw little-endian elements between float dtypes, exactly as `pack` does.
+/// Converts raw little-endian elements between float dtypes, exactly as `pack` does. Nothing in the
+/// package calls it: it is how the tests hold the core's cast kernel against numpy's casts on
+/// hypothesis-generated values, without writing a pack per case.
 #[pyfunction]
 fn cast_bytes<'py>(py: Python<'py>, data: &[u8], from_dtype: &str, to_dtype: &str) -> PyResult<Bound<'py, PyBytes>> {
     let (from, to) = (parse_dtype(from_dtype)?, parse_dtype(to_dtype)?);
