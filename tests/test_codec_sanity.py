@@ -357,6 +357,32 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
         torch.testing.assert_close(out[name], want, rtol=0, atol=bound, msg=name)
 
 
+def test_an_estimator_of_another_input_width_gets_a_fixed_input_of_its_own_width(weights):
+    """A config whose in_channels is not heartlib's [x, in-context, mu] concatenation (2 x 8 + 16 =
+    32 here): the runner feeds the estimator sin(0.37 n) over [2, 8 frames, in_channels] instead,
+    and guides as before. Checked against TorchEstimator, with the two input projections widened
+    by 8 channels of realistic scale."""
+    config = {**CODEC_TINY_CONFIG, "in_channels": 40}
+    cfg = parse_config(Fields(config, Path("config.json")))
+    wide = dict(weights)
+    extra = torch.Generator().manual_seed(5)
+    for name, at in (("proj_in", 32), ("connection_proj", 32)):
+        key = f"flow_matching.estimator.{name}.ffn_1.weight"
+        w = weights[key]
+        added = torch.randn(w.shape[0], 8, w.shape[2], generator=extra) / math.sqrt(3 * w.shape[1])
+        wide[key] = torch.cat([w[:, :at], added, w[:, at:]], dim=1)
+    estimator = TorchEstimator(cfg)
+    prefix = "flow_matching.estimator."
+    estimator.load_state_dict({k[len(prefix) :]: v for k, v in wide.items() if k.startswith(prefix)}, strict=True)
+    hidden = torch.sin(0.37 * torch.arange(2 * 8 * 40, dtype=torch.float32)).view(2, 8, 40)
+    with torch.no_grad():
+        uncond, cond = estimator(hidden, torch.tensor([0.5, 0.5])).chunk(2, 0)
+    want = (uncond + 1.25 * (cond - uncond))[0]
+    out = HeartCodecRunner(Fields(config, Path("config.json")), frames=1).outputs(wide, torch.device("cpu"))
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(out["estimator_velocity"], want, rtol=0, atol=ESTIMATOR_BOUND)
+
+
 @pytest.fixture(scope="module")
 def sound_outputs(weights):
     return HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1).outputs(
