@@ -430,6 +430,39 @@ def test_each_output_check_fails_on_its_own_fault_only(sound_outputs, fault, fai
     }
 
 
+def test_the_audio_figure_gives_peak_and_rms_as_numpy_computes_them(sound_outputs):
+    def audio_figure(audio):
+        runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+        result = SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC)
+        runner.output_checks({**sound_outputs, "audio": audio}, result)
+        return result.checks[-1].figure
+
+    a = sound_outputs["audio"].numpy().astype(np.float64)
+    assert audio_figure(sound_outputs["audio"]).endswith(
+        f"peak {np.abs(a).max():.4g}, rms {np.sqrt(np.mean(a**2)):.4g}"
+    )
+    assert audio_figure(sound_outputs["audio"][:, :0]).endswith("peak 0, rms 0")
+
+
+def test_weight_checks_name_the_first_three_faulty_tensors_and_count_them_all(weights):
+    directions = [n for n in weights if n.endswith("parametrizations.weight.original1")][:5]
+    halves = [n for n in weights if n.startswith("flow_matching.estimator.transformer_blocks.")][:4]
+    faulty = dict(weights)
+    for name in directions:
+        faulty[name] = torch.zeros_like(weights[name])
+    for name in halves:
+        faulty[name] = weights[name].to(torch.bfloat16)
+    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    sound, found = (SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC) for _ in range(2))
+    runner.weight_checks(weights, sound)
+    runner.weight_checks(faulty, found)
+    figures = {check.name: (check.ok, check.figure) for check in found.checks}
+    assert all(check.ok for check in sound.checks) and len(sound.checks) == len(found.checks) == 3
+    assert figures["every tensor F32 (runtimes read nothing else)"] == (False, f"4 are not: {', '.join(halves[:3])}")
+    ok, figure = figures["weight-norm directions non-zero"]
+    assert not ok and figure.endswith(f"; a zero direction (weight becomes NaN) in {', '.join(directions[:3])}")
+
+
 # ---- end to end --------------------------------------------------------------------------------------
 
 
