@@ -444,6 +444,27 @@ def test_the_audio_figure_gives_peak_and_rms_as_numpy_computes_them(sound_output
     assert audio_figure(sound_outputs["audio"][:, :0]).endswith("peak 0, rms 0")
 
 
+@pytest.mark.parametrize(("zeroed", "flagged"), [("output channel 1", True), ("tap 0 of output channel 1", False)])
+def test_a_direction_is_zero_per_output_channel_as_torch_weight_norm_divides(weights, zeroed, flagged):
+    """torch's weight_norm (dim=0) divides each output channel by the norm of all its inputs and
+    taps: one channel all zero gives NaN, one tap zero in a channel that has others does not."""
+    name = next(n for n in weights if n.endswith("parametrizations.weight.original1"))
+    direction = weights[name].clone()
+    if zeroed == "output channel 1":
+        direction[1] = 0
+    else:
+        direction[1, :, 0] = 0
+    o, i, k = direction.shape
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(i, o, k))
+    with torch.no_grad():
+        conv.parametrizations.weight.original1.copy_(direction)
+        assert bool(torch.isnan(conv.weight).any()) is flagged  # torch's own weight norm
+    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    result = SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC)
+    runner.weight_checks({**weights, name: direction}, result)
+    assert {c.name: c.ok for c in result.checks}["weight-norm directions non-zero"] is not flagged
+
+
 def test_weight_checks_name_the_first_three_faulty_tensors_and_count_them_all(weights):
     directions = [n for n in weights if n.endswith("parametrizations.weight.original1")][:5]
     halves = [n for n in weights if n.startswith("flow_matching.estimator.transformer_blocks.")][:4]
