@@ -357,24 +357,25 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
         torch.testing.assert_close(out[name], want, rtol=0, atol=bound, msg=name)
 
 
-def test_an_estimator_of_another_input_width_gets_a_fixed_input_of_its_own_width(weights):
+@pytest.mark.parametrize("width", [40, 24])
+def test_an_estimator_of_another_input_width_gets_a_fixed_input_of_its_own_width(weights, width):
     """A config whose in_channels is not heartlib's [x, in-context, mu] concatenation (2 x 8 + 16 =
     32 here): the runner feeds the estimator sin(0.37 n) over [2, 8 frames, in_channels] instead,
-    and guides as before. Checked against TorchEstimator, with the two input projections widened
-    by 8 channels of realistic scale."""
-    config = {**CODEC_TINY_CONFIG, "in_channels": 40}
+    and guides as before. Checked against TorchEstimator, with the input channels of both input
+    projections (their first 32) widened by 8 of realistic scale or narrowed to 24."""
+    config = {**CODEC_TINY_CONFIG, "in_channels": width}
     cfg = parse_config(Fields(config, Path("config.json")))
     wide = dict(weights)
     extra = torch.Generator().manual_seed(5)
-    for name, at in (("proj_in", 32), ("connection_proj", 32)):
+    for name in ("proj_in", "connection_proj"):
         key = f"flow_matching.estimator.{name}.ffn_1.weight"
         w = weights[key]
-        added = torch.randn(w.shape[0], 8, w.shape[2], generator=extra) / math.sqrt(3 * w.shape[1])
-        wide[key] = torch.cat([w[:, :at], added, w[:, at:]], dim=1)
+        added = torch.randn(w.shape[0], max(0, width - 32), w.shape[2], generator=extra) / math.sqrt(3 * w.shape[1])
+        wide[key] = torch.cat([w[:, : min(width, 32)], added, w[:, 32:]], dim=1)
     estimator = TorchEstimator(cfg)
     prefix = "flow_matching.estimator."
     estimator.load_state_dict({k[len(prefix) :]: v for k, v in wide.items() if k.startswith(prefix)}, strict=True)
-    hidden = torch.sin(0.37 * torch.arange(2 * 8 * 40, dtype=torch.float32)).view(2, 8, 40)
+    hidden = torch.sin(0.37 * torch.arange(2 * 8 * width, dtype=torch.float32)).view(2, 8, width)
     with torch.no_grad():
         uncond, cond = estimator(hidden, torch.tensor([0.5, 0.5])).chunk(2, 0)
     want = (uncond + 1.25 * (cond - uncond))[0]
@@ -406,6 +407,8 @@ def _output_checks(out: dict) -> dict:
         ("a NaN in the audio", {"decoder"}),
         ("an audio sample short", {"decoder"}),
         ("mono audio", {"decoder"}),
+        ("an audio sample too many", {"decoder"}),
+        ("three channels", {"decoder"}),
     ],
 )
 def test_each_output_check_fails_on_its_own_fault_only(sound_outputs, fault, failed):
@@ -420,6 +423,10 @@ def test_each_output_check_fails_on_its_own_fault_only(sound_outputs, fault, fai
         out["audio"] = out["audio"][:, :-1]
     elif fault == "mono audio":
         out["audio"] = out["audio"][:1]
+    elif fault == "an audio sample too many":
+        out["audio"] = torch.cat([out["audio"], out["audio"][:, :1]], dim=1)
+    elif fault == "three channels":
+        out["audio"] = torch.cat([out["audio"], out["audio"][:1]], dim=0)
     checks = _output_checks(out)
     # Two channels of 8 latent frames at 25 Hz, each 1920 samples at 48 kHz.
     assert tuple(sound_outputs["audio"].shape) == (2, 8 * 48_000 // 25)
@@ -471,8 +478,8 @@ def test_weight_checks_name_the_first_three_faulty_tensors_and_count_them_all(we
     faulty = dict(weights)
     for name in directions:
         faulty[name] = torch.zeros_like(weights[name])
-    for name in halves:
-        faulty[name] = weights[name].to(torch.bfloat16)
+    for name, dtype in zip(halves, (torch.bfloat16, torch.float16, torch.float64, torch.float64)):
+        faulty[name] = weights[name].to(dtype)
     runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
     sound, found = (SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC) for _ in range(2))
     runner.weight_checks(weights, sound)
