@@ -44,6 +44,25 @@ def weights_of(root: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def under(weights: dict, prefix: str) -> dict:
+    """The tensors whose names start with `prefix`, named without it (a submodule's state dict)."""
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def loaded_rvq(weights: dict):
+    """vector-quantize-pytorch's ResidualVQ with the checkpoint's codebooks loaded strictly."""
+    rvq = residual_vq(CODEC_TINY_CONFIG)
+    state = under(weights, "flow_matching.vq_embed.")
+    for k in [k for k in state if k.endswith("initted")]:
+        state[k] = state[k].reshape(()).bool()  # [1] f32 as released, 0-d bool in this library
+    rvq.load_state_dict(state, strict=True)
+    return rvq
+
+
+def tiny_runner(config: dict = CODEC_TINY_CONFIG) -> HeartCodecRunner:
+    return HeartCodecRunner(Fields(config, Path("config.json")), frames=1)
+
+
 # ---- the forward against the libraries heartlib builds on -------------------------------------------
 
 
@@ -105,7 +124,7 @@ def weights(tiny_root):
 
 def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
     module = TorchDecoder(CFG)
-    decoder = {k[len("scalar_model.") :]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}
+    decoder = {k: v for k, v in under(weights, "scalar_model.").items() if k.startswith("decoder.")}
     module.load_state_dict(decoder, strict=True)  # every name and shape, as torch's weight_norm names them
     latent = (
         torch.arange(2 * CFG.latent_hidden_dim * 6, dtype=torch.float32).reshape(2, CFG.latent_hidden_dim, 6) % 19 - 9
@@ -126,12 +145,7 @@ def test_decoder_matches_torch_modules_loaded_with_the_upstream_names(weights):
 
 def test_vq_output_matches_vector_quantize_pytorch(weights):
     c = CODEC_TINY_CONFIG
-    rvq = residual_vq(c)
-    prefix = "flow_matching.vq_embed."
-    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    for k in [k for k in state if k.endswith("initted")]:
-        state[k] = state[k].reshape(()).bool()  # [1] f32 as released, 0-d bool in this library
-    rvq.load_state_dict(state, strict=True)
+    rvq = loaded_rvq(weights)
     codes = torch.randint(
         0, c["codebook_size"], (2, c["num_quantizers"], 5), generator=torch.Generator().manual_seed(3)
     )
@@ -272,7 +286,7 @@ def test_estimator_matches_torch_modules_loaded_with_the_upstream_names(weights,
         weights = {k: v for k, v in weights.items() if not (".transformer_blocks" in k and "scale_shift" in k)}
     module = TorchEstimator(cfg)
     prefix = "flow_matching.estimator."
-    module.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    module.load_state_dict(under(weights, prefix), strict=True)
     frames = 7
     hidden = torch.sin(0.37 * torch.arange(2 * frames * cfg.in_channels, dtype=torch.float32)).view(2, frames, -1)
     t = torch.tensor([0.25, 0.8])
@@ -291,12 +305,7 @@ def test_estimator_matches_torch_modules_loaded_with_the_upstream_names(weights,
 
 
 def test_condition_is_the_vq_output_through_cond_feature_emb_at_twice_the_rate(weights):
-    rvq = residual_vq(CODEC_TINY_CONFIG)
-    prefix = "flow_matching.vq_embed."
-    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    for k in [k for k in state if k.endswith("initted")]:
-        state[k] = state[k].reshape(()).bool()
-    rvq.load_state_dict(state, strict=True)
+    rvq = loaded_rvq(weights)
     emb = torch.nn.Linear(CODEC_TINY_CONFIG["dim"], CODEC_TINY_CONFIG["dim"])
     emb.load_state_dict({n: weights[f"flow_matching.cond_feature_emb.{n}"] for n in ("weight", "bias")}, strict=True)
     codes = torch.randint(0, CODEC_TINY_CONFIG["codebook_size"], (1, CODEC_TINY_CONFIG["num_quantizers"], 5))
@@ -315,22 +324,14 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
     and decoded. The inputs are written out again here: sanity's figures are compared across
     releases, so a changed recipe must fail a test."""
     c, cfg = CODEC_TINY_CONFIG, CFG
-    rvq = residual_vq(c)
-    prefix = "flow_matching.vq_embed."
-    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    for k in [k for k in state if k.endswith("initted")]:
-        state[k] = state[k].reshape(()).bool()
-    rvq.load_state_dict(state, strict=True)
+    rvq = loaded_rvq(weights)
     emb = torch.nn.Linear(c["dim"], c["dim"])
     emb.load_state_dict({n: weights[f"flow_matching.cond_feature_emb.{n}"] for n in ("weight", "bias")}, strict=True)
     estimator = TorchEstimator(cfg)
-    prefix = "flow_matching.estimator."
-    estimator.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    estimator.load_state_dict(under(weights, "flow_matching.estimator."), strict=True)
     decoder = TorchDecoder(cfg)
-    prefix = "scalar_model."
-    decoder.load_state_dict(
-        {k[len(prefix) :]: v for k, v in weights.items() if k.startswith("scalar_model.decoder.")}, strict=True
-    )
+    decoder_state = {k: v for k, v in under(weights, "scalar_model.").items() if k.startswith("decoder.")}
+    decoder.load_state_dict(decoder_state, strict=True)
 
     code_frames, frames = 4, 8  # 12.5 Hz codes, 25 Hz latent frames
     q, t = torch.arange(c["num_quantizers"])[:, None], torch.arange(code_frames)[None, :]
@@ -346,7 +347,7 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
         velocity = uncond + 1.25 * (cond - uncond)
         split = latent.reshape(1, frames, 2, -1).permute(0, 2, 1, 3).reshape(2, frames, -1)
         audio = decoder(split.transpose(1, 2)).squeeze(1)
-    out = HeartCodecRunner(Fields(c, Path("config.json")), frames=1).outputs(weights, torch.device("cpu"))
+    out = tiny_runner().outputs(weights, torch.device("cpu"))
     assert set(out) == set(HeartCodecRunner.compared)
     for name, want, bound in (
         ("vq_condition", mu[0], VQ_BOUND),
@@ -373,26 +374,23 @@ def test_an_estimator_of_another_input_width_gets_a_fixed_input_of_its_own_width
         added = torch.randn(w.shape[0], max(0, width - 32), w.shape[2], generator=extra) / math.sqrt(3 * w.shape[1])
         wide[key] = torch.cat([w[:, : min(width, 32)], added, w[:, 32:]], dim=1)
     estimator = TorchEstimator(cfg)
-    prefix = "flow_matching.estimator."
-    estimator.load_state_dict({k[len(prefix) :]: v for k, v in wide.items() if k.startswith(prefix)}, strict=True)
+    estimator.load_state_dict(under(wide, "flow_matching.estimator."), strict=True)
     hidden = torch.sin(0.37 * torch.arange(2 * 8 * width, dtype=torch.float32)).view(2, 8, width)
     with torch.no_grad():
         uncond, cond = estimator(hidden, torch.tensor([0.5, 0.5])).chunk(2, 0)
     want = (uncond + 1.25 * (cond - uncond))[0]
-    out = HeartCodecRunner(Fields(config, Path("config.json")), frames=1).outputs(wide, torch.device("cpu"))
+    out = tiny_runner(config).outputs(wide, torch.device("cpu"))
     assert want.abs().max() > 0.5
     torch.testing.assert_close(out["estimator_velocity"], want, rtol=0, atol=ESTIMATOR_BOUND)
 
 
 @pytest.fixture(scope="module")
 def sound_outputs(weights):
-    return HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1).outputs(
-        weights, torch.device("cpu")
-    )
+    return tiny_runner().outputs(weights, torch.device("cpu"))
 
 
 def _output_checks(out: dict) -> dict:
-    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    runner = tiny_runner()
     result = SanityResult(pack="codec.bpk", reference=None, device="cpu", pack_dtype="F32", frames=1, model=CODEC)
     runner.output_checks(out, result)
     return {check.name.split(" ")[0]: check.ok for check in result.checks}
@@ -439,7 +437,7 @@ def test_each_output_check_fails_on_its_own_fault_only(sound_outputs, fault, fai
 
 def test_the_audio_figure_gives_peak_and_rms_as_numpy_computes_them(sound_outputs):
     def audio_figure(audio):
-        runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+        runner = tiny_runner()
         result = SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC)
         runner.output_checks({**sound_outputs, "audio": audio}, result)
         return result.checks[-1].figure
@@ -466,7 +464,7 @@ def test_a_direction_is_zero_per_output_channel_as_torch_weight_norm_divides(wei
     with torch.no_grad():
         conv.parametrizations.weight.original1.copy_(direction)
         assert bool(torch.isnan(conv.weight).any()) is flagged  # torch's own weight norm
-    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    runner = tiny_runner()
     result = SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC)
     runner.weight_checks({**weights, name: direction}, result)
     assert {c.name: c.ok for c in result.checks}["weight-norm directions non-zero"] is not flagged
@@ -480,7 +478,7 @@ def test_weight_checks_name_the_first_three_faulty_tensors_and_count_them_all(we
         faulty[name] = torch.zeros_like(weights[name])
     for name, dtype in zip(halves, (torch.bfloat16, torch.float16, torch.float64, torch.float64)):
         faulty[name] = weights[name].to(dtype)
-    runner = HeartCodecRunner(Fields(CODEC_TINY_CONFIG, Path("config.json")), frames=1)
+    runner = tiny_runner()
     sound, found = (SanityResult("codec.bpk", None, "cpu", "F32", 1, model=CODEC) for _ in range(2))
     runner.weight_checks(weights, sound)
     runner.weight_checks(faulty, found)
