@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Mutation testing of one module of the Python layer with cosmic-ray, judged by the tests named.
 #
-#   scripts/mutants-python.sh MODULE TEST_FILE...
+#   scripts/mutants-python.sh [--recheck] MODULE TEST_FILE... [PYTEST_ARGS...]
 #   scripts/mutants-python.sh python/heartmula_burn/_presets/heartmula/__init__.py test_oracles.py test_pack_cli.py
 #
 # Mutants are applied in a scratch worktree of HEAD (commit first), never in this checkout, with the
 # compiled core taken from the virtual environment tests/run.sh made (VENV, default .venv). Prints
 # the surviving mutants and the totals; the session database stays in target/mutants-python/ for `cr-report`.
+#
+# --recheck: the survivors of the module's last run, judged again by the tests of HEAD. Each is
+# applied alone and the tests named are run: a minute per ten survivors, where a whole run takes an
+# hour a module here, so it is how a test written for the survivors is shown to kill them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-[ $# -ge 2 ] || { echo "usage: $0 MODULE TEST_FILE..." >&2; exit 2; }
+recheck=false
+if [ "${1:-}" = --recheck ]; then
+    recheck=true
+    shift
+fi
+[ $# -ge 2 ] || { echo "usage: $0 [--recheck] MODULE TEST_FILE..." >&2; exit 2; }
 module=$1
 shift
 venv=$(realpath -m "${VENV:-.venv}")
@@ -32,6 +41,36 @@ cp "$core" "$work/python/heartmula_burn/"
 name=$(echo "${module#python/heartmula_burn/}" | sed 's#/#_#g; s#\.py$##')
 config=$out/$name.toml
 session=$out/$name.sqlite
+
+if $recheck; then
+    [ -f "$session" ] || { echo "mutants-python: no session $session to recheck (run without --recheck first)" >&2; exit 1; }
+    # One line per survivor: operator, occurrence and line (the module is the session's own).
+    "$venv/bin/cosmic-ray" dump "$session" | "$venv/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    job, result = json.loads(line)
+    if result and result.get("test_outcome") == "survived":
+        for m in job["mutations"]:
+            print(m["operator_name"], m["occurrence"], m["start_pos"][0])
+' >"$work/survivors"
+    killed=0
+    survived=0
+    while read -r operator occurrence line; do
+        (cd "$work" && "$venv/bin/cosmic-ray" apply "$module" "$operator" "$occurrence" >/dev/null)
+        if (cd "$work/tests" && PYTHONPATH=../python "$venv/bin/python" -m pytest -x -q -p no:cacheprovider "$@" \
+            >/dev/null 2>&1); then
+            survived=$((survived + 1))
+            echo "survived  line $line  $operator #$occurrence"
+        else
+            killed=$((killed + 1))
+            echo "killed    line $line  $operator #$occurrence"
+        fi
+        git -C "$work" checkout --quiet -- "$module"
+    done <"$work/survivors"
+    echo "mutants-python: $((killed + survived)) survivors of $name: $killed killed now, $survived survive"
+    exit 0
+fi
+
 cat >"$config" <<EOF
 [cosmic-ray]
 module-path = "$module"
