@@ -408,7 +408,8 @@ def test_cache_check_fails_on_a_cache_kept_in_bfloat16(frame_weights, monkeypatc
     relative = (cached - recomputed).abs().max().item() / max(1.0, peak)
     # Measured 6.2e-4 (a sound cache: 3e-7): small beside the logits, large beside float noise.
     assert 3e-4 < relative < 1e-2, relative
-    assert sound.ok and not _frame_checks(out)[CACHE_CHECK].ok, (sound, _frame_checks(out)[CACHE_CHECK])
+    faulty = _frame_checks(out)[CACHE_CHECK]
+    assert sound.ok and not faulty.ok, (sound, faulty)
 
 
 @pytest.fixture(scope="module")
