@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of what changed: cargo-mutants on the lines of the Rust core changed since BASE,
-# judged by the core's own `cargo test`. Fails when a mutant survives (missed or timed out).
+# judged by the core's own `cargo test`. Fails when a mutant survives (missed or timed out). Lines
+# that only moved (a module split) are not changes: scripts/unmoved-diff.py leaves them out.
 #
 #   scripts/mutants-diff.sh [BASE]     BASE: a commit; default: the newest release tag (v*), or
 #                                      without one, the parent of the last commit that changed
@@ -22,9 +23,9 @@ if ! git rev-parse --verify --quiet "$base^{commit}" >/dev/null; then
 fi
 diff=$(mktemp)
 trap 'rm -f "$diff"' EXIT
-git diff "$base" -- rust/core/src >"$diff"
+python3 scripts/unmoved-diff.py "$base" rust/core/src >"$diff"
 if [ ! -s "$diff" ]; then
-    echo "mutants-diff: rust/core/src unchanged since $(git rev-parse --short "$base"): no mutants to run"
+    echo "mutants-diff: rust/core/src unchanged since $(git rev-parse --short "$base") but for moved lines: no mutants to run"
     exit 0
 fi
 

@@ -35,8 +35,8 @@ for burn in burn-021 burn-022; do
     cargo clippy --locked --manifest-path rust/burn-compat/Cargo.toml --all-targets --features "$burn" -- -D warnings
 done
 cargo clippy --locked --manifest-path rust/core/fuzz/Cargo.toml --all-targets -- -D warnings
-"$venv/bin/ruff" check python tests benchmarks
-"$venv/bin/ruff" format --check python tests benchmarks
+"$venv/bin/ruff" check python tests benchmarks scripts
+"$venv/bin/ruff" format --check python tests benchmarks scripts
 "$venv/bin/mypy"
 # The stub against the compiled module (run from tests/ so that the installed package is the one checked).
 (cd tests && "$venv/bin/python" -m mypy.stubtest heartmula_burn._core)
