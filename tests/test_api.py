@@ -93,9 +93,9 @@ def test_the_native_types_are_typed_values(tiny_ckpt, tmp_path):
     shard = min((tiny_ckpt / "HeartMuLa-oss-3B").glob("*.safetensors"))
     tensors, metadata = _core.read_safetensors_header(shard)
     first = tensors[0]
-    assert isinstance(first, _core.TensorInfo) and first.file == shard and isinstance(first.shape, tuple)
+    assert isinstance(first, _core.SourceTensor) and first.file == shard and isinstance(first.shape, tuple)
     assert metadata == {"format": "pt"}
-    item = _core.PackItem("renamed", shard, first.name, "BF16", param_id=7, shape=list(first.shape))
+    item = _core.TensorRequest("renamed", shard, first.name, "BF16", param_id=7, shape=list(first.shape))
     assert (item.name, item.source, item.key, item.dtype, item.param_id, item.shape) == (
         "renamed",
         shard,
@@ -104,11 +104,11 @@ def test_the_native_types_are_typed_values(tiny_ckpt, tmp_path):
         7,
         first.shape,
     )
-    assert item == _core.PackItem("renamed", shard, first.name, "bf16", param_id=7, shape=first.shape)
+    assert item == _core.TensorRequest("renamed", shard, first.name, "bf16", param_id=7, shape=first.shape)
     with pytest.raises(ValueError, match="unknown dtype 'F7'"):
-        _core.PackItem("x", shard, "x", "F7")
+        _core.TensorRequest("x", shard, "x", "F7")
     summary, staged = _core.pack([item], {"k": "v"}, tmp_path / "p.bpk")
-    assert isinstance(summary, _core.PackSummary) and summary.tensors == 1 and not (tmp_path / "p.bpk").exists()
+    assert isinstance(summary, _core.WriteSummary) and summary.tensors == 1 and not (tmp_path / "p.bpk").exists()
     staged.commit()
     index = _core.read_pack_index(tmp_path / "p.bpk")
     assert index.metadata == {"k": "v"} and index.tensors[0].name == "renamed" and index.tensors[0].param_id == 7

@@ -217,7 +217,7 @@ def test_reader_messages_carry_no_rust_debug_text(tmp_path):
 
 def test_a_pack_asked_to_hold_a_name_twice_names_the_output(tmp_path):
     src = big_sparse_checkpoint(tmp_path / "src", 4096)
-    item = _core.PackItem("w", src / "model.safetensors", "big", "F32")
+    item = _core.TensorRequest("w", src / "model.safetensors", "big", "F32")
     out = tmp_path / "p.bpk"
     with pytest.raises(hb.OutputError) as err:
         _core.pack([item, item], {}, out)

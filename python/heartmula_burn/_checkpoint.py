@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _core
-from ._core import TensorInfo as SourceTensor
+from ._core import SourceTensor
 from ._errors import CheckpointError
 from ._fields import Fields, inside, read_json
 from ._presets import PRESETS, RUNTIME_FILES, Preset, preset_named, recognized

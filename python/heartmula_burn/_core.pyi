@@ -10,12 +10,12 @@ __all__ = [
     "DTypeInfo",
     "MapGuard",
     "PackIndex",
-    "PackItem",
-    "PackSummary",
+    "TensorRequest",
+    "WriteSummary",
     "PackTensor",
     "Problem",
     "StagedFile",
-    "TensorInfo",
+    "SourceTensor",
     "cast_bytes",
     "check_container",
     "commit_dir",
@@ -34,7 +34,7 @@ _Path: TypeAlias = str | PathLike[str]
 _Progress: TypeAlias = Callable[[int, int], object] | None
 
 @final
-class PackItem:
+class TensorRequest:
     def __new__(
         cls,
         name: str,
@@ -63,7 +63,7 @@ class PackItem:
     def __eq__(self, value: object, /) -> bool: ...
 
 @final
-class PackSummary:
+class WriteSummary:
     @property
     def file_size(self) -> int: ...
     @property
@@ -84,7 +84,7 @@ class PackSummary:
     def sync_seconds(self) -> float: ...
 
 @final
-class TensorInfo:
+class SourceTensor:
     @property
     def name(self) -> str: ...
     @property
@@ -174,28 +174,28 @@ class MapGuard:
     def close(self) -> None: ...
 
 def pack(
-    items: list[PackItem],
+    items: list[TensorRequest],
     metadata: dict[str, str],
     output: _Path,
     *,
     overwrite: bool = False,
     burn_version: str = "0.21",
     progress: _Progress = None,
-) -> tuple[PackSummary, StagedFile]: ...
+) -> tuple[WriteSummary, StagedFile]: ...
 def export_npy(
-    items: list[PackItem], directory: _Path, file_names: list[str], *, progress: _Progress = None
-) -> PackSummary: ...
+    items: list[TensorRequest], directory: _Path, file_names: list[str], *, progress: _Progress = None
+) -> WriteSummary: ...
 def write_safetensors(
-    items: list[PackItem],
+    items: list[TensorRequest],
     output: _Path,
     metadata: dict[str, str],
     *,
     overwrite: bool = False,
     progress: _Progress = None,
-) -> PackSummary: ...
+) -> WriteSummary: ...
 def check_container(path: _Path) -> list[Problem]: ...
-def verify_against(path: _Path, items: list[PackItem], *, progress: _Progress = None) -> list[Problem]: ...
-def read_safetensors_header(path: _Path) -> tuple[list[TensorInfo], dict[str, str]]: ...
+def verify_against(path: _Path, items: list[TensorRequest], *, progress: _Progress = None) -> list[Problem]: ...
+def read_safetensors_header(path: _Path) -> tuple[list[SourceTensor], dict[str, str]]: ...
 def read_pack_index(path: _Path) -> PackIndex: ...
 def cast_bytes(data: bytes, from_dtype: str, to_dtype: str) -> bytes: ...
 def dtype_info(name: str) -> DTypeInfo: ...

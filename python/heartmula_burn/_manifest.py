@@ -82,10 +82,10 @@ class Manifest:
     def quantized(self) -> bool:
         return any(dtype_info(t.dtype).is_quantized for t in self.tensors)
 
-    def core_items(self) -> list[_core.PackItem]:
+    def core_items(self) -> list[_core.TensorRequest]:
         """What `_core.pack` takes: the Rust core re-checks each source against its file."""
         return [
-            _core.PackItem(
+            _core.TensorRequest(
                 t.name, t.file, t.key, t.dtype, param_id=t.param_id, source_dtype=t.source_dtype, shape=t.shape
             )
             for t in self.tensors

@@ -163,7 +163,7 @@ def _make_folders(folders: Iterable[Path]) -> list[Path]:
     return created
 
 
-def _report(job: Job, summary: _core.PackSummary, seconds: float) -> PackReport:
+def _report(job: Job, summary: _core.WriteSummary, seconds: float) -> PackReport:
     return PackReport(
         output=str(job.output),
         model=job.manifest.metadata.get("model", ""),

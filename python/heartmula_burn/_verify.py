@@ -120,7 +120,7 @@ def unpack(
                 if progress:
                     progress(base + d, total)
 
-            items = [_core.PackItem(n, pack_path, n, dtypes[n]) for n in group]
+            items = [_core.TensorRequest(n, pack_path, n, dtypes[n]) for n in group]
             summary = _core.write_safetensors(items, partial / name, metadata, progress=shard_progress)
             done += summary.data_bytes
         if len(groups) > 1:

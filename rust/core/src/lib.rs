@@ -21,5 +21,5 @@ pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use output::AtomicFile;
-pub use pack::{pack_staged, PackItem, PackRequest, PackSummary, Progress};
-pub use source::{Shard, ShardTensor};
+pub use pack::{pack_staged, PackRequest, Progress, TensorRequest, WriteSummary};
+pub use source::{Shard, SourceTensor};

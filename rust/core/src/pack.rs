@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::npy;
 use crate::output::{ensure_free_space, AtomicFile};
 use crate::quant;
-use crate::source::{Shard, ShardTensor};
+use crate::source::{Shard, SourceTensor};
 
 /// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
 /// are seen several times a second, large enough that syscall overhead does not show.
@@ -29,7 +29,7 @@ const WRITEBACK_INFLIGHT: u64 = 16;
 
 /// One output tensor and where its bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackItem {
+pub struct TensorRequest {
     /// Name in the pack.
     pub name: String,
     /// Safetensors file holding the source tensor.
@@ -46,7 +46,7 @@ pub struct PackItem {
 
 #[derive(Debug, Clone)]
 pub struct PackRequest {
-    pub items: Vec<PackItem>,
+    pub items: Vec<TensorRequest>,
     pub metadata: BTreeMap<String, String>,
     pub target: BurnTarget,
     pub output: PathBuf,
@@ -61,7 +61,7 @@ pub struct Progress {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct PackSummary {
+pub struct WriteSummary {
     pub file_size: u64,
     pub tensors: usize,
     pub data_bytes: u64,
@@ -85,7 +85,7 @@ pub(crate) struct Resolved {
 }
 
 /// Opens every shard once and checks every item against what its shard really holds.
-pub(crate) fn resolve(items: &[PackItem]) -> Result<Resolved> {
+pub(crate) fn resolve(items: &[TensorRequest]) -> Result<Resolved> {
     let mut shards: Vec<Shard> = Vec::new();
     let mut shard_of: HashMap<PathBuf, usize> = HashMap::new();
     for item in items {
@@ -137,7 +137,7 @@ fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
 }
 
 /// Checks an item against what its shard really holds; returns the source dtype.
-fn check_item(shard: &Shard, tensor: &ShardTensor, item: &PackItem) -> Result<DType> {
+fn check_item(shard: &Shard, tensor: &SourceTensor, item: &TensorRequest) -> Result<DType> {
     let err = |m: String| Error::source_tensor(&shard.path, &tensor.name, m);
     let mut source_dtype = tensor
         .dtype
@@ -187,7 +187,7 @@ fn check_output_is_not_an_input(output: &Path, shards: &[Shard]) -> Result<()> {
 pub fn pack_staged(
     request: &PackRequest,
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<(PackSummary, AtomicFile)> {
+) -> Result<(WriteSummary, AtomicFile)> {
     let started = std::time::Instant::now();
     let (layout, resolved) = plan(request)?;
     check_output_is_not_an_input(&request.output, &resolved.shards)?;
@@ -211,7 +211,7 @@ pub fn pack_staged(
     if !progress(Progress { done: total, total }) {
         return Err(Error::Cancelled);
     }
-    let summary = PackSummary {
+    let summary = WriteSummary {
         file_size: layout.file_size,
         tensors: layout.tensors.len(),
         data_bytes: total,
@@ -225,14 +225,14 @@ pub fn pack_staged(
 
 /// Streams every item's bytes (copied or converted) to `targets[i]` in `file`.
 pub(crate) fn write_tensors(
-    items: &[PackItem],
+    items: &[TensorRequest],
     resolved: &Resolved,
     file: &File,
     path: &Path,
     targets: &[u64],
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<PackSummary> {
-    let mut summary = PackSummary::default();
+) -> Result<WriteSummary> {
+    let mut summary = WriteSummary::default();
     let total = items
         .iter()
         .zip(&resolved.locations)
@@ -272,14 +272,14 @@ fn last_reads(resolved: &Resolved) -> Vec<usize> {
 /// streaming exactly as `pack` does. BF16 is stored as `<u2`. Files are flushed to disk before
 /// returning; on error, those written so far are left for the caller, who owns `dir`.
 pub fn export_npy(
-    items: &[PackItem],
+    items: &[TensorRequest],
     dir: &Path,
     file_names: &[String],
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<PackSummary> {
+) -> Result<WriteSummary> {
     assert_eq!(items.len(), file_names.len());
     let resolved = resolve(items)?;
-    let mut summary = PackSummary {
+    let mut summary = WriteSummary {
         tensors: items.len(),
         ..Default::default()
     };
@@ -361,13 +361,13 @@ struct TensorWriter<'a> {
     progress: &'a mut dyn FnMut(Progress) -> bool,
     /// Cleared the first time the kernel says it cannot copy between these files.
     kernel_copy: bool,
-    summary: &'a mut PackSummary,
+    summary: &'a mut WriteSummary,
     /// Set when all tensors go to one file in increasing offset order.
     writeback: Option<Writeback>,
 }
 
 impl<'a> TensorWriter<'a> {
-    fn new(total: u64, progress: &'a mut dyn FnMut(Progress) -> bool, summary: &'a mut PackSummary) -> Self {
+    fn new(total: u64, progress: &'a mut dyn FnMut(Progress) -> bool, summary: &'a mut WriteSummary) -> Self {
         TensorWriter {
             done: 0,
             total,
@@ -406,7 +406,7 @@ impl<'a> TensorWriter<'a> {
     fn write_tensor(
         &mut self,
         shard: &Shard,
-        tensor: &ShardTensor,
+        tensor: &SourceTensor,
         from: DType,
         to: DType,
         target: Target,
@@ -420,7 +420,7 @@ impl<'a> TensorWriter<'a> {
     }
 
     /// Copies a tensor unchanged: in the kernel when possible, else from the mapping.
-    fn copy(&mut self, shard: &Shard, tensor: &ShardTensor, target: &Target) -> Result<()> {
+    fn copy(&mut self, shard: &Shard, tensor: &SourceTensor, target: &Target) -> Result<()> {
         let mut copied = 0u64;
         while self.kernel_copy && copied < tensor.byte_len {
             let want = (tensor.byte_len - copied).min(COPY_CHUNK);
@@ -468,7 +468,7 @@ impl<'a> TensorWriter<'a> {
 
     /// Converts a tensor in runs of whole elements (whole blocks of a quantized dtype), each run's
     /// values and scales written where they lie in the target (see `quant::element_ranges`).
-    fn convert(&mut self, shard: &Shard, tensor: &ShardTensor, from: DType, to: DType, target: &Target) -> Result<()> {
+    fn convert(&mut self, shard: &Shard, tensor: &SourceTensor, from: DType, to: DType, target: &Target) -> Result<()> {
         let bytes = shard.bytes(tensor);
         let elements: u64 = tensor.shape.iter().product();
         let step = quant::chunk_elements(from, to, CONVERT_CHUNK);
@@ -619,14 +619,14 @@ pub(crate) mod tests {
     use crate::source::tests::write_shard;
 
     /// Writes the pack and puts it in place, as the binding does for a single pack.
-    pub(crate) fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<PackSummary> {
+    pub(crate) fn pack(request: &PackRequest, progress: &mut dyn FnMut(Progress) -> bool) -> Result<WriteSummary> {
         let (summary, staged) = pack_staged(request, progress)?;
         staged.commit()?;
         Ok(summary)
     }
 
-    pub(crate) fn item(name: &str, source: &Path, key: &str, dtype: DType) -> PackItem {
-        PackItem {
+    pub(crate) fn item(name: &str, source: &Path, key: &str, dtype: DType) -> TensorRequest {
+        TensorRequest {
             name: name.into(),
             source: source.into(),
             key: key.into(),
@@ -638,7 +638,7 @@ pub(crate) mod tests {
     }
 
     /// A pack request with what most tests need: no metadata, Burn 0.21's layout, no overwrite.
-    pub(crate) fn request(items: Vec<PackItem>, output: PathBuf) -> PackRequest {
+    pub(crate) fn request(items: Vec<TensorRequest>, output: PathBuf) -> PackRequest {
         PackRequest {
             items,
             metadata: BTreeMap::new(),
@@ -934,7 +934,7 @@ pub(crate) mod tests {
             &[("w", "F32", vec![4], vec![0; 16]), ("i", "I32", vec![1], vec![0; 4])],
         );
         let out = dir.path().join("out.bpk");
-        let run = |it: PackItem| {
+        let run = |it: TensorRequest| {
             let request = request(vec![it], out.clone());
             pack(&request, &mut |_| true).err().unwrap().to_string()
         };

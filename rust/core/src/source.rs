@@ -15,7 +15,7 @@ use crate::guard::MapGuard;
 
 /// One tensor of a shard, with its absolute byte range in the shard file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardTensor {
+pub struct SourceTensor {
     pub name: String,
     /// Burn dtype, or None for safetensors dtypes Burn cannot hold (fp8, fp4, complex).
     pub dtype: Option<DType>,
@@ -36,7 +36,7 @@ pub struct Shard {
     /// `mmap` so that it is unregistered before the map goes.
     guard: MapGuard,
     pub mmap: Mmap,
-    pub tensors: Vec<ShardTensor>,
+    pub tensors: Vec<SourceTensor>,
     pub metadata: ShardMetadata,
     /// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
     pub is_npy: bool,
@@ -79,13 +79,13 @@ impl Shard {
         Ok(shard)
     }
 
-    pub fn bytes(&self, tensor: &ShardTensor) -> &[u8] {
+    pub fn bytes(&self, tensor: &SourceTensor) -> &[u8] {
         &self.mmap[tensor.file_offset as usize..(tensor.file_offset + tensor.byte_len) as usize]
     }
 
     /// Fails if any read of the map so far faulted because the file shrank under it (the bytes
     /// read there were zeros, not the file's). Call after reading each chunk of `tensor`.
-    pub fn check(&self, tensor: Option<&ShardTensor>) -> Result<()> {
+    pub fn check(&self, tensor: Option<&SourceTensor>) -> Result<()> {
         let Some(offset) = self.guard.fault() else {
             return Ok(());
         };
@@ -140,7 +140,7 @@ impl Shard {
     /// The error to report when a read of `tensor` up to file offset `end` failed (a write from
     /// the mapping that the kernel answered with EFAULT, say): the shard shrank under the read
     /// if the guard saw a fault or the file is now shorter than `end`.
-    pub fn shrank_under(&self, tensor: &ShardTensor, end: u64) -> Option<Error> {
+    pub fn shrank_under(&self, tensor: &SourceTensor, end: u64) -> Option<Error> {
         if let Err(e) = self.check(Some(tensor)) {
             return Some(e);
         }
@@ -158,7 +158,7 @@ impl Shard {
         })
     }
 
-    fn tensor_at(&self, offset: u64) -> Option<&ShardTensor> {
+    fn tensor_at(&self, offset: u64) -> Option<&SourceTensor> {
         self.tensors
             .iter()
             .find(|t| offset >= t.file_offset && offset < t.file_offset + t.byte_len.max(1))
@@ -166,12 +166,12 @@ impl Shard {
 }
 
 /// A Burn pack as a source (for unpacking and verifying): its tensors under their pack names.
-fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
+fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<SourceTensor>, ShardMetadata)> {
     let index = crate::burnpack::index_from_bytes(path, bytes)?; // already mapped: no second read
     let tensors = index
         .tensors
         .into_iter()
-        .map(|t| ShardTensor {
+        .map(|t| SourceTensor {
             source_dtype: t.dtype.name(),
             dtype: Some(t.dtype),
             byte_len: t.end - t.start,
@@ -184,7 +184,7 @@ fn pack_tensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMet
 }
 
 /// A `.npy` file: one tensor, named after the file's stem (bf16 arrives as U16, see `npy`).
-fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
+fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<SourceTensor>, ShardMetadata)> {
     let bad = |message: String| Error::source(path, format!("not a valid .npy file: {message}"));
     let header = crate::npy::parse_header(bytes).map_err(bad)?;
     let byte_len = header.dtype.byte_len(&header.shape).map_err(bad)?;
@@ -199,7 +199,7 @@ fn npy_tensor(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetad
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tensor = ShardTensor {
+    let tensor = SourceTensor {
         name,
         dtype: Some(header.dtype),
         source_dtype: header.dtype.name(),
@@ -215,7 +215,7 @@ pub type ShardMetadata = Vec<(String, String)>;
 
 /// Parses and checks a safetensors file's header (the `safetensors` crate's own parser): tensors in
 /// file order with absolute offsets, and the sorted `__metadata__`. `bytes` is the whole file.
-pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>, ShardMetadata)> {
+pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<SourceTensor>, ShardMetadata)> {
     let bad = |message: String| Error::source(path, format!("not a valid safetensors file: {message}"));
     if bytes.len() < 8 {
         return Err(bad(format!(
@@ -232,7 +232,7 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<ShardTensor>,
         .map(|name| {
             let info = metadata.info(&name).expect("offset_keys lists known tensors");
             let (start, end) = info.data_offsets;
-            ShardTensor {
+            SourceTensor {
                 dtype: DType::from_safetensors(info.dtype),
                 source_dtype: format!("{:?}", info.dtype),
                 shape: info.shape.iter().map(|&d| d as u64).collect(),
@@ -329,7 +329,7 @@ pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn find<'a>(shard: &'a Shard, name: &str) -> Option<&'a ShardTensor> {
+    fn find<'a>(shard: &'a Shard, name: &str) -> Option<&'a SourceTensor> {
         shard.tensors.iter().find(|t| t.name == name)
     }
 

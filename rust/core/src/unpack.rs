@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
-use crate::pack::{resolve, write_tensors, PackItem, PackSummary, Progress};
+use crate::pack::{resolve, write_tensors, Progress, TensorRequest, WriteSummary};
 
 /// The safetensors header's name for a plain dtype.
 pub fn safetensors_dtype(dtype: DType) -> &'static str {
@@ -20,12 +20,12 @@ pub fn safetensors_dtype(dtype: DType) -> &'static str {
 /// Dtypes stay as they are, except that quantized tensors are dequantized to F32 (safetensors
 /// has no quantized dtypes; the values are the ones Burn reads back).
 pub fn write_safetensors(
-    items: &[PackItem],
+    items: &[TensorRequest],
     output: &Path,
     metadata: &BTreeMap<String, String>,
     overwrite: bool,
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<PackSummary> {
+) -> Result<WriteSummary> {
     let resolved = resolve(items)?;
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
@@ -76,7 +76,7 @@ pub fn write_safetensors(
     let targets: Vec<u64> = offsets.iter().map(|o| data_start + o).collect();
     let summary = write_tensors(items, &resolved, &out.file, output, &targets, progress)?;
     out.commit()?;
-    Ok(PackSummary {
+    Ok(WriteSummary {
         file_size: data_start + offset,
         ..summary
     })
@@ -98,7 +98,7 @@ mod tests {
                 ("y", "BF16", vec![2], vec![1, 2, 3, 4]),
             ],
         );
-        let item = |name: &str, dtype| PackItem {
+        let item = |name: &str, dtype| TensorRequest {
             name: format!("out.{name}"),
             ..crate::pack::tests::item(name, &a, name, dtype)
         };
@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(&written[written.len() - 2..], &[1, 2]);
 
         for (names, what) in [(["t", "t"], "'t'"), (["__metadata__", "t"], "'__metadata__'")] {
-            let items = names.map(|name| PackItem {
+            let items = names.map(|name| TensorRequest {
                 name: name.into(),
                 ..crate::pack::tests::item("t", &a, "t", DType::U8)
             });

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::burnpack::{read_index, Layout, PackIndex, HEADER_SIZE, TENSOR_ALIGNMENT};
 use crate::cast::Converter;
 use crate::error::{Error, Result};
-use crate::pack::{resolve, PackItem, Progress};
+use crate::pack::{resolve, Progress, TensorRequest};
 use crate::quant;
 use crate::source::Shard;
 
@@ -89,7 +89,7 @@ pub fn check_container(path: &Path) -> Result<(PackIndex, Vec<Problem>)> {
 /// the source's, or the exact cast of them. Memory stays bounded: both sides are streamed.
 pub fn verify_against(
     pack_path: &Path,
-    items: &[PackItem],
+    items: &[TensorRequest],
     progress: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<Vec<Problem>> {
     let pack = Shard::open(pack_path)?;
@@ -216,7 +216,7 @@ mod tests {
     use crate::source::tests::write_shard;
     use std::os::unix::fs::FileExt;
 
-    fn setup(dir: &Path) -> (PackRequest, Vec<PackItem>) {
+    fn setup(dir: &Path) -> (PackRequest, Vec<TensorRequest>) {
         let a = dir.join("a.safetensors");
         let w: Vec<u8> = (0..24u32).flat_map(|i| (i as f32 * 0.37).to_le_bytes()).collect();
         write_shard(&a, &[("w", "F32", vec![4, 6], w), ("b", "U8", vec![3], vec![1, 2, 3])]);
@@ -314,7 +314,7 @@ mod tests {
                 ("z", "U8", vec![3], vec![3; 3]),
             ],
         );
-        let items: Vec<PackItem> = ["x", "y", "z"]
+        let items: Vec<TensorRequest> = ["x", "y", "z"]
             .iter()
             .map(|n| crate::pack::tests::item(n, &a, n, DType::U8))
             .collect();

@@ -59,10 +59,10 @@ fn tuple<'py>(py: Python<'py>, values: &[u64]) -> PyResult<Bound<'py, PyTuple>> 
 /// to hold (checked against the file before anything is written).
 #[pyclass(frozen, eq, from_py_object, module = "heartmula_burn._core")]
 #[derive(Clone, PartialEq)]
-struct PackItem(core::PackItem);
+struct TensorRequest(core::TensorRequest);
 
 #[pymethods]
-impl PackItem {
+impl TensorRequest {
     #[new]
     #[pyo3(signature = (name, source, key, dtype, *, param_id=None, source_dtype=None, shape=None))]
     fn new(
@@ -74,7 +74,7 @@ impl PackItem {
         source_dtype: Option<&str>,
         shape: Option<Vec<u64>>,
     ) -> PyResult<Self> {
-        Ok(PackItem(core::PackItem {
+        Ok(TensorRequest(core::TensorRequest {
             name,
             source,
             key,
@@ -116,7 +116,7 @@ impl PackItem {
 
     fn __repr__(&self) -> String {
         format!(
-            "PackItem(name={:?}, source={:?}, key={:?}, dtype={:?})",
+            "TensorRequest(name={:?}, source={:?}, key={:?}, dtype={:?})",
             self.0.name,
             self.0.source.display().to_string(),
             self.0.key,
@@ -125,14 +125,14 @@ impl PackItem {
     }
 }
 
-fn core_items(items: Vec<PackItem>) -> Vec<core::PackItem> {
+fn core_items(items: Vec<TensorRequest>) -> Vec<core::TensorRequest> {
     items.into_iter().map(|item| item.0).collect()
 }
 
 /// What a pack (or export) wrote, and how long each phase took.
 #[pyclass(frozen, get_all, module = "heartmula_burn._core")]
 #[derive(Clone)]
-struct PackSummary {
+struct WriteSummary {
     /// Bytes of the whole output.
     file_size: u64,
     tensors: usize,
@@ -149,9 +149,9 @@ struct PackSummary {
     sync_seconds: f64,
 }
 
-impl From<core::PackSummary> for PackSummary {
-    fn from(s: core::PackSummary) -> Self {
-        PackSummary {
+impl From<core::WriteSummary> for WriteSummary {
+    fn from(s: core::WriteSummary) -> Self {
+        WriteSummary {
             file_size: s.file_size,
             tensors: s.tensors,
             data_bytes: s.data_bytes,
@@ -167,13 +167,13 @@ impl From<core::PackSummary> for PackSummary {
 
 /// One tensor of a safetensors (or `.npy`) file's header.
 #[pyclass(frozen, module = "heartmula_burn._core")]
-struct TensorInfo {
+struct SourceTensor {
     file: PathBuf,
-    tensor: core::ShardTensor,
+    tensor: core::SourceTensor,
 }
 
 #[pymethods]
-impl TensorInfo {
+impl SourceTensor {
     #[getter]
     fn name(&self) -> &str {
         &self.tensor.name
@@ -209,7 +209,7 @@ impl TensorInfo {
 
     fn __repr__(&self) -> String {
         format!(
-            "TensorInfo(name={:?}, dtype={:?}, shape={:?})",
+            "SourceTensor(name={:?}, dtype={:?}, shape={:?})",
             self.tensor.name, self.tensor.source_dtype, self.tensor.shape
         )
     }
@@ -442,13 +442,13 @@ fn target(burn_version: &str) -> PyResult<core::BurnTarget> {
 #[pyo3(signature = (items, metadata, output, *, overwrite=false, burn_version="0.21", progress=None))]
 fn pack(
     py: Python<'_>,
-    items: Vec<PackItem>,
+    items: Vec<TensorRequest>,
     metadata: BTreeMap<String, String>,
     output: PathBuf,
     overwrite: bool,
     burn_version: &str,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(PackSummary, StagedFile)> {
+) -> PyResult<(WriteSummary, StagedFile)> {
     let request = core::PackRequest {
         items: core_items(items),
         metadata,
@@ -465,11 +465,11 @@ fn pack(
 #[pyo3(signature = (items, directory, file_names, *, progress=None))]
 fn export_npy(
     py: Python<'_>,
-    items: Vec<PackItem>,
+    items: Vec<TensorRequest>,
     directory: PathBuf,
     file_names: Vec<String>,
     progress: Option<Py<PyAny>>,
-) -> PyResult<PackSummary> {
+) -> PyResult<WriteSummary> {
     if items.len() != file_names.len() {
         return Err(PyValueError::new_err("one file name per item is needed"));
     }
@@ -485,12 +485,12 @@ fn export_npy(
 #[pyo3(signature = (items, output, metadata, *, overwrite=false, progress=None))]
 fn write_safetensors(
     py: Python<'_>,
-    items: Vec<PackItem>,
+    items: Vec<TensorRequest>,
     output: PathBuf,
     metadata: BTreeMap<String, String>,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<PackSummary> {
+) -> PyResult<WriteSummary> {
     let items = core_items(items);
     let summary = with_progress(py, progress, |on_progress| {
         core::unpack::write_safetensors(&items, &output, &metadata, overwrite, on_progress)
@@ -515,7 +515,7 @@ fn check_container(py: Python<'_>, path: PathBuf) -> PyResult<Vec<Problem>> {
 fn verify_against(
     py: Python<'_>,
     path: PathBuf,
-    items: Vec<PackItem>,
+    items: Vec<TensorRequest>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Vec<Problem>> {
     let items = core_items(items);
@@ -527,12 +527,12 @@ fn verify_against(
 
 /// Reads a safetensors (or `.npy`) header: its tensors in file order, and its `__metadata__`.
 #[pyfunction]
-fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<TensorInfo>, BTreeMap<String, String>)> {
+fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<SourceTensor>, BTreeMap<String, String>)> {
     let shard = py.detach(|| core::Shard::open(&path)).map_err(|e| to_py(py, e))?;
     let tensors = shard
         .tensors
         .iter()
-        .map(|t| TensorInfo {
+        .map(|t| SourceTensor {
             file: path.clone(),
             tensor: t.clone(),
         })
@@ -683,9 +683,9 @@ impl MapGuard {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PackItem>()?;
-    m.add_class::<PackSummary>()?;
-    m.add_class::<TensorInfo>()?;
+    m.add_class::<TensorRequest>()?;
+    m.add_class::<WriteSummary>()?;
+    m.add_class::<SourceTensor>()?;
     m.add_class::<PackTensor>()?;
     m.add_class::<PackIndex>()?;
     m.add_class::<Problem>()?;
