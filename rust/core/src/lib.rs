@@ -6,7 +6,9 @@
 pub mod burnpack;
 pub mod cast;
 pub mod dtype;
+pub mod engine;
 pub mod error;
+pub mod export;
 pub mod fs;
 pub mod guard;
 pub mod npy;
@@ -19,7 +21,8 @@ pub mod verify;
 
 pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
 pub use dtype::DType;
+pub use engine::{Progress, TensorRequest, WriteSummary};
 pub use error::{Error, Result};
 pub use output::AtomicFile;
-pub use pack::{pack_staged, PackRequest, Progress, TensorRequest, WriteSummary};
+pub use pack::{pack_staged, PackRequest};
 pub use source::{Shard, SourceTensor};

@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fs::{open_for_lock, try_lock};
 
 const PARTIAL_SUFFIX: &str = ".heartmula-partial";
 /// Where a folder being replaced waits while the new one moves in (only where the filesystem
@@ -31,28 +32,6 @@ fn sibling(destination: &Path, suffix: &str) -> Result<PathBuf> {
         return Err(Error::output(destination, "output path has no file name"));
     };
     Ok(dir.join(partial_name(&name.to_string_lossy(), std::process::id(), suffix)))
-}
-
-/// Takes `file`'s exclusive lock without waiting; false when another open file holds it. Every
-/// partial is locked while it is written (the lock goes with the descriptor), so that the sweeper
-/// of another run, which cannot tell a live process in another PID namespace or on another
-/// machine sharing the folder from a dead one, leaves it alone.
-pub fn try_lock(file: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on an open descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return true;
-    }
-    // Filesystems without locks (ENOLCK, EINVAL): nothing can hold one, so nothing is locked out.
-    std::io::Error::last_os_error().raw_os_error() != Some(libc::EWOULDBLOCK)
-}
-
-/// Opens a file or folder for its lock only, without following a link or blocking on a FIFO.
-pub(crate) fn open_for_lock(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// Whether process `pid` exists in this PID namespace (a process we cannot see may still live).

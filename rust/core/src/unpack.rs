@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::dtype::DType;
+use crate::engine::{resolve, write_tensors, Progress, TensorRequest, WriteSummary};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
-use crate::pack::{resolve, write_tensors, Progress, TensorRequest, WriteSummary};
 
 /// The safetensors header's name for a plain dtype.
 pub fn safetensors_dtype(dtype: DType) -> &'static str {

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::burnpack::{read_index, Layout, PackIndex, HEADER_SIZE, TENSOR_ALIGNMENT};
 use crate::cast::Converter;
+use crate::engine::{resolve, Progress, TensorRequest};
 use crate::error::{Error, Result};
-use crate::pack::{resolve, Progress, TensorRequest};
 use crate::quant;
 use crate::source::Shard;
 

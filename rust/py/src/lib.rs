@@ -475,7 +475,7 @@ fn export_npy(
     }
     let items = core_items(items);
     let summary = with_progress(py, progress, |on_progress| {
-        core::pack::export_npy(&items, &directory, &file_names, on_progress)
+        core::export::export_npy(&items, &directory, &file_names, on_progress)
     })?;
     Ok(summary.into())
 }
