@@ -93,6 +93,7 @@ rm -f "$session"
     cd "$work"
     "$venv/bin/cosmic-ray" init "$config" "$session"
     "$venv/bin/cr-filter-operators" "$session" "$config"
+    "$venv/bin/python" scripts/mutants-skip-annotations.py "$session" "$module"  # inert under PEP 563
     "$venv/bin/cosmic-ray" baseline "$config"
     "$venv/bin/cosmic-ray" exec "$config" "$session"
 )

@@ -1,8 +1,10 @@
-"""scripts/unmoved-diff.py: the diff mutation testing reads leaves out lines that only moved, and
-keeps every line that changed, moved or not."""
+"""The mutation-testing scripts: scripts/unmoved-diff.py leaves out of the diff cargo-mutants reads
+the lines that only moved, and keeps every line that changed, moved or not;
+scripts/mutants-skip-annotations.py tells the mutants inside type annotations."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -98,3 +100,45 @@ def test_no_change_prints_nothing(tmp_path: Path) -> None:
     git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-qm", "one")
     assert unmoved_diff(tmp_path) == ""
+
+
+def skip_annotations_script():
+    spec = importlib.util.spec_from_file_location("skip_annotations", REPO / "scripts" / "mutants-skip-annotations.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ANNOTATED = """from __future__ import annotations
+
+x: int | None = 1 | 2
+
+
+def f(a: str | None, b=3 | 4) -> list[int] | None:
+    return [a | b]
+"""
+
+
+def operator_positions(source: str, operator: str) -> list[tuple[int, int]]:
+    """(line, column) of every `operator` in `source`, counted by hand from the text."""
+    return [
+        (number, column)
+        for number, line in enumerate(source.splitlines(), 1)
+        for column, char in enumerate(line)
+        if char == operator
+    ]
+
+
+def test_only_the_operators_inside_annotations_are_told():
+    script = skip_annotations_script()
+    spans = script.annotation_spans(ANNOTATED)
+    told = [p for p in operator_positions(ANNOTATED, "|") if script.inside(p, (p[0], p[1] + 1), spans)]
+    # Line 3: `int | None` (the annotation), not `1 | 2` (the value); line 6: the argument's
+    # annotation and the return annotation, not the default `3 | 4`; line 7: none.
+    assert told == [(3, 7), (6, 13), (6, 43)]
+
+
+def test_without_the_future_import_annotations_are_evaluated_and_keep_their_mutants():
+    script = skip_annotations_script()
+    assert script.annotation_spans(ANNOTATED.replace("from __future__ import annotations", "")) == []
