@@ -49,9 +49,9 @@ def under(weights: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def loaded_rvq(weights: dict):
+def loaded_rvq(weights: dict, config: dict = CODEC_TINY_CONFIG):
     """vector-quantize-pytorch's ResidualVQ with the checkpoint's codebooks loaded strictly."""
-    rvq = residual_vq(CODEC_TINY_CONFIG)
+    rvq = residual_vq(config)
     state = under(weights, "flow_matching.vq_embed.")
     for k in [k for k in state if k.endswith("initted")]:
         state[k] = state[k].reshape(()).bool()  # [1] f32 as released, 0-d bool in this library
@@ -316,15 +316,49 @@ def test_condition_is_the_vq_output_through_cond_feature_emb_at_twice_the_rate(w
     torch.testing.assert_close(got, want, rtol=0, atol=VQ_BOUND)
 
 
-def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes_them(weights):
+# Wider than 256 channels, so that the estimator's input width and in_channels are equal ints that
+# are not one cached object (an `is not` in place of `!=` shows): conditioning 272 wide, latent 2 x 8.
+WIDE_CONFIG = {**CODEC_TINY_CONFIG, "dim": 272, "in_channels": 288}
+
+
+def widened(weights: dict, config: dict) -> dict:
+    """The tiny checkpoint's weights with every tensor that `dim` shapes drawn again at the new
+    width (linear weights ~ 1/sqrt(fan_in)), and the estimator's two input projections given the
+    input channels of the new conditioning (the 16 old ones replaced by `dim` new ones)."""
+    dim, cbd, g = config["dim"], config["codebook_dim"], torch.Generator().manual_seed(11)
+
+    def linear(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(n_out, n_in, generator=g) / math.sqrt(n_in), torch.randn(n_out, generator=g) / 10
+
+    wide = dict(weights)
+    vq = "flow_matching.vq_embed"
+    for name, (n_out, n_in) in (("project_in", (cbd, dim)), ("project_out", (dim, cbd))):
+        wide[f"{vq}.{name}.weight"], wide[f"{vq}.{name}.bias"] = linear(n_out, n_in)
+    emb = "flow_matching.cond_feature_emb"
+    wide[f"{emb}.weight"], wide[f"{emb}.bias"] = linear(dim, dim)
+    wide["flow_matching.zero_cond_embedding1"] = torch.randn(dim, generator=g) / 10
+    latent = 2 * config["out_channels"]
+    for name in ("proj_in", "connection_proj"):
+        key = f"flow_matching.estimator.{name}.ffn_1.weight"
+        w = weights[key]
+        added = torch.randn(w.shape[0], dim, w.shape[2], generator=g) / math.sqrt(3 * (w.shape[1] + dim - 16))
+        wide[key] = torch.cat([w[:, :latent], added, w[:, latent + 16 :]], dim=1)
+    return wide
+
+
+@pytest.mark.parametrize("config", [CODEC_TINY_CONFIG, WIDE_CONFIG], ids=["tiny", "wide"])
+def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes_them(weights, config):
     """The runner's three outputs against the oracles above, composed as heartlib's FlowMatching and
     detokenize compose the modules: the RVQ output through cond_feature_emb at twice the rate; one
     guided estimator call as solve_euler makes it ([uncond; cond] rows of [x, in-context, mu], then
     uncond + 1.25 (cond - uncond), detokenize's default scale); the latent split into two channels
     and decoded. The inputs are written out again here: sanity's figures are compared across
-    releases, so a changed recipe must fail a test."""
-    c, cfg = CODEC_TINY_CONFIG, CFG
-    rvq = loaded_rvq(weights)
+    releases, so a changed recipe must fail a test. Once at the tiny widths, once with the
+    conditioning wider than 256 channels."""
+    c, cfg = config, parse_config(Fields(config, Path("config.json")))
+    if config is not CODEC_TINY_CONFIG:
+        weights = widened(weights, config)
+    rvq = loaded_rvq(weights, config)
     emb = torch.nn.Linear(c["dim"], c["dim"])
     emb.load_state_dict({n: weights[f"flow_matching.cond_feature_emb.{n}"] for n in ("weight", "bias")}, strict=True)
     estimator = TorchEstimator(cfg)
@@ -347,7 +381,7 @@ def test_runner_outputs_are_the_oracles_composed_as_heartlib_detokenize_composes
         velocity = uncond + 1.25 * (cond - uncond)
         split = latent.reshape(1, frames, 2, -1).permute(0, 2, 1, 3).reshape(2, frames, -1)
         audio = decoder(split.transpose(1, 2)).squeeze(1)
-    out = tiny_runner().outputs(weights, torch.device("cpu"))
+    out = tiny_runner(config).outputs(weights, torch.device("cpu"))
     assert set(out) == set(HeartCodecRunner.compared)
     for name, want, bound in (
         ("vq_condition", mu[0], VQ_BOUND),
