@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -16,6 +17,7 @@ else:
 
 from heartmula_burn import _sanity as sanity
 from heartmula_burn._errors import HeartmulaBurnError
+from heartmula_burn._fields import Fields
 from heartmula_burn._weights import PackArrays
 
 CODEC = "HeartCodec-oss"
@@ -156,9 +158,10 @@ def test_a_cpu_run_touches_no_cuda_and_times_its_phases_within_the_call(packs, t
     for name in ("synchronize", "empty_cache", "reset_peak_memory_stats", "max_memory_allocated"):
         monkeypatch.setattr(torch.cuda, name, no_cuda)
     start = time.perf_counter()
-    result = sanity.run(packs / "heartmula.bpk", reference=tiny_root, device="cpu", frames=1)
+    result = sanity.run(packs / "heartmula.bpk", reference=tiny_root, device="cpu")
     wall = time.perf_counter() - start
     assert result.ok, sanity.format_table(result)
+    assert result.frames == 2 and len(result.figures["greedy_codes"]) == 2  # as `sanity --frames` (default 2)
     assert "peak_gpu_memory_bytes" not in result.figures
     assert set(result.timings) == {"load_s", "forward_s", "reference_load_s", "reference_forward_s"}
     assert all(0 < seconds < wall for seconds in result.timings.values()), result.timings
@@ -179,3 +182,24 @@ def test_a_reference_of_other_tensors_fails_one_check_naming_five_of_them(packs)
     finally:
         lm.close()
     assert not any(c.name.startswith("reference:") for c in result.checks)
+
+
+def test_a_runner_must_say_how_it_runs_and_how_its_outputs_are_checked():
+    config = Fields({}, Path("config.json"))
+
+    class NoChecks(sanity.Runner):
+        compared = ()
+
+        def outputs(self, weights, device):
+            return {}
+
+    class NoOutputs(sanity.Runner):
+        compared = ()
+
+        def output_checks(self, out, result):
+            pass
+
+    with pytest.raises(TypeError, match="output_checks"):
+        NoChecks(config, 1)
+    with pytest.raises(TypeError, match="outputs"):
+        NoOutputs(config, 1)
