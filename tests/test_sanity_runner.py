@@ -203,3 +203,8 @@ def test_a_runner_must_say_how_it_runs_and_how_its_outputs_are_checked():
         NoChecks(config, 1)
     with pytest.raises(TypeError, match="outputs"):
         NoOutputs(config, 1)
+
+
+def test_a_negative_frame_count_is_refused_before_anything_is_opened(tmp_path):
+    with pytest.raises(ValueError, match=r"frames=-1: must be 0 or more"):
+        sanity.run(tmp_path / "missing.bpk", device="cpu", frames=-1)
