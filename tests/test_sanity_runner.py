@@ -87,7 +87,7 @@ def test_inexact_float_outputs_are_judged_by_their_cosine(ours, bound, ok, cosin
     assert result.figures["vs: h: max_abs_diff"] == (0.0 if ok else 1.0)
 
 
-@pytest.mark.parametrize("device", ["bogus", "tpu"])  # before and after "cpu" in string order
+@pytest.mark.parametrize("device", ["a100", "bogus", "tpu"])  # before "auto", between it and "cpu", after both
 def test_a_device_that_is_neither_cpu_nor_cuda_is_refused(device):
     with pytest.raises(HeartmulaBurnError, match=f"--device {device}: choose auto, cuda or cpu"):
         sanity.pick_device(device)
