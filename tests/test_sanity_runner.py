@@ -38,8 +38,16 @@ def packs(tiny_root, tmp_path_factory):
 # ---- checks and comparisons --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bad", "more"), [(3, ""), (4, " and 1 more tensors"), (5, " and 2 more tensors")])
-def test_non_finite_weights_are_counted_and_three_tensors_named(bad, more):
+@pytest.mark.parametrize(
+    ("bad", "named", "more"),
+    [
+        (1, "'w0' (1)", ""),
+        (3, "'w0' (1), 'w1' (2), 'w2' (3)", ""),
+        (4, "'w0' (1), 'w1' (2), 'w2' (3)", " and 1 more tensors"),
+        (5, "'w0' (1), 'w1' (2), 'w2' (3)", " and 2 more tensors"),
+    ],
+)
+def test_non_finite_weights_are_counted_and_three_tensors_named(bad, named, more):
     """Tensor wI holds I + 1 non-finite values (NaN, +inf, -inf in turn); integer tensors are not
     looked at. The figure: the total, the first three tensors with their counts, then how many more."""
     weights = {f"w{i}": torch.ones(8) for i in range(6)}
@@ -50,7 +58,7 @@ def test_non_finite_weights_are_counted_and_three_tensors_named(bad, more):
     sanity.finite_weights(weights, result)
     total = sum(range(1, bad + 1))
     assert [(c.name, c.ok, c.figure) for c in result.checks] == [
-        ("weights finite", False, f"7 tensors, {total} non-finite values in 'w0' (1), 'w1' (2), 'w2' (3){more}")
+        ("weights finite", False, f"7 tensors, {total} non-finite values in {named}{more}")
     ]
 
 
@@ -62,10 +70,12 @@ def test_finite_weights_pass():
 
 def test_codes_are_compared_exactly_and_the_figure_counts_the_differences():
     result = _result()
-    a, b = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 9, 3, 9])
+    # One code equal, two greater, three less: counting with any other comparison than != gives
+    # another number than 5.
+    a, b = torch.tensor([5, 5, 5, 5, 5, 5]), torch.tensor([5, 1, 2, 7, 8, 9])
     sanity._compare({"codes": a, "same": a}, {"codes": b, "same": a.clone()}, ("codes", "same"), "ref", True, result)
     assert [(c.name, c.ok, c.figure) for c in result.checks] == [
-        ("ref: codes", False, "2 of 4 codes differ"),
+        ("ref: codes", False, "5 of 6 codes differ"),
         ("ref: same", True, "identical"),
     ]
 
@@ -91,6 +101,25 @@ def test_inexact_float_outputs_are_judged_by_their_cosine(ours, bound, ok, cosin
 def test_a_device_that_is_neither_cpu_nor_cuda_is_refused(device):
     with pytest.raises(HeartmulaBurnError, match=f"--device {device}: choose auto, cuda or cpu"):
         sanity.pick_device(device)
+
+
+def test_cuda_is_asked_for_the_arithmetic_an_exact_comparison_needs(monkeypatch):
+    """Without a GPU (is_available faked): what choosing CUDA sets before any kernel runs. TF32 off
+    for matmul and cuDNN, and cuBLAS's deterministic workspace, unless the user set one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32  # torch's own flag objects: restored by hand
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        assert sanity.pick_device("auto") == torch.device("cuda")
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        assert sanity.pick_device("cuda:1") == torch.device("cuda:1")
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 # Whether casting a reference of the second dtype to the first can lose information, by hand: only
