@@ -37,10 +37,12 @@ def unmoved(plain: list[str], colored: list[str]) -> list[str]:
     out: list[str] = []
     header: list[str] = []  # the current file's header, printed with its first kept hunk
     hunk: list[str] = []
-    start = ""
+    # The current hunk's new-side start and the text after its "@@"; None in a file's header.
+    at: tuple[str, str] | None = None
 
     def close_hunk() -> None:
-        if any(line.startswith("+") for line in hunk):
+        if at is not None and any(line.startswith("+") for line in hunk):
+            start, suffix = at
             context = sum(1 for line in hunk if line.startswith(" "))
             out.extend(header)
             header.clear()
@@ -48,18 +50,15 @@ def unmoved(plain: list[str], colored: list[str]) -> list[str]:
             out.extend(hunk)
         hunk.clear()
 
-    suffix = ""
-    in_hunk = False
     for line, shown in zip(plain, colored):
         if line.startswith("diff --git "):
             close_hunk()
             header[:] = [line]
-            in_hunk = False
+            at = None
         elif (match := HUNK.match(line)) is not None:
             close_hunk()
-            start, suffix = match.group(1), match.group(2)
-            in_hunk = True
-        elif not in_hunk:
+            at = match.group(1), match.group(2)
+        elif at is None:
             header.append(line)
         elif line.startswith("+"):
             hunk.append(" " + line[1:] if shown.startswith(MOVED_SGR) else line)
