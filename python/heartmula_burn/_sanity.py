@@ -135,7 +135,7 @@ def _compare(
             figure = "identical" if same else f"{int((a != b).sum())} of {a.numel()} codes differ"
         else:
             diff = max_abs(a - b)
-            same = torch.equal(a, b)  # NaN is unequal to itself, -0.0 equal to 0.0, as in the diff
+            same = torch.equal(a, b)  # what diff == 0 would also say: NaN unequal, -0.0 equal to 0.0
             cosine = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
             figure = f"max |diff| {diff:.3g}, cosine {cosine:.6f}"
             result.figures[f"{label}: {name}: max_abs_diff"] = diff
