@@ -100,20 +100,21 @@ pub(crate) fn resolve(items: &[TensorRequest]) -> Result<Resolved> {
         let t = *lookups[s]
             .get(item.key.as_str())
             .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "not found in this file"))?;
-        let source_dtype = check_item(&shards[s], &shards[s].tensors[t], item)?;
+        let shard = &shards[s];
+        let source_dtype = check_item(&shard.path, shard.is_npy, &shard.tensors[t], item)?;
         locations.push((s, t, source_dtype));
     }
     Ok(Resolved { shards, locations })
 }
 
-/// Checks an item against what its shard really holds; returns the source dtype.
-fn check_item(shard: &Shard, tensor: &SourceTensor, item: &TensorRequest) -> Result<DType> {
-    let err = |m: String| Error::source_tensor(&shard.path, &tensor.name, m);
+/// Checks an item against what its shard (`path`) really holds; returns the source dtype.
+pub(crate) fn check_item(path: &Path, is_npy: bool, tensor: &SourceTensor, item: &TensorRequest) -> Result<DType> {
+    let err = |m: String| Error::source_tensor(path, &tensor.name, m);
     let mut source_dtype = tensor
         .dtype
         .ok_or_else(|| err(format!("dtype {} has no Burn equivalent", tensor.source_dtype)))?;
     // NumPy has no bfloat16: raw exports store it as `<u2` and the manifest says BF16.
-    if shard.is_npy && source_dtype == DType::U16 && item.expect_source_dtype == Some(DType::BF16) {
+    if is_npy && source_dtype == DType::U16 && item.expect_source_dtype == Some(DType::BF16) {
         source_dtype = DType::BF16;
     }
     if let Some(expected) = item.expect_source_dtype {

@@ -16,6 +16,7 @@ pub mod output;
 pub mod pack;
 pub mod quant;
 pub mod source;
+pub mod stream;
 pub mod unpack;
 pub mod verify;
 
@@ -26,3 +27,4 @@ pub use error::{Error, Result};
 pub use output::AtomicFile;
 pub use pack::{pack_staged, PackRequest};
 pub use source::{Shard, SourceTensor};
+pub use stream::{RemoteShard, StreamedPacks};

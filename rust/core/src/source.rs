@@ -6,7 +6,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::Metadata;
 use safetensors::SafeTensors;
+
+/// The `safetensors` crate's own bound on a header (`MAX_HEADER_SIZE`, not exported).
+const MAX_HEADER_LEN: u64 = 100_000_000;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -216,15 +220,25 @@ pub type ShardMetadata = Vec<(String, String)>;
 /// Parses and checks a safetensors file's header (the `safetensors` crate's own parser): tensors in
 /// file order with absolute offsets, and the sorted `__metadata__`. `bytes` is the whole file.
 pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<SourceTensor>, ShardMetadata)> {
+    parse_safetensors_head(path, bytes, bytes.len() as u64)
+}
+
+/// As `parse_safetensors`, from the start of a file of `file_size` bytes (`head`: at least the
+/// 8-byte length and the header; the whole file when it is at hand). The header is checked against
+/// the file size as for a whole file: every tensor in range, contiguous, shape x dtype bytes.
+pub fn parse_safetensors_head(path: &Path, head: &[u8], file_size: u64) -> Result<(Vec<SourceTensor>, ShardMetadata)> {
     let bad = |message: String| Error::source(path, format!("not a valid safetensors file: {message}"));
-    if bytes.len() < 8 {
+    if head.len() < 8 || file_size < 8 {
         return Err(bad(format!(
             "only {} bytes, shorter than the 8-byte header length",
-            bytes.len()
+            file_size.min(head.len() as u64)
         )));
     }
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| bad(describe_safetensors_error(&e, bytes)))?;
+    let (header_len, metadata) = if head.len() as u64 == file_size {
+        SafeTensors::read_metadata(head).map_err(|e| bad(describe_safetensors_error(&e, head, file_size)))?
+    } else {
+        read_metadata_of_head(head, file_size).map_err(bad)?
+    };
     let data_start = 8 + header_len as u64;
     let tensors = metadata
         .offset_keys()
@@ -251,26 +265,48 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Vec<SourceTensor>
     Ok((tensors, extra))
 }
 
-fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+/// `SafeTensors::read_metadata` for a file whose data is not at hand (a shard being streamed): the
+/// same parse and checks (the crate's `Metadata` validates offsets and sizes as it deserializes),
+/// with the data's length taken from `file_size`.
+fn read_metadata_of_head(head: &[u8], file_size: u64) -> std::result::Result<(usize, Metadata), String> {
+    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+    if n > MAX_HEADER_LEN || n > file_size - 8 {
+        return Err(format!(
+            "header length {n} does not fit in the file of {file_size} bytes"
+        ));
+    }
+    let json = head
+        .get(8..8 + n as usize)
+        .ok_or_else(|| format!("only {} of the header's {n} bytes are at hand", head.len() - 8))?;
+    let layout_fault = || diagnose_layout(head, file_size);
+    let metadata: Metadata =
+        serde_json::from_slice(json).map_err(|e| layout_fault().unwrap_or_else(|| format!("invalid header: {e}")))?;
+    if 8 + n + metadata.data_len() as u64 != file_size {
+        return Err(layout_fault().unwrap_or_else(|| "file size does not match the end of the last tensor".into()));
+    }
+    Ok((n as usize, metadata))
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, bytes: &[u8], file_size: u64) -> String {
     use safetensors::SafeTensorError as E;
     match e {
         E::InvalidHeaderLength | E::HeaderTooLarge => {
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-            format!("header length {n} does not fit in the file of {} bytes", bytes.len())
+            format!("header length {n} does not fit in the file of {file_size} bytes")
         }
         E::MetadataIncompleteBuffer | E::InvalidOffset(_) | E::TensorInvalidInfo | E::ValidationOverflow => {
-            diagnose_layout(bytes).unwrap_or_else(|| e.to_string().replace('\n', " "))
+            diagnose_layout(bytes, file_size).unwrap_or_else(|| e.to_string().replace('\n', " "))
         }
         other => other.to_string().replace('\n', " "),
     }
 }
 
 /// Names the first tensor whose byte range is wrong (the `safetensors` crate does not always say).
-/// Only called on a header the crate already parsed, so the JSON is known to be well formed.
-fn diagnose_layout(bytes: &[u8]) -> Option<String> {
+/// `bytes` starts the file of `file_size` bytes and holds at least its header.
+fn diagnose_layout(bytes: &[u8], file_size: u64) -> Option<String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().ok()?) as usize;
     let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
-    let data_len = (bytes.len() - 8 - n) as u64;
+    let data_len = file_size.checked_sub(8 + n as u64)?;
     let mut tensors: Vec<(&String, u64, u64, Option<u64>)> = Vec::new();
     for (name, info) in header.as_object()? {
         if name == "__metadata__" {
@@ -513,8 +549,9 @@ pub(crate) mod tests {
             (format!("{{{}}}", t("w", "U8", "[0]", 0, 0)), 0, None),
         ];
         for (header, data_len, expected) in cases {
+            let file = raw_file(&header, data_len);
             assert_eq!(
-                diagnose_layout(&raw_file(&header, data_len)).as_deref(),
+                diagnose_layout(&file, file.len() as u64).as_deref(),
                 expected,
                 "{header}"
             );

@@ -540,6 +540,112 @@ fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<Sourc
     Ok((tensors, shard.metadata.iter().cloned().collect()))
 }
 
+/// Parses the start of a safetensors file of `size` bytes whose data is elsewhere (a shard on the
+/// Hub): `head` holds the 8-byte length and the header. Checked against `size` as
+/// `read_safetensors_header` checks a whole file; the tensors name `path`.
+#[pyfunction]
+fn parse_safetensors_head(
+    py: Python<'_>,
+    path: PathBuf,
+    head: &[u8],
+    size: u64,
+) -> PyResult<(Vec<SourceTensor>, BTreeMap<String, String>)> {
+    let shard = core::RemoteShard::parse(&path, head, size).map_err(|e| to_py(py, e))?;
+    let tensors = shard
+        .tensors
+        .into_iter()
+        .map(|tensor| SourceTensor {
+            file: path.clone(),
+            tensor,
+        })
+        .collect();
+    Ok((tensors, shard.metadata.into_iter().collect()))
+}
+
+/// Packs written from shards that arrive as byte streams: planned from the shards' headers as
+/// `pack` plans them, staged (temporary files created, sized, headers written), then fed each
+/// shard's bytes in order, from one thread per shard, and finished into staged files to commit.
+#[pyclass(frozen, module = "heartmula_burn._core")]
+struct StreamedPacks(Mutex<Option<std::sync::Arc<core::StreamedPacks>>>);
+
+impl StreamedPacks {
+    fn get(&self) -> PyResult<std::sync::Arc<core::StreamedPacks>> {
+        self.0
+            .lock()
+            .map_err(|_| PyValueError::new_err("streamed packs lock poisoned"))?
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("the streamed packs were finished or discarded"))
+    }
+}
+
+#[pymethods]
+impl StreamedPacks {
+    /// `jobs`: (items, metadata, output) per pack; `shards`: (path, head, size) per shard, each
+    /// item's `source` one of these paths.
+    #[new]
+    #[pyo3(signature = (jobs, shards, *, overwrite=false, burn_version="0.21"))]
+    fn new(
+        py: Python<'_>,
+        jobs: Vec<(Vec<TensorRequest>, BTreeMap<String, String>, PathBuf)>,
+        shards: Vec<(PathBuf, Vec<u8>, u64)>,
+        overwrite: bool,
+        burn_version: &str,
+    ) -> PyResult<Self> {
+        let target = target(burn_version)?;
+        let requests: Vec<core::PackRequest> = jobs
+            .into_iter()
+            .map(|(items, metadata, output)| core::PackRequest {
+                items: core_items(items),
+                metadata,
+                target,
+                output,
+                overwrite,
+            })
+            .collect();
+        let staged = py
+            .detach(|| {
+                let remote = shards
+                    .iter()
+                    .map(|(path, head, size)| core::RemoteShard::parse(path, head, *size))
+                    .collect::<core::Result<Vec<_>>>()?;
+                core::StreamedPacks::stage(&requests, remote)
+            })
+            .map_err(|e| to_py(py, e))?;
+        Ok(StreamedPacks(Mutex::new(Some(std::sync::Arc::new(staged)))))
+    }
+
+    /// Writes `data`, the shard's bytes at `offset`, to the packs (the GIL released). `offset` is
+    /// where the shard's previous piece ended, or its data start (8 + the header length).
+    fn feed(&self, py: Python<'_>, shard: PathBuf, offset: u64, data: &[u8]) -> PyResult<()> {
+        let packs = self.get()?;
+        py.detach(|| {
+            let index = packs.shard_index(&shard)?;
+            packs.feed(index, offset, data)
+        })
+        .map_err(|e| to_py(py, e))
+    }
+
+    /// Checks every shard arrived whole and flushes the packs: (summary, staged file) per job.
+    fn finish(&self, py: Python<'_>) -> PyResult<Vec<(WriteSummary, StagedFile)>> {
+        let packs = self.get()?;
+        self.discard();
+        let packs = std::sync::Arc::try_unwrap(packs)
+            .map_err(|_| PyValueError::new_err("the streamed packs are still being fed"))?;
+        let done = py.detach(|| packs.finish()).map_err(|e| to_py(py, e))?;
+        Ok(done
+            .into_iter()
+            .map(|(summary, file)| (summary.into(), StagedFile::wrap(file)))
+            .collect())
+    }
+
+    /// Deletes the temporary files (once no feed is in flight); the destinations stay as they were.
+    fn discard(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.take();
+        }
+    }
+}
+
 /// Reads a Burn pack's header and metadata, checked against the file (0.19 and 0.20+ layouts).
 #[pyfunction]
 fn read_pack_index(py: Python<'_>, path: PathBuf) -> PyResult<PackIndex> {
@@ -692,6 +798,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StagedFile>()?;
     m.add_class::<MapGuard>()?;
     m.add_class::<DTypeInfo>()?;
+    m.add_class::<StreamedPacks>()?;
     m.add_function(wrap_pyfunction!(dtype_info, m)?)?;
     m.add_function(wrap_pyfunction!(plain_dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
@@ -700,6 +807,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_container, m)?)?;
     m.add_function(wrap_pyfunction!(verify_against, m)?)?;
     m.add_function(wrap_pyfunction!(read_safetensors_header, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_safetensors_head, m)?)?;
     m.add_function(wrap_pyfunction!(read_pack_index, m)?)?;
     m.add_function(wrap_pyfunction!(cast_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(partial_path, m)?)?;
