@@ -3,6 +3,7 @@
 #
 #   ./convert.sh CKPT_ROOT [extra pack options, e.g. --dtype bf16 --force]
 #   ./convert.sh --hub [extra pack options, e.g. --ckpt-root ckpt/ --lm-revision REV]
+#   ./convert.sh --hub --stream [...]   (the shards read from the Hub straight into the packs, never stored)
 #
 # With --hub the checkpoint is downloaded from the Hugging Face Hub first (HeartMuLa/HeartMuLa-oss-3B,
 # HeartMuLa/HeartCodec-oss, HeartMuLa/HeartMuLaGen; needs `pip install '.[hub]'`).

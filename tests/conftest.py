@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 from heartmula_burn import _cli as cli
 from heartmula_burn._synthetic import write_synthetic_checkpoint
+from hub_server import HubServer
 
 REPO = Path(__file__).resolve().parent.parent
+# The upstream repositories the `hub` fixture serves the synthetic checkpoint as.
+LM, CODEC, GEN = "HeartMuLa/HeartMuLa-oss-3B", "HeartMuLa/HeartCodec-oss", "HeartMuLa/HeartMuLaGen"
 
 
 def run_cli(*args: Any, cwd: Path | None = None, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -150,3 +153,35 @@ def residual_vq(config: dict[str, Any]) -> Any:
 
 def load_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def repo_files(folder: Path) -> dict[str, bytes | Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_root: Path) -> Any:
+    """The three upstream repositories made of the synthetic checkpoint, each with files a
+    conversion does not need (a README with an image, another format), plus a gated one."""
+    server = HubServer()
+    server.start()
+    junk: dict[str, bytes | Path] = {"README.md": b"# card\n", "assets/cover.png": b"\x89PNG" + b"\0" * 64}
+    server.add_repo(LM, {**repo_files(tiny_root / "HeartMuLa-oss-3B"), **junk, "model.bin": b"\0" * 1024})
+    server.add_repo(CODEC, {**repo_files(tiny_root / "HeartCodec-oss"), **junk})
+    gen = {name: tiny_root / name for name in ("tokenizer.json", "gen_config.json")}
+    server.add_repo(GEN, {**gen, **junk})
+    server.add_repo("gated/HeartMuLaGen", gen, gated=True)
+    server.add_repo("broken/HeartMuLaGen", {"tokenizer.json": tiny_root / "tokenizer.json"})
+    shards = {k: v for k, v in repo_files(tiny_root / "HeartMuLa-oss-3B").items() if k != "config.json"}
+    server.add_repo("broken/HeartMuLa-oss-3B", shards)
+    yield server
+    server.stop()
+    assert server.errors == [], "the server failed on a request the client made"
+
+
+@pytest.fixture(scope="module")
+def local_packs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same synthetic checkpoint packed from its local folder: what every Hub route must match."""
+    out = tmp_path_factory.mktemp("local")
+    run_process("pack", tiny_root, "-o", f"{out}/", "-q", check_rc=0)
+    return out

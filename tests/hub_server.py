@@ -57,7 +57,10 @@ the connection after that many body bytes of the next GET of that path, once), `
 paths are served with the byte at the given offset flipped, every time, as a corrupted CDN object would be, while
 the advertised sha256 / git sha1 stay those of the true bytes), `slow_bytes_per_s` (throttle file bodies; read per
 chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of file requests sent with a Range),
-`errors` (tracebacks of unexpected server errors: a test may assert it stays empty).
+`cdn_authorized` (paths of requests that reached the second listener carrying a token), `errors` (tracebacks of unexpected server errors: a test may assert it stays empty), `range_faults` (for a repo
+path, faults answered in turn to its ranged GETs that start past byte 8, the safetensors header length: "whole"
+(200 and the whole file), "shifted" (206 with the range one byte later than asked), "cut" (the connection closed
+after half the range), "expire" (403, and the locations of that path signed so far expire), or a status such as "416").
 
 What the 2.4.0 client does that tests should know: it reads downloads in 10 MiB chunks and, after a dropped
 connection, sleeps 1 s and resumes with `Range: bytes=<last full 10 MiB boundary>-` (so a `drop_after` below
@@ -331,6 +334,9 @@ class HubServer:
         self.drop_after: dict[str, int] = {}
         self.tamper: dict[str, int] = {}
         self.slow_bytes_per_s: int | None = None
+        self.range_faults: dict[str, list[str]] = {}
+        self.cdn_authorized: list[str] = []  # paths of requests that reached the CDN with an Authorization header
+        self._generations: dict[str, int] = {}  # per repo path: bumped when its signed locations expire
         self.write_requires_token: bool = True
         self.errors: list[str] = []
         self.ranges: list[tuple[str, str]] = []  # (raw path, Range header) of every file GET/HEAD sent with a Range
@@ -940,12 +946,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": sha})
         if entry.lfs:
             logical = f"/{quote(repo_id)}/resolve/{sha}/{quote(path)}"
-            sig = self.hub._sign(f"{repo_id}\n{sha}\n{path}")
+            with self.hub._lock:
+                generation = self.hub._generations.get(path, 0)
+            sig = self.hub._sign(f"{repo_id}\n{sha}\n{path}\n{generation}")
             self._send(
                 302,
                 b"",
                 {
-                    "Location": f"{self.hub.cdn_url}{logical}?sig={sig}",
+                    "Location": f"{self.hub.cdn_url}{logical}?sig={sig}&gen={generation}",
                     "X-Repo-Commit": sha,
                     "X-Linked-Etag": f'"{entry.blob.sha256}"',
                     "X-Linked-Size": str(entry.blob.size),
@@ -957,13 +965,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(entry, path, {"X-Repo-Commit": sha, "ETag": f'"{entry.etag}"'})
 
     def _cdn_resolve(self, segments: list[str], raw_segments: list[str]) -> None:
+        if self.headers.get("Authorization"):
+            with self.hub._lock:
+                self.hub.cdn_authorized.append(self.raw_path.split("?")[0])
         i = segments.index("resolve")
         repo_id = "/".join(segments[:i])
         if len(segments) < i + 3:
             raise _HttpError(404, "Not found")
         sha = segments[i + 1]
         path = unquote("/".join(raw_segments[i + 2 :]))
-        if not hmac.compare_digest(self.query.get("sig", ""), self.hub._sign(f"{repo_id}\n{sha}\n{path}")):
+        generation = self.query.get("gen", "")
+        with self.hub._lock:
+            current = str(self.hub._generations.get(path, 0))
+        signed = self.hub._sign(f"{repo_id}\n{sha}\n{path}\n{generation}")
+        if not hmac.compare_digest(self.query.get("sig", ""), signed) or generation != current:
             raise _HttpError(403, "Request has expired or signature is invalid")
         with self.hub._lock:
             repo = self.hub._repos.get(repo_id)
@@ -995,7 +1010,25 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        drop: int | None = None
+        fault = None
+        if range_header and status == 206 and start > 8 and self.command == "GET":
+            with self.hub._lock:
+                queue = self.hub.range_faults.get(path)
+                fault = queue.pop(0) if queue else None
+        if fault == "whole":
+            start, end, status = 0, size, 200
+            del headers["Content-Range"]
+        elif fault == "shifted" and end - start > 1:
+            start += 1
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        elif fault == "expire":
+            with self.hub._lock:  # this file's locations signed so far are refused from now on
+                self.hub._generations[path] = self.hub._generations.get(path, 0) + 1
+            raise _HttpError(403, "Request has expired or signature is invalid")
+        elif fault not in (None, "cut"):
+            self._send(int(fault), b"", headers)
+            return
+        drop: int | None = (end - start) // 2 if fault == "cut" else None
         flip: int | None = None
         if self.command == "GET":
             with self.hub._lock:

@@ -19,88 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, crosscheck, run_process
-from heartmula_burn import open_pack
-from hub_server import HubServer
+from conftest import assert_clean_failure, crosscheck, repo_files, run_process
+from hub_helpers import CODEC, GEN, LM, TOKEN, assert_same_packs, hub_cli, hub_env, metadata_of, tensors_of
 
 crosscheck("huggingface_hub")  # required where CI installs it, else these tests are skipped
-
-LM, CODEC, GEN = "HeartMuLa/HeartMuLa-oss-3B", "HeartMuLa/HeartCodec-oss", "HeartMuLa/HeartMuLaGen"
-TOKEN = "hf_test_token"
-
-
-def repo_files(folder: Path) -> dict[str, bytes | Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def hub(tiny_root: Path) -> Any:
-    """The three upstream repositories made of the synthetic checkpoint, each with files a
-    conversion does not need (a README with an image, another format), plus a gated one."""
-    server = HubServer()
-    server.start()
-    junk: dict[str, bytes | Path] = {"README.md": b"# card\n", "assets/cover.png": b"\x89PNG" + b"\0" * 64}
-    server.add_repo(LM, {**repo_files(tiny_root / "HeartMuLa-oss-3B"), **junk, "model.bin": b"\0" * 1024})
-    server.add_repo(CODEC, {**repo_files(tiny_root / "HeartCodec-oss"), **junk})
-    gen = {name: tiny_root / name for name in ("tokenizer.json", "gen_config.json")}
-    server.add_repo(GEN, {**gen, **junk})
-    server.add_repo("gated/HeartMuLaGen", gen, gated=True)
-    server.add_repo("broken/HeartMuLaGen", {"tokenizer.json": tiny_root / "tokenizer.json"})
-    shards = {k: v for k, v in repo_files(tiny_root / "HeartMuLa-oss-3B").items() if k != "config.json"}
-    server.add_repo("broken/HeartMuLa-oss-3B", shards)
-    yield server
-    server.stop()
-    assert server.errors == [], "the server failed on a request the client made"
-
-
-def hub_env(server: HubServer, cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(
-        HF_ENDPOINT=server.url,
-        HF_HOME=str(cache.parent / "hf-home"),  # no token of this machine's user is read
-        HF_HUB_CACHE=str(cache),
-        HF_HUB_DISABLE_XET="1",  # the test server speaks plain LFS
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-    )
-    env.update(extra)
-    return env
-
-
-def hub_cli(server: HubServer, cache: Path, *args: Any, check_rc: int | None = None, **env: str) -> Any:
-    return run_process(*args, env=hub_env(server, cache, **env), check_rc=check_rc)
-
-
-def tensors_of(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    with open_pack(path) as pack:
-        return {t.name: (t.dtype, tuple(t.shape), bytes(pack.raw_bytes(t.name))) for t in pack.tensors}
-
-
-def metadata_of(path: Path) -> dict[str, str]:
-    with open_pack(path) as pack:
-        return dict(pack.metadata)
-
-
-@pytest.fixture(scope="module")
-def local_packs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same synthetic checkpoint packed from its local folder: what every Hub route must match."""
-    out = tmp_path_factory.mktemp("local")
-    run_process("pack", tiny_root, "-o", f"{out}/", "-q", check_rc=0)
-    return out
-
-
-def assert_same_packs(out: Path, local: Path, server: HubServer, source_model: str = "HeartMuLa-oss-3B") -> None:
-    """Tensor for tensor the same bytes as the local packs; the metadata differs only by the source."""
-    for name, repo, model in (("heartmula.bpk", LM, source_model), ("heartcodec.bpk", CODEC, "HeartCodec-oss")):
-        assert tensors_of(out / name) == tensors_of(local / name)
-        got, want = metadata_of(out / name), metadata_of(local / name)
-        assert got.pop("source_repo") == repo
-        assert got.pop("source_revision") == server.commits(repo)[0]
-        assert got.pop("source_model") == model
-        want.pop("source_model")
-        assert got == want
-    for name in ("tokenizer.json", "gen_config.json"):
-        assert (out / name).read_bytes() == (local / name).read_bytes()
 
 
 def test_download_lays_out_upstream_layout_then_packs_like_the_local_folder(hub, tiny_root, local_packs, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ __all__ = [
     "model_dirs",
     "runtime_file_origin",
 ]
+# Shards known by their headers alone (streamed from the Hub): path -> (tensors, __metadata__).
+RemoteHeaders = Mapping[Path, tuple[list[SourceTensor], dict[str, str]]]
 # A Hugging Face cache snapshot: CACHE/models--ORG--NAME/snapshots/COMMIT/ (repository ids cannot
 # hold "--", so the split is unambiguous).
 _SNAPSHOT = re.compile(r"(?:^|/)models--(?:([\w.-]+?)--)?([\w.-]+)/snapshots/([0-9a-f]{40})(?:/|$)")
@@ -124,10 +126,13 @@ def load_checkpoints(root: str | Path, subdir: str | None = None) -> list[Checkp
     return [_load(Path(root), model_dir) for model_dir in model_dirs(root, subdir)]
 
 
-def load_model_folders(model_folders: Sequence[Path], runtime_dir: Path) -> list[Checkpoint]:
+def load_model_folders(
+    model_folders: Sequence[Path], runtime_dir: Path, remote: RemoteHeaders | None = None
+) -> list[Checkpoint]:
     """Models whose folders lie apart (the Hub cache's snapshots: one per repository), with the
-    runtime files in `runtime_dir`."""
-    return [_load(runtime_dir, Path(folder)) for folder in model_folders]
+    runtime files in `runtime_dir`. With `remote`, the shards are not in the folders: these are
+    their headers, by the path each would have there."""
+    return [_load(runtime_dir, Path(folder), remote) for folder in model_folders]
 
 
 def hub_source(path: Path) -> tuple[str, str] | None:
@@ -199,14 +204,14 @@ def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str |
     return _load(root, dirs[0])
 
 
-def _header(path: Path, shard_metadata: dict[Path, dict[str, str]]) -> list[SourceTensor]:
-    tensors, metadata = _core.read_safetensors_header(path)
+def _header(path: Path, shard_metadata: dict[Path, dict[str, str]], remote: RemoteHeaders | None) -> list[SourceTensor]:
+    tensors, metadata = remote[path] if remote is not None else _core.read_safetensors_header(path)
     shard_metadata[path] = metadata
     return tensors
 
 
 def _shards_from_index(
-    model_dir: Path, index_path: Path, shard_metadata: dict[Path, dict[str, str]]
+    model_dir: Path, index_path: Path, shard_metadata: dict[Path, dict[str, str]], remote: RemoteHeaders | None
 ) -> tuple[list[Path], list[SourceTensor]]:
     index = read_json(index_path, "index")
     weight_map = index.string_map("weight_map")
@@ -216,7 +221,7 @@ def _shards_from_index(
         wanted = next(k for k, v in weight_map.items() if v == shard_name)
         # The index comes with the download: it must not pull bytes from elsewhere on this disk.
         shard = inside(shard_name, model_dir, index_path, "index names shard", tensor=wanted)
-        if not shard.exists():  # anything else there (a FIFO, a folder) is refused, named, when opened
+        if not (shard in remote if remote is not None else shard.exists()):  # a FIFO, a folder: refused when opened
             raise CheckpointError.at(
                 index_path, f"index names shard '{shard_name}', which does not exist", tensor=wanted
             )
@@ -224,7 +229,7 @@ def _shards_from_index(
     tensors: list[SourceTensor] = []
     for shard_name, shard in shards.items():
         present = set()
-        for t in _header(shard, shard_metadata):
+        for t in _header(shard, shard_metadata, remote):
             owner = weight_map.get(t.name)
             if owner is None:
                 raise CheckpointError.at(shard, f"not listed in the index {index_path.name}", tensor=t.name)
@@ -238,11 +243,13 @@ def _shards_from_index(
     return list(shards.values()), tensors
 
 
-def _shards_without_index(paths: list[Path], shard_metadata: dict[Path, dict[str, str]]) -> list[SourceTensor]:
+def _shards_without_index(
+    paths: list[Path], shard_metadata: dict[Path, dict[str, str]], remote: RemoteHeaders | None = None
+) -> list[SourceTensor]:
     seen: dict[str, Path] = {}
     tensors = []
     for shard in paths:
-        for t in _header(shard, shard_metadata):
+        for t in _header(shard, shard_metadata, remote):
             if t.name in seen:
                 raise CheckpointError.at(shard, f"also in {seen[t.name].name}", tensor=t.name)
             seen[t.name] = shard
@@ -250,7 +257,7 @@ def _shards_without_index(paths: list[Path], shard_metadata: dict[Path, dict[str
     return tensors
 
 
-def _load(root: Path, model_dir: Path) -> Checkpoint:
+def _load(root: Path, model_dir: Path, remote: RemoteHeaders | None = None) -> Checkpoint:
     shard_metadata: dict[Path, dict[str, str]] = {}
     if root.is_file():
         shards = [root]
@@ -260,12 +267,13 @@ def _load(root: Path, model_dir: Path) -> Checkpoint:
         if len(indexes) > 1:
             raise CheckpointError.at(model_dir, f"more than one index ({', '.join(p.name for p in indexes)})")
         if indexes:
-            shards, tensors = _shards_from_index(model_dir, indexes[0], shard_metadata)
+            shards, tensors = _shards_from_index(model_dir, indexes[0], shard_metadata, remote)
         else:
-            shards = sorted(model_dir.glob("*.safetensors"))
+            in_folder = sorted(p for p in remote if p.parent == model_dir) if remote is not None else None
+            shards = in_folder if in_folder is not None else sorted(model_dir.glob("*.safetensors"))
             if not shards:
                 raise CheckpointError.at(model_dir, "no .safetensors files")
-            tensors = _shards_without_index(shards, shard_metadata)
+            tensors = _shards_without_index(shards, shard_metadata, remote)
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None
     extras = {}

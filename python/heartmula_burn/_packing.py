@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,9 @@ from ._presets import PRESETS, preset_named
 from ._runtime_files import extra_targets, runtime_notes
 
 ProgressFn = Callable[[int, int], None]
+# Writes every job's pack to a staged file (for `burn_version`, replacing outputs with `force`),
+# in the jobs' order: what `pack_manifests` does itself unless given one (streaming from the Hub).
+StagePacks = Callable[[Sequence["Job"], str, bool], Iterable[tuple[_core.WriteSummary, _core.StagedFile]]]
 # Burn releases whose reader a pack can target (the core writes each one's layout).
 BURN_VERSIONS = ("0.21", "0.22", "0.20", "0.19")
 # What a pack targets unless told: the oldest reader that loads it (quantized descriptors are 0.22's).
@@ -61,6 +63,8 @@ class Conversion:
     packs: list[PackReport]
     extras: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # `pack --hub --stream`: bytes fetched, retries, seconds, the slowest shard (see `_hub.stream`).
+    streamed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,10 +90,11 @@ def pack_manifests(
     progress_for: Callable[[Job], ProgressFn | None] | None = None,
     copy_extras: bool = True,
     notes: Sequence[str] = (),
+    stage_packs: StagePacks | None = None,
 ) -> Conversion:
     """Writes every job's pack and copies the runtime files beside them, then puts them all in
     place together. `progress(done, total)` follows each pack in turn (or `progress_for(job)` gives
-    each pack its own callback)."""
+    each pack its own callback); `stage_packs` writes the packs instead (all at once)."""
     outputs = [job.output for job in jobs]
     if len({os.path.abspath(p) for p in outputs}) != len(outputs):
         raise OutputError.at(outputs[0], "two packs would be written to the same file")
@@ -107,19 +112,12 @@ def pack_manifests(
     staged: list[_core.StagedFile] = []
     reports = []
     created = _make_folders(job.output.parent for job in jobs if job.make_folder)
+    stage = stage_packs or _stage_in_turn(progress_for or (lambda _job: progress))
     try:
-        for job in jobs:
-            started = time.perf_counter()
-            summary, pack = _core.pack(
-                job.manifest.core_items(),
-                job.manifest.metadata,
-                job.output,
-                overwrite=force,
-                burn_version=burn_version,
-                progress=progress_for(job) if progress_for else progress,
-            )
+        for job, (summary, pack) in zip(jobs, stage(jobs, burn_version, force)):
             staged.append(pack)
-            reports.append(_report(job, summary, time.perf_counter() - started))
+            seconds = summary.plan_seconds + summary.data_seconds + summary.sync_seconds
+            reports.append(_report(job, summary, seconds))
         staged += [stage_copy(source, dest, overwrite=force) for dest, source in extras.items()]
         commit_all(staged, overwrite=force)
     except BaseException:
@@ -130,6 +128,25 @@ def pack_manifests(
                 folder.rmdir()
         raise
     return Conversion(reports, [str(dest) for dest in extras], all_notes)
+
+
+def _stage_in_turn(progress_for: Callable[[Job], ProgressFn | None]) -> StagePacks:
+    """The core writes each pack in turn, each read from its shards on disk."""
+
+    def stage(
+        jobs: Sequence[Job], burn_version: str, force: bool
+    ) -> Iterator[tuple[_core.WriteSummary, _core.StagedFile]]:
+        for job in jobs:
+            yield _core.pack(
+                job.manifest.core_items(),
+                job.manifest.metadata,
+                job.output,
+                overwrite=force,
+                burn_version=burn_version,
+                progress=progress_for(job),
+            )
+
+    return stage
 
 
 def target_burn_version(jobs: Sequence[Job], asked: str | None) -> str:

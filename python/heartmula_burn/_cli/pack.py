@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 from typing import Any
 
-from .._hub.packing import plan_hub
+from .._hub.packing import plan_hub, plan_hub_stream
+from .._hub.stream import Streamer
 from .._manifest import Manifest
 from .._packing import (
     BURN_VERSIONS,
@@ -82,6 +84,14 @@ def register(sub: Any) -> None:
         help="with --hub: lay the download out in DIR as `download DIR` does (default: pack straight from the "
         "Hugging Face cache)",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="with --hub: do not download the shards; read them from the Hub in ranges straight into the packs "
+        "(several shards at once, dropped connections resumed, expired locations renewed), each checked against "
+        "the Hub's sha256 before anything is put in place. Needs no disk beyond the packs; --json adds what the "
+        "transfer took",
+    )
     _add_hub_args(p)
 
 
@@ -95,6 +105,24 @@ def _hub_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
         any_model=args.any_model,
         ckpt_root=args.hub_root,
         force=args.force,
+        say=None if args.quiet else _say,
+        quiet=args.quiet,
+        q_block=args.q_block,
+    )
+
+
+def _stream_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str], Streamer]:
+    if not args.hub:
+        raise UsageError("--stream goes with --hub (it reads the shards from the Hub)")
+    if args.ckpt_root or args.manifest or args.subdir or args.hub_root:
+        raise UsageError(
+            "--hub --stream leaves the shards on the Hub: give no CKPT_ROOT, --manifest, --subdir or --ckpt-root"
+        )
+    return plan_hub_stream(
+        _hub_specs(args),
+        args.output,
+        dtype=args.dtype,
+        any_model=args.any_model,
         say=None if args.quiet else _say,
         quiet=args.quiet,
         q_block=args.q_block,
@@ -127,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         checked_options(args.dtype, args.burn_version, args.q_block)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    jobs, notes = _pack_jobs(args)
+    streamer = None
+    if args.stream:
+        jobs, notes, streamer = _stream_jobs(args)
+    else:
+        jobs, notes = _pack_jobs(args)
     try:
         burn_version = target_burn_version(jobs, args.burn_version)  # a quantized manifest needs 0.22
     except ValueError as e:
@@ -144,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
             progress_for=progress,
             copy_extras=not args.no_extras,
             notes=notes,
+            stage_packs=streamer.stage if streamer else None,
         )
+    if streamer is not None:
+        result = dataclasses.replace(result, streamed=streamer.stats.to_dict())
     _report_pack(args, result)
     return 0
 
@@ -165,3 +200,11 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
         )
     for extra in result.extras:
         _say(f"copied {extra}")
+    if result.streamed:
+        s = result.streamed
+        rate = s["fetched_bytes"] / s["seconds"] / 1e6 if s["seconds"] > 0 else 0.0
+        _say(
+            f"streamed {s['shards']} shards, {s['fetched_bytes']:,} bytes in {s['seconds']:.1f} s ({rate:.0f} MB/s, "
+            f"{s['retries']} retries; slowest shard {s['slowest_shard']}: {s['slowest_shard_seconds']:.1f} s), "
+            "every one matching the Hub's sha256"
+        )

@@ -75,13 +75,19 @@ def hub_errors(label: str, repo: str) -> Iterator[None]:
     except OSError:
         raise  # a full disk, a permission: the OSError (with its file name) says it best
     except Exception as e:
-        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        if is_transport_error(e):
             raise HubError.at(label, f"cannot reach {endpoint}: {_first_line(e) or type(e).__name__}") from None
         cause = e.__cause__
         if isinstance(cause, errors.HfHubHTTPError):  # an upload's "Error while uploading 'FILE' to the Hub."
             status = cause.response.status_code if cause.response is not None else "?"
             raise HubError.at(label, f"{_first_line(e)} The Hub answered {status}: {_first_line(cause)}") from None
         raise
+
+
+def is_transport_error(e: BaseException) -> bool:
+    """An error of huggingface_hub's HTTP stack itself (a refused or cut connection, a timeout,
+    a malformed answer), whichever httpx package the installed version uses."""
+    return type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
 
 
 def _first_line(e: BaseException) -> str:

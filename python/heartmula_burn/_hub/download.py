@@ -7,7 +7,7 @@ import fnmatch
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +35,10 @@ class Fetched:
     sizes: dict[str, int] = field(default_factory=dict)
     to_download: int = 0
     checked: Checked | None = None
+    # The files not in the cache yet (their sizes make `to_download`).
+    pending: list[str] = field(default_factory=list)
+    # Shards left on the Hub, to be streamed into the packs (`pack --hub --stream`).
+    streamed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,10 +81,20 @@ def plan(spec: RepoSpec) -> Fetched:
     commits = {f.commit_hash for f in listing}
     commit = commits.pop() if len(commits) == 1 else _resolve(spec)
     sizes = {f.filename: f.file_size or 0 for f in listing if f.filename in files}
-    to_download = sum(f.file_size or 0 for f in listing if f.filename in files and f.will_download)
-    fetched = Fetched(spec, commit, Path(hf.constants.HF_HUB_CACHE), files, sizes, to_download)
+    pending = [f.filename for f in listing if f.filename in files and f.will_download]
+    to_download = sum(sizes[name] for name in pending)
+    fetched = Fetched(spec, commit, Path(hf.constants.HF_HUB_CACHE), files, sizes, to_download, pending=pending)
     _check_required(fetched)
     return fetched
+
+
+def leave_shards(fetched: Fetched) -> Fetched:
+    """The repository as fetched into the cache without its shards, which are named in `streamed`."""
+    shards = [name for name in fetched.files if name.endswith(".safetensors")]
+    rest = [name for name in fetched.files if name not in shards]
+    pending = [name for name in fetched.pending if name in rest]
+    to_download = sum(fetched.sizes[name] for name in pending)
+    return replace(fetched, files=rest, pending=pending, to_download=to_download, streamed=shards)
 
 
 def _resolve(spec: RepoSpec) -> str:
@@ -162,18 +176,27 @@ def check(fetched: Fetched) -> Fetched:
 
 
 def download(
-    specs: Sequence[RepoSpec], *, say: Callable[[str], None] | None = None, quiet: bool = False
+    specs: Sequence[RepoSpec],
+    *,
+    say: Callable[[str], None] | None = None,
+    quiet: bool = False,
+    stream: bool = False,
 ) -> list[Fetched]:
     """Plans every repository first (so that a missing file or a full disk stops the run before a
-    byte is downloaded), then fetches each and checks its files against the Hub's digests."""
+    byte is downloaded), then fetches each and checks its files against the Hub's digests.
+    `stream`: the shards stay on the Hub (named in each one's `streamed`), for `pack --hub --stream`."""
     with progress_bars(not quiet):
         plans = [plan(spec) for spec in specs]
+        if stream:
+            plans = [leave_shards(p) for p in plans]
         for p in plans:
             if say is not None:
-                cached = sum(p.sizes.values()) - p.to_download
+                cached = sum(p.sizes[name] for name in p.files) - p.to_download
+                streamed = sum(p.sizes[name] for name in p.streamed)
                 say(
                     f"{p.spec.repo}: revision {p.spec.revision or 'main'} is commit {p.commit}; {len(p.files)} files, "
                     f"{human(p.to_download)} to download ({human(cached)} cached)"
+                    + (f", {len(p.streamed)} shards ({human(streamed)}) to stream" if p.streamed else "")
                 )
         check_space(plans)
         fetched = []

@@ -3,15 +3,19 @@ against the Hub's digests), then plan and write the packs as `pack_checkpoint` d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
+from .. import _core
 from .._checkpoint import load_checkpoints, load_model_folders
 from .._manifest import DEFAULT_Q_BLOCK
 from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manifests, plan_checkpoints
+from ._client import progress_bars
 from .download import download, lay_out
 from .repos import RepoSpec, repo_specs
+from .stream import StreamClient, Streamer, remote_shards
 
 
 def plan_hub(
@@ -40,6 +44,30 @@ def plan_hub(
     return plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
 
 
+def plan_hub_stream(
+    specs: Sequence[RepoSpec],
+    output: str | Path | None = None,
+    *,
+    dtype: str = "f32",
+    any_model: bool = False,
+    say: Callable[[str], None] | None = None,
+    quiet: bool = True,
+    q_block: int = DEFAULT_Q_BLOCK,
+) -> tuple[list[Job], list[str], Streamer]:
+    """As `plan_hub`, with the shards left on the Hub: the other files are fetched into the cache
+    and checked, each shard is resolved and its header fetched, and the packs are planned from
+    the headers. The Streamer's `stage` then streams the shards into the packs."""
+    fetched = download(specs, say=say, quiet=quiet, stream=True)
+    client = StreamClient()
+    with progress_bars(not quiet):
+        shards = remote_shards(fetched, client)
+    remote = {s.path: _core.parse_safetensors_head(s.path, s.head, s.size) for s in shards}
+    runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+    checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime, remote)
+    jobs, notes = plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
+    return jobs, notes, Streamer(client, shards, quiet=quiet)
+
+
 def pack_hub(
     output: str | Path | None = None,
     *,
@@ -55,6 +83,7 @@ def pack_hub(
     copy_extras: bool = True,
     quiet: bool = True,
     q_block: int = DEFAULT_Q_BLOCK,
+    stream: bool = False,
 ) -> Conversion:
     """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
     'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
@@ -65,6 +94,9 @@ def pack_hub(
       `gen`); `revisions`: a branch, tag or commit per role (default main).
     - `ckpt_root`: also lay the download out there as `download` does (links into the cache).
     - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
+    - `stream`: the shards are not downloaded: they are read from the Hub in ranges straight into
+      the packs, each checked against its sha256 before anything is put in place (not with
+      `ckpt_root`). The result's `streamed` says what it took.
 
     Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
     answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
@@ -72,6 +104,21 @@ def pack_hub(
     `pack_checkpoint` raises."""
     dtype = checked_options(dtype, burn_version, q_block)
     specs = repo_specs(repos, revisions, releases)
+    if stream:
+        if ckpt_root is not None:
+            raise ValueError("stream leaves the shards on the Hub: there is nothing to lay out in ckpt_root")
+        jobs, notes, streamer = plan_hub_stream(
+            specs, output, dtype=dtype, any_model=any_model, quiet=quiet, q_block=q_block
+        )
+        result = pack_manifests(
+            jobs,
+            force=force,
+            burn_version=burn_version,
+            copy_extras=copy_extras,
+            notes=notes,
+            stage_packs=streamer.stage,
+        )
+        return dataclasses.replace(result, streamed=streamer.stats.to_dict())
     jobs, notes = plan_hub(
         specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block
     )

@@ -15,6 +15,8 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 /// How often progress reaches Python (and Ctrl-C is noticed) at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How long finishing or discarding streamed packs waits for a feed still in flight.
+const FEED_WAIT: Duration = Duration::from_secs(10);
 /// Where the exception classes live (Python code, so that they pickle like any other).
 const ERRORS_MODULE: &str = "heartmula_burn._errors";
 
@@ -618,7 +620,9 @@ impl StreamedPacks {
     /// where the shard's previous piece ended, or its data start (8 + the header length).
     fn feed(&self, py: Python<'_>, shard: PathBuf, offset: u64, data: &[u8]) -> PyResult<()> {
         let packs = self.get()?;
-        py.detach(|| {
+        // The packs are let go inside, without the GIL: a discard waiting for this feed is not
+        // kept waiting for a thread that cannot get the GIL back (as at interpreter exit).
+        py.detach(move || {
             let index = packs.shard_index(&shard)?;
             packs.feed(index, offset, data)
         })
@@ -627,10 +631,7 @@ impl StreamedPacks {
 
     /// Checks every shard arrived whole and flushes the packs: (summary, staged file) per job.
     fn finish(&self, py: Python<'_>) -> PyResult<Vec<(WriteSummary, StagedFile)>> {
-        let packs = self.get()?;
-        self.discard();
-        let packs = std::sync::Arc::try_unwrap(packs)
-            .map_err(|_| PyValueError::new_err("the streamed packs are still being fed"))?;
+        let packs = self.take(py)?;
         let done = py.detach(|| packs.finish()).map_err(|e| to_py(py, e))?;
         Ok(done
             .into_iter()
@@ -638,11 +639,35 @@ impl StreamedPacks {
             .collect())
     }
 
-    /// Deletes the temporary files (once no feed is in flight); the destinations stay as they were.
-    fn discard(&self) {
-        if let Ok(mut slot) = self.0.lock() {
-            slot.take();
-        }
+    /// Deletes the temporary files; the destinations stay as they were. Does nothing when
+    /// finished or discarded already.
+    fn discard(&self, py: Python<'_>) {
+        drop(self.take(py));
+    }
+}
+
+impl StreamedPacks {
+    /// The packs, no longer shared: waits for a feed in flight (one piece, milliseconds).
+    fn take(&self, py: Python<'_>) -> PyResult<core::StreamedPacks> {
+        let mut packs = self
+            .0
+            .lock()
+            .map_err(|_| PyValueError::new_err("streamed packs lock poisoned"))?
+            .take()
+            .ok_or_else(|| PyValueError::new_err("the streamed packs were finished or discarded"))?;
+        py.detach(|| {
+            let deadline = Instant::now() + FEED_WAIT;
+            loop {
+                match std::sync::Arc::try_unwrap(packs) {
+                    Ok(alone) => return Ok(alone),
+                    Err(_) if Instant::now() > deadline => {
+                        return Err(PyValueError::new_err("the streamed packs are still being fed"))
+                    }
+                    Err(shared) => packs = shared,
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
     }
 }
 

@@ -1,0 +1,227 @@
+"""`pack --hub --stream`: shards read from the test Hub in ranges straight into the packs, with the
+real huggingface_hub client over real HTTP (tests/hub_server.py): the packs equal `pack --hub`'s,
+no shard is stored, every byte is served once, and the faults a CDN throws are survived or refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LM, assert_clean_failure, crosscheck
+from hub_helpers import TOKEN, assert_same_packs, hub_cli, hub_env
+from hub_server import HubServer
+
+crosscheck("huggingface_hub")
+
+PACKS = ("heartmula.bpk", "heartcodec.bpk", "tokenizer.json", "gen_config.json")
+
+
+def shards_of(tiny_root: Path) -> dict[str, Path]:
+    """Every shard the Hub serves for the LM and the codec, by its path in the repository."""
+    return {
+        p.name: p
+        for folder in ("HeartMuLa-oss-3B", "HeartCodec-oss")
+        for p in (tiny_root / folder).glob("*.safetensors")
+    }
+
+
+def shard_requests(hub: HubServer, since: tuple[int, int], name: str) -> list[str]:
+    """The Range headers of the GETs of a shard since `since` (`marks(hub)` earlier), in order;
+    fails if a GET of it came without a Range."""
+    gets = [p for m, p in hub.requests[since[0] :] if m == "GET" and p.endswith("/" + name)]
+    ranges = [header for path, header in hub.ranges[since[1] :] if path.split("?")[0].endswith("/" + name)]
+    assert len(ranges) == len(gets), f"{name}: {len(gets)} GETs, {len(ranges)} with a Range"
+    return ranges
+
+
+def marks(hub: HubServer) -> tuple[int, int]:
+    return len(hub.requests), len(hub.ranges)
+
+
+def served_once(headers: list[str], size: int) -> bool:
+    """Whether the ranges asked cover bytes 0..size-1 exactly once, in order."""
+    position = 0
+    for header in headers:
+        first, last = header.removeprefix("bytes=").split("-")
+        if int(first) != position:
+            return False
+        position = int(last) + 1
+    return position == size
+
+
+def stream(
+    hub: HubServer, tmp_path: Path, *args: Any, check_rc: int | None = 0, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`pack --hub --stream` into tmp_path/streamed, with its own cache."""
+    command = ["pack", "--hub", "--stream", "-o", f"{tmp_path / 'streamed'}/", "-q", "--json", *args]
+    return hub_cli(hub, tmp_path / "cache", *command, check_rc=check_rc, **env)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8"])
+def test_streamed_packs_are_pack_hubs_byte_for_byte_and_no_shard_is_stored(
+    hub, tiny_root, local_packs, tmp_path, dtype
+):
+    downloaded = f"{tmp_path / 'downloaded'}/"
+    hub_cli(hub, tmp_path / "cached", "pack", "--hub", "-o", downloaded, "-q", "--dtype", dtype, check_rc=0)
+    since = marks(hub)
+    authorized = len(hub.cdn_authorized)
+    report = json.loads(stream(hub, tmp_path, "--dtype", dtype, HF_TOKEN=TOKEN).stdout)
+    assert hub.cdn_authorized[authorized:] == [], "the token goes to the Hub, never to the signed locations"
+    for name in PACKS:
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "downloaded" / name).read_bytes(), name
+    if dtype == "f32":
+        assert_same_packs(tmp_path / "streamed", local_packs, hub)
+    # The cache holds the small files only: no shard, under any name.
+    cache = tmp_path / "cache"
+    shards = shards_of(tiny_root)
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in shards.values()}
+    assert not list(cache.rglob("*.safetensors")) and not [p for p in cache.rglob("*") if p.name in digests]
+    assert list(cache.rglob("config.json")) and list(cache.rglob("*.safetensors.index.json"))
+    # Every shard byte served once: the header's length, the header, then the data in ranges.
+    for name, path in shards.items():
+        headers = shard_requests(hub, since, name)
+        assert served_once(headers, path.stat().st_size), (name, headers)
+        assert len(headers) >= 3
+    streamed = report["streamed"]
+    assert streamed["fetched_bytes"] == sum(p.stat().st_size for p in shards.values())
+    assert (streamed["retries"], streamed["shards"]) == (0, len(shards))
+    assert streamed["slowest_shard"] in shards and 0 < streamed["slowest_shard_seconds"] <= streamed["seconds"]
+
+
+def test_a_shard_whose_bytes_differ_from_its_sha256_fails_in_one_line_and_nothing_moves(hub, tiny_root, tmp_path):
+    name = "model-00002-of-00004.safetensors"
+    true = (tiny_root / "HeartMuLa-oss-3B" / name).read_bytes()
+    at = len(true) * 2 // 3
+    served = true[:at] + bytes([true[at] ^ 1]) + true[at + 1 :]
+    out = tmp_path / "streamed"
+    out.mkdir()
+    (out / "heartmula.bpk").write_bytes(b"an earlier pack")
+    hub.tamper[name] = at
+    try:
+        proc = stream(hub, tmp_path, "--force", check_rc=None)
+    finally:
+        del hub.tamper[name]
+    assert_clean_failure(
+        proc,
+        f"{LM}@{hub.commits(LM)[0][:12]}",
+        name,
+        f"sha256 {hashlib.sha256(served).hexdigest()}",
+        f"the Hub gave {hashlib.sha256(true).hexdigest()}",
+    )
+    assert [p.name for p in out.iterdir()] == ["heartmula.bpk"], "no partial file, nothing else put in place"
+    assert (out / "heartmula.bpk").read_bytes() == b"an earlier pack"
+
+
+def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, local_packs, tmp_path):
+    name, path = max(shards_of(tiny_root).items(), key=lambda kv: kv[1].stat().st_size)
+    since = marks(hub)
+    hub.range_faults[name] = ["cut"]  # the first data range: half of it, then the connection closes
+    try:
+        report = json.loads(stream(hub, tmp_path).stdout)
+    finally:
+        leftover = hub.range_faults.pop(name)
+    assert leftover == []
+    assert_same_packs(tmp_path / "streamed", local_packs, hub)
+    length, header, cut, rest = shard_requests(hub, since, name)
+    first, last = (int(n) for n in cut.removeprefix("bytes=").split("-"))
+    assert rest == f"bytes={first + (last + 1 - first) // 2}-{last}", (
+        "asked again from the byte after the last received"
+    )
+    assert served_once([length, header, rest.replace(rest.split("-")[0], f"bytes={first}")], path.stat().st_size)
+    assert report["streamed"]["retries"] == 1
+    assert report["streamed"]["fetched_bytes"] == sum(p.stat().st_size for p in shards_of(tiny_root).values())
+
+
+@pytest.mark.parametrize("faults", [["whole"], ["shifted"], ["416", "503"], ["cut", "cut"], ["expire"]])
+def test_wrong_answers_to_a_range_are_asked_again(hub, tiny_root, local_packs, tmp_path, faults):
+    name, other = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    assert {name, other} <= set(shards_of(tiny_root))
+    since = marks(hub)
+    hub.range_faults[name] = list(faults)
+    try:
+        report = json.loads(stream(hub, tmp_path).stdout)
+    finally:
+        leftover = hub.range_faults.pop(name)
+    assert leftover == [], "every fault was served"
+    assert_same_packs(tmp_path / "streamed", local_packs, hub)
+
+    def resolves(shard: str) -> int:
+        return len([p for m, p in hub.requests[since[0] :] if m == "HEAD" and p.endswith("/" + shard)])
+
+    assert report["streamed"]["retries"] == len(faults)
+    expired = faults.count("expire")
+    assert resolves(name) == resolves(other) + expired, "an expired location is resolved again, once; no other"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_stream_at_once_and_leaves_the_folder_as_it_was(hub, tmp_path, signum):
+    out = tmp_path / "streamed"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("an earlier file")
+    hub.slow_bytes_per_s = 256 << 10
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "heartmula_burn", "pack", "--hub", "--stream", "-o", f"{out}/", "-f"],
+            env=hub_env(hub, tmp_path / "cache"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".*partial")) and time.monotonic() < deadline:  # the packs are being written
+            time.sleep(0.05)
+        assert list(out.glob(".*partial")), "the stream never started"
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        hub.slow_bytes_per_s = None
+    assert proc.returncode == 128 + signum, err
+    assert waited < 5, f"ended {waited:.1f} s after the signal"
+    assert "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["tokenizer.json"]
+    assert (out / "tokenizer.json").read_text() == "an earlier file"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--stream"], "--stream goes with --hub"),
+        (["--hub", "--stream", "--ckpt-root", "ckpt"], "leaves the shards on the Hub"),
+    ],
+)
+def test_stream_without_the_hub_or_with_a_ckpt_root_is_a_usage_error(hub, tmp_path, args, needle):
+    proc = hub_cli(hub, tmp_path / "cache", "pack", *args, "-o", f"{tmp_path / 'out'}/")
+    assert proc.returncode == 2 and needle in proc.stderr.splitlines()[-1], proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_pack_hub_streams_from_python(hub, local_packs, tmp_path):
+    out = tmp_path / "runtime"
+    code = (
+        "import json, sys; from heartmula_burn import pack_hub; "
+        f"r = pack_hub({str(out) + '/'!r}, stream=True); print(json.dumps(r.streamed))"
+    )
+    env = hub_env(hub, tmp_path / "cache")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["retries"] == 0
+    assert_same_packs(out, local_packs, hub)
+    # And through convert.sh.
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    env = hub_env(hub, tmp_path / "cache", HEARTMULA_OUT_DIR=str(converted), PYTHON=sys.executable)
+    script = Path(__file__).resolve().parent.parent / "convert.sh"
+    subprocess.run(["bash", script, "--hub", "--stream", "-q"], env=env, check=True, timeout=300)
+    assert_same_packs(converted, local_packs, hub)
