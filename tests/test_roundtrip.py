@@ -11,12 +11,12 @@ import ml_dtypes
 import numpy as np
 from conftest import run_cli
 from heartmula_burn import _core, open_pack
-from heartmula_burn._packfile import NUMPY_DTYPES
+from heartmula_burn._packfile import numpy_dtypes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-NUMPY = NUMPY_DTYPES  # Burn dtype name -> numpy dtype
+NUMPY = numpy_dtypes()  # Burn dtype name -> numpy dtype
 FLOATS = ("F64", "F32", "F16", "BF16")
 
 names = st.text(

@@ -4,6 +4,7 @@ already reads safetensors files."""
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -12,7 +13,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import ml_dtypes
 import numpy as np
 
 from . import _core
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRAMEWORKS",
-    "NUMPY_DTYPES",
     "MappedFile",
     "Pack",
     "PackMetadata",
@@ -37,6 +36,7 @@ __all__ = [
     "PackedTensor",
     "canonical_dtype",
     "dtype_info",
+    "numpy_dtypes",
     "open_pack",
     "safe_open",
 ]
@@ -44,12 +44,13 @@ __all__ = [
 FRAMEWORKS = ("numpy", "np", "pt", "torch")
 
 # Burn dtype name -> numpy dtype (little-endian, as Burn stores elements), for the plain dtypes.
-# Quantized tensors read back as float32, as Burn dequantizes them.
-NUMPY_DTYPES = {
+# Quantized tensors read back as float32, as Burn dequantizes them. BF16 is ml_dtypes' bfloat16,
+# imported when first needed: ml_dtypes takes half a second to import, which every command
+# (`pack --help` included) would pay otherwise.
+_PLAIN_NUMPY_DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),
@@ -60,6 +61,14 @@ NUMPY_DTYPES = {
     "U8": np.dtype("u1"),
     "Bool": np.dtype("?"),
 }
+
+
+@functools.cache
+def numpy_dtypes() -> dict[str, np.dtype[Any]]:
+    """Burn dtype name -> numpy dtype, BF16 included (see `_PLAIN_NUMPY_DTYPES`)."""
+    import ml_dtypes
+
+    return {**_PLAIN_NUMPY_DTYPES, "BF16": np.dtype(ml_dtypes.bfloat16)}
 
 
 def dtype_info(name: str) -> _core.DTypeInfo:
@@ -241,7 +250,7 @@ class PackSlice:
         return list(self._info.shape)
 
     def get_dtype(self) -> str:
-        return self._info.dtype if self._info.dtype in NUMPY_DTYPES else "F32"  # as it reads back
+        return self._info.dtype if self._info.dtype in numpy_dtypes() else "F32"  # as it reads back
 
     def __getitem__(self, index: Any) -> Any:
         return self._pack._owned(np.array(self._pack.numpy(self._info.name)[index]))
@@ -319,7 +328,7 @@ class Pack(Mapping[str, "np.ndarray[Any, Any]"]):
             return array
         import torch
 
-        if array.dtype == NUMPY_DTYPES["BF16"]:  # torch reads no ml_dtypes array: hand it the bits
+        if array.dtype == numpy_dtypes()["BF16"]:  # torch reads no ml_dtypes array: hand it the bits
             return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(self.device)
         return torch.from_numpy(array).to(self.device)
 
@@ -336,8 +345,8 @@ class Pack(Mapping[str, "np.ndarray[Any, Any]"]):
         """A view of the tensor over the mapped file; a quantized tensor is dequantized to a new
         float32 array, as Burn reads it (`quantized` gives its stored values and scales)."""
         t = self.info(name)
-        if t.dtype in NUMPY_DTYPES:
-            return self._file.array(t.file_offset, t.nbytes, NUMPY_DTYPES[t.dtype], t.shape, t.name)
+        if t.dtype in numpy_dtypes():
+            return self._file.array(t.file_offset, t.nbytes, numpy_dtypes()[t.dtype], t.shape, t.name)
         values, scales = self.quantized(name)
         dequantized = dequantize(values, scales, dtype_info(t.dtype).block or 1)
         self._file.check()

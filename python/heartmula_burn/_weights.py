@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ml_dtypes
 import numpy as np
 
 from ._checkpoint import load_checkpoint
 from ._errors import CheckpointError, HeartmulaBurnError, SourceError
-from ._packfile import NUMPY_DTYPES, MappedFile, dtype_info, open_pack, quantize
+from ._packfile import MappedFile, dtype_info, numpy_dtypes, open_pack, quantize
 from ._presets import config_of_pack
 
 if TYPE_CHECKING:
@@ -53,13 +52,13 @@ class CheckpointArrays:
 
     def dtype(self, name: str) -> str:
         t = self._tensors[name]
-        if t.dtype not in NUMPY_DTYPES:
+        if t.dtype not in numpy_dtypes():
             raise CheckpointError.at(t.file, f"dtype {t.source_dtype} is not supported here", tensor=name)
         return t.dtype
 
     def numpy(self, name: str) -> np.ndarray[Any, Any]:
         t = self._tensors[name]
-        return self._files[t.file].array(t.file_offset, t.byte_len, NUMPY_DTYPES[self.dtype(name)], t.shape, name)
+        return self._files[t.file].array(t.file_offset, t.byte_len, numpy_dtypes()[self.dtype(name)], t.shape, name)
 
     def check(self) -> None:
         for f in self._files.values():
@@ -117,7 +116,7 @@ def _as_torch(array: np.ndarray[Any, Any]) -> torch.Tensor:
     with warnings.catch_warnings():
         # The views are read-only (the file is mapped read-only); nothing here writes to them.
         warnings.simplefilter("ignore", UserWarning)
-        if array.dtype == ml_dtypes.bfloat16:
+        if array.dtype == numpy_dtypes()["BF16"]:
             return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)  # type: ignore[no-any-return]
         return torch.from_numpy(array)  # type: ignore[no-any-return]
 
