@@ -58,7 +58,7 @@ paths are served with the byte at the given offset flipped, every time, as a cor
 the advertised sha256 / git sha1 stay those of the true bytes), `slow_bytes_per_s` (throttle file bodies; read per
 chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of file requests sent with a Range),
 `cdn_authorized` (paths of requests that reached the second listener carrying a token), `errors` (tracebacks of unexpected server errors: a test may assert it stays empty), `range_faults` (for a repo
-path, faults answered in turn to its ranged GETs that start past byte 8, the safetensors header length: "whole"
+path, faults answered in turn to its ranged GETs: "whole"
 (200 and the whole file), "shifted" (206 with the range one byte later than asked), "cut" (the connection closed
 after half the range), "expire" (403, and the locations of that path signed so far expire), or a status such as "416").
 
@@ -1011,7 +1011,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         fault = None
-        if range_header and status == 206 and start > 8 and self.command == "GET":
+        if range_header and status == 206 and self.command == "GET":
             with self.hub._lock:
                 queue = self.hub.range_faults.get(path)
                 fault = queue.pop(0) if queue else None

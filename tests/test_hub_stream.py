@@ -84,11 +84,10 @@ def test_streamed_packs_are_pack_hubs_byte_for_byte_and_no_shard_is_stored(
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in shards.values()}
     assert not list(cache.rglob("*.safetensors")) and not [p for p in cache.rglob("*") if p.name in digests]
     assert list(cache.rglob("config.json")) and list(cache.rglob("*.safetensors.index.json"))
-    # Every shard byte served once: the header's length, the header, then the data in ranges.
+    # Every shard byte served once, the header and the data in one request (these shards are small).
     for name, path in shards.items():
         headers = shard_requests(hub, since, name)
-        assert served_once(headers, path.stat().st_size), (name, headers)
-        assert len(headers) >= 3
+        assert headers == [f"bytes=0-{path.stat().st_size - 1}"], (name, headers)
     streamed = report["streamed"]
     assert streamed["fetched_bytes"] == sum(p.stat().st_size for p in shards.values())
     assert (streamed["retries"], streamed["shards"]) == (0, len(shards))
@@ -122,19 +121,17 @@ def test_a_shard_whose_bytes_differ_from_its_sha256_fails_in_one_line_and_nothin
 def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, local_packs, tmp_path):
     name, path = max(shards_of(tiny_root).items(), key=lambda kv: kv[1].stat().st_size)
     since = marks(hub)
-    hub.range_faults[name] = ["cut"]  # the first data range: half of it, then the connection closes
+    hub.range_faults[name] = ["cut"]  # half the range (header and data), then the connection closes
     try:
         report = json.loads(stream(hub, tmp_path).stdout)
     finally:
         leftover = hub.range_faults.pop(name)
     assert leftover == []
     assert_same_packs(tmp_path / "streamed", local_packs, hub)
-    length, header, cut, rest = shard_requests(hub, since, name)
-    first, last = (int(n) for n in cut.removeprefix("bytes=").split("-"))
-    assert rest == f"bytes={first + (last + 1 - first) // 2}-{last}", (
-        "asked again from the byte after the last received"
+    size = path.stat().st_size
+    assert shard_requests(hub, since, name) == [f"bytes=0-{size - 1}", f"bytes={size // 2}-{size - 1}"], (
+        "asked again from the byte after the last one received"
     )
-    assert served_once([length, header, rest.replace(rest.split("-")[0], f"bytes={first}")], path.stat().st_size)
     assert report["streamed"]["retries"] == 1
     assert report["streamed"]["fetched_bytes"] == sum(p.stat().st_size for p in shards_of(tiny_root).values())
 
@@ -158,6 +155,26 @@ def test_wrong_answers_to_a_range_are_asked_again(hub, tiny_root, local_packs, t
     assert report["streamed"]["retries"] == len(faults)
     expired = faults.count("expire")
     assert resolves(name) == resolves(other) + expired, "an expired location is resolved again, once; no other"
+
+
+def test_more_shards_than_connections_read_their_headers_alone_then_their_data(hub, tiny_root, tmp_path):
+    """With 2 connections, the 2 largest shards read header and data in one request each; the 4
+    others read their header's length and header first (for the plan), then the data, 2 at a time."""
+    hub_cli(hub, tmp_path / "cached", "pack", "--hub", "-o", f"{tmp_path / 'downloaded'}/", "-q", check_rc=0)
+    since = marks(hub)
+    report = json.loads(stream(hub, tmp_path, "--connections", "2").stdout)
+    for name in PACKS:
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "downloaded" / name).read_bytes(), name
+    shards = sorted(shards_of(tiny_root).items(), key=lambda kv: -kv[1].stat().st_size)
+    for rank, (name, path) in enumerate(shards):
+        headers = shard_requests(hub, since, name)
+        size = path.stat().st_size
+        if rank < 2:
+            assert headers == [f"bytes=0-{size - 1}"], (name, headers)
+        else:
+            header_end = 8 + int.from_bytes(path.read_bytes()[:8], "little")
+            assert headers == ["bytes=0-7", f"bytes=8-{header_end - 1}", f"bytes={header_end}-{size - 1}"], name
+    assert report["streamed"]["retries"] == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

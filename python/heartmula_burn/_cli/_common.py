@@ -157,6 +157,16 @@ def _size(text: str) -> int:
     return value
 
 
+def _connections(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: 1 to 64 connections")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from .._hub.packing import plan_hub, plan_hub_stream
-from .._hub.stream import Streamer
+from .._hub.stream import STREAMS, Streamer
 from .._manifest import Manifest
 from .._packing import (
     BURN_VERSIONS,
@@ -27,6 +27,7 @@ from ._common import (
     UsageError,
     _add_hub_args,
     _add_source_args,
+    _connections,
     _hub_specs,
     _one_of,
     _progress_bar,
@@ -92,6 +93,13 @@ def register(sub: Any) -> None:
         "the Hub's sha256 before anything is put in place. Needs no disk beyond the packs; --json adds what the "
         "transfer took",
     )
+    p.add_argument(
+        "--connections",
+        type=_connections,
+        default=STREAMS,
+        metavar="N",
+        help=f"with --stream: shards read at once, one connection each (default {STREAMS})",
+    )
     _add_hub_args(p)
 
 
@@ -126,6 +134,7 @@ def _stream_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str], Stream
         say=None if args.quiet else _say,
         quiet=args.quiet,
         q_block=args.q_block,
+        connections=args.connections,
     )
 
 
@@ -165,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     with contextlib.ExitStack() as bars:
+        if streamer is not None:
+            bars.callback(streamer.close)  # the transfers stop if the packs are not staged
 
         def progress(job: Job) -> ProgressFn | None:
             return bars.enter_context(_progress_bar(args.quiet, job.output.name))

@@ -4,13 +4,14 @@ line naming the repository, its progress bars on or off, and transfers that a si
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, TypeVar
 
 from .._errors import HubError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 INSTALL_HINT = "the Hub commands need huggingface_hub: pip install 'heartmula-burn[hub]' (Python 3.10 or later)"
@@ -114,6 +115,30 @@ def _interruptible(fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`fn` over every item at once, one daemon thread each (the repositories of a run), waited for
+    in short slices so that Ctrl-C and SIGTERM raise at once; the results in order, or the
+    exception of the first item that failed."""
+    results: list[dict[str, Any]] = [{} for _ in items]
+
+    def run(i: int) -> None:
+        try:
+            results[i]["value"] = fn(items[i])
+        except BaseException as e:  # noqa: BLE001 (re-raised in the waiting thread)
+            results[i]["error"] = e
+
+    workers = [threading.Thread(target=run, args=(i,), name=THREAD_NAME, daemon=True) for i in range(len(items))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        while worker.is_alive():
+            worker.join(0.1)
+    for result in results:
+        if "error" in result:
+            raise result["error"]
+    return [result["value"] for result in results]
 
 
 @contextmanager

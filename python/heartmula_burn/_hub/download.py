@@ -15,7 +15,7 @@ from .. import _core
 from .._atomic import check_replaceable, staged_folder
 from .._checkpoint import hub_source
 from .._errors import HubError, OutputError
-from ._client import _hf, _interruptible, hub_errors, human, progress_bars
+from ._client import _hf, _interruptible, hub_errors, human, parallel_map, progress_bars
 from .integrity import Checked, check_snapshot
 from .repos import RepoSpec
 
@@ -181,12 +181,14 @@ def download(
     say: Callable[[str], None] | None = None,
     quiet: bool = False,
     stream: bool = False,
+    planned: Callable[[list[Fetched]], object] | None = None,
 ) -> list[Fetched]:
     """Plans every repository first (so that a missing file or a full disk stops the run before a
-    byte is downloaded), then fetches each and checks its files against the Hub's digests.
-    `stream`: the shards stay on the Hub (named in each one's `streamed`), for `pack --hub --stream`."""
+    byte is downloaded), then fetches them and checks their files against the Hub's digests, the
+    repositories at once. `stream`: the shards stay on the Hub (named in each one's `streamed`),
+    for `pack --hub --stream`; `planned(plans)` is told before the fetching starts."""
     with progress_bars(not quiet):
-        plans = [plan(spec) for spec in specs]
+        plans = parallel_map(plan, specs)
         if stream:
             plans = [leave_shards(p) for p in plans]
         for p in plans:
@@ -199,9 +201,10 @@ def download(
                     + (f", {len(p.streamed)} shards ({human(streamed)}) to stream" if p.streamed else "")
                 )
         check_space(plans)
-        fetched = []
-        for p in plans:
-            fetched.append(check(fetch(p)))
+        if planned is not None:
+            planned(plans)
+        fetched = parallel_map(lambda p: check(fetch(p)), plans)
+        for p in fetched:
             if say is not None and p.checked is not None:
                 earlier = p.checked.files - p.checked.hashed_files
                 say(

@@ -8,14 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
-from .. import _core
 from .._checkpoint import load_checkpoints, load_model_folders
 from .._manifest import DEFAULT_Q_BLOCK
 from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manifests, plan_checkpoints
 from ._client import progress_bars
-from .download import download, lay_out
+from .download import Fetched, download, lay_out
 from .repos import RepoSpec, repo_specs
-from .stream import StreamClient, Streamer, remote_shards
+from .stream import STREAMS, StreamClient, Streamer, remote_shards
 
 
 def plan_hub(
@@ -53,19 +52,34 @@ def plan_hub_stream(
     say: Callable[[str], None] | None = None,
     quiet: bool = True,
     q_block: int = DEFAULT_Q_BLOCK,
+    connections: int = STREAMS,
 ) -> tuple[list[Job], list[str], Streamer]:
-    """As `plan_hub`, with the shards left on the Hub: the other files are fetched into the cache
-    and checked, each shard is resolved and its header fetched, and the packs are planned from
-    the headers. The Streamer's `stage` then streams the shards into the packs."""
-    fetched = download(specs, say=say, quiet=quiet, stream=True)
+    """As `plan_hub`, with the shards left on the Hub: the shards start streaming (their headers
+    first) while the other files are fetched into the cache and checked, and the packs are planned
+    from the headers. The Streamer's `stage` then streams the data into the packs; its `close`
+    must be called if the packs are not staged (the transfers wait for them)."""
     client = StreamClient()
-    with progress_bars(not quiet):
-        shards = remote_shards(fetched, client)
-    remote = {s.path: _core.parse_safetensors_head(s.path, s.head, s.size) for s in shards}
-    runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
-    checkpoints = load_model_folders([f.snapshot for f in fetched if f.spec.folder is not None], runtime, remote)
-    jobs, notes = plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
-    return jobs, notes, Streamer(client, shards, quiet=quiet)
+    streamers: list[Streamer] = []
+
+    def start(plans: list[Fetched]) -> None:
+        streamers.append(Streamer(client, remote_shards(plans, client), quiet=quiet, connections=connections))
+        streamers[0].start()
+
+    try:
+        fetched = download(specs, say=say, quiet=quiet, stream=True, planned=start)
+        streamer = streamers[0]
+        streamer.place({f.spec.repo: f.snapshot for f in fetched})
+        with progress_bars(not quiet):
+            remote = streamer.heads()
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        models = [f.snapshot for f in fetched if f.spec.folder is not None]
+        checkpoints = load_model_folders(models, runtime, remote)
+        jobs, notes = plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
+    except BaseException:
+        for s in streamers:
+            s.close()
+        raise
+    return jobs, notes, streamer
 
 
 def pack_hub(
@@ -84,6 +98,7 @@ def pack_hub(
     quiet: bool = True,
     q_block: int = DEFAULT_Q_BLOCK,
     stream: bool = False,
+    connections: int = STREAMS,
 ) -> Conversion:
     """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
     'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
@@ -96,7 +111,7 @@ def pack_hub(
     - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
     - `stream`: the shards are not downloaded: they are read from the Hub in ranges straight into
       the packs, each checked against its sha256 before anything is put in place (not with
-      `ckpt_root`). The result's `streamed` says what it took.
+      `ckpt_root`), `connections` at once (one per shard). The result's `streamed` says what it took.
 
     Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
     answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
@@ -107,17 +122,22 @@ def pack_hub(
     if stream:
         if ckpt_root is not None:
             raise ValueError("stream leaves the shards on the Hub: there is nothing to lay out in ckpt_root")
+        if not 1 <= connections <= 64:
+            raise ValueError(f"connections must be 1 to 64, not {connections}")
         jobs, notes, streamer = plan_hub_stream(
-            specs, output, dtype=dtype, any_model=any_model, quiet=quiet, q_block=q_block
+            specs, output, dtype=dtype, any_model=any_model, quiet=quiet, q_block=q_block, connections=connections
         )
-        result = pack_manifests(
-            jobs,
-            force=force,
-            burn_version=burn_version,
-            copy_extras=copy_extras,
-            notes=notes,
-            stage_packs=streamer.stage,
-        )
+        try:
+            result = pack_manifests(
+                jobs,
+                force=force,
+                burn_version=burn_version,
+                copy_extras=copy_extras,
+                notes=notes,
+                stage_packs=streamer.stage,
+            )
+        finally:
+            streamer.close()
         return dataclasses.replace(result, streamed=streamer.stats.to_dict())
     jobs, notes = plan_hub(
         specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block

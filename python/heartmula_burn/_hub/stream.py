@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import _core
@@ -33,8 +33,6 @@ from .download import Fetched
 
 if TYPE_CHECKING:
     from .._packing import Job
-
-T = TypeVar("T")
 
 # Bytes asked per range request: large, so that requests are few (a 5 GB shard in 20), and small
 # enough that a range asked again after an expired location is cheap.
@@ -66,7 +64,8 @@ class RemoteShard:
 
     label: str  # repository@commit, for errors
     name: str
-    path: Path  # where the shard would lie in the cache's snapshot: names it in the plan
+    repo: str
+    path: Path  # where the shard would lie in the cache's snapshot (`Streamer.place`): names it in the plan
     url: str  # the Hub URL, pinned to the commit (resolved again when the location expires)
     size: int
     sha256: str
@@ -110,11 +109,12 @@ class StreamClient:
         self.session = self.hf.utils.get_session()
         self.lock = threading.Lock()
         self.stats = StreamStats()
+        self.bar: Any = None  # the progress bar of the bytes fetched, once streaming starts
 
     def resolve(self, shard: RemoteShard) -> None:
         """Asks the Hub where the shard is (its redirect location), and checks it is still the
         file the run started with."""
-        with hub_errors(shard.label, shard.label.split("@")[0]):
+        with hub_errors(shard.label, shard.repo):
             meta = self.hf.get_hf_file_metadata(shard.url, retry_on_errors=True)
         sha256 = (meta.etag or "").lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -148,7 +148,7 @@ class StreamClient:
             if status != 206:
                 if status == 416 or status == 429 or status >= 500:
                     raise _Retry(f"answered {status}")
-                with hub_errors(shard.label, shard.label.split("@")[0]):
+                with hub_errors(shard.label, shard.repo):
                     self.hf.utils.hf_raise_for_status(response)
                 raise _Retry(f"answered {status}")
             expected = f"bytes {start}-{end - 1}/{shard.size}"
@@ -161,6 +161,8 @@ class StreamClient:
         with self.lock:
             self.stats.fetched_bytes += fetched
             self.stats.retries += retries
+            if self.bar is not None and fetched:
+                self.bar.update(fetched)
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -169,13 +171,13 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def remote_shards(fetched: Sequence[Fetched], client: StreamClient) -> list[RemoteShard]:
-    """Resolves every shard the repositories leave on the Hub and fetches its header, several at
-    once (each is three round trips: the resolve, the header's length, the header)."""
-    shards = [
+    """The shards the repositories leave on the Hub (`leave_shards`), still to be resolved."""
+    return [
         RemoteShard(
             f"{f.spec.repo}@{f.commit[:12]}",
             name,
-            f.snapshot / name,
+            f.spec.repo,
+            Path(name),
             client.hf.hf_hub_url(f.spec.repo, name, revision=f.commit),
             f.sizes.get(name, 0),
             "",
@@ -184,67 +186,6 @@ def remote_shards(fetched: Sequence[Fetched], client: StreamClient) -> list[Remo
         for f in fetched
         for name in f.streamed
     ]
-    in_threads(shards, lambda shard, _stop: _read_head(client, shard), STREAMS, "heartmula-burn-resolve")
-    return shards
-
-
-def _read_head(client: StreamClient, shard: RemoteShard) -> None:
-    client.resolve(shard)
-    if shard.size < 8:
-        raise HubError.at(
-            shard.label, f"{shard.name}: only {shard.size} bytes, shorter than a safetensors header length"
-        )
-    length_bytes = _fetch_exact(client, shard, 0, 8)
-    length = int.from_bytes(length_bytes, "little")
-    if length > MAX_HEADER_BYTES or 8 + length > shard.size:
-        raise HubError.at(
-            shard.label, f"{shard.name}: header length {length} does not fit in the file of {shard.size} bytes"
-        )
-    shard.head = length_bytes + _fetch_exact(client, shard, 8, 8 + length)
-
-
-def in_threads(items: Sequence[T], work: Callable[[T, threading.Event], object], count: int, name: str) -> None:
-    """Runs `work(item, stop)` for every item in up to `count` daemon threads, waiting in short
-    slices so that Ctrl-C and SIGTERM stop it at once; the first failure sets `stop` (the others
-    end at their next piece) and is raised here."""
-    todo = list(items)
-    stop = threading.Event()
-    lock = threading.Lock()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        while not stop.is_set():
-            with lock:
-                if not todo:
-                    return
-                item = todo.pop(0)
-            try:
-                work(item, stop)
-            except BaseException as e:  # noqa: BLE001 (raised again in the waiting thread)
-                with lock:
-                    failures.append(e)
-                stop.set()
-                return
-
-    threads = [threading.Thread(target=run, name=name, daemon=True) for _ in range(max(1, min(count, len(todo))))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
-    finally:
-        stop.set()  # a signal in the wait: the workers stop at their next piece
-    real = [e for e in failures if not isinstance(e, InterruptedError)]
-    if real:
-        raise real[0]
-
-
-def _fetch_exact(client: StreamClient, shard: RemoteShard, start: int, end: int) -> bytes:
-    """Bytes start..end-1 of a shard, with the retries of a streamed range (for headers)."""
-    pieces: list[bytes] = []
-    _with_retries(client, shard, start, end, lambda _offset, piece: pieces.append(piece), threading.Event())
-    return b"".join(pieces)
 
 
 def _with_retries(
@@ -254,9 +195,11 @@ def _with_retries(
     end: int,
     take: Callable[[int, bytes], object],
     stop: threading.Event,
+    boundary: Callable[[int], int] | None = None,
 ) -> None:
-    """Hands `take(offset, piece)` every byte of start..end-1 in order, asking again from the last
-    byte received after a fault; gives up after ATTEMPTS faults in a row without progress."""
+    """Hands `take(offset, piece)` every byte of start..end-1 in order, in ranges of RANGE_BYTES,
+    asking again from the last byte received after a fault; gives up after ATTEMPTS faults in a
+    row without progress. A piece ends at `boundary(offset)` (default: PIECE_BYTES on) or earlier."""
     position, failures = start, 0
     received = bytearray()  # what arrived since the last piece was handed on
 
@@ -268,20 +211,26 @@ def _with_retries(
             client.count(fetched=len(received))
             received.clear()
 
-    while True:
+    while position < end:
         before = position
         fault: Exception
         try:
-            with client.get_range(shard, position, end) as response:
+            with client.get_range(shard, position, min(position + RANGE_BYTES, end)) as response:
+                range_end = min(position + RANGE_BYTES, end)
                 for data in response.iter_bytes():
                     if stop.is_set():
                         raise InterruptedError
-                    received += data[: end - position - len(received)]
-                    if len(received) >= PIECE_BYTES or position + len(received) == end:
+                    received += data[: range_end - position - len(received)]
+                    limit = boundary(position) if boundary else position + PIECE_BYTES
+                    if position + len(received) >= min(limit, range_end):
                         hand_on()
-                    if position == end:
-                        return
-            fault = _Retry(f"the body ended at byte {position}, before byte {end}")
+                    if position == range_end:
+                        break
+            hand_on()
+            if position == range_end:
+                failures = 0
+                continue
+            fault = _Retry(f"the body ended at byte {position}, before byte {range_end}")
         except _Retry as e:
             fault = e
         except Exception as e:
@@ -299,17 +248,181 @@ def _with_retries(
             client.resolve(shard)
 
 
-class Streamer:
-    """Streams the shards into the packs: `stage` is `pack_manifests`' StagePacks."""
+class _ShardReader:
+    """One shard's bytes from its first: the header collected (and handed to the planner), then
+    the data fed to the packs once they are planned; everything hashed in order."""
 
-    def __init__(self, client: StreamClient, shards: Sequence[RemoteShard], *, quiet: bool) -> None:
+    def __init__(self, shard: RemoteShard, streamer: Streamer) -> None:
+        self.shard, self.streamer = shard, streamer
+        self.digest = hashlib.sha256()
+        self.head = bytearray()
+        self.data_start: int | None = None  # known once the header's length is
+
+    def boundary(self, position: int) -> int:
+        """Where the piece that starts at `position` must end: the header's length, the header,
+        then PIECE_BYTES at a time."""
+        if self.data_start is None:
+            return 8
+        if position < self.data_start:
+            return self.data_start
+        return position + PIECE_BYTES
+
+    def take(self, offset: int, piece: bytes) -> None:
+        self.digest.update(piece)
+        while piece:
+            if self.data_start is not None and offset >= self.data_start:
+                self.streamer.feed(self.shard, offset, piece)
+                return
+            part = piece[: self.boundary(offset) - offset]
+            self.head += part
+            offset += len(part)
+            piece = piece[len(part) :]
+            if self.data_start is None and len(self.head) == 8:
+                self.data_start = 8 + self._header_length()
+            if len(self.head) == self.data_start:
+                self.shard.head = bytes(self.head)
+                self.streamer.head_read()
+                self.streamer.wait_planned()  # holding the connection: the Hub waits on TCP's window
+
+    def _header_length(self) -> int:
+        shard = self.shard
+        length = int.from_bytes(self.head[:8], "little")
+        if length > MAX_HEADER_BYTES or 8 + length > shard.size:
+            raise HubError.at(
+                shard.label, f"{shard.name}: header length {length} does not fit in the file of {shard.size} bytes"
+            )
+        return length
+
+    def check(self) -> None:
+        got = self.digest.hexdigest()
+        if got != self.shard.sha256:
+            shard = self.shard
+            raise HubError.at(
+                shard.label,
+                f"{shard.name}: the bytes received have sha256 {got}, the Hub gave {shard.sha256}; nothing was written",
+            )
+
+
+class Streamer:
+    """The shards from the Hub into the packs. `start` resolves every shard and reads its header
+    (the largest `connections` shards in the request that then goes on with their data, held until
+    the packs are planned; the others by two small ranges); `heads` waits for the headers; `stage`
+    (`pack_manifests`' StagePacks) plans the packs and streams the data into them; `close` stops
+    everything and leaves nothing behind."""
+
+    def __init__(
+        self, client: StreamClient, shards: Sequence[RemoteShard], *, quiet: bool, connections: int = STREAMS
+    ) -> None:
         self.client = client
-        self.shards = list(shards)
+        self.shards = sorted(shards, key=lambda s: -s.size)  # the largest first: they set the wall time
         self.quiet = quiet
+        self.connections = connections
+        self.stop = threading.Event()
+        self.planned = threading.Event()
+        self.slots = threading.Semaphore(connections)
+        self.packs: _core.StreamedPacks | None = None
+        self.lock = threading.Lock()
+        self.heads_left = len(self.shards)
+        self.failures: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+        self.started = 0.0
 
     @property
     def stats(self) -> StreamStats:
         return self.client.stats
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.client.stats.shards = len(self.shards)
+        self.client.bar = self.client.hf.utils.tqdm(
+            total=sum(s.size for s in self.shards),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="stream",
+            disable=self.quiet or None,
+        )
+        for i, shard in enumerate(self.shards):
+            thread = threading.Thread(
+                target=self._run, args=(shard, i < self.connections), name="heartmula-burn-stream", daemon=True
+            )
+            self.threads.append(thread)
+            thread.start()
+
+    def place(self, snapshots: dict[str, Path]) -> None:
+        """Names each shard by where it would lie in its repository's snapshot in the cache (the
+        folder the other files were fetched to), as the plan names shards. Before `heads`."""
+        for shard in self.shards:
+            shard.path = snapshots[shard.repo] / shard.name
+
+    def _run(self, shard: RemoteShard, eager: bool) -> None:
+        started = time.perf_counter()
+        reader = _ShardReader(shard, self)
+        try:
+            self.client.resolve(shard)
+            if eager:  # the header, then (once planned) the data, in one request
+                self._acquire()
+                try:
+                    _with_retries(self.client, shard, 0, shard.size, reader.take, self.stop, reader.boundary)
+                finally:
+                    self.slots.release()
+            else:  # the header alone now; the data when a connection is free
+                _with_retries(self.client, shard, 0, 8, reader.take, self.stop, reader.boundary)
+                _with_retries(self.client, shard, 8, reader.data_start or 8, reader.take, self.stop, reader.boundary)
+                self.wait_planned()
+                self._acquire()
+                try:
+                    start = reader.data_start or 8
+                    _with_retries(self.client, shard, start, shard.size, reader.take, self.stop, reader.boundary)
+                finally:
+                    self.slots.release()
+            reader.check()
+        except BaseException as e:  # noqa: BLE001 (raised again in the waiting thread)
+            with self.lock:
+                self.failures.append(e)
+            self.stop.set()
+            return
+        with self.lock:
+            self.client.stats.shard_seconds[shard.name] = time.perf_counter() - started
+
+    def _acquire(self) -> None:
+        while not self.slots.acquire(timeout=0.1):
+            if self.stop.is_set():
+                raise InterruptedError
+
+    def head_read(self) -> None:
+        with self.lock:
+            self.heads_left -= 1
+
+    def wait_planned(self) -> None:
+        while not self.planned.wait(0.1):
+            if self.stop.is_set():
+                raise InterruptedError
+        if self.stop.is_set():
+            raise InterruptedError
+
+    def feed(self, shard: RemoteShard, offset: int, piece: bytes) -> None:
+        assert self.packs is not None
+        self.packs.feed(shard.path, offset, piece)
+
+    def _raise_failure(self) -> None:
+        with self.lock:
+            real = [e for e in self.failures if not isinstance(e, InterruptedError)]
+        if real:
+            raise real[0]
+
+    def heads(self) -> dict[Path, tuple[list[_core.SourceTensor], dict[str, str]]]:
+        """Every shard's tensors and metadata, parsed from its header (waits for them in short
+        slices, so that Ctrl-C and SIGTERM stop it at once)."""
+        while True:
+            self._raise_failure()
+            with self.lock:
+                if self.heads_left == 0:
+                    break
+            if self.stop.wait(0.02):
+                self._raise_failure()
+                raise InterruptedError
+        return {s.path: _core.parse_safetensors_head(s.path, s.head, s.size) for s in self.shards}
 
     def stage(
         self, jobs: Sequence[Job], burn_version: str, force: bool
@@ -321,52 +434,30 @@ class Streamer:
             burn_version=burn_version,
         )
         try:
-            self._stream(packs)
+            self.packs = packs
+            self.planned.set()
+            for t in self.threads:
+                while t.is_alive():
+                    t.join(0.1)
+            self._raise_failure()
+            if self.stop.is_set():
+                raise InterruptedError
+            self._finish_stats()
             return packs.finish()
         finally:
-            packs.discard()  # after finish: nothing left to discard
+            self.close()
 
-    def _stream(self, packs: _core.StreamedPacks) -> None:
+    def _finish_stats(self) -> None:
         stats = self.client.stats
-        stats.shards = len(self.shards)
-        lock = threading.Lock()
-        started = time.perf_counter()
-        bar = self.client.hf.utils.tqdm(
-            total=sum(s.size for s in self.shards),
-            initial=sum(s.data_start for s in self.shards),
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="stream",
-            disable=self.quiet or None,
-        )
-
-        def one(shard: RemoteShard, stop: threading.Event) -> None:
-            digest = hashlib.sha256(shard.head)
-            shard_started = time.perf_counter()
-
-            def take(offset: int, piece: bytes) -> None:
-                packs.feed(shard.path, offset, piece)
-                digest.update(piece)
-                with lock:
-                    bar.update(len(piece))
-
-            _with_retries(self.client, shard, shard.data_start, shard.size, take, stop)
-            got = digest.hexdigest()
-            if got != shard.sha256:
-                raise HubError.at(
-                    shard.label,
-                    f"{shard.name}: the bytes received have sha256 {got}, the Hub gave {shard.sha256}; "
-                    "nothing was written",
-                )
-            with lock:
-                stats.shard_seconds[shard.name] = time.perf_counter() - shard_started
-
-        # The largest first: the slowest shard sets the wall time.
-        try:
-            in_threads(sorted(self.shards, key=lambda s: -s.size), one, STREAMS, "heartmula-burn-stream")
-        finally:
-            bar.close()
-        stats.seconds = time.perf_counter() - started
+        stats.seconds = time.perf_counter() - self.started
         if stats.shard_seconds:
             stats.slowest_shard, stats.slowest_shard_seconds = max(stats.shard_seconds.items(), key=lambda kv: kv[1])
+
+    def close(self) -> None:
+        """Stops every transfer (each ends at its next piece) and deletes the staged packs, if
+        not finished. Does nothing the second time."""
+        self.stop.set()
+        if self.packs is not None:
+            self.packs.discard()
+        if self.client.bar is not None:
+            self.client.bar.close()
