@@ -19,7 +19,7 @@ use crate::source::{Shard, SourceTensor};
 /// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
 /// are seen several times a second, large enough that syscall overhead does not show.
 const COPY_CHUNK: u64 = 64 << 20;
-const CONVERT_CHUNK: u64 = 8 << 20;
+pub(crate) const CONVERT_CHUNK: u64 = 8 << 20;
 /// Output is handed to the disk in windows of this size as it is written, with this many windows
 /// (1 GiB) still in flight before the writer waits for the oldest (see `Writeback`). Measured on
 /// cold caches: 16 beat 1 and 4, and all beat leaving it to the kernel and one final fsync.

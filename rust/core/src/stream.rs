@@ -14,15 +14,12 @@ use std::time::Instant;
 use crate::burnpack::PackLayout;
 use crate::cast::Converter;
 use crate::dtype::DType;
-use crate::engine::{check_item, WriteSummary};
+use crate::engine::{check_item, WriteSummary, CONVERT_CHUNK};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 use crate::pack::PackRequest;
 use crate::quant;
 use crate::source::{parse_safetensors_head, SourceTensor};
-
-/// Elements converted per call, as the copy engine converts them (about 8 MiB of f32).
-const CONVERT_CHUNK: u64 = 8 << 20;
 
 /// A safetensors file known by its header and size alone: its data is still to come.
 #[derive(Debug, Clone)]
@@ -426,7 +423,9 @@ mod tests {
             let done = packs.finish().unwrap();
             assert_eq!(done.len(), 1);
             let summary = &done[0].0;
+            // Copied: w (192 f32). Converted: w.bf16 (192 x 2), q (192 i8 + 6 f32 scales), h (35 x 2).
             assert_eq!((summary.tensors, summary.buffer_copied), (5, 192 * 4));
+            assert_eq!(summary.converted, 192 * 2 + (192 + 6 * 4) + 35 * 2);
             for (_, staged) in done {
                 staged.commit().unwrap();
             }
@@ -444,13 +443,27 @@ mod tests {
         write_shard(&a, &[("w", "F32", vec![4], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
         let (bytes, shard) = remote(&a);
         let start = shard.data_start as usize;
+        let other = dir.path().join("b.safetensors");
+        write_shard(&other, &[("v", "F32", vec![1], f32_bytes(&[5.0]))]);
+        let (_, other_shard) = remote(&other);
         let packs = StreamedPacks::stage(
             &[request(vec![item("w", &a, "w", DType::F32)], dir.path().join("o.bpk"))],
-            vec![shard],
+            vec![other_shard, shard],
         )
         .unwrap();
+        assert_eq!(
+            (packs.shard_index(&other).unwrap(), packs.shard_index(&a).unwrap()),
+            (0, 1)
+        );
         let err = packs
-            .feed(0, start as u64 + 4, &bytes[start + 4..])
+            .shard_index(&dir.path().join("c.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not among the shards being streamed"), "{err}");
+        let other_start = packs.shards[0].lock().unwrap().next;
+        packs.feed(0, other_start, &5.0f32.to_le_bytes()).unwrap();
+        let err = packs
+            .feed(1, start as u64 + 4, &bytes[start + 4..])
             .unwrap_err()
             .to_string();
         assert!(
@@ -460,7 +473,7 @@ mod tests {
             )),
             "{err}"
         );
-        let err = packs.feed(0, start as u64, &[0; 17]).unwrap_err().to_string();
+        let err = packs.feed(1, start as u64, &[0; 17]).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
                 "up to offset {} arrived for a file of {}",
@@ -469,7 +482,7 @@ mod tests {
             )),
             "{err}"
         );
-        packs.feed(0, start as u64, &bytes[start..start + 8]).unwrap();
+        packs.feed(1, start as u64, &bytes[start..start + 8]).unwrap();
         let err = packs.finish().err().unwrap().to_string();
         assert!(
             err.contains(&format!("only {} of its {} bytes arrived", start + 8, bytes.len())),
@@ -511,5 +524,40 @@ mod tests {
         assert!(err.contains("of the header's"), "{err}");
         let err = RemoteShard::parse(&a, head, 20).unwrap_err().to_string();
         assert!(err.contains("does not fit in the file of 20 bytes"), "{err}");
+        // A header one byte longer than the file can hold; the size or the head under 8 bytes.
+        let too_long = shard.data_start - 1;
+        let err = RemoteShard::parse(&a, head, too_long).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("does not fit in the file of {too_long} bytes")),
+            "{err}"
+        );
+        for (head, size) in [(&head[..5], 1000), (head, 4)] {
+            let err = RemoteShard::parse(&a, head, size).unwrap_err().to_string();
+            assert!(err.contains("shorter than the 8-byte header length"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_head_may_run_past_its_header_and_the_length_is_bounded_as_safetensors_bounds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        // No tensors: the file ends with its header, so its length is exactly the file's size - 8.
+        write_shard(&a, &[]);
+        let bytes = std::fs::read(&a).unwrap();
+        let mut head = bytes.clone();
+        head.extend_from_slice(b"what came after");
+        let shard = RemoteShard::parse(&a, &head, bytes.len() as u64).unwrap();
+        assert_eq!((shard.data_start, shard.tensors.len()), (bytes.len() as u64, 0));
+        // The safetensors crate's bound: a length of 100,000,000 is read (here: not at hand), one
+        // more is refused before anything is read.
+        for (n, expected) in [
+            (100_000_000u64, "of the header's 100000000 bytes are at hand"),
+            (100_000_001, "does not fit"),
+        ] {
+            let err = RemoteShard::parse(&a, &n.to_le_bytes(), 1 << 40)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{n}: {err}");
+        }
     }
 }
