@@ -80,8 +80,6 @@ struct ShardState {
     next: u64,
     size: u64,
     segments: Vec<Segment>,
-    /// Segments before this one are complete.
-    first: usize,
     values: Vec<u8>,
     scales: Vec<u8>,
 }
@@ -97,7 +95,8 @@ pub struct StreamedPacks {
     copied: Vec<u64>,
     converted: Vec<u64>,
     plan_seconds: f64,
-    started: Instant,
+    /// When staging ended and the data could begin to arrive.
+    staged: Instant,
 }
 
 impl StreamedPacks {
@@ -166,9 +165,7 @@ impl StreamedPacks {
                         format!("{} elements do not make whole {} blocks", segment.elements, item.dtype),
                     ));
                 }
-                if tensor.byte_len > 0 {
-                    segments[s].push(segment);
-                }
+                segments[s].push(segment); // an empty tensor's segment takes an empty piece: nothing
             }
             let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
             out.write_at(&layout.preamble(), 0)?;
@@ -187,7 +184,6 @@ impl StreamedPacks {
                     next: shard.data_start,
                     size: shard.size,
                     segments,
-                    first: 0,
                     values: Vec::new(),
                     scales: Vec::new(),
                 })
@@ -201,7 +197,7 @@ impl StreamedPacks {
             copied,
             converted,
             plan_seconds: started.elapsed().as_secs_f64(),
-            started,
+            staged: Instant::now(),
         })
     }
 
@@ -234,17 +230,15 @@ impl StreamedPacks {
                 format!("bytes up to offset {end} arrived for a file of {} bytes", state.size),
             ));
         }
-        while state.first < state.segments.len() && state.segments[state.first].end <= offset {
-            state.first += 1;
-        }
-        for segment in &mut state.segments[state.first..] {
+        // Every segment, in order: a few hundred per shard, against pieces of megabytes.
+        for segment in &mut state.segments {
+            if segment.end <= offset {
+                continue; // complete before this piece
+            }
             if segment.start >= end {
-                break;
+                break; // after it, as every later one
             }
             let (lo, hi) = (segment.start.max(offset), segment.end.min(end));
-            if lo >= hi {
-                continue;
-            }
             let piece = &bytes[(lo - offset) as usize..(hi - offset) as usize];
             let out = &self.outputs[segment.output];
             if segment.converter.is_none() {
@@ -269,7 +263,7 @@ impl StreamedPacks {
                 ));
             }
         }
-        let data_seconds = self.started.elapsed().as_secs_f64() - self.plan_seconds;
+        let data_seconds = self.staged.elapsed().as_secs_f64();
         let mut done = Vec::with_capacity(self.outputs.len());
         for (i, (out, layout)) in self.outputs.into_iter().zip(&self.layouts).enumerate() {
             let synced = Instant::now();
@@ -434,6 +428,35 @@ mod tests {
                 "pieces {pieces:?}"
             );
         }
+    }
+
+    /// A piece larger than a conversion chunk (8 MiB of f32) is converted in several runs, each
+    /// of whole blocks, written where it lies.
+    #[test]
+    fn a_piece_longer_than_a_conversion_chunk_converts_in_whole_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        let n = (3 << 20) + 96; // 12 MiB of f32, in blocks of 32
+        write_shard(&a, &[("big", "F32", vec![n as u64 / 32, 32], f32_bytes(&values(n, 7)))]);
+        let items = |out: &str| {
+            let mut r = request(
+                vec![item("q", &a, "big", DType::Q8S(32)), item("h", &a, "big", DType::BF16)],
+                dir.path().join(out),
+            );
+            r.target = BurnTarget::V0_22;
+            r
+        };
+        let (_, staged) = pack_staged(&items("packed.bpk"), &mut |_| true).unwrap();
+        staged.commit().unwrap();
+        let (bytes, shard) = remote(&a);
+        let start = shard.data_start;
+        let packs = StreamedPacks::stage(&[items("streamed.bpk")], vec![shard]).unwrap();
+        packs.feed(0, start, &bytes[start as usize..]).unwrap();
+        for (_, staged) in packs.finish().unwrap() {
+            staged.commit().unwrap();
+        }
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        assert!(read("streamed.bpk") == read("packed.bpk"));
     }
 
     #[test]
