@@ -1,7 +1,8 @@
 """The Hugging Face Hub at both ends: fetch the three upstream repositories a conversion needs, and
 push a publish-layout folder as one commit. Everything goes through `huggingface_hub` (its cache,
 resumable downloads, progress bars, HF_TOKEN / `hf auth login`, HF_HUB_OFFLINE,
-HF_ENDPOINT); nothing here speaks HTTP itself.
+HF_ENDPOINT); nothing here speaks HTTP itself but through huggingface_hub's own session and
+headers (`stream`: shards read by range straight into packs).
 
 Files are downloaded into the Hugging Face cache, never copied out of it: a CKPT_ROOT made by
 `download` holds symbolic links into the cache's snapshot folders. The 22 GB are stored once,

@@ -1,12 +1,14 @@
 """`pack --hub --stream`: the shards read from the Hub straight into the packs, never stored.
 
 Each shard is resolved once through huggingface_hub (`get_hf_file_metadata`: its size, commit,
-LFS sha256 and the signed location it redirects to), its header fetched with two range requests
-(the 8-byte length, then the header), and the packs planned from the headers exactly as from files.
-Then every shard streams in its own thread, in ranges of `RANGE_BYTES` sent to the location through
-huggingface_hub's own HTTP session, each piece written at its final offsets by the core (cast or
-quantized on the way) and hashed in order. Nothing is committed before every shard's sha256 matches
-the Hub's. Memory is the pieces in flight: one per shard.
+LFS sha256 and the signed location it redirects to) and read from its first byte, in ranges of
+`RANGE_BYTES` sent to the location through huggingface_hub's own HTTP session, one connection per
+shard (`connections` at once). Its header goes to the planner while the other files of the
+repositories are fetched, and the connection is held until every pack is planned from the headers,
+exactly as from files; then each piece of data is written at its final offsets by the core (cast
+or quantized on the way). Every shard is hashed in order, and nothing is put in place before every
+sha256 matches the Hub's. Memory is the pieces in flight: one per shard. Shards beyond
+`connections` read their header alone (two small ranges) and their data when a connection frees.
 
 Faults: a connection cut or stalled, a 5xx or 429, a 200 (the whole file) or a wrong
 `Content-Range` in answer to a range, a 416, a short body: the range is asked again from the last
