@@ -81,8 +81,9 @@ class RemoteShard:
 
 @dataclass
 class StreamStats:
-    """What streaming took: bytes received (retried bytes included), retries, wall seconds, and
-    the shard that took longest."""
+    """What streaming took: bytes received (a range asked again starts after the last byte
+    received, so no byte counts twice), retries, wall seconds from the first request to the last
+    byte, and the shard that took longest."""
 
     shards: int = 0
     fetched_bytes: int = 0
