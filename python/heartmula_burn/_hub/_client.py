@@ -100,27 +100,12 @@ def _interruptible(fn: Callable[[], T]) -> T:
     the main thread at once: huggingface_hub's download pool joins its threads before it lets an
     exception out, which for a 5 GB shard would mean minutes. (Its files are written under
     temporary names and renamed when complete, so leaving mid-file leaves no half file.)"""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 (re-raised in the waiting thread)
-            box["error"] = e
-
-    worker = threading.Thread(target=run, name=THREAD_NAME, daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return parallel_map(lambda _: fn(), [None])[0]
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """`fn` over every item at once, one daemon thread each (the repositories of a run), waited for
-    in short slices so that Ctrl-C and SIGTERM raise at once; the results in order, or the
-    exception of the first item that failed."""
+    as `wait_for` waits; the results in order, or the exception of the first item that failed."""
     results: list[dict[str, Any]] = [{} for _ in items]
 
     def run(i: int) -> None:
@@ -132,13 +117,19 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     workers = [threading.Thread(target=run, args=(i,), name=THREAD_NAME, daemon=True) for i in range(len(items))]
     for worker in workers:
         worker.start()
-    for worker in workers:
-        while worker.is_alive():
-            worker.join(0.1)
+    wait_for(workers)
     for result in results:
         if "error" in result:
             raise result["error"]
     return [result["value"] for result in results]
+
+
+def wait_for(threads: Sequence[threading.Thread]) -> None:
+    """Waits for the threads in short slices: a plain join would keep Ctrl-C and SIGTERM from
+    raising in the main thread until they end."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.1)
 
 
 @contextmanager

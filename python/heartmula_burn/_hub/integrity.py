@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import HubError
+from ._client import wait_for
 
 CHUNK = 8 << 20
 # Where a blob that matched its name records it: "size:mtime_ns:inode" of the file it hashed.
@@ -177,9 +178,7 @@ def check_snapshot(
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
+        wait_for(threads)
     finally:
         stop.set()  # a signal in the wait: the workers stop at their next chunk
     real = [e for e in failures if not isinstance(e, InterruptedError)]

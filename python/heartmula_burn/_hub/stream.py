@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .. import _core
 from .._errors import HubError
-from ._client import _hf, hub_errors, is_transport_error
+from ._client import _hf, hub_errors, is_transport_error, wait_for
 from .download import Fetched
 
 if TYPE_CHECKING:
@@ -439,9 +439,7 @@ class Streamer:
         try:
             self.packs = packs
             self.planned.set()
-            for t in self.threads:
-                while t.is_alive():
-                    t.join(0.1)
+            wait_for(self.threads)
             self._raise_failure()
             if self.stop.is_set():
                 raise InterruptedError
