@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn, TextIO
 
 from .. import _hub as hub
+from .._hub.stream import MAX_CONNECTIONS, checked_connections
 from .._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES
 from .._packing import (
     NARROW_NOTE,
@@ -162,9 +163,10 @@ def _connections(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r}: 1 to 64 connections")
-    return value
+    try:
+        return checked_connections(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: 1 to {MAX_CONNECTIONS} connections") from None
 
 
 def _count(text: str) -> int:

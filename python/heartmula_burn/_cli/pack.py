@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 from typing import Any
 
-from .._hub.packing import plan_hub, plan_hub_stream
+from .._hub.packing import pack_streamed, plan_hub, plan_hub_stream
 from .._hub.stream import STREAMS, Streamer
 from .._manifest import Manifest
 from .._packing import (
@@ -172,25 +171,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         burn_version = target_burn_version(jobs, args.burn_version)  # a quantized manifest needs 0.22
     except ValueError as e:
-        raise UsageError(str(e)) from None
-    with contextlib.ExitStack() as bars:
         if streamer is not None:
-            bars.callback(streamer.close)  # the transfers stop if the packs are not staged
-
-        def progress(job: Job) -> ProgressFn | None:
-            return bars.enter_context(_progress_bar(args.quiet, job.output.name))
-
-        result = pack_manifests(
-            jobs,
-            force=args.force,
-            burn_version=burn_version,
-            progress_for=progress,
-            copy_extras=not args.no_extras,
-            notes=notes,
-            stage_packs=streamer.stage if streamer else None,
-        )
+            streamer.close()  # the transfers wait for packs that will not be staged
+        raise UsageError(str(e)) from None
     if streamer is not None:
-        result = dataclasses.replace(result, streamed=streamer.stats.to_dict())
+        result = pack_streamed(
+            streamer, jobs, force=args.force, burn_version=burn_version, copy_extras=not args.no_extras, notes=notes
+        )
+    else:
+        with contextlib.ExitStack() as bars:
+
+            def progress(job: Job) -> ProgressFn | None:
+                return bars.enter_context(_progress_bar(args.quiet, job.output.name))
+
+            result = pack_manifests(
+                jobs,
+                force=args.force,
+                burn_version=burn_version,
+                progress_for=progress,
+                copy_extras=not args.no_extras,
+                notes=notes,
+            )
     _report_pack(args, result)
     return 0
 

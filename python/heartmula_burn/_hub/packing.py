@@ -14,7 +14,7 @@ from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manife
 from ._client import progress_bars
 from .download import Fetched, download, lay_out
 from .repos import RepoSpec, repo_specs
-from .stream import STREAMS, StreamClient, Streamer, remote_shards
+from .stream import STREAMS, StreamClient, Streamer, checked_connections, remote_shards
 
 
 def plan_hub(
@@ -122,26 +122,46 @@ def pack_hub(
     if stream:
         if ckpt_root is not None:
             raise ValueError("stream leaves the shards on the Hub: there is nothing to lay out in ckpt_root")
-        if not 1 <= connections <= 64:
-            raise ValueError(f"connections must be 1 to 64, not {connections}")
         jobs, notes, streamer = plan_hub_stream(
-            specs, output, dtype=dtype, any_model=any_model, quiet=quiet, q_block=q_block, connections=connections
+            specs,
+            output,
+            dtype=dtype,
+            any_model=any_model,
+            quiet=quiet,
+            q_block=q_block,
+            connections=checked_connections(connections),
         )
-        try:
-            result = pack_manifests(
-                jobs,
-                force=force,
-                burn_version=burn_version,
-                copy_extras=copy_extras,
-                notes=notes,
-                stage_packs=streamer.stage,
-            )
-        finally:
-            streamer.close()
-        return dataclasses.replace(result, streamed=streamer.stats.to_dict())
+        return pack_streamed(
+            streamer, jobs, force=force, burn_version=burn_version, copy_extras=copy_extras, notes=notes
+        )
     jobs, notes = plan_hub(
         specs, output, dtype=dtype, any_model=any_model, ckpt_root=ckpt_root, force=force, quiet=quiet, q_block=q_block
     )
     return pack_manifests(
         jobs, force=force, burn_version=burn_version, progress=progress, copy_extras=copy_extras, notes=notes
     )
+
+
+def pack_streamed(
+    streamer: Streamer,
+    jobs: Sequence[Job],
+    *,
+    force: bool,
+    burn_version: str | None,
+    copy_extras: bool,
+    notes: Sequence[str],
+) -> Conversion:
+    """`pack_manifests` with the streamer writing the packs (see `plan_hub_stream`). Its
+    transfers stop whatever happens; the result's `streamed` says what they took."""
+    try:
+        result = pack_manifests(
+            jobs,
+            force=force,
+            burn_version=burn_version,
+            copy_extras=copy_extras,
+            notes=notes,
+            stage_packs=streamer.stage,
+        )
+    finally:
+        streamer.close()
+    return dataclasses.replace(result, streamed=streamer.stats.to_dict())

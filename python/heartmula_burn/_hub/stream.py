@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 RANGE_BYTES = 256 << 20
 # Bytes handed to the core and the hash at a time: the memory each shard holds.
 PIECE_BYTES = 4 << 20
-# Shards streamed at once (one connection each).
+# Shards streamed at once (one connection each), by default and at most.
 STREAMS = 8
+MAX_CONNECTIONS = 64
 # Attempts in a row without a byte of progress before a shard is given up, and the waits between.
 ATTEMPTS = 6
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -50,6 +51,13 @@ BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 TIMEOUT_SECONDS = 60.0
 # The safetensors crate's bound on a header: a larger length is refused before it is fetched.
 MAX_HEADER_BYTES = 100_000_000
+
+
+def checked_connections(connections: int) -> int:
+    """`connections` if it is within 1..MAX_CONNECTIONS; a ValueError saying so otherwise."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ValueError(f"connections must be 1 to {MAX_CONNECTIONS}, not {connections}")
+    return connections
 
 
 class _Retry(Exception):
@@ -72,11 +80,7 @@ class RemoteShard:
     size: int
     sha256: str
     location: str
-    head: bytes = b""
-
-    @property
-    def data_start(self) -> int:
-        return len(self.head)
+    head: bytes = b""  # the 8-byte length and the header, once read
 
 
 @dataclass
@@ -284,7 +288,6 @@ class _ShardReader:
                 self.data_start = 8 + self._header_length()
             if len(self.head) == self.data_start:
                 self.shard.head = bytes(self.head)
-                self.streamer.head_read()
                 self.streamer.wait_planned()  # holding the connection: the Hub waits on TCP's window
 
     def _header_length(self) -> int:
@@ -325,7 +328,6 @@ class Streamer:
         self.slots = threading.Semaphore(connections)
         self.packs: _core.StreamedPacks | None = None
         self.lock = threading.Lock()
-        self.heads_left = len(self.shards)
         self.failures: list[BaseException] = []
         self.threads: list[threading.Thread] = []
         self.started = 0.0
@@ -371,12 +373,13 @@ class Streamer:
                     self.slots.release()
             else:  # the header alone now; the data when a connection is free
                 _with_retries(self.client, shard, 0, 8, reader.take, self.stop, reader.boundary)
-                _with_retries(self.client, shard, 8, reader.data_start or 8, reader.take, self.stop, reader.boundary)
+                header_end = reader.data_start
+                assert header_end is not None  # the 8 bytes just read gave it
+                _with_retries(self.client, shard, 8, header_end, reader.take, self.stop, reader.boundary)
                 self.wait_planned()
                 self._acquire()
                 try:
-                    start = reader.data_start or 8
-                    _with_retries(self.client, shard, start, shard.size, reader.take, self.stop, reader.boundary)
+                    _with_retries(self.client, shard, header_end, shard.size, reader.take, self.stop, reader.boundary)
                 finally:
                     self.slots.release()
             reader.check()
@@ -392,10 +395,6 @@ class Streamer:
         while not self.slots.acquire(timeout=0.1):
             if self.stop.is_set():
                 raise InterruptedError
-
-    def head_read(self) -> None:
-        with self.lock:
-            self.heads_left -= 1
 
     def wait_planned(self) -> None:
         while not self.planned.wait(0.1):
@@ -419,9 +418,8 @@ class Streamer:
         slices, so that Ctrl-C and SIGTERM stop it at once)."""
         while True:
             self._raise_failure()
-            with self.lock:
-                if self.heads_left == 0:
-                    break
+            if all(s.head for s in self.shards):
+                break
             if self.stop.wait(0.02):
                 self._raise_failure()
                 raise InterruptedError
