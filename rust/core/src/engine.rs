@@ -84,27 +84,43 @@ pub(crate) fn resolve(items: &[TensorRequest]) -> Result<Resolved> {
             shards.push(Shard::open(&item.source)?);
         }
     }
+    let locations = {
+        let views: Vec<ShardView> = shards
+            .iter()
+            .map(|s| (s.path.as_path(), s.is_npy, s.tensors.as_slice()))
+            .collect();
+        locate(items, &shard_of, &views)?
+    };
+    Ok(Resolved { shards, locations })
+}
+
+/// What `locate` reads of a shard: its path (for errors), whether it is a `.npy` file, its tensors.
+pub(crate) type ShardView<'a> = (&'a Path, bool, &'a [SourceTensor]);
+
+/// Finds every item's tensor among `shards` (`shard_of`: a shard's index by path) and checks it
+/// against what the shard really holds: (shard, tensor, source dtype) per item.
+pub(crate) fn locate(
+    items: &[TensorRequest],
+    shard_of: &HashMap<PathBuf, usize>,
+    shards: &[ShardView],
+) -> Result<Vec<(usize, usize, DType)>> {
     let lookups: Vec<HashMap<&str, usize>> = shards
         .iter()
-        .map(|s| {
-            s.tensors
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.name.as_str(), i))
-                .collect()
-        })
+        .map(|(_, _, tensors)| tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect())
         .collect();
-    let mut locations = Vec::with_capacity(items.len());
-    for item in items {
-        let s = shard_of[&item.source];
-        let t = *lookups[s]
-            .get(item.key.as_str())
-            .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "not found in this file"))?;
-        let shard = &shards[s];
-        let source_dtype = check_item(&shard.path, shard.is_npy, &shard.tensors[t], item)?;
-        locations.push((s, t, source_dtype));
-    }
-    Ok(Resolved { shards, locations })
+    items
+        .iter()
+        .map(|item| {
+            let s = *shard_of
+                .get(&item.source)
+                .ok_or_else(|| Error::source(&item.source, "not among the shards being read"))?;
+            let t = *lookups[s]
+                .get(item.key.as_str())
+                .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "not found in this file"))?;
+            let (path, is_npy, tensors) = shards[s];
+            Ok((s, t, check_item(path, is_npy, &tensors[t], item)?))
+        })
+        .collect()
 }
 
 /// Checks an item against what its shard (`path`) really holds; returns the source dtype.

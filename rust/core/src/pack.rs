@@ -23,21 +23,23 @@ pub struct PackRequest {
 /// Plans the pack without writing anything: opens shards, checks every item, lays the file out.
 fn plan(request: &PackRequest) -> Result<(PackLayout, Resolved)> {
     let resolved = resolve(&request.items)?;
+    let shapes = resolved
+        .locations
+        .iter()
+        .map(|&(s, t, _)| &resolved.shards[s].tensors[t].shape);
+    let layout = layout(request, shapes)?;
+    Ok((layout, resolved))
+}
+
+/// Lays the pack out: each item under its name, dtype and param_id, with its source's `shapes`.
+pub(crate) fn layout<'a>(request: &PackRequest, shapes: impl Iterator<Item = &'a Vec<u64>>) -> Result<PackLayout> {
     let specs = request
         .items
         .iter()
-        .zip(&resolved.locations)
-        .map(|(item, &(s, t, _))| {
-            (
-                item.name.clone(),
-                item.dtype,
-                resolved.shards[s].tensors[t].shape.clone(),
-                item.param_id,
-            )
-        })
+        .zip(shapes)
+        .map(|(item, shape)| (item.name.clone(), item.dtype, shape.clone(), item.param_id))
         .collect();
-    let layout = PackLayout::plan(specs, request.metadata.clone(), request.target, &request.output)?;
-    Ok((layout, resolved))
+    PackLayout::plan(specs, request.metadata.clone(), request.target, &request.output)
 }
 
 /// Refuses an output that would overwrite one of the inputs.

@@ -14,10 +14,10 @@ use std::time::Instant;
 use crate::burnpack::PackLayout;
 use crate::cast::Converter;
 use crate::dtype::DType;
-use crate::engine::{check_item, WriteSummary, CONVERT_CHUNK};
+use crate::engine::{locate, ShardView, WriteSummary, CONVERT_CHUNK};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
-use crate::pack::PackRequest;
+use crate::pack::{layout, PackRequest};
 use crate::quant;
 use crate::source::{parse_safetensors_head, SourceTensor};
 
@@ -106,39 +106,20 @@ impl StreamedPacks {
     pub fn stage(requests: &[PackRequest], shards: Vec<RemoteShard>) -> Result<StreamedPacks> {
         let started = Instant::now();
         let index: HashMap<PathBuf, usize> = shards.iter().enumerate().map(|(i, s)| (s.path.clone(), i)).collect();
-        let lookups: Vec<HashMap<&str, &SourceTensor>> = shards
+        let views: Vec<ShardView> = shards
             .iter()
-            .map(|s| s.tensors.iter().map(|t| (t.name.as_str(), t)).collect())
+            .map(|s| (s.path.as_path(), false, s.tensors.as_slice()))
             .collect();
         let mut segments: Vec<Vec<Segment>> = shards.iter().map(|_| Vec::new()).collect();
         let (mut outputs, mut layouts) = (Vec::new(), Vec::new());
         let (mut copied, mut converted) = (Vec::new(), Vec::new());
         for (output, request) in requests.iter().enumerate() {
-            let mut found = Vec::with_capacity(request.items.len());
-            for item in &request.items {
-                let s = *index
-                    .get(&item.source)
-                    .ok_or_else(|| Error::source(&item.source, "not among the shards being streamed"))?;
-                let tensor = *lookups[s]
-                    .get(item.key.as_str())
-                    .ok_or_else(|| Error::source_tensor(&item.source, &item.key, "not found in this file"))?;
-                let from = check_item(&item.source, false, tensor, item)?;
-                if from.is_quantized() {
-                    return Err(Error::source_tensor(
-                        &item.source,
-                        &item.key,
-                        "a quantized source cannot be streamed",
-                    ));
-                }
-                found.push((s, tensor, from));
-            }
-            let specs = request
-                .items
+            let located = locate(&request.items, &index, &views)?;
+            let found: Vec<_> = located
                 .iter()
-                .zip(&found)
-                .map(|(item, (_, tensor, _))| (item.name.clone(), item.dtype, tensor.shape.clone(), item.param_id))
+                .map(|&(s, t, from)| (s, &shards[s].tensors[t], from))
                 .collect();
-            let layout = PackLayout::plan(specs, request.metadata.clone(), request.target, &request.output)?;
+            let layout = layout(request, found.iter().map(|(_, tensor, _)| &tensor.shape))?;
             let (mut copy_bytes, mut convert_bytes) = (0, 0);
             for ((item, &(s, tensor, from)), plan) in request.items.iter().zip(&found).zip(&layout.tensors) {
                 if from == item.dtype {
@@ -330,7 +311,7 @@ fn convert_run(
         .converter
         .as_mut()
         .expect("only conversions carry")
-        .run(src, &[], values, scales);
+        .run(src, &[], values, scales); // a safetensors source has no scales: never quantized
     out.write_at(values, segment.target + dst.start)?;
     if let Some(dst_scales) = dst_scales {
         out.write_at(scales, segment.target + dst_scales.start)?;
