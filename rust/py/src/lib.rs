@@ -531,15 +531,23 @@ fn verify_against(
 #[pyfunction]
 fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<SourceTensor>, BTreeMap<String, String>)> {
     let shard = py.detach(|| core::Shard::open(&path)).map_err(|e| to_py(py, e))?;
-    let tensors = shard
-        .tensors
-        .iter()
-        .map(|t| SourceTensor {
-            file: path.clone(),
-            tensor: t.clone(),
+    Ok(header_of(&path, shard.tensors, shard.metadata))
+}
+
+/// A header as Python sees it: the tensors, each naming `path`, and the metadata as a dict.
+fn header_of(
+    path: &std::path::Path,
+    tensors: Vec<core::SourceTensor>,
+    metadata: Vec<(String, String)>,
+) -> (Vec<SourceTensor>, BTreeMap<String, String>) {
+    let tensors = tensors
+        .into_iter()
+        .map(|tensor| SourceTensor {
+            file: path.to_path_buf(),
+            tensor,
         })
         .collect();
-    Ok((tensors, shard.metadata.iter().cloned().collect()))
+    (tensors, metadata.into_iter().collect())
 }
 
 /// Parses the start of a safetensors file of `size` bytes whose data is elsewhere (a shard on the
@@ -553,15 +561,7 @@ fn parse_safetensors_head(
     size: u64,
 ) -> PyResult<(Vec<SourceTensor>, BTreeMap<String, String>)> {
     let shard = core::RemoteShard::parse(&path, head, size).map_err(|e| to_py(py, e))?;
-    let tensors = shard
-        .tensors
-        .into_iter()
-        .map(|tensor| SourceTensor {
-            file: path.clone(),
-            tensor,
-        })
-        .collect();
-    Ok((tensors, shard.metadata.into_iter().collect()))
+    Ok(header_of(&path, shard.tensors, shard.metadata))
 }
 
 /// Packs written from shards that arrive as byte streams: planned from the shards' headers as
