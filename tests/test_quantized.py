@@ -8,7 +8,9 @@ itself checks both in test_burn_compat.py."""
 import json
 import math
 import re
+import struct
 
+import cbor2
 import ml_dtypes
 import numpy as np
 import pytest
@@ -48,8 +50,35 @@ def test_dequantize_is_scale_times_value():
     assert dequantize(values, scales, 2).tolist() == [[63.5, -32.0, 0.0, 2.0]]
 
 
-def q8_manifest_pack(tmp_path, arrays, blocks, name="q"):
-    """Packs `arrays` through a manifest whose tensors named in `blocks` are Q8S in those blocks."""
+# cubecl-common 0.11's QuantStore as serde writes it, by hand: a unit variant as its name, a newtype
+# variant as a one-entry map.
+STORES = {"": {"PackedU32": 0}, "_NATIVE": "Native"}
+
+
+def descriptors(pack_path):
+    """The pack's tensor descriptors, decoded with cbor2 from the bytes (not through our reader)."""
+    raw = pack_path.read_bytes()
+    assert raw[:4] == b"NRUB"
+    (size,) = struct.unpack_from("<I", raw, 6)
+    return cbor2.loads(raw[10 : 10 + size])["tensors"]
+
+
+def q8_scheme(block, store):
+    """Burn's `QFloat` descriptor for Q8S in `block`s, F32 scales, written out by hand."""
+    return {
+        "QFloat": {
+            "value": "Q8S",
+            "store": STORES[store],
+            "mode": "Symmetric",
+            "tensor": None,
+            "block": {"size": {"storage": [block, 1, 1, 1, 1], "len": int(block != 1)}, "dtype": "F32"},
+        }
+    }
+
+
+def q8_manifest_pack(tmp_path, arrays, blocks, name="q", stores=None):
+    """Packs `arrays` through a manifest whose tensors named in `blocks` are Q8S in those blocks
+    (stored as `stores` says: "" for PackedU32(0), "_NATIVE" for Native; default packed)."""
     src = tmp_path / f"{name}.safetensors"
     save_file(arrays, str(src))
     manifest = tmp_path / f"{name}.json"
@@ -57,7 +86,7 @@ def q8_manifest_pack(tmp_path, arrays, blocks, name="q"):
     doc = json.loads(manifest.read_text())
     for t in doc["tensors"]:
         if t["name"] in blocks:
-            t["dtype"] = f"Q8S_B{blocks[t['name']]}"
+            t["dtype"] = f"Q8S_B{blocks[t['name']]}{(stores or {}).get(t['name'], '')}"
     manifest.write_text(json.dumps(doc))
     out = tmp_path / f"{name}.bpk"
     run_cli("pack", "--manifest", manifest, "-o", out, "-q", check_rc=0)
@@ -67,28 +96,36 @@ def q8_manifest_pack(tmp_path, arrays, blocks, name="q"):
 @st.composite
 def quantizable(draw):
     """Matrices of float32/bfloat16/float16 from raw bytes (so NaN, infinities and subnormals
-    come up), each with a block that divides its last dimension."""
+    come up), each with a block that divides its last dimension and a store (PackedU32(0): the last
+    dimension a multiple of 4 too)."""
     count = draw(st.integers(1, 4))
-    arrays, blocks = {}, {}
+    arrays, blocks, stores = {}, {}, {}
     for i in range(count):
         dtype = draw(st.sampled_from([np.dtype("<f4"), np.dtype(ml_dtypes.bfloat16), np.dtype("<f2")]))
         block = draw(st.sampled_from([1, 2, 5, 16, 32, 255]))
+        store = draw(st.sampled_from(sorted(STORES)))
         rows, per_row = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+        if store == "":
+            per_row *= 4 // math.gcd(block, 4)
+        stores[f"t{i}"] = store
         n = rows * block * per_row
         raw = draw(st.binary(min_size=n * dtype.itemsize, max_size=n * dtype.itemsize))
         arrays[f"t{i}"] = np.frombuffer(raw, np.uint8).view(dtype).reshape(rows, block * per_row).copy()
         blocks[f"t{i}"] = block
-    return arrays, blocks
+    return arrays, blocks, stores
 
 
 @settings(max_examples=30, deadline=None)
 @given(quantizable())
 def test_quantized_packs_round_trip_byte_for_byte(tmp_path_factory, case):
-    arrays, blocks = case
+    arrays, blocks, stores = case
     tmp = tmp_path_factory.mktemp("q8")
-    _src, manifest, out = q8_manifest_pack(tmp, arrays, blocks)
+    _src, manifest, out = q8_manifest_pack(tmp, arrays, blocks, stores=stores)
+    described = descriptors(out)
     with open_pack(out) as pack:
         for name, array in arrays.items():
+            assert described[name]["dtype"] == q8_scheme(blocks[name], stores[name]), name
+            assert pack.info(name).dtype == f"Q8S_B{blocks[name]}{stores[name]}"
             values, scales = quantize(array.astype(np.float32), blocks[name])
             assert bytes(pack.raw_bytes(name)) == values.tobytes() + scales.tobytes(), name
             stored_values, stored_scales = pack.quantized(name)
@@ -103,6 +140,39 @@ def test_quantized_packs_round_trip_byte_for_byte(tmp_path_factory, case):
     for name, array in arrays.items():
         values, scales = quantize(array.astype(np.float32), blocks[name])
         np.testing.assert_array_equal(unpacked[name], dequantize(values, scales, blocks[name]))
+
+
+def test_the_two_stores_hold_the_same_bytes_and_a_pack_converts_between_them(tmp_path):
+    """Q8S under PackedU32(0) and under Native: byte for byte the same tensor data, only the
+    descriptor differs; a pack of one store packs into the other by copying (verify passes)."""
+    rng = np.random.default_rng(3)
+    arrays = {"w": (rng.standard_normal((8, 64)) * 0.02).astype("<f4"), "b": rng.standard_normal(8).astype("<f4")}
+    _src, _manifest, packed = q8_manifest_pack(tmp_path, arrays, {"w": 32}, name="packed")
+    _src, _manifest, native = q8_manifest_pack(tmp_path, arrays, {"w": 32}, name="native", stores={"w": "_NATIVE"})
+    assert descriptors(packed)["w"]["dtype"] == q8_scheme(32, "")
+    assert descriptors(native)["w"]["dtype"] == q8_scheme(32, "_NATIVE")
+    with open_pack(packed) as p, open_pack(native) as n:
+        assert bytes(p.raw_bytes("w")) == bytes(n.raw_bytes("w"))
+        assert p.info("w").file_offset == n.info("w").file_offset
+    # Native -> PackedU32(0) from the pack itself, through a manifest whose sources are its tensors.
+    manifest = tmp_path / "repack.json"
+    doc = json.loads((tmp_path / "native.json").read_text())
+    for t in doc["tensors"]:
+        t["source"]["file"] = "native.bpk"
+        t["source_dtype"] = t["dtype"]
+        if t["name"] == "w":
+            assert (t["source_dtype"], t["dtype"]) == ("Q8S_B32_NATIVE", "Q8S_B32_NATIVE")
+            t["dtype"] = "Q8S_B32"
+    manifest.write_text(json.dumps(doc))
+    repacked = tmp_path / "repacked.bpk"
+    run_cli("pack", "--manifest", manifest, "-o", repacked, "-q", check_rc=0)
+    assert descriptors(repacked)["w"]["dtype"] == q8_scheme(32, "")
+    with open_pack(repacked) as r, open_pack(packed) as p:
+        assert bytes(r.raw_bytes("w")) == bytes(p.raw_bytes("w"))
+    assert run_cli("verify", repacked, "--against", manifest).returncode == 0
+    # verify is exact on the store: the Native pack is not the PackedU32(0) pack the manifest asks for.
+    proc = run_cli("verify", native, "--against", manifest)
+    assert proc.returncode == 1 and "dtype Q8S_B32_NATIVE, expected Q8S_B32" in proc.stdout + proc.stderr
 
 
 def test_verify_finds_one_changed_value_or_scale(tmp_path):
@@ -144,8 +214,12 @@ def test_pack_q8_quantizes_exactly_the_linear_weights_and_keeps_the_codec_f32(ti
         assert {t.dtype for t in codec.tensors} == {"F32"}
     verify = run_cli("verify", tmp_path / "heartmula.bpk", "--against", tiny_root)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    stores = [d["dtype"]["QFloat"]["store"] for d in descriptors(tmp_path / "heartmula.bpk").values() if d["dtype"] != "F32"]  # fmt: skip
+    assert len(stores) == len(want) and all(store == {"PackedU32": 0} for store in stores)
     shown = run_cli("inspect", tmp_path / "heartmula.bpk", check_rc=0).stdout
-    assert "Q8S_B32: Burn QFloat {Q8S, Native, Symmetric, block [32] F32}" in shown
+    assert (
+        "Q8S_B32: Burn QFloat {Q8S, PackedU32(0), Symmetric, block [32] F32}: one i8 per value (four to a u32" in shown
+    )
     assert "1.125 bytes per parameter" in shown
     summary = json.loads(run_cli("inspect", tmp_path / "heartmula.bpk", "--json", check_rc=0).stdout)
     assert summary["dtypes"]["Q8S_B32"]["tensors"] == len(want)
@@ -157,6 +231,51 @@ def test_block_16_quantizes_the_decoder_too(tiny_ckpt, tmp_path):
         assert sum(t.dtype == "Q8S_B16" for t in pack.tensors) == 28 * 7 + 3 * 7 + 2
 
 
+def test_q8_native_writes_the_same_pack_under_the_native_descriptor(tiny_ckpt, tmp_path):
+    run_cli("pack", tiny_ckpt, "-o", tmp_path / "packed.bpk", "--dtype", "q8", "-q", check_rc=0)
+    run_cli("pack", tiny_ckpt, "-o", tmp_path / "native.bpk", "--dtype", "q8-native", "-q", check_rc=0)
+    packed, native = descriptors(tmp_path / "packed.bpk"), descriptors(tmp_path / "native.bpk")
+    assert packed.keys() == native.keys()
+    quantized = [name for name, d in packed.items() if "QFloat" in d["dtype"]]
+    assert len(quantized) == 28 * 7 + 2
+    for name, d in packed.items():
+        if name in quantized:
+            assert d["dtype"] == q8_scheme(32, "") and native[name]["dtype"] == q8_scheme(32, "_NATIVE"), name
+        else:
+            assert d == native[name], name
+    with open_pack(tmp_path / "packed.bpk") as p, open_pack(tmp_path / "native.bpk") as n:
+        for name in packed:
+            assert bytes(p.raw_bytes(name)) == bytes(n.raw_bytes(name)), name
+        assert n.metadata["dtype"] == "F32,Q8S_B32_NATIVE"
+    shown = run_cli("inspect", tmp_path / "native.bpk", check_rc=0).stdout
+    assert "Q8S_B32_NATIVE: Burn QFloat {Q8S, Native, Symmetric, block [32] F32}: one i8 per value (Flex runs" in shown
+    verify = run_cli("verify", tmp_path / "native.bpk", "--against", tiny_ckpt)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_packed_store_needs_the_last_dimension_in_whole_words(tmp_path):
+    """Block 2 divides a last dimension of 6, four values to a u32 do not: PackedU32(0) is refused
+    before a byte is written, naming the tensor; Native takes it."""
+    arrays = {"w": np.arange(12, dtype="<f4").reshape(2, 6)}
+    src = tmp_path / "s.safetensors"
+    save_file(arrays, str(src))
+    manifest = tmp_path / "m.json"
+    run_cli("manifest", src, "--any-model", "-o", manifest, check_rc=0)
+    doc = json.loads(manifest.read_text())
+    doc["tensors"][0]["dtype"] = "Q8S_B2"
+    manifest.write_text(json.dumps(doc))
+    proc = run_cli("pack", "--manifest", manifest, "-o", tmp_path / "p.bpk")
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        "tensor 'w' cannot be Q8S_B2: its last dimension (6) is not a multiple of 4, as PackedU32(0) needs"
+        in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and not (tmp_path / "p.bpk").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+    _src, _manifest, out = q8_manifest_pack(tmp_path, arrays, {"w": 2}, name="n", stores={"w": "_NATIVE"})
+    assert descriptors(out)["w"]["dtype"] == q8_scheme(2, "_NATIVE")
+
+
 @pytest.mark.parametrize(
     ("args", "rc", "needle"),
     [
@@ -164,6 +283,7 @@ def test_block_16_quantizes_the_decoder_too(tiny_ckpt, tmp_path):
         (["--dtype", "q8", "--q-block", "256"], 2, "a block is 1 to 255 values"),
         (["--dtype", "q8", "--burn-version", "0.21"], 2, "Burn 0.22 and later read"),
         (["--dtype", "q8", "--any-model"], 1, "a model's preset says which tensors are quantized"),
+        (["--dtype", "q8-native", "--burn-version", "0.21"], 2, "Burn 0.22 and later read"),
     ],
 )
 def test_q8_usage_errors_are_one_line(tiny_ckpt, tmp_path, args, rc, needle):

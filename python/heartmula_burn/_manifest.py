@@ -24,8 +24,10 @@ MANIFEST_VERSION = 1
 FLOAT_DTYPES = tuple(d.name for d in _core.plain_dtypes() if d.is_float)
 # --dtype: a float dtype for every float tensor, each tensor's own ("source"), or "q8": the tensors
 # the model's preset names quantized to Burn's Q8S in blocks of --q-block values, the rest F32.
-DTYPE_CHOICES = ("f32", "bf16", "f16", "source", "q8")
-QUANTIZED_CHOICES = {"q8": "Q8S"}
+# "q8" stores them `PackedU32(0)` (what Burn's quantizer writes on wgpu; every backend runs it),
+# "q8-native" `Native` (what it writes on Flex; wgpu's shaders cannot compile it). Same bytes.
+DTYPE_CHOICES = ("f32", "bf16", "f16", "source", "q8", "q8-native")
+QUANTIZED_CHOICES = {"q8": "Q8S_B{block}", "q8-native": "Q8S_B{block}_NATIVE"}
 PLAIN_DTYPE_CHOICES = tuple(d for d in DTYPE_CHOICES if d not in QUANTIZED_CHOICES)
 DEFAULT_Q_BLOCK = 32  # as llama.cpp's q8_0 and Burn's own tests
 # Keys under which `unpack` keeps, in each shard's __metadata__, what safetensors cannot otherwise
@@ -199,14 +201,14 @@ def output_dtype(source_dtype: str, requested: str) -> str:
 
 
 def quantized_dtype(dtype: str, q_block: int) -> str | None:
-    """Our name for the dtype `--dtype` quantizes to ("Q8S_B32"), None for a plain --dtype;
+    """Our name for the dtype `--dtype` quantizes to ("Q8S_B32", "Q8S_B32_NATIVE"), None for a plain --dtype;
     ValueError for a block the scheme cannot have (Burn stores a block length in one byte)."""
     scheme = QUANTIZED_CHOICES.get(dtype)
     if scheme is None:
         return None
     if isinstance(q_block, bool) or not isinstance(q_block, int) or not 1 <= q_block <= 255:
         raise ValueError(f"q_block {q_block!r}: a block is 1 to 255 values (Burn stores it in one byte)")
-    return dtype_info(f"{scheme}_B{q_block}").name
+    return dtype_info(scheme.format(block=q_block)).name
 
 
 def build_manifest(
@@ -271,22 +273,26 @@ def build_manifest(
 
 
 def _quantize(tensors: list[ManifestTensor], quantized: str, preset: Preset) -> list[str]:
-    """Sets `quantized` on the float tensors the preset names, where the block divides their last
-    dimension (Burn's quantizer refuses the others: they stay F32); returns a note naming those."""
-    block = dtype_info(quantized).block or 1
+    """Sets `quantized` on the float tensors the preset names, where the core's dtype table says
+    their shape can hold it (whole blocks along the last dimension, and for a packed store whole
+    u32 words); the others stay F32, and the note returned names them."""
+    info = dtype_info(quantized)
     uneven = []
     for t in tensors:
         if preset.quantizable is None or not preset.quantizable.fullmatch(t.name) or t.dtype not in FLOAT_DTYPES:
             continue
-        if t.shape and t.shape[-1] % block == 0:
-            t.dtype = quantized
-        else:
+        try:
+            info.byte_len(list(t.shape))
+        except ValueError:
             uneven.append(f"{t.name} {list(t.shape)}")
+        else:
+            t.dtype = quantized
     if not uneven:
         return []
     shown = ", ".join(uneven[:3]) + (f" and {len(uneven) - 3} more" if len(uneven) > 3 else "")
+    packed = " and of 4 (four values to a u32)" if info.store == "PackedU32(0)" else ""
     note = (
-        f"{len(uneven)} tensor(s) stay F32, their last dimension not a multiple of the block {block} "
+        f"{len(uneven)} tensor(s) stay F32, their last dimension not a multiple of the block {info.block}{packed} "
         f"(Burn quantizes whole blocks only): {shown}"
     )
     return [note]

@@ -111,7 +111,7 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
         type=_block,
         default=DEFAULT_Q_BLOCK,
         metavar="N",
-        help=f"with --dtype q8: values per scale, along each weight's last dimension (1-255, default "
+        help=f"with --dtype q8 or q8-native: values per scale, along each weight's last dimension (1-255, default "
         f"{DEFAULT_Q_BLOCK}); a weight whose last dimension N does not divide stays F32, with a note",
     )
     p.add_argument(
@@ -125,7 +125,9 @@ DTYPE_HELP = (
     "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, source (keep each "
     "tensor's own), or q8: the Linear weights quantized as Burn 0.22's quantize_dynamic does (Q8S, one i8 per "
     "value, one F32 scale per --q-block values), everything else F32, 42%% of the F32 pack's size; it targets "
-    "Burn 0.22. Narrowing rounds to nearest even, like torch; integers are never converted. BF16/F16: "
+    "Burn 0.22. q8 stores the values PackedU32(0), four to a u32, as Burn's quantizer does on its GPU backend: "
+    "runtimes run it on wgpu/Vulkan and on the CPU; q8-native stores them Native, as Burn does on the CPU "
+    "(Flex), the same bytes under another descriptor, which wgpu cannot run. Narrowing rounds to nearest even, like torch; integers are never converted. BF16/F16: "
     + NARROW_NOTE
     + ". "
     "HeartCodec packs are always F32 (Burn runtimes read only F32 codec tensors; heartlib warns bf16 degrades "

@@ -73,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each store means for the runtime's backends.
+STORE_NOTES = {
+    "PackedU32(0)": " (four to a u32 along the last dimension; every Burn backend runs it)",
+    "Native": " (Flex runs it; wgpu's shaders cannot, WGSL has no 8-bit type)",
+}
+
+
 def dtype_summary(pack: Pack) -> dict[str, dict[str, Any]]:
     """Per dtype: tensors, parameters, bytes and bytes per parameter; for a quantized dtype, its
     scheme as Burn names it."""
@@ -87,7 +94,8 @@ def dtype_summary(pack: Pack) -> dict[str, dict[str, Any]]:
         info = dtype_info(name)
         if info.is_quantized:
             d["scheme"] = (
-                f"Burn QFloat {{Q8S, Native, Symmetric, block [{info.block}] F32}}: one i8 per value, "
-                f"one F32 scale per {info.block} values along the last dimension"
+                f"Burn QFloat {{Q8S, {info.store}, Symmetric, block [{info.block}] F32}}: one i8 per value"
+                f"{STORE_NOTES.get(str(info.store), '')}, one F32 scale per {info.block} values along the last "
+                "dimension"
             )
     return summary

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::dtype::DType;
+use crate::dtype::{DType, QuantStore};
 use crate::error::{Error, Result};
 
 pub const MAGIC: u32 = 0x4255_524E; // "NRUB" on disk
@@ -199,15 +199,23 @@ struct CborDType {
 }
 
 /// cubecl-common 0.11's `QuantScheme` as serde writes it: the fields in declaration order, unit
-/// variants as their names, `None` as null. Only the one scheme we write is spelled here.
+/// variants as their names, `None` as null. Only the schemes we write are spelled here.
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 #[serde(deny_unknown_fields)]
 struct QuantSchemeCbor {
     value: String,
-    store: String,
+    store: StoreCbor,
     mode: String,
     tensor: Option<String>,
     block: Option<BlockScaleCbor>,
+}
+
+/// cubecl-common's `QuantStore` as serde writes it: `"Native"`, or `{"PackedU32": dim}` (the
+/// packed dimension counted from the innermost; we write 0). `PackedNative` is not read.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+enum StoreCbor {
+    Native,
+    PackedU32(u64),
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -227,11 +235,14 @@ struct BlockSizeCbor {
 }
 
 impl QuantSchemeCbor {
-    /// `{Q8S, Native, Symmetric, tensor: None, block: [block] F32}`.
-    fn q8s(block: u8) -> QuantSchemeCbor {
+    /// `{Q8S, store, Symmetric, tensor: None, block: [block] F32}`.
+    fn q8s(block: u8, store: QuantStore) -> QuantSchemeCbor {
         QuantSchemeCbor {
             value: "Q8S".into(),
-            store: "Native".into(),
+            store: match store {
+                QuantStore::PackedU32 => StoreCbor::PackedU32(0),
+                QuantStore::Native => StoreCbor::Native,
+            },
             mode: "Symmetric".into(),
             tensor: None,
             block: Some(BlockScaleCbor {
@@ -247,15 +258,18 @@ impl QuantSchemeCbor {
     /// The dtype this scheme is, when it is one we read.
     fn dtype(&self) -> Option<DType> {
         let block = self.block.as_ref()?.size.storage[0];
-        (block > 0 && *self == QuantSchemeCbor::q8s(block)).then_some(DType::Q8S(block))
+        [QuantStore::PackedU32, QuantStore::Native]
+            .into_iter()
+            .find(|&store| block > 0 && *self == QuantSchemeCbor::q8s(block, store))
+            .map(|store| DType::Q8S(block, store))
     }
 }
 
 impl Serialize for CborDType {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         // ciborium ignores variant indices; only names reach the bytes.
-        if let DType::Q8S(block) = self.dtype {
-            s.serialize_newtype_variant("DType", 0, "QFloat", &QuantSchemeCbor::q8s(block))
+        if let DType::Q8S(block, store) = self.dtype {
+            s.serialize_newtype_variant("DType", 0, "QFloat", &QuantSchemeCbor::q8s(block, store))
         } else if self.dtype == DType::Bool && self.bool_has_store {
             struct Native;
             impl Serialize for Native {
@@ -444,7 +458,7 @@ struct DescriptorIn {
 }
 
 /// Reads `"F32"` (all versions), `"Bool"` (0.19/0.20), `{"Bool": "Native"|"U8"}` (0.21+) and
-/// `{"QFloat": scheme}` for the Q8S block schemes we write (0.22+).
+/// `{"QFloat": scheme}` for the Q8S block schemes we write, either store (0.22+).
 fn decode_dtype(value: &ciborium::Value) -> Option<DType> {
     match value {
         ciborium::Value::Text(name) => DType::PLAIN.into_iter().find(|d| d.plain_name() == name),
@@ -875,105 +889,158 @@ mod tests {
 
     /// A Q8S block-16 [16, 48] tensor's descriptor, CBOR written out by hand from cubecl-common
     /// 0.11's `QuantScheme` field order: the dtype `{"QFloat": {value, store, mode, tensor: null,
-    /// block: {size: {storage: [16,1,1,1,1], len: 1}, dtype}}}`, and 768 + 48 * 4 = 960 bytes.
+    /// block: {size: {storage: [16,1,1,1,1], len: 1}, dtype}}}`, and 768 + 48 * 4 = 960 bytes;
+    /// the store is `"Native"` or `{"PackedU32": 0}` (serde's externally tagged newtype variant).
     #[test]
     fn quantized_descriptor_matches_the_hand_written_cbor_and_reads_back() {
-        let layout = PackLayout::plan(
-            vec![("w".into(), DType::Q8S(16), vec![16, 48], None)],
-            BTreeMap::new(),
-            BurnTarget::V0_22,
-            Path::new("q.bpk"),
-        )
-        .unwrap();
         let text = |out: &mut Vec<u8>, s: &str| {
             out.push(0x60 + s.len() as u8);
             out.extend(s.as_bytes());
         };
-        let mut expected = vec![0xa1];
-        text(&mut expected, "tensors");
-        expected.push(0xa1);
-        text(&mut expected, "w");
-        expected.push(0xa3);
-        text(&mut expected, "dtype");
-        expected.push(0xa1);
-        text(&mut expected, "QFloat");
-        expected.push(0xa5);
-        for (k, v) in [("value", "Q8S"), ("store", "Native"), ("mode", "Symmetric")] {
-            text(&mut expected, k);
-            text(&mut expected, v);
-        }
-        text(&mut expected, "tensor");
-        expected.push(0xf6); // null
-        text(&mut expected, "block");
-        expected.push(0xa2);
-        text(&mut expected, "size");
-        expected.push(0xa2);
-        text(&mut expected, "storage");
-        expected.extend([0x85, 0x10, 0x01, 0x01, 0x01, 0x01]);
-        text(&mut expected, "len");
-        expected.push(0x01);
-        text(&mut expected, "dtype");
-        text(&mut expected, "F32");
-        text(&mut expected, "shape");
-        expected.extend([0x82, 0x10, 0x18, 0x30]);
-        text(&mut expected, "data_offsets");
-        expected.extend([0x82, 0x00, 0x19, 0x03, 0xc0]);
-        assert_eq!(layout.cbor, expected);
+        let native = {
+            let mut v = Vec::new();
+            text(&mut v, "Native");
+            v
+        };
+        let packed = {
+            let mut v = vec![0xa1];
+            text(&mut v, "PackedU32");
+            v.push(0x00);
+            v
+        };
+        for (store, store_cbor) in [(QuantStore::Native, native), (QuantStore::PackedU32, packed)] {
+            let layout = PackLayout::plan(
+                vec![("w".into(), DType::Q8S(16, store), vec![16, 48], None)],
+                BTreeMap::new(),
+                BurnTarget::V0_22,
+                Path::new("q.bpk"),
+            )
+            .unwrap();
+            let mut expected = vec![0xa1];
+            text(&mut expected, "tensors");
+            expected.push(0xa1);
+            text(&mut expected, "w");
+            expected.push(0xa3);
+            text(&mut expected, "dtype");
+            expected.push(0xa1);
+            text(&mut expected, "QFloat");
+            expected.push(0xa5);
+            text(&mut expected, "value");
+            text(&mut expected, "Q8S");
+            text(&mut expected, "store");
+            expected.extend(&store_cbor);
+            text(&mut expected, "mode");
+            text(&mut expected, "Symmetric");
+            text(&mut expected, "tensor");
+            expected.push(0xf6); // null
+            text(&mut expected, "block");
+            expected.push(0xa2);
+            text(&mut expected, "size");
+            expected.push(0xa2);
+            text(&mut expected, "storage");
+            expected.extend([0x85, 0x10, 0x01, 0x01, 0x01, 0x01]);
+            text(&mut expected, "len");
+            expected.push(0x01);
+            text(&mut expected, "dtype");
+            text(&mut expected, "F32");
+            text(&mut expected, "shape");
+            expected.extend([0x82, 0x10, 0x18, 0x30]);
+            text(&mut expected, "data_offsets");
+            expected.extend([0x82, 0x00, 0x19, 0x03, 0xc0]);
+            assert_eq!(layout.cbor, expected, "{store:?}");
 
-        let mut bytes = layout.preamble();
-        bytes.resize(layout.file_size as usize, 0);
-        let index = index_from_bytes(Path::new("q.bpk"), &bytes).unwrap();
-        assert_eq!(index.tensors[0].dtype, DType::Q8S(16));
-        assert_eq!(index.tensors[0].end, 960);
+            let mut bytes = layout.preamble();
+            bytes.resize(layout.file_size as usize, 0);
+            let index = index_from_bytes(Path::new("q.bpk"), &bytes).unwrap();
+            assert_eq!(index.tensors[0].dtype, DType::Q8S(16, store));
+            assert_eq!(index.tensors[0].end, 960);
+        }
     }
 
     #[test]
     fn quantized_tensors_are_refused_for_older_readers_and_uneven_blocks() {
-        let plan = |target, shape: Vec<u64>| {
+        let plan = |target, store, shape: Vec<u64>| {
             PackLayout::plan(
-                vec![("w".into(), DType::Q8S(32), shape, None)],
+                vec![("w".into(), DType::Q8S(32, store), shape, None)],
                 BTreeMap::new(),
                 target,
                 Path::new("q.bpk"),
             )
             .map_err(|e| e.to_string())
         };
-        for old in [BurnTarget::V0_19, BurnTarget::V0_20, BurnTarget::V0_21] {
-            assert!(plan(old, vec![2, 32]).unwrap_err().contains("written for Burn 0.22"));
+        for store in [QuantStore::PackedU32, QuantStore::Native] {
+            for old in [BurnTarget::V0_19, BurnTarget::V0_20, BurnTarget::V0_21] {
+                assert!(plan(old, store, vec![2, 32])
+                    .unwrap_err()
+                    .contains("written for Burn 0.22"));
+            }
+            assert!(plan(BurnTarget::V0_22, store, vec![48, 32]).is_ok());
         }
-        let uneven = plan(BurnTarget::V0_22, vec![16, 48]).unwrap_err();
+        let uneven = plan(BurnTarget::V0_22, QuantStore::PackedU32, vec![16, 48]).unwrap_err();
         assert!(
             uneven.contains("'w' cannot be Q8S_B32: its last dimension (48) is not a whole number of blocks of 32"),
             "{uneven}"
         );
-        assert!(plan(BurnTarget::V0_22, vec![48, 32]).is_ok());
+        let uneven = PackLayout::plan(
+            vec![("w".into(), DType::Q8S(2, QuantStore::PackedU32), vec![4, 6], None)],
+            BTreeMap::new(),
+            BurnTarget::V0_22,
+            Path::new("q.bpk"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            uneven.contains("'w' cannot be Q8S_B2: its last dimension (6) is not a multiple of 4"),
+            "{uneven}"
+        );
     }
 
-    /// Schemes other than the one we write are refused by name, not misread.
+    /// Schemes other than the ones we write are refused by name, not misread.
     #[test]
     fn other_quantization_schemes_are_not_read() {
-        let good = ciborium::Value::serialized(&QuantSchemeCbor::q8s(32)).unwrap();
-        let qfloat =
-            |scheme: ciborium::Value| ciborium::Value::Map(vec![(ciborium::Value::Text("QFloat".into()), scheme)]);
-        assert_eq!(decode_dtype(&qfloat(good)), Some(DType::Q8S(32)));
-        let variants = [("value", "Q4S"), ("store", "PackedU32"), ("mode", "Lookup")];
-        for (field, value) in variants {
-            let mut scheme = QuantSchemeCbor::q8s(32);
-            match field {
-                "value" => scheme.value = value.into(),
-                "store" => scheme.store = value.into(),
-                _ => scheme.mode = value.into(),
-            }
-            let cbor = ciborium::Value::serialized(&scheme).unwrap();
-            assert_eq!(decode_dtype(&qfloat(cbor)), None, "{field}={value}");
+        use ciborium::Value as V;
+        let qfloat = |scheme: V| V::Map(vec![(V::Text("QFloat".into()), scheme)]);
+        let scheme = |store| ciborium::Value::serialized(&QuantSchemeCbor::q8s(32, store)).unwrap();
+        assert_eq!(
+            decode_dtype(&qfloat(scheme(QuantStore::PackedU32))),
+            Some(DType::Q8S(32, QuantStore::PackedU32))
+        );
+        assert_eq!(
+            decode_dtype(&qfloat(scheme(QuantStore::Native))),
+            Some(DType::Q8S(32, QuantStore::Native))
+        );
+        let with = |field: &str, value: V| {
+            let V::Map(mut entries) = scheme(QuantStore::Native) else {
+                unreachable!("a scheme is a map")
+            };
+            let entry = entries.iter_mut().find(|(k, _)| k.as_text() == Some(field)).unwrap();
+            entry.1 = value;
+            qfloat(V::Map(entries))
+        };
+        let packed = |key: &str, dim: u64| V::Map(vec![(V::Text(key.into()), V::Integer(dim.into()))]);
+        let others = [
+            ("value", V::Text("Q4S".into())),
+            ("mode", V::Text("Lookup".into())),
+            ("store", V::Text("PackedU32".into())),
+            ("store", packed("PackedU32", 1)),
+            ("store", packed("PackedNative", 0)),
+            ("store", V::Text("U8".into())),
+        ];
+        for (field, value) in others {
+            let shown = format!("{field}={value:?}");
+            assert_eq!(decode_dtype(&with(field, value)), None, "{shown}");
         }
-        let mut global = QuantSchemeCbor::q8s(32);
+        assert_eq!(
+            decode_dtype(&with("store", packed("PackedU32", 0))),
+            Some(DType::Q8S(32, QuantStore::PackedU32))
+        );
+        let mut global = QuantSchemeCbor::q8s(32, QuantStore::Native);
         global.tensor = Some("F32".into());
         assert_eq!(
             decode_dtype(&qfloat(ciborium::Value::serialized(&global).unwrap())),
             None
         );
-        let mut two_dims = QuantSchemeCbor::q8s(32);
+        let mut two_dims = QuantSchemeCbor::q8s(32, QuantStore::PackedU32);
         two_dims.block.as_mut().unwrap().size = BlockSizeCbor {
             storage: [4, 32, 1, 1, 1],
             len: 2,
@@ -982,15 +1049,18 @@ mod tests {
             decode_dtype(&qfloat(ciborium::Value::serialized(&two_dims).unwrap())),
             None
         );
-        let zero = ciborium::Value::serialized(&QuantSchemeCbor::q8s(0)).unwrap();
+        let zero = ciborium::Value::serialized(&QuantSchemeCbor::q8s(0, QuantStore::PackedU32)).unwrap();
         assert_eq!(decode_dtype(&qfloat(zero)), None);
         // Burn drops leading 1s: a block of one value is `{storage: [1, 1, 1, 1, 1], len: 0}`,
         // and `len: 1` there is not how Burn writes it.
-        let one = ciborium::Value::serialized(&QuantSchemeCbor::q8s(1)).unwrap();
-        assert_eq!(decode_dtype(&qfloat(one.clone())), Some(DType::Q8S(1)));
+        let one = ciborium::Value::serialized(&QuantSchemeCbor::q8s(1, QuantStore::Native)).unwrap();
+        assert_eq!(
+            decode_dtype(&qfloat(one.clone())),
+            Some(DType::Q8S(1, QuantStore::Native))
+        );
         let len_of = |v: &ciborium::Value| format!("{v:?}").contains("Text(\"len\"), Integer(Integer(0))");
         assert!(len_of(&one), "{one:?}");
-        let mut spelled_out = QuantSchemeCbor::q8s(1);
+        let mut spelled_out = QuantSchemeCbor::q8s(1, QuantStore::Native);
         spelled_out.block.as_mut().unwrap().size.len = 1;
         assert_eq!(
             decode_dtype(&qfloat(ciborium::Value::serialized(&spelled_out).unwrap())),

@@ -11,10 +11,11 @@ use crate::dtype::DType;
 use crate::quant;
 
 /// Whether `from` can be converted to `to` (identity included): between floats, from a float to
-/// a quantized dtype and back, never between two quantized dtypes or to or from integers.
+/// a quantized dtype and back, between the two stores of one quantized dtype (the same bytes),
+/// never between other quantized dtypes or to or from integers.
 pub fn supported(from: DType, to: DType) -> bool {
     let floating = |d: DType| d.is_float() || d.is_quantized();
-    from == to || (floating(from) && floating(to) && !(from.is_quantized() && to.is_quantized()))
+    from.same_bytes(to) || (floating(from) && floating(to) && !(from.is_quantized() && to.is_quantized()))
 }
 
 /// Converts runs of whole elements (whole blocks, where either side is quantized), keeping its
@@ -28,7 +29,7 @@ pub struct Converter {
 
 impl Converter {
     pub fn new(from: DType, to: DType) -> Converter {
-        debug_assert!(supported(from, to) && from != to);
+        debug_assert!(supported(from, to) && !from.same_bytes(to));
         Converter {
             from,
             to,
@@ -42,7 +43,7 @@ impl Converter {
     /// target, the scales to `dst_scales`.
     pub fn run(&mut self, src: &[u8], src_scales: &[u8], dst: &mut Vec<u8>, dst_scales: &mut Vec<u8>) {
         match (self.from, self.to) {
-            (DType::Q8S(block), to) => {
+            (DType::Q8S(block, _), to) => {
                 self.floats.clear();
                 quant::dequantize(src, src_scales, block as usize, &mut self.floats);
                 if to == DType::F32 {
@@ -53,7 +54,7 @@ impl Converter {
                     convert(&self.bytes, DType::F32, to, dst);
                 }
             }
-            (from, DType::Q8S(block)) => {
+            (from, DType::Q8S(block, _)) => {
                 let f32_bytes = if from == DType::F32 {
                     src
                 } else {
@@ -168,6 +169,7 @@ fn f64_to_f32_round_odd(v: f64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::QuantStore;
 
     fn f32_to(to: DType, values: &[f32]) -> Vec<u8> {
         let src: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -353,12 +355,26 @@ mod tests {
 
     #[test]
     fn quantized_dtypes_convert_to_and_from_floats_only() {
-        assert!(supported(DType::BF16, DType::Q8S(32)));
-        assert!(supported(DType::Q8S(32), DType::F16));
-        assert!(supported(DType::Q8S(32), DType::Q8S(32)));
-        assert!(!supported(DType::Q8S(32), DType::Q8S(16)));
-        assert!(!supported(DType::I8, DType::Q8S(32)));
-        assert!(!supported(DType::Q8S(32), DType::U8));
+        assert!(supported(DType::BF16, DType::Q8S(32, QuantStore::PackedU32)));
+        assert!(supported(DType::Q8S(32, QuantStore::PackedU32), DType::F16));
+        assert!(supported(
+            DType::Q8S(32, QuantStore::PackedU32),
+            DType::Q8S(32, QuantStore::PackedU32)
+        ));
+        assert!(!supported(
+            DType::Q8S(32, QuantStore::PackedU32),
+            DType::Q8S(16, QuantStore::PackedU32)
+        ));
+        assert!(supported(
+            DType::Q8S(32, QuantStore::Native),
+            DType::Q8S(32, QuantStore::PackedU32)
+        ));
+        assert!(!supported(
+            DType::Q8S(32, QuantStore::Native),
+            DType::Q8S(16, QuantStore::PackedU32)
+        ));
+        assert!(!supported(DType::I8, DType::Q8S(32, QuantStore::PackedU32)));
+        assert!(!supported(DType::Q8S(32, QuantStore::PackedU32), DType::U8));
     }
 
     /// A BF16 source quantizes as its exact f32 widening does; dequantizing to BF16 rounds the
@@ -367,12 +383,12 @@ mod tests {
     fn the_converter_quantizes_through_f32_and_dequantizes_to_any_float() {
         let bf16_src: Vec<u8> = [0x3F80u16, 0xBF00].iter().flat_map(|b| b.to_le_bytes()).collect();
         let (mut values, mut scales) = (Vec::new(), Vec::new());
-        Converter::new(DType::BF16, DType::Q8S(2)).run(&bf16_src, &[], &mut values, &mut scales);
+        Converter::new(DType::BF16, DType::Q8S(2, QuantStore::PackedU32)).run(&bf16_src, &[], &mut values, &mut scales);
         assert_eq!(values, vec![127u8, (-64i8) as u8]);
         assert_eq!(scales, (2.0f32 / 254.0).to_le_bytes().to_vec());
 
         let (mut back, mut none) = (Vec::new(), Vec::new());
-        Converter::new(DType::Q8S(2), DType::F32).run(&values, &scales, &mut back, &mut none);
+        Converter::new(DType::Q8S(2, QuantStore::PackedU32), DType::F32).run(&values, &scales, &mut back, &mut none);
         let want: Vec<u8> = [127.0f32 * (2.0 / 254.0), -64.0 * (2.0 / 254.0)]
             .iter()
             .flat_map(|v| v.to_le_bytes())
@@ -380,7 +396,7 @@ mod tests {
         assert_eq!((back, none.len()), (want.clone(), 0));
 
         let mut narrow = Vec::new();
-        Converter::new(DType::Q8S(2), DType::BF16).run(&values, &scales, &mut narrow, &mut none);
+        Converter::new(DType::Q8S(2, QuantStore::PackedU32), DType::BF16).run(&values, &scales, &mut narrow, &mut none);
         let mut expected = Vec::new();
         convert(&want, DType::F32, DType::BF16, &mut expected);
         assert_eq!(narrow, expected);

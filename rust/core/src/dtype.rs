@@ -6,6 +6,41 @@ use std::fmt;
 
 /// Prefix of a quantized dtype's name: `Q8S_B32` is Q8S in blocks of 32.
 const Q8S_PREFIX: &str = "Q8S_B";
+/// Suffix of a quantized dtype's name stored `Native`: `Q8S_B32_NATIVE`.
+const NATIVE_SUFFIX: &str = "_NATIVE";
+
+/// How Burn stores a quantized tensor's values (cubecl-common's `QuantStore`). For Q8S both stores
+/// hold the same bytes (the i8 values in row-major order, then the scales); only the descriptor
+/// differs, and with it the backends that run the tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuantStore {
+    /// `PackedU32(0)`: four values to a little-endian u32 along the last dimension, which must
+    /// then be a multiple of 4 (Burn pads each row otherwise; we refuse). What Burn 0.22.1's
+    /// quantizer writes on its GPU backends, and the one store every backend runs: WGSL (wgpu)
+    /// has no 8-bit integer type, and Flex reads both.
+    PackedU32,
+    /// `Native`: one i8 per value, what Burn's quantizer writes on Flex (its CPU backend). Its
+    /// kernels do not compile on wgpu.
+    Native,
+}
+
+impl QuantStore {
+    /// Bytes of the last dimension that must be whole storage words.
+    fn word(self) -> u64 {
+        match self {
+            QuantStore::PackedU32 => 4,
+            QuantStore::Native => 1,
+        }
+    }
+
+    /// Burn's spelling of the store: `PackedU32(0)` or `Native`.
+    pub fn burn_name(self) -> &'static str {
+        match self {
+            QuantStore::PackedU32 => "PackedU32(0)",
+            QuantStore::Native => "Native",
+        }
+    }
+}
 
 /// The element types a Burn pack can hold. Plain names are Burn's `DType` variant names, which is
 /// also how they appear in the CBOR metadata.
@@ -24,11 +59,11 @@ pub enum DType {
     U16,
     U8,
     Bool,
-    /// Burn's `QFloat` with the scheme `{Q8S, Native, Symmetric, tensor: None, block: [n] F32}`:
+    /// Burn's `QFloat` with the scheme `{Q8S, store, Symmetric, tensor: None, block: [n] F32}`:
     /// one i8 per value (symmetric, -127..=127) in row-major order, then one little-endian f32
     /// scale per block of `n` values along the last dimension, in block order. `n` is 1..=255
     /// (Burn stores a block size in a byte).
-    Q8S(u8),
+    Q8S(u8, QuantStore),
 }
 
 impl DType {
@@ -57,7 +92,7 @@ impl DType {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::Q8S(_) => return None,
+            DType::Q8S(..) => return None,
         })
     }
 
@@ -74,11 +109,18 @@ impl DType {
             .try_fold(1u64, |n, &d| n.checked_mul(d))
             .ok_or_else(overflow)?;
         match self {
-            DType::Q8S(block) => {
+            DType::Q8S(block, store) => {
                 let last = *shape.last().ok_or("a quantized tensor needs at least one dimension")?;
                 if last % block as u64 != 0 {
                     return Err(format!(
                         "its last dimension ({last}) is not a whole number of blocks of {block}"
+                    ));
+                }
+                if last % store.word() != 0 {
+                    return Err(format!(
+                        "its last dimension ({last}) is not a multiple of {}, as {} needs",
+                        store.word(),
+                        store.burn_name()
                     ));
                 }
                 // The values, one byte each, then one f32 scale per block.
@@ -94,16 +136,35 @@ impl DType {
     /// The block length of a quantized dtype.
     pub fn block(self) -> Option<u8> {
         match self {
-            DType::Q8S(block) => Some(block),
+            DType::Q8S(block, _) => Some(block),
             _ => None,
         }
     }
 
+    /// How a quantized dtype stores its values.
+    pub fn store(self) -> Option<QuantStore> {
+        match self {
+            DType::Q8S(_, store) => Some(store),
+            _ => None,
+        }
+    }
+
+    /// Whether a tensor of `self` holds the same bytes as one of `other` for the same values:
+    /// the same dtype, or Q8S in the same block under either store (a copy turns one into the
+    /// other).
+    pub fn same_bytes(self, other: DType) -> bool {
+        match (self, other) {
+            (DType::Q8S(a, _), DType::Q8S(b, _)) => a == b,
+            _ => self == other,
+        }
+    }
+
     /// Our name for the dtype: Burn's variant name ("F32", "BF16", "Bool"), or for a quantized
-    /// dtype its scheme and block ("Q8S_B32").
+    /// dtype its scheme and block ("Q8S_B32"), with "_NATIVE" when stored `Native`.
     pub fn name(self) -> String {
         match self {
-            DType::Q8S(block) => format!("{Q8S_PREFIX}{block}"),
+            DType::Q8S(block, QuantStore::PackedU32) => format!("{Q8S_PREFIX}{block}"),
+            DType::Q8S(block, QuantStore::Native) => format!("{Q8S_PREFIX}{block}{NATIVE_SUFFIX}"),
             plain => plain.plain_name().to_string(),
         }
     }
@@ -124,20 +185,24 @@ impl DType {
             DType::U16 => "U16",
             DType::U8 => "U8",
             DType::Bool => "Bool",
-            DType::Q8S(_) => "QFloat",
+            DType::Q8S(..) => "QFloat",
         }
     }
 
     /// Parses a Burn or safetensors name, or a quantized name, case-insensitively ("bf16", "F32",
-    /// "BOOL", "bool", "q8s_b32").
+    /// "BOOL", "bool", "q8s_b32", "Q8S_B32_NATIVE").
     pub fn parse(name: &str) -> Option<DType> {
         let upper = name.to_ascii_uppercase();
-        if let Some(block) = upper.strip_prefix(Q8S_PREFIX) {
+        if let Some(rest) = upper.strip_prefix(Q8S_PREFIX) {
+            let (block, store) = match rest.strip_suffix(NATIVE_SUFFIX) {
+                Some(block) => (block, QuantStore::Native),
+                None => (rest, QuantStore::PackedU32),
+            };
             // Digits only, no sign or leading zero: one spelling per dtype.
             if block.starts_with('0') || !block.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            return block.parse::<u8>().ok().map(DType::Q8S);
+            return block.parse::<u8>().ok().map(|block| DType::Q8S(block, store));
         }
         DType::PLAIN
             .into_iter()
@@ -151,7 +216,7 @@ impl DType {
 
     /// A dtype whose values are stored quantized and read back as floats (Burn's `QFloat`).
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8S(_))
+        matches!(self, DType::Q8S(..))
     }
 
     /// The Burn dtype for a safetensors dtype, or None where Burn has no equivalent (fp8, fp4, complex).
@@ -222,14 +287,31 @@ mod tests {
         }
     }
 
+    const PACKED: QuantStore = QuantStore::PackedU32;
+    const NATIVE: QuantStore = QuantStore::Native;
+
     #[test]
-    fn quantized_names_parse_one_spelling_per_block() {
-        assert_eq!(DType::parse("Q8S_B32"), Some(DType::Q8S(32)));
-        assert_eq!(DType::parse("q8s_b1"), Some(DType::Q8S(1)));
-        assert_eq!(DType::parse("Q8S_B255"), Some(DType::Q8S(255)));
-        assert_eq!(DType::Q8S(16).name(), "Q8S_B16");
+    fn quantized_names_parse_one_spelling_per_block_and_store() {
+        assert_eq!(DType::parse("Q8S_B32"), Some(DType::Q8S(32, PACKED)));
+        assert_eq!(DType::parse("q8s_b1"), Some(DType::Q8S(1, PACKED)));
+        assert_eq!(DType::parse("Q8S_B255"), Some(DType::Q8S(255, PACKED)));
+        assert_eq!(DType::parse("Q8S_B32_NATIVE"), Some(DType::Q8S(32, NATIVE)));
+        assert_eq!(DType::parse("q8s_b7_native"), Some(DType::Q8S(7, NATIVE)));
+        assert_eq!(DType::Q8S(16, PACKED).name(), "Q8S_B16");
+        assert_eq!(DType::Q8S(16, NATIVE).name(), "Q8S_B16_NATIVE");
         for bad in [
-            "Q8S_B0", "Q8S_B256", "Q8S_B032", "Q8S_B+32", "Q8S_B", "Q8S_B3x", "Q8S", "QFloat",
+            "Q8S_B0",
+            "Q8S_B256",
+            "Q8S_B032",
+            "Q8S_B+32",
+            "Q8S_B",
+            "Q8S_B3x",
+            "Q8S",
+            "QFloat",
+            "Q8S_B_NATIVE",
+            "Q8S_B32_NATIVE_NATIVE",
+            "Q8S_B32_PACKED",
+            "Q8S_B0_NATIVE",
         ] {
             assert_eq!(DType::parse(bad), None, "{bad}");
         }
@@ -241,23 +323,55 @@ mod tests {
         assert_eq!(DType::Bool.byte_len(&[7]), Ok(7));
         assert_eq!(DType::BF16.byte_len(&[]), Ok(2));
         assert_eq!(DType::F64.byte_len(&[0, 9]), Ok(0));
-        // Burn's own pack of a [16, 48] Q8S block-16 tensor holds 768 values and 48 scales: 960 bytes.
-        assert_eq!(DType::Q8S(16).byte_len(&[16, 48]), Ok(960));
-        assert_eq!(DType::Q8S(32).byte_len(&[2, 64]), Ok(128 + 4 * 4));
-        assert_eq!(DType::Q8S(32).byte_len(&[0, 64]), Ok(0));
-        assert_eq!(DType::Q8S(3).byte_len(&[3]), Ok(3 + 4));
-        assert!(DType::Q8S(32)
-            .byte_len(&[16, 48])
-            .unwrap_err()
-            .contains("not a whole number of blocks of 32"));
-        assert!(DType::Q8S(32).byte_len(&[]).is_err());
+        for store in [PACKED, NATIVE] {
+            // Burn's own pack of a [16, 48] Q8S block-16 tensor holds 768 values and 48 scales: 960 bytes.
+            assert_eq!(DType::Q8S(16, store).byte_len(&[16, 48]), Ok(960));
+            assert_eq!(DType::Q8S(32, store).byte_len(&[2, 64]), Ok(128 + 4 * 4));
+            assert_eq!(DType::Q8S(32, store).byte_len(&[0, 64]), Ok(0));
+            assert!(DType::Q8S(32, store)
+                .byte_len(&[16, 48])
+                .unwrap_err()
+                .contains("not a whole number of blocks of 32"));
+            assert!(DType::Q8S(32, store).byte_len(&[]).is_err());
+            assert_eq!(DType::Q8S(32, store).element_size(), None);
+        }
+        // Native takes any last dimension the block divides; PackedU32 only multiples of 4.
+        assert_eq!(DType::Q8S(3, NATIVE).byte_len(&[3]), Ok(3 + 4));
+        assert_eq!(DType::Q8S(3, PACKED).byte_len(&[12]), Ok(12 + 4 * 4));
+        for shape in [vec![3u64], vec![2, 6], vec![4, 3]] {
+            let why = DType::Q8S(3, PACKED).byte_len(&shape).unwrap_err();
+            assert!(
+                why.contains("not a multiple of 4, as PackedU32(0) needs"),
+                "{shape:?}: {why}"
+            );
+        }
+        assert_eq!(DType::Q8S(1, PACKED).byte_len(&[5, 4]), Ok(20 + 20 * 4));
         assert!(DType::F32
             .byte_len(&[1 << 40, 1 << 30])
             .unwrap_err()
             .contains("overflows"));
-        assert!(DType::Q8S(1).byte_len(&[u64::MAX]).unwrap_err().contains("overflows"));
-        assert_eq!(DType::Q8S(32).element_size(), None);
+        assert!(DType::Q8S(1, NATIVE)
+            .byte_len(&[u64::MAX])
+            .unwrap_err()
+            .contains("overflows"));
+        assert!(DType::Q8S(1, PACKED)
+            .byte_len(&[u64::MAX - 3])
+            .unwrap_err()
+            .contains("overflows"));
         assert_eq!(DType::U16.element_size(), Some(2));
+    }
+
+    #[test]
+    fn the_two_stores_share_bytes_and_nothing_else_does() {
+        assert!(DType::Q8S(32, PACKED).same_bytes(DType::Q8S(32, NATIVE)));
+        assert!(DType::Q8S(32, NATIVE).same_bytes(DType::Q8S(32, NATIVE)));
+        assert!(!DType::Q8S(32, PACKED).same_bytes(DType::Q8S(16, PACKED)));
+        assert!(!DType::Q8S(8, PACKED).same_bytes(DType::I8));
+        assert!(DType::F32.same_bytes(DType::F32));
+        assert!(!DType::F32.same_bytes(DType::U32));
+        assert_eq!(DType::Q8S(8, NATIVE).store(), Some(NATIVE));
+        assert_eq!(DType::F16.store(), None);
+        assert_eq!(DType::Q8S(8, NATIVE).block(), Some(8));
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl<'a> TensorWriter<'a> {
         target: Target,
     ) -> Result<()> {
         crate::guard::protect(); // our SIGBUS handler, not one installed since, sees the reads
-        if from == to {
+        if from.same_bytes(to) {
             self.copy(shard, tensor, &target)
         } else {
             self.convert(shard, tensor, from, to, &target)
@@ -435,6 +435,7 @@ fn release(shard: &Shard, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use crate::burnpack::{read_index, BurnTarget};
+    use crate::dtype::QuantStore;
     use crate::export::export_npy;
     use crate::pack::tests::{f32_bytes, item, pack, request};
     use crate::source::tests::write_shard;
@@ -477,7 +478,7 @@ mod tests {
     fn quantizes_in_runs_to_the_whole_tensor_bytes_and_back() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.safetensors");
-        let step = quant::chunk_elements(DType::BF16, DType::Q8S(48), CONVERT_CHUNK);
+        let step = quant::chunk_elements(DType::BF16, DType::Q8S(48, QuantStore::PackedU32), CONVERT_CHUNK);
         let (rows, cols) = ((step * 7 / 2).div_ceil(96) as usize, 96usize);
         let floats: Vec<f32> = (0..rows * cols)
             .map(|i| half::bf16::from_f32(((i * 7919 % 1000) as f32 - 500.0) / (1.0 + (i % 13) as f32)).to_f32())
@@ -488,7 +489,10 @@ mod tests {
             .collect();
         write_shard(&a, &[("w", "BF16", vec![rows as u64, cols as u64], bf16)]);
         let out = dir.path().join("q.bpk");
-        let mut request = request(vec![item("w", &a, "w", DType::Q8S(48))], out.clone());
+        let mut request = request(
+            vec![item("w", &a, "w", DType::Q8S(48, QuantStore::PackedU32))],
+            out.clone(),
+        );
         request.target = BurnTarget::V0_22;
         let summary = pack(&request, &mut |_| true).unwrap();
         let (mut values, mut scales) = (Vec::new(), Vec::new());
@@ -496,7 +500,7 @@ mod tests {
         assert_eq!(summary.converted, (values.len() + scales.len()) as u64);
         let bytes = std::fs::read(&out).unwrap();
         let t = &read_index(&out).unwrap().tensors[0];
-        assert_eq!(t.dtype, DType::Q8S(48));
+        assert_eq!(t.dtype, DType::Q8S(48, QuantStore::PackedU32));
         let data = &bytes[t.file_offset as usize..(t.file_offset + t.end - t.start) as usize];
         assert_eq!(&data[..values.len()], &values[..]);
         assert_eq!(&data[values.len()..], &scales[..]);
@@ -509,7 +513,7 @@ mod tests {
         quant::dequantize(&values, &scales, 48, &mut dequantized);
         assert_eq!(shard.bytes(&shard.tensors[0]), f32_bytes(&dequantized));
 
-        let items = vec![item("w", &a, "w", DType::Q8S(48))];
+        let items = vec![item("w", &a, "w", DType::Q8S(48, QuantStore::PackedU32))];
         assert_eq!(
             crate::verify::verify_against(&out, &items, &mut |_| true).unwrap(),
             vec![]

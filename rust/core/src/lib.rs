@@ -21,7 +21,7 @@ pub mod unpack;
 pub mod verify;
 
 pub use burnpack::{BurnTarget, PackIndex, PackLayout, TensorPlan};
-pub use dtype::DType;
+pub use dtype::{DType, QuantStore};
 pub use engine::{Progress, TensorRequest, WriteSummary};
 pub use error::{Error, Result};
 pub use output::AtomicFile;

@@ -23,7 +23,7 @@ pub fn descr(dtype: DType) -> Option<&'static str> {
         DType::U32 => "<u4",
         DType::U8 => "|u1",
         DType::Bool => "|b1",
-        DType::Q8S(_) => return None,
+        DType::Q8S(..) => return None,
     })
 }
 

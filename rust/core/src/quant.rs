@@ -99,7 +99,7 @@ pub fn dequantize(values: &[u8], scales: &[u8], block: usize, dst: &mut Vec<f32>
 /// blocks there).
 pub fn element_ranges(dtype: DType, elements: u64, first: u64, count: u64) -> (Range<u64>, Option<Range<u64>>) {
     match dtype {
-        DType::Q8S(block) => {
+        DType::Q8S(block, _) => {
             let block = block as u64;
             debug_assert!(first.is_multiple_of(block) && count.is_multiple_of(block));
             let scales = elements + first / block * 4..elements + (first + count) / block * 4;
@@ -119,6 +119,7 @@ pub fn chunk_elements(from: DType, to: DType, bytes: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::QuantStore;
 
     fn run(src: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
         let (mut values, mut scales) = (Vec::new(), Vec::new());
@@ -205,10 +206,16 @@ mod tests {
     #[test]
     fn ranges_and_chunks_by_hand() {
         // 128 values in blocks of 32: values at 0..128, scales at 128..144.
-        assert_eq!(element_ranges(DType::Q8S(32), 128, 32, 64), (32..96, Some(132..140)));
+        assert_eq!(
+            element_ranges(DType::Q8S(32, QuantStore::PackedU32), 128, 32, 64),
+            (32..96, Some(132..140))
+        );
         assert_eq!(element_ranges(DType::BF16, 10, 2, 3), (4..10, None));
-        assert_eq!(chunk_elements(DType::F32, DType::Q8S(48), 1000), 240);
-        assert_eq!(chunk_elements(DType::Q8S(7), DType::F32, 1), 7);
+        assert_eq!(
+            chunk_elements(DType::F32, DType::Q8S(48, QuantStore::PackedU32), 1000),
+            240
+        );
+        assert_eq!(chunk_elements(DType::Q8S(7, QuantStore::PackedU32), DType::F32, 1), 7);
         assert_eq!(chunk_elements(DType::F32, DType::BF16, 8), 2);
     }
 }

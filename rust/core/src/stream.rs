@@ -137,7 +137,7 @@ impl StreamedPacks {
                     elements: tensor.shape.iter().product(),
                     done: 0,
                     carry: Vec::new(),
-                    converter: (from != item.dtype).then(|| Converter::new(from, item.dtype)),
+                    converter: (!from.same_bytes(item.dtype)).then(|| Converter::new(from, item.dtype)),
                 };
                 if segment.converter.is_some() && tensor.byte_len % segment.unit_bytes() != 0 {
                     return Err(Error::source_tensor(
@@ -324,6 +324,7 @@ fn convert_run(
 mod tests {
     use super::*;
     use crate::burnpack::BurnTarget;
+    use crate::dtype::QuantStore;
     use crate::pack::pack_staged;
     use crate::pack::tests::{f32_bytes, item, request};
     use crate::source::tests::write_shard;
@@ -362,7 +363,7 @@ mod tests {
                     item("w", &a, "w", DType::F32),
                     item("w.bf16", &a, "w", DType::BF16),
                     item("empty", &a, "empty", DType::F32),
-                    item("q", &a, "q", DType::Q8S(32)),
+                    item("q", &a, "q", DType::Q8S(32, QuantStore::PackedU32)),
                     item("h", &b, "h", DType::F16),
                 ],
                 dir.path().join(out),
@@ -421,7 +422,10 @@ mod tests {
         write_shard(&a, &[("big", "F32", vec![n as u64 / 32, 32], f32_bytes(&values(n, 7)))]);
         let items = |out: &str| {
             let mut r = request(
-                vec![item("q", &a, "big", DType::Q8S(32)), item("h", &a, "big", DType::BF16)],
+                vec![
+                    item("q", &a, "big", DType::Q8S(32, QuantStore::PackedU32)),
+                    item("h", &a, "big", DType::BF16),
+                ],
                 dir.path().join(out),
             );
             r.target = BurnTarget::V0_22;

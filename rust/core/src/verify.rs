@@ -134,7 +134,8 @@ pub fn verify_against(
         let src = sources.shards[s].bytes(source);
         let elements: u64 = source.shape.iter().product();
         let step = quant::chunk_elements(source_dtype, packed_dtype, 8 << 20);
-        let mut converter = (source_dtype != packed_dtype).then(|| Converter::new(source_dtype, packed_dtype));
+        let mut converter =
+            (!source_dtype.same_bytes(packed_dtype)).then(|| Converter::new(source_dtype, packed_dtype));
         let mut first = 0u64;
         while first < elements {
             let n = step.min(elements - first);
@@ -160,7 +161,7 @@ pub fn verify_against(
             pack.check(Some(packed)).map_err(Error::of_pack)?;
             sources.shards[s].check(Some(source))?;
             if got_chunk != want || got_scales != want_scales {
-                let how = if source_dtype == packed_dtype {
+                let how = if source_dtype.same_bytes(packed_dtype) {
                     "differs from"
                 } else if packed_dtype.is_quantized() {
                     "is not the exact quantization of"

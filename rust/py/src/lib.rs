@@ -744,6 +744,11 @@ impl DTypeInfo {
     fn block(&self) -> Option<u8> {
         self.0.block()
     }
+    /// How a quantized dtype stores its values, as Burn spells it ("PackedU32(0)", "Native").
+    #[getter]
+    fn store(&self) -> Option<&'static str> {
+        self.0.store().map(core::QuantStore::burn_name)
+    }
     /// Bytes a tensor of this dtype and `shape` takes in a pack; ValueError saying why it cannot.
     fn byte_len(&self, shape: Vec<u64>) -> PyResult<u64> {
         self.0.byte_len(&shape).map_err(PyValueError::new_err)

@@ -154,7 +154,7 @@ class HeartMuLa(Preset):
     runtime_repo = "HeartMuLa/HeartMuLaGen"
     card_loading = card.LOADING
     signature = SIGNATURE
-    dtypes = ("f32", "bf16", "f16", "source", "q8")
+    dtypes = ("f32", "bf16", "f16", "source", "q8", "q8-native")
     # The Linear weights, where the bytes are: the runtime (maolan-generate 0.0.19, Burn 0.22.1)
     # runs them quantized. Embeddings, audio_head, norms and muq_linear it needs as floats.
     quantizable = re.compile(
