@@ -301,7 +301,7 @@ struct DescriptorOut<'a> {
     param_id: Option<u64>,
 }
 
-fn encode_metadata(
+pub(crate) fn encode_metadata(
     tensors: &[TensorPlan],
     metadata: &BTreeMap<String, String>,
     target: BurnTarget,

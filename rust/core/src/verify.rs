@@ -342,4 +342,47 @@ mod tests {
         assert_eq!(index.tensors[1].file_offset, index.tensors[0].file_offset + 3);
         assert_eq!(problems, vec![]);
     }
+
+    /// A pack of the aligned layout's exact size whose second tensor starts off the 256-byte grid
+    /// (Burn reads it; a 0.20+ writer never makes it): the container check names that tensor.
+    #[test]
+    fn a_tensor_off_the_grid_of_an_aligned_pack_is_reported() {
+        use crate::burnpack::{align_up, encode_metadata, PackLayout};
+        let dir = tempfile::tempdir().unwrap();
+        let specs = vec![
+            ("x".to_string(), DType::U8, vec![3], None),
+            ("y".to_string(), DType::U8, vec![3], None),
+        ];
+        let mut layout = PackLayout::plan(specs, Default::default(), BurnTarget::V0_22, Path::new("p.bpk")).unwrap();
+        assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 259));
+        layout.tensors[1].start = 5;
+        layout.tensors[1].end = 8;
+        layout.cbor = encode_metadata(&layout.tensors, &layout.metadata, BurnTarget::V0_22).unwrap();
+        layout.data_start = align_up(HEADER_SIZE + layout.cbor.len() as u64, TENSOR_ALIGNMENT);
+        let mut bytes = layout.preamble();
+        bytes.extend([1, 2, 3, 0, 0, 4, 5, 6]);
+        let path = dir.path().join("p.bpk");
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (index, problems) = check_container(&path).unwrap();
+        assert_eq!(index.layout, Layout::Aligned);
+        let message = format!("starts at {}, not on a 256-byte boundary", layout.data_start + 5);
+        assert_eq!(problems, vec![Problem::tensor("y", message)]);
+
+        // The same tensors on the grid: no problem.
+        let good = PackLayout::plan(
+            vec![
+                ("x".into(), DType::U8, vec![3], None),
+                ("y".into(), DType::U8, vec![3], None),
+            ],
+            Default::default(),
+            BurnTarget::V0_22,
+            Path::new("p.bpk"),
+        )
+        .unwrap();
+        let mut bytes = good.preamble();
+        bytes.resize(good.file_size as usize, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(check_container(&path).unwrap().1, vec![]);
+    }
 }
