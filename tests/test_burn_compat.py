@@ -6,7 +6,9 @@ checks 1-3 over them, then does check 4 here: the packs Burn's writer produced r
 `open_pack` with the same names, dtypes, shapes, bytes, param_ids and metadata.
 
 Building the Burn crates takes minutes, so these run only with HEARTMULA_BURN_COMPAT=1
-(tests/run.sh, and so CI, sets it); the pre-releases also need HEARTMULA_BURN_PRERELEASE=1."""
+(tests/run.sh, and so CI, sets it); the pre-releases also need HEARTMULA_BURN_PRERELEASE=1, and
+Burn 0.22.1's wgpu backend (the runtime's default path, run on whatever Vulkan device there is:
+Mesa's lavapipe on a machine without a GPU) HEARTMULA_BURN_WGPU=1."""
 
 import json
 import os
@@ -41,9 +43,10 @@ def source_of(ckpt):
     return tensors
 
 
-def pack_via_manifest(fix, name, arrays, order, param_ids, metadata, quantize=None):
+def pack_via_manifest(fix, name, arrays, order, param_ids, metadata, quantize=None, native=()):
     """Writes the arrays as a shard, edits the manifest (order, param_ids, metadata, and the
-    tensors `quantize` names: Q8S in blocks of that many), packs it."""
+    tensors `quantize` names: Q8S in blocks of that many, stored Native where `native` names
+    them, else PackedU32(0)), packs it."""
     src = fix / f"{name}.src.safetensors"
     save_file(arrays, str(src))
     manifest = fix / f"{name}.manifest.json"
@@ -55,7 +58,7 @@ def pack_via_manifest(fix, name, arrays, order, param_ids, metadata, quantize=No
         if t["name"] in param_ids:
             t["param_id"] = param_ids[t["name"]]
         if t["name"] in (quantize or {}):
-            t["dtype"] = f"Q8S_B{quantize[t['name']]}"
+            t["dtype"] = f"Q8S_B{quantize[t['name']]}" + ("_NATIVE" if t["name"] in native else "")
     doc["metadata"] = metadata
     manifest.write_text(json.dumps(doc))
     run_cli("pack", "--manifest", manifest, "-o", fix / f"{name}.bpk", "-q", check_rc=0)
@@ -134,20 +137,20 @@ LINEAR_WEIGHT = re.compile(
 
 
 def q8_cases(fix, ckpt):
-    """The tiny HeartMuLa packed with --dtype q8 at blocks 32 (the tiny decoder's width 16 does not
-    divide: those stay F32) and 16 (every Linear weight divides). Burn quantizes the same source
-    values itself; the pack must be what its writer makes of them."""
+    """The tiny HeartMuLa packed with --dtype q8 (PackedU32(0)) at blocks 32 (the tiny decoder's
+    width 16 does not divide: those stay F32) and 16 (every Linear weight divides), and with
+    --dtype q8-native (Native) at block 32. Burn quantizes the same source values itself; the
+    pack must be what its writer makes of them."""
     source = source_of(ckpt)
     cases = []
-    for block in (32, 16):
-        name = f"tiny_q8_b{block}"
+    for block, dtype, name in ((32, "q8", "tiny_q8_b32"), (16, "q8", "tiny_q8_b16"), (32, "q8-native", "tiny_q8n_b32")):
         run_cli(
             "pack",
             ckpt,
             "-o",
             fix / f"{name}.bpk",
             "--dtype",
-            "q8",
+            dtype,
             "--q-block",
             block,
             "-q",
@@ -168,6 +171,7 @@ def q8_cases(fix, ckpt):
                 "metadata": metadata,
                 "heartmula_config": "config.json",
                 "quantize": quantize,
+                "native": sorted(quantize) if dtype == "q8-native" else [],
             }
         )
     assert len(cases[0]["quantize"]) < len(cases[1]["quantize"]) == 28 * 7 + 3 * 7 + 2
@@ -204,9 +208,19 @@ def q8_edge_case(fix):
         "zeros": 32, "nan_among_values": 32, "special": 16, "ties": 32, "subnormal_block": 16, "outlier": 48,
         "bf16_source": 32, "f16_source": 8, "f64_source": 20, "block_one": 1, "block_255": 255,
     }  # fmt: skip
+    # Native: the last dimensions 7 and 510 are no whole u32 words; "special" and "f16_source" as well,
+    # so that both stores meet the edge values.
+    native = ["block_one", "block_255", "special", "f16_source"]
     order = list(arrays)
-    pack_via_manifest(fix, "q8_edge", arrays, order, {}, {"format": "burnpack"}, quantize=blocks)
-    return {"name": "q8_edge", "order": order, "param_ids": {}, "metadata": {"format": "burnpack"}, "quantize": blocks}
+    pack_via_manifest(fix, "q8_edge", arrays, order, {}, {"format": "burnpack"}, quantize=blocks, native=native)
+    return {
+        "name": "q8_edge",
+        "order": order,
+        "param_ids": {},
+        "metadata": {"format": "burnpack"},
+        "quantize": blocks,
+        "native": native,
+    }
 
 
 def q8_hypothesis_cases(fix):
@@ -228,16 +242,20 @@ def q8_hypothesis_cases(fix):
     )
     def export(shapes, seed):
         rng = np.random.default_rng(seed)
-        arrays, blocks = {}, {}
+        arrays, blocks, native = {}, {}, []
         for i, (rows, block, per_row, dtype) in enumerate(shapes):
             scale = 10.0 ** rng.integers(-30, 30)
             with np.errstate(over="ignore"):  # float16 overflows to infinities: an edge case too
                 arrays[f"t{i}"] = (rng.standard_normal((rows, block * per_row)) * scale).astype(dtype)
             blocks[f"t{i}"] = block
+            if (block * per_row) % 4 or i % 2:  # Native where u32 words do not fit, and every other one
+                native.append(f"t{i}")
         name = f"q8hyp{len(cases)}"
         order = list(arrays)
-        pack_via_manifest(fix, name, arrays, order, {}, {}, quantize=blocks)
-        cases.append({"name": name, "order": order, "param_ids": {}, "metadata": {}, "quantize": blocks})
+        pack_via_manifest(fix, name, arrays, order, {}, {}, quantize=blocks, native=native)
+        cases.append(
+            {"name": name, "order": order, "param_ids": {}, "metadata": {}, "quantize": blocks, "native": native}
+        )
 
     export()
     return cases
@@ -269,6 +287,13 @@ BURN_VERSIONS = {"0.21": "burn-021", "0.22": "burn-022"}
 BURN_PRERELEASES = {"0.23.0-pre.1": "burn-023"}
 if os.environ.get("HEARTMULA_BURN_PRERELEASE") == "1":
     BURN_VERSIONS |= BURN_PRERELEASES
+# 0.22.1 with its wgpu backend beside Flex: q8 tensors stored PackedU32(0) are quantized by Burn on
+# wgpu, and the HeartMuLa-shaped module loads and runs there. It needs a Vulkan device (Mesa's
+# lavapipe: Debian's mesa-vulkan-drivers) and a build of wgpu (about 25 minutes here), so it runs
+# only with HEARTMULA_BURN_WGPU=1.
+BURN_WGPU = {"0.22-wgpu": "burn-022,wgpu"}
+if os.environ.get("HEARTMULA_BURN_WGPU") == "1":
+    BURN_VERSIONS |= BURN_WGPU
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +345,7 @@ def read_by(version, case):
 def quantizes_as_0_22(version, case):
     """Whether that release's own quantization of the case is 0.22.1's, which our q8 packs hold
     (0.23.0-pre.1 divides by the scale and rounds ties to even: its differences are counted)."""
-    return version in ("0.21", "0.22") or not case.get("quantize")
+    return version in ("0.21", "0.22", "0.22-wgpu") or not case.get("quantize")
 
 
 def test_checks_1_2_3_ran_on_every_case(compat):
@@ -333,8 +358,11 @@ def test_checks_1_2_3_ran_on_every_case(compat):
         assert (f"quantized differently (burn {version}): {c['name']}: " in out) == (
             ran and not quantizes_as_0_22(version, c)
         )
-    for name in ("tiny_f32", "tiny_bf16", "tiny_q8_b32", "tiny_q8_b16"):
+    for name in ("tiny_f32", "tiny_bf16", "tiny_q8_b32", "tiny_q8_b16", "tiny_q8n_b32"):
         assert (f"check 3 ok (burn {version}): {name} " in out) == read_by(version, {"quantize": "q8" in name})
+    if version.endswith("-wgpu"):
+        # PackedU32(0) tensors were quantized by Burn on wgpu itself; Native ones on Flex.
+        assert "quantized on wgpu" in out and "quantized on flex" in out
 
 
 def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
@@ -369,8 +397,12 @@ def test_check_3_quantized_forward_matches_numpy(compat, tiny_ckpt):
     if version == "0.21":
         pytest.skip("Burn 0.21 does not read our quantized packs")
     source = source_of(tiny_ckpt)
-    for block in (32, 16):
-        forward = json.loads((fix / f"forward_{version}_tiny_q8_b{block}.json").read_text())
+    for name, block in (("tiny_q8_b32", 32), ("tiny_q8_b16", 16), ("tiny_q8n_b32", 32)):
+        path = fix / f"forward_{version}_{name}.json"
+        if version.endswith("-wgpu") and name == "tiny_q8n_b32":
+            assert not path.exists()  # WGSL has no i8: a Native weight's matmul does not compile there
+            continue
+        forward = json.loads(path.read_text())
         weight = source["backbone.layers.0.attn.k_proj.weight"]
         values, scales = quantize(weight, block)
         dequantized = dequantize(values, scales, block)
@@ -400,7 +432,8 @@ def test_check_4_we_read_burns_packs(compat):
             for t in pack.tensors:
                 want = expected[t.name]
                 if t.name in c.get("quantize", {}):
-                    assert t.dtype == f"Q8S_B{c['quantize'][t.name]}", (c["name"], t.name)
+                    store = "_NATIVE" if t.name in c.get("native", ()) else ""
+                    assert t.dtype == f"Q8S_B{c['quantize'][t.name]}{store}", (c["name"], t.name)
                     assert bytes(pack.raw_bytes(t.name)) == want.tobytes(), (c["name"], t.name)
                     assert t.param_id == c["param_ids"].get(t.name), (c["name"], t.name)
                     continue

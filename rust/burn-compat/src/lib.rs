@@ -41,8 +41,11 @@ use burn_tensor::{BoolStore, DType};
 
 #[cfg(feature = "burn-021")]
 pub const BURN_VERSION: &str = "0.21";
-#[cfg(feature = "burn-022")]
+#[cfg(all(feature = "burn-022", not(feature = "wgpu")))]
 pub const BURN_VERSION: &str = "0.22";
+/// 0.22.1 with its wgpu backend: tensors are quantized, loaded and run on wgpu (Vulkan).
+#[cfg(feature = "wgpu")]
+pub const BURN_VERSION: &str = "0.22-wgpu";
 /// A pre-release: the version is spelled out in full wherever results are reported.
 #[cfg(feature = "burn-023")]
 pub const BURN_VERSION: &str = "0.23.0-pre.1";
@@ -63,6 +66,8 @@ pub struct Case {
     /// Tensors the pack holds quantized (Q8S, this block, F32 scales): their expected bytes are
     /// what Burn's own `quantize_dynamic` makes of the expected values. Burn 0.22 and later only.
     pub quantize: BTreeMap<String, u8>,
+    /// Those of them stored `Native` (one i8 per value); the others are `PackedU32(0)`.
+    pub native: std::collections::BTreeSet<String>,
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -104,6 +109,10 @@ pub fn load_cases(dir: &Path) -> Vec<Case> {
             quantize: c["quantize"]
                 .as_object()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u8)).collect())
+                .unwrap_or_default(),
+            native: c["native"]
+                .as_array()
+                .map(|names| names.iter().map(|n| n.as_str().unwrap().to_string()).collect())
                 .unwrap_or_default(),
         })
         // Burn 0.21 spells quantization schemes differently: its reader does not read these packs.
@@ -155,7 +164,7 @@ pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
                 bytes: view.data().to_vec(),
             };
             let t = match case.quantize.get(&name) {
-                Some(&block) => burn_quantize(t, block),
+                Some(&block) => burn_quantize(t, block, case.native.contains(&name)),
                 None => t,
             };
             (name, t)
@@ -189,28 +198,90 @@ pub fn quantized_difference(ours: &BurnTensor, burn: &BurnTensor, block: u8) -> 
     [values_differing, values, largest_step, scales_differing, scales]
 }
 
-/// The scheme a q8 pack holds: `{Q8S, Native, Symmetric, tensor: None, block: [block] F32}`.
+/// The scheme a q8 pack holds: `{Q8S, PackedU32(0) or Native, Symmetric, tensor: None, block:
+/// [block] F32}`.
 #[cfg(any(feature = "burn-022", feature = "burn-023"))]
-pub fn q8_scheme(block: u8) -> burn_tensor::quantization::QuantScheme {
+pub fn q8_scheme(block: u8, native: bool) -> burn_tensor::quantization::QuantScheme {
     use burn_tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+    let store = if native {
+        QuantStore::Native
+    } else {
+        QuantStore::PackedU32(0)
+    };
     QuantScheme::default()
         .with_value(QuantValue::Q8S)
-        .with_store(QuantStore::Native)
+        .with_store(store)
         .per_block([block], ScaleDtype::F32)
 }
 
-/// Burn's own quantizer on the CPU backend (Flex): the tensor widened to f32 as Burn converts it,
-/// then `quantize_dynamic`, read back as the bytes Burn's writer stores.
+/// The backend Burn quantizes a tensor on, by store: `Native` on Flex, the CPU backend, which
+/// writes that store; `PackedU32(0)` on the default device, which is wgpu when the crate is built
+/// with it (Burn's wgpu quantizer writes that store itself) and Flex otherwise.
 #[cfg(any(feature = "burn-022", feature = "burn-023"))]
-pub fn burn_quantize(t: BurnTensor, block: u8) -> BurnTensor {
+fn quantizer_device(native: bool) -> burn_tensor::Device {
+    if native {
+        burn_tensor::Device::flex()
+    } else {
+        Default::default()
+    }
+}
+
+/// Which backend quantized a case's tensors, for the report: "flex", "wgpu", both, or "".
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
+pub fn quantized_on(case: &Case) -> String {
+    let mut names: Vec<String> = case
+        .quantize
+        .keys()
+        .map(|name| {
+            let device = format!("{:?}", quantizer_device(case.native.contains(name)));
+            ["Wgpu", "Flex"]
+                .into_iter()
+                .find(|backend| device.contains(backend))
+                .map_or(device, str::to_lowercase)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names.join(" and ")
+}
+
+#[cfg(feature = "burn-021")]
+pub fn quantized_on(_case: &Case) -> String {
+    String::new()
+}
+
+/// Burn's own quantizer: the tensor widened to f32 as Burn converts it, then `quantize_dynamic`
+/// on the backend `quantizer_device` picks, read back as the bytes Burn's writer stores.
+///
+/// Flex stores whatever scheme it is asked for `Native` (burn-store 0.22.1 `bridge.rs` says so
+/// too). Where it does, a `PackedU32(0)` tensor is laid out from Flex's values and scales by
+/// Burn's own `TensorData::quantized` for that scheme, so Burn, not this crate, decides the
+/// packed bytes; on wgpu the quantizer's own output is taken as it is.
+#[cfg(any(feature = "burn-022", feature = "burn-023"))]
+pub fn burn_quantize(t: BurnTensor, block: u8, native: bool) -> BurnTensor {
+    use burn_tensor::quantization::{QuantStore, QuantizedBytes};
     use burn_tensor::{Tensor, TensorData};
-    let device = Default::default();
+    let device = quantizer_device(native);
     let data = TensorData::from_bytes_vec(t.bytes, t.shape.clone(), t.dtype).convert::<f32>();
     let rank = t.shape.len();
     assert!(rank == 2, "the quantized fixtures are matrices (got rank {rank})");
-    let quantized = Tensor::<2>::from_data(data, &device)
-        .quantize_dynamic(&q8_scheme(block))
+    let scheme = q8_scheme(block, native);
+    let mut quantized = Tensor::<2>::from_data(data, &device)
+        .quantize_dynamic(&scheme)
         .into_data();
+    match quantized.dtype() {
+        DType::QFloat(got) if got == scheme => {}
+        DType::QFloat(got) if got.store == QuantStore::Native && !native => {
+            let (values, scales) = QuantizedBytes {
+                bytes: quantized.into_bytes(),
+                scheme: got,
+                shape: t.shape.clone().into(),
+            }
+            .into_vec_i8();
+            quantized = TensorData::quantized(values, t.shape.clone(), scheme, &scales.block, None);
+        }
+        other => panic!("Burn quantized to {other:?}, not {scheme:?}"),
+    }
     BurnTensor {
         dtype: quantized.dtype(),
         shape: t.shape,
@@ -219,7 +290,7 @@ pub fn burn_quantize(t: BurnTensor, block: u8) -> BurnTensor {
 }
 
 #[cfg(feature = "burn-021")]
-pub fn burn_quantize(_t: BurnTensor, _block: u8) -> BurnTensor {
+pub fn burn_quantize(_t: BurnTensor, _block: u8, _native: bool) -> BurnTensor {
     unreachable!("quantized cases are filtered out for Burn 0.21")
 }
 

@@ -1,7 +1,7 @@
 //! Burn's own quantizer and writer as a q8 packer, for the benchmark: what a Burn 0.22.1 user
 //! would write to turn a safetensors checkpoint into a Q8 pack. Gives burn-pack's `Writer` one
 //! deferred tensor per manifest entry (produced when the writer reaches it, so memory is bounded
-//! by one tensor): the tensors the manifest marks `Q8S_B<n>` go through `Tensor::quantize_dynamic`
+//! by one tensor): the tensors the manifest marks `Q8S_B<n>` (or `Q8S_B<n>_NATIVE`) go through `Tensor::quantize_dynamic`
 //! on the CPU backend (Flex), the others are copied. The file is then flushed to disk, as our
 //! packer does.
 //!
@@ -28,15 +28,22 @@ fn main() {
         let (name, shape, param_id) = (entry.name.clone(), entry.shape.clone(), entry.param_id);
         let (map, range) = (entry.map.clone(), entry.range.clone());
         let tensor = match entry.dtype.strip_prefix("Q8S_B") {
-            Some(block) => {
+            Some(spelled) => {
+                let (block, native) = match spelled.strip_suffix("_NATIVE") {
+                    Some(block) => (block, true),
+                    None => (spelled, false),
+                };
                 let block: u8 = block.parse().expect("a block length");
                 let elements: usize = shape.iter().product();
                 let len = elements + elements / block as usize * 4;
                 let data_shape = shape.clone();
-                PackTensor::deferred(name, DType::QFloat(q8_scheme(block)), shape, param_id, len, move || {
+                let scheme = q8_scheme(block, native);
+                // Flex writes the Native store; for Q8S the PackedU32(0) bytes are the same
+                // (checked against Burn's own layout in tests/burn.rs), only the descriptor differs.
+                PackTensor::deferred(name, DType::QFloat(scheme), shape, param_id, len, move || {
                     let data = TensorData::from_bytes_vec(map[range.clone()].to_vec(), data_shape.clone(), DType::F32);
                     let quantized = Tensor::<2>::from_data(data, &Default::default())
-                        .quantize_dynamic(&q8_scheme(block))
+                        .quantize_dynamic(&scheme)
                         .into_data();
                     Ok(Bytes::from_bytes_vec(quantized.as_bytes().to_vec()))
                 })
