@@ -441,3 +441,24 @@ def test_check_4_we_read_burns_packs(compat):
                 assert pack[t.name].dtype == want.dtype, (c["name"], t.name)
                 assert bytes(pack.raw_bytes(t.name)) == want.tobytes(), (c["name"], t.name)
                 assert t.param_id == c["param_ids"].get(t.name), (c["name"], t.name)
+
+
+def test_check_4_inspect_and_verify_take_burns_quantized_packs(compat, tiny_ckpt):
+    """The q8 packs Burn's own writer made (on the wgpu build: of what Burn quantized on wgpu) are
+    read by `inspect`, and `verify` finds every tensor the exact quantization of its source."""
+    fix, cases, _out, version = compat
+    checked = 0
+    for c in cases:
+        if not (c.get("quantize") and read_by(version, c) and quantizes_as_0_22(version, c)):
+            continue
+        burn_pack = fix / f"burn_written_{version}" / f"{c['name']}.bpk"
+        manifest = fix / f"{c['name']}.manifest.json"
+        against = manifest if manifest.exists() else tiny_ckpt
+        summary = json.loads(run_cli("inspect", burn_pack, "--json", check_rc=0).stdout)
+        stores = {"Native" if n in c.get("native", ()) else "PackedU32(0)" for n in c["quantize"]}
+        schemes = " ".join(d.get("scheme", "") for d in summary["dtypes"].values())
+        assert all(f"Q8S, {store}, Symmetric" in schemes for store in stores), (c["name"], schemes)
+        verify = run_cli("verify", burn_pack, "--against", against)
+        assert verify.returncode == 0, (c["name"], verify.stdout + verify.stderr)
+        checked += 1
+    assert checked >= 3 + 1 + 4 if version != "0.21" else checked == 0

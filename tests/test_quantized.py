@@ -328,10 +328,11 @@ def test_unpack_says_quantized_tensors_come_out_as_f32(tiny_ckpt, tmp_path):
     assert {str(a.dtype) for a in meta.values()} == {"float32"}
 
 
-def test_sanity_against_the_reference_is_exact_and_a_changed_value_fails(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("dtype", ["q8", "q8-native"])
+def test_sanity_against_the_reference_is_exact_and_a_changed_value_fails(tiny_ckpt, tmp_path, dtype):
     pytest.importorskip("torch")
     pack = tmp_path / "lm.bpk"
-    run_cli("pack", tiny_ckpt, "-o", pack, "--dtype", "q8", "-q", check_rc=0)
+    run_cli("pack", tiny_ckpt, "-o", pack, "--dtype", dtype, "-q", check_rc=0)
     good = run_cli("sanity", pack, "--reference", tiny_ckpt, "--device", "cpu", "--json")
     assert good.returncode == 0, good.stdout + good.stderr
     with open_pack(pack) as p:
