@@ -343,9 +343,12 @@ def read_by(version, case):
 
 
 def quantizes_as_0_22(version, case):
-    """Whether that release's own quantization of the case is 0.22.1's, which our q8 packs hold
-    (0.23.0-pre.1 divides by the scale and rounds ties to even: its differences are counted)."""
-    return version in ("0.21", "0.22", "0.22-wgpu") or not case.get("quantize")
+    """Whether Burn's own quantization of the case is 0.22.1's on Flex, which our q8 packs hold
+    (0.23.0-pre.1's Flex, and 0.22.1's wgpu kernel, divide by the scale and round ties to even:
+    their differences are counted). The wgpu build quantizes Native tensors on Flex."""
+    if version == "0.22-wgpu":
+        return set(case.get("quantize", {})) <= set(case.get("native", ()))
+    return version in ("0.21", "0.22") or not case.get("quantize")
 
 
 def test_checks_1_2_3_ran_on_every_case(compat):
@@ -362,7 +365,15 @@ def test_checks_1_2_3_ran_on_every_case(compat):
         assert (f"check 3 ok (burn {version}): {name} " in out) == read_by(version, {"quantize": "q8" in name})
     if version.endswith("-wgpu"):
         # PackedU32(0) tensors were quantized by Burn on wgpu itself; Native ones on Flex.
-        assert "quantized on wgpu" in out and "quantized on flex" in out
+        assert "(quantized on wgpu)" in out and "quantized on flex)" in out
+        # cubek-quant's kernel rounds ties to even after dividing: on the tiny model a few values
+        # land one step from Flex's (measured: 2 of 259,744 at block 32, 3 of 268,960 at 16).
+        for name in ("tiny_q8_b32", "tiny_q8_b16"):
+            counted = re.search(
+                rf"quantized differently \(burn {version}\): {name}: (\d+) of (\d+) values differ \(largest step (\d+)\), 0 of",
+                out,
+            )
+            assert counted and 0 < int(counted[1]) <= 10 and counted[3] == "1", name
 
 
 def test_check_3_forward_matches_numpy(compat, tiny_ckpt):
@@ -445,11 +456,13 @@ def test_check_4_we_read_burns_packs(compat):
 
 def test_check_4_inspect_and_verify_take_burns_quantized_packs(compat, tiny_ckpt):
     """The q8 packs Burn's own writer made (on the wgpu build: of what Burn quantized on wgpu) are
-    read by `inspect`, and `verify` finds every tensor the exact quantization of its source."""
-    fix, cases, _out, version = compat
+    read by `inspect` and pass `verify`'s container check; where Burn quantized as our packs do,
+    `verify --against` finds every tensor the exact quantization of its source, and where it did
+    not (wgpu), it names the tensors whose values differ, as not the exact quantization."""
+    fix, cases, out, version = compat
     checked = 0
     for c in cases:
-        if not (c.get("quantize") and read_by(version, c) and quantizes_as_0_22(version, c)):
+        if not (c.get("quantize") and read_by(version, c)):
             continue
         burn_pack = fix / f"burn_written_{version}" / f"{c['name']}.bpk"
         manifest = fix / f"{c['name']}.manifest.json"
@@ -458,7 +471,15 @@ def test_check_4_inspect_and_verify_take_burns_quantized_packs(compat, tiny_ckpt
         stores = {"Native" if n in c.get("native", ()) else "PackedU32(0)" for n in c["quantize"]}
         schemes = " ".join(d.get("scheme", "") for d in summary["dtypes"].values())
         assert all(f"Q8S, {store}, Symmetric" in schemes for store in stores), (c["name"], schemes)
-        verify = run_cli("verify", burn_pack, "--against", against)
-        assert verify.returncode == 0, (c["name"], verify.stdout + verify.stderr)
+        run_cli("verify", burn_pack, check_rc=0)
+        verify = run_cli("verify", burn_pack, "--against", against, "--json")
+        if quantizes_as_0_22(version, c):
+            assert verify.returncode == 0, (c["name"], verify.stdout + verify.stderr)
+        elif f"quantized differently (burn {version}): {c['name']}: 0 of" not in out:
+            problems = json.loads(verify.stdout)["problems"]
+            assert verify.returncode == 1 and problems, c["name"]
+            for problem in problems:  # one line each, naming the tensor
+                assert "is not the exact quantization of" in problem, (c["name"], problem)
+                assert any(name in problem for name in c["quantize"]), (c["name"], problem)
         checked += 1
     assert checked >= 3 + 1 + 4 if version != "0.21" else checked == 0

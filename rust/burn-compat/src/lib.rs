@@ -172,11 +172,18 @@ pub fn expected_tensors(case: &Case) -> BTreeMap<String, BurnTensor> {
         .collect()
 }
 
-/// Whether this release's `quantize_dynamic` gives Burn 0.22.1's bytes, which our q8 packs hold.
-/// 0.23.0-pre.1's Flex quantizer divides by the scale (0.22.1 multiplies by its reciprocal) and
-/// rounds ties to even (0.22.1: away from zero): it reads and loads our q8 packs, and the values
-/// in which its own quantization differs are counted (`quantized_difference`), not asserted.
+/// Whether this release's Flex `quantize_dynamic` gives Burn 0.22.1's bytes, which our q8 packs
+/// hold. 0.23.0-pre.1's Flex quantizer divides by the scale (0.22.1 multiplies by its reciprocal)
+/// and rounds ties to even (0.22.1: away from zero): it reads and loads our q8 packs, and the
+/// values in which its own quantization differs are counted (`quantized_difference`), not asserted.
 pub const QUANTIZES_AS_0_22: bool = cfg!(feature = "burn-022");
+
+/// Whether Burn quantized this case's tensors as our packs do (0.22.1 on Flex). 0.22.1's wgpu
+/// kernel (cubek-quant 0.3.1) divides by the scale and rounds ties to even, as 0.23's Flex does,
+/// and treats blocks holding NaN or infinities otherwise: the cases it quantized are counted.
+pub fn quantizes_as_ours(case: &Case) -> bool {
+    QUANTIZES_AS_0_22 && (!cfg!(feature = "wgpu") || case.quantize.keys().all(|name| case.native.contains(name)))
+}
 
 /// How a quantized tensor `ours` differs from Burn's quantization `burn` of the same values:
 /// (values differing, values, largest code step, scales differing, scales).
