@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import rewrite_tensor, run_cli
-from heartmula_burn import open_pack
+from heartmula_burn import open_pack, safe_open
 from heartmula_burn._packfile import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,6 +154,11 @@ def test_the_two_stores_hold_the_same_bytes_and_a_pack_converts_between_them(tmp
     with open_pack(packed) as p, open_pack(native) as n:
         assert bytes(p.raw_bytes("w")) == bytes(n.raw_bytes("w"))
         assert p.info("w").file_offset == n.info("w").file_offset
+    values, scales = quantize(arrays["w"], 32)
+    for path in (packed, native):  # read as safetensors files are, dequantized as Burn reads them
+        with safe_open(path) as f:
+            np.testing.assert_array_equal(f.get_tensor("w"), dequantize(values, scales, 32))
+            assert f.get_slice("w").get_dtype() == "F32"
     # Native -> PackedU32(0) from the pack itself, through a manifest whose sources are its tensors.
     manifest = tmp_path / "repack.json"
     doc = json.loads((tmp_path / "native.json").read_text())
