@@ -258,18 +258,23 @@ def test_q8_native_writes_the_same_pack_under_the_native_descriptor(tiny_ckpt, t
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def pack_one_tensor_as(tmp_path, array, dtype):
+    """Packs `array` as tensor "w" through a manifest that asks for `dtype`; the CLI's result."""
+    src = tmp_path / "s.safetensors"
+    save_file({"w": array}, str(src))
+    manifest = tmp_path / "m.json"
+    run_cli("manifest", src, "--any-model", "-o", manifest, check_rc=0)
+    doc = json.loads(manifest.read_text())
+    doc["tensors"][0]["dtype"] = dtype
+    manifest.write_text(json.dumps(doc))
+    return run_cli("pack", "--manifest", manifest, "-o", tmp_path / "p.bpk")
+
+
 def test_a_packed_store_needs_the_last_dimension_in_whole_words(tmp_path):
     """Block 2 divides a last dimension of 6, four values to a u32 do not: PackedU32(0) is refused
     before a byte is written, naming the tensor; Native takes it."""
     arrays = {"w": np.arange(12, dtype="<f4").reshape(2, 6)}
-    src = tmp_path / "s.safetensors"
-    save_file(arrays, str(src))
-    manifest = tmp_path / "m.json"
-    run_cli("manifest", src, "--any-model", "-o", manifest, check_rc=0)
-    doc = json.loads(manifest.read_text())
-    doc["tensors"][0]["dtype"] = "Q8S_B2"
-    manifest.write_text(json.dumps(doc))
-    proc = run_cli("pack", "--manifest", manifest, "-o", tmp_path / "p.bpk")
+    proc = pack_one_tensor_as(tmp_path, arrays["w"], "Q8S_B2")
     assert proc.returncode == 1, proc.stderr
     assert (
         "tensor 'w' cannot be Q8S_B2: its last dimension (6) is not a multiple of 4, as PackedU32(0) needs"
@@ -307,14 +312,7 @@ def test_a_quantized_manifest_refuses_an_older_burn_release(tmp_path):
 
 
 def test_a_block_that_does_not_divide_a_manifest_tensor_is_refused_naming_it(tmp_path):
-    src = tmp_path / "s.safetensors"
-    save_file({"w": np.ones((2, 48), "<f4")}, str(src))
-    manifest = tmp_path / "m.json"
-    run_cli("manifest", src, "--any-model", "-o", manifest, check_rc=0)
-    doc = json.loads(manifest.read_text())
-    doc["tensors"][0]["dtype"] = "Q8S_B32"
-    manifest.write_text(json.dumps(doc))
-    proc = run_cli("pack", "--manifest", manifest, "-o", tmp_path / "p.bpk")
+    proc = pack_one_tensor_as(tmp_path, np.ones((2, 48), "<f4"), "Q8S_B32")
     assert proc.returncode == 1, proc.stderr
     assert "tensor 'w' cannot be Q8S_B32: its last dimension (48) is not a whole number of blocks of 32" in proc.stderr
     assert not (tmp_path / "p.bpk").exists()
