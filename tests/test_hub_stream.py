@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LM, assert_clean_failure, crosscheck
+from conftest import LM, assert_clean_failure, crosscheck, repo_files
 from hub_helpers import TOKEN, assert_same_packs, hub_cli, hub_env
 from hub_server import HubServer
 
@@ -116,6 +116,19 @@ def test_a_shard_whose_bytes_differ_from_its_sha256_fails_in_one_line_and_nothin
     )
     assert [p.name for p in out.iterdir()] == ["heartmula.bpk"], "no partial file, nothing else put in place"
     assert (out / "heartmula.bpk").read_bytes() == b"an earlier pack"
+
+
+def test_a_shard_too_short_for_a_header_fails_in_one_line_at_once(hub, tiny_root, tmp_path):
+    """A .safetensors of 5 bytes committed by mistake (LFS stores it, with a valid sha256): one
+    line naming the repository and the shard, exit 1, where the header read used to wait forever."""
+    repo, name = "short/HeartMuLa-oss-3B", "model-00002-of-00004.safetensors"
+    hub.add_repo(repo, {**repo_files(tiny_root / "HeartMuLa-oss-3B"), name: b"12345"})
+    for connections in ("8", "1"):  # the header read with the data, and alone
+        started = time.monotonic()
+        proc = stream(hub, tmp_path, "--lm-repo", repo, "--connections", connections, check_rc=None)
+        assert time.monotonic() - started < 60
+        assert_clean_failure(proc, f"{repo}@", f"{name}: 5 bytes, too short for a safetensors file")
+        assert not (tmp_path / "streamed").exists() or not list((tmp_path / "streamed").iterdir())
 
 
 def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, local_packs, tmp_path):

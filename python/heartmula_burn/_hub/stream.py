@@ -365,6 +365,11 @@ class Streamer:
         reader = _ShardReader(shard, self)
         try:
             self.client.resolve(shard)
+            if shard.size < 8:  # else its header would never complete, and the planner wait for it
+                raise HubError.at(
+                    shard.label,
+                    f"{shard.name}: {shard.size} bytes, too short for a safetensors file (8 bytes give its header's length)",
+                )
             if eager:  # the header, then (once planned) the data, in one request
                 self._acquire()
                 try:
