@@ -60,7 +60,8 @@ chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of f
 `cdn_authorized` (paths of requests that reached the second listener carrying a token), `errors` (tracebacks of unexpected server errors: a test may assert it stays empty), `range_faults` (for a repo
 path, faults answered in turn to its ranged GETs: "whole"
 (200 and the whole file), "shifted" (206 with the range one byte later than asked), "cut" (the connection closed
-after half the range), "expire" (403, and the locations of that path signed so far expire), or a status such as "416").
+after half the range), "expire" (403, and the locations of that path signed so far expire), or a status such as "416"
+(with ":N" after it, "429:4", a Retry-After of N).
 
 What the 2.4.0 client does that tests should know: it reads downloads in 10 MiB chunks and, after a dropped
 connection, sleeps 1 s and resumes with `Range: bytes=<last full 10 MiB boundary>-` (so a `drop_after` below
@@ -1026,7 +1027,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.hub._generations[path] = self.hub._generations.get(path, 0) + 1
             raise _HttpError(403, "Request has expired or signature is invalid")
         elif fault not in (None, "cut"):
-            self._send(int(fault), b"", headers)
+            status_text, _, wait = fault.partition(":")  # "429:4": a 429 with Retry-After: 4
+            self._send(int(status_text), b"", {**headers, "Retry-After": wait} if wait else headers)
             return
         drop: int | None = (end - start) // 2 if fault == "cut" else None
         flip: int | None = None

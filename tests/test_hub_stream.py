@@ -149,6 +149,44 @@ def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, lo
     assert report["streamed"]["fetched_bytes"] == sum(p.stat().st_size for p in shards_of(tiny_root).values())
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 0.0),
+        ("", 0.0),
+        ("4", 4.0),
+        (" 4 ", 4.0),
+        ("0", 0.0),
+        ("100000", 120.0),  # capped
+        ("-3", 0.0),
+        ("soon", 0.0),
+        ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),  # 10 s after `now` below
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header, seconds):
+    from heartmula_burn._hub.stream import retry_after
+
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after(header, now=now) == seconds
+
+
+def test_a_429_with_retry_after_is_asked_again_no_sooner(hub, tiny_root, local_packs, tmp_path):
+    name = "model-00001-of-00002.safetensors"
+    since = marks(hub)
+    hub.range_faults[name] = ["429:4"]
+    started = time.monotonic()
+    try:
+        report = json.loads(stream(hub, tmp_path).stdout)
+    finally:
+        leftover = hub.range_faults.pop(name)
+    assert leftover == []
+    assert time.monotonic() - started >= 4.0  # the backoff alone would have asked again after 0.5 s
+    assert report["streamed"]["retries"] == 1
+    assert len(shard_requests(hub, since, name)) == 2
+    assert_same_packs(tmp_path / "streamed", local_packs, hub)
+
+
 @pytest.mark.parametrize("faults", [["whole"], ["shifted"], ["416", "503"], ["cut", "cut"], ["expire"]])
 def test_wrong_answers_to_a_range_are_asked_again(hub, tiny_root, local_packs, tmp_path, faults):
     name, other = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"

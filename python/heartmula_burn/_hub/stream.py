@@ -18,6 +18,8 @@ pinned to the commit it resolved to when the run started."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import threading
 import time
@@ -47,6 +49,8 @@ MAX_CONNECTIONS = 64
 # Attempts in a row without a byte of progress before a shard is given up, and the waits between.
 ATTEMPTS = 6
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A server's Retry-After is obeyed up to this many seconds.
+MAX_RETRY_AFTER_SECONDS = 120.0
 # Seconds to wait for a connection or for the next bytes of a body.
 TIMEOUT_SECONDS = 60.0
 # The safetensors crate's bound on a header: a larger length is refused before it is fetched.
@@ -61,7 +65,12 @@ def checked_connections(connections: int) -> int:
 
 
 class _Retry(Exception):
-    """An answer or a transfer to try again (from the last byte received)."""
+    """An answer or a transfer to try again (from the last byte received), no sooner than `wait`
+    seconds from now when the server said when (Retry-After)."""
+
+    def __init__(self, message: str, wait: float = 0.0) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 class _Expired(_Retry):
@@ -154,7 +163,7 @@ class StreamClient:
                 raise _Retry("a range request was answered with the whole file (200)")
             if status != 206:
                 if status == 416 or status == 429 or status >= 500:
-                    raise _Retry(f"answered {status}")
+                    raise _Retry(f"answered {status}", retry_after(response.headers.get("Retry-After")))
                 with hub_errors(shard.label, shard.repo):
                     self.hf.utils.hf_raise_for_status(response)
                 raise _Retry(f"answered {status}")
@@ -170,6 +179,25 @@ class StreamClient:
             self.stats.retries += retries
             if self.bar is not None and fetched:
                 self.bar.update(fetched)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds a `Retry-After` header asks to wait (a number of seconds, or an HTTP date), at most
+    MAX_RETRY_AFTER_SECONDS; 0 for none, or for one that cannot be read."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:  # an HTTP date is GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -249,7 +277,9 @@ def _with_retries(
         if failures >= ATTEMPTS:
             raise HubError.at(shard.label, f"{shard.name}: gave up after {ATTEMPTS} attempts in a row: {fault}")
         client.count(retries=1)
-        if failures and stop.wait(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1]):
+        backoff = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1] if failures else 0.0
+        wait = max(backoff, fault.wait if isinstance(fault, _Retry) else 0.0)
+        if wait and stop.wait(wait):
             raise InterruptedError
         if isinstance(fault, _Expired):
             client.resolve(shard)
