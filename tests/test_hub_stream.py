@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LM, assert_clean_failure, crosscheck, repo_files
+from conftest import LM, assert_clean_failure, crosscheck, repo_files, run_process
 from hub_helpers import TOKEN, assert_same_packs, hub_cli, hub_env
 from hub_server import HubServer
 
@@ -129,6 +129,17 @@ def test_a_shard_too_short_for_a_header_fails_in_one_line_at_once(hub, tiny_root
         assert time.monotonic() - started < 60
         assert_clean_failure(proc, f"{repo}@", f"{name}: 5 bytes, too short for a safetensors file")
         assert not (tmp_path / "streamed").exists() or not list((tmp_path / "streamed").iterdir())
+
+
+def test_a_log_gets_no_progress_frames(hub, tmp_path):
+    """stderr not a terminal (a CI log, `2> log`): neither our bar nor huggingface_hub's draw
+    carriage-return frames there (its bars are on by default: the variable that turns them off
+    is not set here)."""
+    env = hub_env(hub, tmp_path / "cache")
+    del env["HF_HUB_DISABLE_PROGRESS_BARS"]
+    command = ["pack", "--hub", "--stream", "-o", f"{tmp_path / 'streamed'}/", "--force"]
+    proc = run_process(*command, env=env, check_rc=0)
+    assert "\r" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, local_packs, tmp_path):

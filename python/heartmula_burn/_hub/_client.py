@@ -3,6 +3,7 @@ line naming the repository, its progress bars on or off, and transfers that a si
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -134,10 +135,11 @@ def wait_for(threads: Sequence[threading.Thread]) -> None:
 
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[None]:
-    """huggingface_hub's own progress bars, on or off for the block."""
+    """huggingface_hub's own progress bars, on for the block where asked and stderr is a terminal
+    (in a log their carriage-return frames bury the line that matters), else off."""
     utils = _hf().utils
     was_disabled = utils.are_progress_bars_disabled()
-    if enabled:
+    if enabled and sys.stderr.isatty():
         yield
         return
     utils.disable_progress_bars()
