@@ -31,13 +31,30 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_started():
+    """Every process `start` made is ended and its pipe closed after the test, also when the test
+    failed before `finish` (else the pipe is closed by the collector: a ResourceWarning later)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def start(*args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "heartmula_burn", *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    STARTED.append(proc)
+    return proc
 
 
 def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:

@@ -170,19 +170,19 @@ def test_a_download_stopped_by_a_signal_leaves_no_half_file_and_the_next_run_com
     cache, root = tmp_path / "cache", tmp_path / "ckpt"
     hub.slow_bytes_per_s = 64 << 10
     try:
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "heartmula_burn", "download", root, "-q"],
             env=hub_env(hub, cache),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        deadline = time.monotonic() + 60
-        while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:  # a file is mid-download
-            time.sleep(0.05)
-        assert list(cache.rglob("*.incomplete")), "the download never started"
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
+        ) as proc:
+            deadline = time.monotonic() + 60
+            while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:  # a file is mid-download
+                time.sleep(0.05)
+            assert list(cache.rglob("*.incomplete")), "the download never started"
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=30)
     finally:
         hub.slow_bytes_per_s = None
     assert proc.returncode == 128 + signum, err

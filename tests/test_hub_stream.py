@@ -246,22 +246,22 @@ def test_a_signal_ends_the_stream_at_once_and_leaves_the_folder_as_it_was(hub, t
     (out / "tokenizer.json").write_text("an earlier file")
     hub.slow_bytes_per_s = 256 << 10
     try:
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "heartmula_burn", "pack", "--hub", "--stream", "-o", f"{out}/", "-f"],
             env=hub_env(hub, tmp_path / "cache"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        deadline = time.monotonic() + 60
-        while not list(out.glob(".*partial")) and time.monotonic() < deadline:  # the packs are being written
-            time.sleep(0.05)
-        assert list(out.glob(".*partial")), "the stream never started"
-        time.sleep(0.3)
-        started = time.monotonic()
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
-        waited = time.monotonic() - started
+        ) as proc:
+            deadline = time.monotonic() + 60
+            while not list(out.glob(".*partial")) and time.monotonic() < deadline:  # the packs are being written
+                time.sleep(0.05)
+            assert list(out.glob(".*partial")), "the stream never started"
+            time.sleep(0.3)
+            started = time.monotonic()
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=30)
+            waited = time.monotonic() - started
     finally:
         hub.slow_bytes_per_s = None
     assert proc.returncode == 128 + signum, err

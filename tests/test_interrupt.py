@@ -60,21 +60,24 @@ def bytes_written(pid: int) -> int | None:
 def interrupt(cmd: list[str], watch: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess[str], int]:
     """Starts `cmd`, waits until it has a temporary output in `watch` and has written STARTED bytes
     of it, sends `sig`; returns the finished process and how many bytes it wrote after the signal."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "heartmula_burn", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120  # a hang, not a bound on how fast anything is
-    while (
-        not any(n.endswith(".heartmula-partial") for n in os.listdir(watch)) or (bytes_written(proc.pid) or 0) < STARTED
-    ):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never started writing"
-        time.sleep(0.01)
-    at_signal = last = bytes_written(proc.pid) or 0
-    proc.send_signal(sig)
-    while proc.poll() is None:
-        last = bytes_written(proc.pid) or last
-        time.sleep(0.005)
-    _, stderr = proc.communicate(timeout=60)
+    ) as proc:  # on any way out: the pipe closed, the process waited for
+        deadline = time.monotonic() + 120  # a hang, not a bound on how fast anything is
+        while (
+            not any(n.endswith(".heartmula-partial") for n in os.listdir(watch))
+            or (bytes_written(proc.pid) or 0) < STARTED
+        ):
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                proc.kill()
+                raise AssertionError("the run never started writing")
+            time.sleep(0.01)
+        at_signal = last = bytes_written(proc.pid) or 0
+        proc.send_signal(sig)
+        while proc.poll() is None:
+            last = bytes_written(proc.pid) or last
+            time.sleep(0.005)
+        _, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), last - at_signal
 
 
