@@ -182,7 +182,8 @@ pub const QUANTIZES_AS_0_22: bool = cfg!(feature = "burn-022");
 /// kernel (cubek-quant 0.3.1) divides by the scale and rounds ties to even, as 0.23's Flex does,
 /// and treats blocks holding NaN or infinities otherwise: the cases it quantized are counted.
 pub fn quantizes_as_ours(case: &Case) -> bool {
-    QUANTIZES_AS_0_22 && (!cfg!(feature = "wgpu") || case.quantize.keys().all(|name| case.native.contains(name)))
+    let on_flex = || !cfg!(feature = "wgpu") || case.quantize.keys().all(|name| case.native.contains(name));
+    case.quantize.is_empty() || QUANTIZES_AS_0_22 && on_flex()
 }
 
 /// How a quantized tensor `ours` differs from Burn's quantization `burn` of the same values:
