@@ -248,7 +248,7 @@ def _with_retries(
 
     while position < end:
         before = position
-        fault: Exception
+        fault: _Retry
         try:
             with client.get_range(shard, position, min(position + RANGE_BYTES, end)) as response:
                 range_end = min(position + RANGE_BYTES, end)
@@ -278,7 +278,7 @@ def _with_retries(
             raise HubError.at(shard.label, f"{shard.name}: gave up after {ATTEMPTS} attempts in a row: {fault}")
         client.count(retries=1)
         backoff = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1] if failures else 0.0
-        wait = max(backoff, fault.wait if isinstance(fault, _Retry) else 0.0)
+        wait = max(backoff, fault.wait)
         if wait and stop.wait(wait):
             raise InterruptedError
         if isinstance(fault, _Expired):

@@ -349,11 +349,14 @@ mod tests {
     fn a_tensor_off_the_grid_of_an_aligned_pack_is_reported() {
         use crate::burnpack::{align_up, encode_metadata, PackLayout};
         let dir = tempfile::tempdir().unwrap();
-        let specs = vec![
-            ("x".to_string(), DType::U8, vec![3], None),
-            ("y".to_string(), DType::U8, vec![3], None),
-        ];
-        let mut layout = PackLayout::plan(specs, Default::default(), BurnTarget::V0_22, Path::new("p.bpk")).unwrap();
+        let plan = || {
+            let specs = vec![
+                ("x".to_string(), DType::U8, vec![3], None),
+                ("y".to_string(), DType::U8, vec![3], None),
+            ];
+            PackLayout::plan(specs, Default::default(), BurnTarget::V0_22, Path::new("p.bpk")).unwrap()
+        };
+        let mut layout = plan();
         assert_eq!((layout.tensors[1].start, layout.tensors[1].end), (256, 259));
         layout.tensors[1].start = 5;
         layout.tensors[1].end = 8;
@@ -370,16 +373,7 @@ mod tests {
         assert_eq!(problems, vec![Problem::tensor("y", message)]);
 
         // The same tensors on the grid: no problem.
-        let good = PackLayout::plan(
-            vec![
-                ("x".into(), DType::U8, vec![3], None),
-                ("y".into(), DType::U8, vec![3], None),
-            ],
-            Default::default(),
-            BurnTarget::V0_22,
-            Path::new("p.bpk"),
-        )
-        .unwrap();
+        let good = plan();
         let mut bytes = good.preamble();
         bytes.resize(good.file_size as usize, 0);
         std::fs::write(&path, &bytes).unwrap();
