@@ -62,7 +62,7 @@ def hub_errors(label: str, repo: str) -> Iterator[None]:
         raise HubError.at(label, "revision not found (a branch, tag or commit of the repository)") from None
     except errors.RemoteEntryNotFoundError as e:
         raise HubError.at(label, f"file not found on the Hub: {_first_line(e)}") from None
-    except errors.LocalEntryNotFoundError as e:
+    except (errors.LocalEntryNotFoundError, errors.RevisionResolutionError) as e:
         offline = " (HF_HUB_OFFLINE is set)" if hf.constants.HF_HUB_OFFLINE else ""
         raise HubError.at(
             label,

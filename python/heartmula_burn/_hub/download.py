@@ -65,9 +65,12 @@ def plan(spec: RepoSpec) -> Fetched:
     (HF_HUB_OFFLINE, no network) the answer comes from the cache, as huggingface_hub itself does."""
     hf = _hf()
     with hub_errors(spec.label, spec.repo):
+        # Resolved once, here: the fetch is pinned to this commit, and huggingface_hub records the
+        # branch in the cache's refs/, so that a later offline run (ours or `hf`) finds the snapshot.
+        revision = hf.HfApi().resolve_revision(spec.repo, revision=spec.revision)
         try:
             listing = hf.snapshot_download(
-                spec.repo, revision=spec.revision, allow_patterns=list(spec.patterns), dry_run=True
+                spec.repo, revision=revision, allow_patterns=list(spec.patterns), dry_run=True
             )
         except hf.errors.DryRunError as e:
             cause = e.__cause__
@@ -78,8 +81,7 @@ def plan(spec: RepoSpec) -> Fetched:
                 raise cause from None
             return _plan_from_cache(spec)
     files = sorted(f.filename for f in listing if _wanted(f.filename, spec.patterns))
-    commits = {f.commit_hash for f in listing}
-    commit = commits.pop() if len(commits) == 1 else _resolve(spec)
+    commit: str = revision.resolved
     sizes = {f.filename: f.file_size or 0 for f in listing if f.filename in files}
     pending = [f.filename for f in listing if f.filename in files and f.will_download]
     to_download = sum(sizes[name] for name in pending)
@@ -95,13 +97,6 @@ def leave_shards(fetched: Fetched) -> Fetched:
     pending = [name for name in fetched.pending if name in rest]
     to_download = sum(fetched.sizes[name] for name in pending)
     return replace(fetched, files=rest, pending=pending, to_download=to_download, streamed=shards)
-
-
-def _resolve(spec: RepoSpec) -> str:
-    hf = _hf()
-    with hub_errors(spec.label, spec.repo):
-        sha: str = hf.HfApi().repo_info(spec.repo, revision=spec.revision).sha
-    return sha
 
 
 def _plan_from_cache(spec: RepoSpec) -> Fetched:
