@@ -61,7 +61,10 @@ chunk so a test may change it mid-transfer), `ranges` ((path, Range header) of f
 path, faults answered in turn to its ranged GETs: "whole"
 (200 and the whole file), "shifted" (206 with the range one byte later than asked), "cut" (the connection closed
 after half the range), "expire" (403, and the locations of that path signed so far expire), or a status such as "416"
-(with ":N" after it, "429:4", a Retry-After of N).
+(with ":N" after it, "429:4", a Retry-After of N), "pass" (answered as asked: lets a fault reach a later GET), "trickle"
+(100 kB, then one byte every 5 s until the client hangs up). `outage_until` (a `time.monotonic()` time: until
+then every ranged GET of a file is answered 503, as a CDN outage), `body_bytes` (per repo path, file body bytes
+sent), `open_bodies` / `max_open_bodies` (file bodies being sent now, and the most at once since last reset).
 
 What the 2.4.0 client does that tests should know: it reads downloads in 10 MiB chunks and, after a dropped
 connection, sleeps 1 s and resumes with `Range: bytes=<last full 10 MiB boundary>-` (so a `drop_after` below
@@ -98,6 +101,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 LFS_THRESHOLD = 10 * 1024 * 1024
 LFS_SUFFIXES = (".safetensors", ".bpk")
 CHUNK = 64 * 1024
+# The "trickle" fault: this many bytes at full speed, then one byte per TRICKLE_SECONDS.
+TRICKLE_AFTER = 100_000
+TRICKLE_SECONDS = 5.0
 DEFAULT_TOKEN = "hf_test_token"
 USER_NAME = "test-user"
 
@@ -336,6 +342,10 @@ class HubServer:
         self.tamper: dict[str, int] = {}
         self.slow_bytes_per_s: int | None = None
         self.range_faults: dict[str, list[str]] = {}
+        self.outage_until: float = 0.0
+        self.body_bytes: dict[str, int] = {}
+        self.open_bodies = 0
+        self.max_open_bodies = 0
         self.cdn_authorized: list[str] = []  # paths of requests that reached the CDN with an Authorization header
         self._generations: dict[str, int] = {}  # per repo path: bumped when its signed locations expire
         self.write_requires_token: bool = True
@@ -1016,6 +1026,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.hub._lock:
                 queue = self.hub.range_faults.get(path)
                 fault = queue.pop(0) if queue else None
+            if time.monotonic() < self.hub.outage_until:
+                fault = "503"
         if fault == "whole":
             start, end, status = 0, size, 200
             del headers["Content-Range"]
@@ -1026,7 +1038,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.hub._lock:  # this file's locations signed so far are refused from now on
                 self.hub._generations[path] = self.hub._generations.get(path, 0) + 1
             raise _HttpError(403, "Request has expired or signature is invalid")
-        elif fault not in (None, "cut"):
+        elif fault not in (None, "cut", "pass", "trickle"):
             status_text, _, wait = fault.partition(":")  # "429:4": a 429 with Retry-After: 4
             self._send(int(status_text), b"", {**headers, "Retry-After": wait} if wait else headers)
             return
@@ -1045,18 +1057,36 @@ class _Handler(BaseHTTPRequestHandler):
         budget = end - start if drop is None else min(drop, end - start)
         rate = self.hub.slow_bytes_per_s
         chunk_size = CHUNK if not rate else max(1, min(CHUNK, rate // 20))
-        for chunk in blob.chunks(start, start + budget, chunk_size):
-            if self.hub._stopping:
-                break
-            if flip is not None and start + sent <= flip < start + sent + len(chunk):
-                at = flip - start - sent
-                chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
-            self.wfile.write(chunk)
-            sent += len(chunk)
-            rate = self.hub.slow_bytes_per_s
-            if rate:
-                self.wfile.flush()
-                time.sleep(len(chunk) / rate)
+        ranged = range_header is not None  # the stream's transfers (huggingface_hub fetches whole files)
+        with self.hub._lock:
+            self.hub.open_bodies += ranged
+            self.hub.max_open_bodies = max(self.hub.max_open_bodies, self.hub.open_bodies)
+        try:
+            for chunk in blob.chunks(start, start + budget, 1 if fault == "trickle" else chunk_size):
+                if self.hub._stopping:
+                    break
+                if flip is not None and start + sent <= flip < start + sent + len(chunk):
+                    at = flip - start - sent
+                    chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                with self.hub._lock:
+                    self.hub.body_bytes[path] = self.hub.body_bytes.get(path, 0) + len(chunk)
+                rate = self.hub.slow_bytes_per_s
+                if sent == budget:
+                    break  # no wait after the last byte: the body is complete
+                if fault == "trickle" and sent >= TRICKLE_AFTER:
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_SECONDS)
+                elif rate:
+                    self.wfile.flush()
+                    time.sleep(len(chunk) / rate)
+        except OSError:  # the client hung up (a trickle dropped): nothing more to send
+            self.close_connection = True
+            return
+        finally:
+            with self.hub._lock:
+                self.hub.open_bodies -= ranged
         if sent < end - start:  # dropped on purpose (or stopping): the client sees a short body
             self.wfile.flush()
             self.close_connection = True
