@@ -56,6 +56,16 @@ def served_once(headers: list[str], size: int) -> bool:
     return position == size
 
 
+def three_ranges(path: Path, data_from: int | None = None) -> list[str]:
+    """The ranges a shard is read in: its header's length, its header, its data (from `data_from`)."""
+    size, header_end = path.stat().st_size, 8 + int.from_bytes(path.read_bytes()[:8], "little")
+    return ["bytes=0-7", f"bytes=8-{header_end - 1}", f"bytes={data_from or header_end}-{size - 1}"]
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
 def stream(
     hub: HubServer, tmp_path: Path, *args: Any, check_rc: int | None = 0, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -84,10 +94,9 @@ def test_streamed_packs_are_pack_hubs_byte_for_byte_and_no_shard_is_stored(
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in shards.values()}
     assert not list(cache.rglob("*.safetensors")) and not [p for p in cache.rglob("*") if p.name in digests]
     assert list(cache.rglob("config.json")) and list(cache.rglob("*.safetensors.index.json"))
-    # Every shard byte served once, the header and the data in one request (these shards are small).
+    # Every shard byte served once: the header's length, the header (for the plan), then the data.
     for name, path in shards.items():
-        headers = shard_requests(hub, since, name)
-        assert headers == [f"bytes=0-{path.stat().st_size - 1}"], (name, headers)
+        assert shard_requests(hub, since, name) == three_ranges(path), name
     streamed = report["streamed"]
     assert streamed["fetched_bytes"] == sum(p.stat().st_size for p in shards.values())
     assert (streamed["retries"], streamed["shards"]) == (0, len(shards))
@@ -145,7 +154,7 @@ def test_a_log_gets_no_progress_frames(hub, tmp_path):
 def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, local_packs, tmp_path):
     name, path = max(shards_of(tiny_root).items(), key=lambda kv: kv[1].stat().st_size)
     since = marks(hub)
-    hub.range_faults[name] = ["cut"]  # half the range (header and data), then the connection closes
+    hub.range_faults[name] = ["pass", "pass", "cut"]  # half the data, then the connection closes
     try:
         report = json.loads(stream(hub, tmp_path).stdout)
     finally:
@@ -153,7 +162,10 @@ def test_a_cut_connection_resumes_from_the_last_byte_received(hub, tiny_root, lo
     assert leftover == []
     assert_same_packs(tmp_path / "streamed", local_packs, hub)
     size = path.stat().st_size
-    assert shard_requests(hub, since, name) == [f"bytes=0-{size - 1}", f"bytes={size // 2}-{size - 1}"], (
+    *head, data = three_ranges(path)
+    header_end = int(data.removeprefix("bytes=").split("-")[0])
+    middle = header_end + (size - header_end) // 2
+    assert shard_requests(hub, since, name) == [*head, data, f"bytes={middle}-{size - 1}"], (
         "asked again from the byte after the last one received"
     )
     assert report["streamed"]["retries"] == 1
@@ -182,6 +194,20 @@ def test_retry_after_is_read_as_seconds_or_an_http_date(header, seconds):
     assert retry_after(header, now=now) == seconds
 
 
+def test_the_backoff_doubles_to_its_cap_with_jitter_below():
+    from heartmula_burn._hub.stream import backoff
+
+    def highest(low: float, high: float) -> float:
+        return high
+
+    def lowest(low: float, high: float) -> float:
+        return low
+
+    assert [backoff(n, highest) for n in range(8)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [backoff(n, lowest) for n in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert backoff(10_000, highest) == 10.0
+
+
 def test_a_429_with_retry_after_is_asked_again_no_sooner(hub, tiny_root, local_packs, tmp_path):
     name = "model-00001-of-00002.safetensors"
     since = marks(hub)
@@ -194,7 +220,7 @@ def test_a_429_with_retry_after_is_asked_again_no_sooner(hub, tiny_root, local_p
     assert leftover == []
     assert time.monotonic() - started >= 4.0  # the backoff alone would have asked again after 0.5 s
     assert report["streamed"]["retries"] == 1
-    assert len(shard_requests(hub, since, name)) == 2
+    assert len(shard_requests(hub, since, name)) == 4  # the 429, then the three ranges
     assert_same_packs(tmp_path / "streamed", local_packs, hub)
 
 
@@ -219,24 +245,63 @@ def test_wrong_answers_to_a_range_are_asked_again(hub, tiny_root, local_packs, t
     assert resolves(name) == resolves(other) + expired, "an expired location is resolved again, once; no other"
 
 
-def test_more_shards_than_connections_read_their_headers_alone_then_their_data(hub, tiny_root, tmp_path):
-    """With 2 connections, the 2 largest shards read header and data in one request each; the 4
-    others read their header's length and header first (for the plan), then the data, 2 at a time."""
+def test_connections_bound_every_transfer_header_reads_included(hub, tiny_root, tmp_path):
+    """With 2 connections, never more than 2 bodies are open, while headers are read for the plan
+    as while data flows (the bodies slowed so that every transfer overlaps the others)."""
     hub_cli(hub, tmp_path / "cached", "pack", "--hub", "-o", f"{tmp_path / 'downloaded'}/", "-q", check_rc=0)
     since = marks(hub)
-    report = json.loads(stream(hub, tmp_path, "--connections", "2").stdout)
+    hub.max_open_bodies, hub.slow_bytes_per_s = 0, 4 << 20
+    try:
+        report = json.loads(stream(hub, tmp_path, "--connections", "2").stdout)
+        most = hub.max_open_bodies
+    finally:
+        hub.slow_bytes_per_s = None
     for name in PACKS:
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "downloaded" / name).read_bytes(), name
-    shards = sorted(shards_of(tiny_root).items(), key=lambda kv: -kv[1].stat().st_size)
-    for rank, (name, path) in enumerate(shards):
-        headers = shard_requests(hub, since, name)
-        size = path.stat().st_size
-        if rank < 2:
-            assert headers == [f"bytes=0-{size - 1}"], (name, headers)
-        else:
-            header_end = 8 + int.from_bytes(path.read_bytes()[:8], "little")
-            assert headers == ["bytes=0-7", f"bytes=8-{header_end - 1}", f"bytes={header_end}-{size - 1}"], name
+    for name, path in shards_of(tiny_root).items():
+        assert shard_requests(hub, since, name) == three_ranges(path), name
+    assert most == 2, f"{most} bodies open at once"
     assert report["streamed"]["retries"] == 0
+
+
+def test_a_trickling_body_is_dropped_and_asked_again(hub, tiny_root, local_packs, tmp_path):
+    """100 kB, then one byte every 5 s: no read ever times out, and the stall window drops it."""
+    name, path = max(shards_of(tiny_root).items(), key=lambda kv: kv[1].stat().st_size)
+    assert path.stat().st_size > 200_000
+    since = marks(hub)
+    hub.range_faults[name] = ["pass", "pass", "trickle"]
+    started = time.monotonic()
+    try:
+        report = json.loads(stream(hub, tmp_path).stdout)
+    finally:
+        leftover = hub.range_faults.pop(name)
+    assert leftover == [] and time.monotonic() - started < 240
+    assert_same_packs(tmp_path / "streamed", local_packs, hub)
+    requests = shard_requests(hub, since, name)
+    assert len(requests) == 4 and report["streamed"]["retries"] == 1, requests
+
+
+def test_a_cdn_outage_of_45_seconds_is_waited_out(hub, local_packs, tmp_path):
+    hub.outage_until = time.monotonic() + 45  # every ranged GET answered 503 until then
+    try:
+        report = json.loads(stream(hub, tmp_path).stdout)
+    finally:
+        hub.outage_until = 0.0
+    assert report["streamed"]["retries"] > 0
+    assert_same_packs(tmp_path / "streamed", local_packs, hub)
+
+
+def test_a_shard_without_progress_for_the_retry_window_fails_and_everything_stops(hub, tmp_path):
+    """Past `--retry-window` without progress the run ends in one line, the other transfers
+    stopped with it, and what was fetched is kept for the next run."""
+    hub.outage_until = time.monotonic() + 600
+    started = time.monotonic()
+    try:
+        proc = stream(hub, tmp_path, "--retry-window", "3", check_rc=None)
+    finally:
+        hub.outage_until = 0.0
+    assert time.monotonic() - started < 30
+    assert_clean_failure(proc, "no progress for 3 s", "answered 503")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -267,8 +332,104 @@ def test_a_signal_ends_the_stream_at_once_and_leaves_the_folder_as_it_was(hub, t
     assert proc.returncode == 128 + signum, err
     assert waited < 5, f"ended {waited:.1f} s after the signal"
     assert "Traceback" not in err
-    assert [p.name for p in out.iterdir()] == ["tokenizer.json"]
+    assert "run the same command again to continue, or add --fresh to start over" in err
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["tokenizer.json"]
     assert (out / "tokenizer.json").read_text() == "an earlier file"
+    assert hidden(out) == [
+        ".heartcodec.bpk.resume.heartmula-partial",
+        ".heartmula.bpk.resume.heartmula-journal",
+        ".heartmula.bpk.resume.heartmula-partial",
+    ]
+
+
+def shard_bytes_served(hub: HubServer, tiny_root: Path) -> int:
+    names = shards_of(tiny_root)
+    return sum(n for path, n in hub.body_bytes.items() if path in names)
+
+
+def journaled(out: Path) -> int:
+    """The shard bytes the run's journal says are in its partial packs (0 while there is none)."""
+    try:
+        return sum(
+            s["next"] for s in json.loads((out / ".heartmula.bpk.resume.heartmula-journal").read_text())["shards"]
+        )
+    except (OSError, ValueError):
+        return 0
+
+
+def killed_at(hub: HubServer, tiny_root: Path, out: Path, signum: int, fraction: float = 0.25) -> str:
+    """Starts `pack --hub --stream` into `out` with the bodies slowed (about 5 s for 40% of the
+    shard bytes), sends `signum` once its journal covers `fraction` of them; returns its stderr."""
+    total = sum(p.stat().st_size for p in shards_of(tiny_root).values())
+    hub.slow_bytes_per_s = max(total // 60, 1)  # per connection, 6 at once
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "heartmula_burn", "pack", "--hub", "--stream", "-o", f"{out}/"],
+            env=hub_env(hub, out.parent / "cache"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            deadline = time.monotonic() + 120
+            while journaled(out) < fraction * total:
+                assert proc.poll() is None and time.monotonic() < deadline, "the stream ended or never got going"
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        hub.slow_bytes_per_s = None
+    assert proc.returncode == (-signum if signum == signal.SIGKILL else 128 + signum), err
+    deadline = time.monotonic() + 30  # the server's side of the cut transfers ends at its next write
+    while hub.open_bodies and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_a_stream_killed_at_40_percent_continues_where_it_was(hub, tiny_root, local_packs, tmp_path, signum):
+    """Killed outright, or stopped by Ctrl-C, at about 40% of the shard bytes (5 s in, its first
+    journal): the hidden partial stays, the same command fetches at most 75% of them again and
+    writes the very packs, and leaves nothing behind."""
+    out = tmp_path / "streamed"
+    err = killed_at(hub, tiny_root, out, signum)
+    if signum == signal.SIGINT:
+        assert err.splitlines()[-1] == "heartmula-burn: error: interrupted (SIGINT); nothing was put in place", err
+        assert "run the same command again to continue, or add --fresh to start over" in err
+    assert ".heartmula.bpk.resume.heartmula-journal" in hidden(out)
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")], "nothing under a final name"
+    total = sum(p.stat().st_size for p in shards_of(tiny_root).values())
+    before = shard_bytes_served(hub, tiny_root)
+    proc = hub_cli(hub, tmp_path / "cache", "pack", "--hub", "--stream", "-o", f"{out}/", check_rc=0)
+    fetched = shard_bytes_served(hub, tiny_root) - before
+    assert fetched <= 0.75 * total, f"the rerun fetched {fetched} of {total} shard bytes: {proc.stderr}"
+    assert "continuing an interrupted run" in proc.stderr, proc.stderr
+    assert_same_packs(out, local_packs, hub)
+    assert hidden(out) == []
+
+
+def test_a_shard_altered_on_the_hub_between_runs_fails_its_sha256_and_nothing_moves(hub, tiny_root, tmp_path):
+    out = tmp_path / "streamed"
+    killed_at(hub, tiny_root, out, signal.SIGKILL)
+    name, path = max(shards_of(tiny_root).items(), key=lambda kv: kv[1].stat().st_size)
+    hub.tamper[name] = path.stat().st_size - 1  # its last byte, which the first run never reached
+    try:
+        proc = stream(hub, tmp_path, check_rc=None)
+    finally:
+        del hub.tamper[name]
+    assert_clean_failure(proc, name, "the bytes received have sha256", "the Hub gave")
+    assert not out.exists() or [p.name for p in out.iterdir()] == [], "no pack, no partial left"
+
+
+def test_fresh_discards_the_partial_and_fetches_everything(hub, tiny_root, local_packs, tmp_path):
+    out = tmp_path / "streamed"
+    killed_at(hub, tiny_root, out, signal.SIGKILL)
+    total = sum(p.stat().st_size for p in shards_of(tiny_root).values())
+    before = shard_bytes_served(hub, tiny_root)
+    proc = hub_cli(hub, tmp_path / "cache", "pack", "--hub", "--stream", "--fresh", "-o", f"{out}/", check_rc=0)
+    assert shard_bytes_served(hub, tiny_root) - before == total
+    assert "--fresh: an earlier run's partial packs are discarded" in proc.stderr, proc.stderr
+    assert_same_packs(out, local_packs, hub)
+    assert hidden(out) == []
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_a_signal_stops_a_pack_where_it_is_and_leaves_nothing(tmp_path, sig):
     # Stopped where it was, not after the conversion: 2 GiB were left to write when the signal came.
     # (How fast it stops, within a second, is the benchmark's figure, not a pass/fail test's.)
     assert after < 256 << 20, f"wrote {after >> 20} MiB after the signal"
-    assert_clean_failure(proc, name, "nothing was written", rc=code)
+    assert_clean_failure(proc, name, "nothing was put in place", rc=code)
     assert listing(out) == ["p.bpk"] and (out / "p.bpk").read_bytes() == b"the previous pack"
 
 

@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         error = f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)
     except KeyboardInterrupt:
-        error, code = "interrupted (SIGINT); nothing was written", 128 + signal.SIGINT
+        error, code = "interrupted (SIGINT); nothing was put in place", 128 + signal.SIGINT
     except Terminated as t:
-        error, code = f"stopped by {signal.Signals(t.signum).name}; nothing was written", 128 + t.signum
+        error, code = f"stopped by {signal.Signals(t.signum).name}; nothing was put in place", 128 + t.signum
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
         _say(f"heartmula-burn: error: {error}")
     if code > 128 and any(t.name == hub.THREAD_NAME and t.is_alive() for t in threading.enumerate()):

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn, TextIO
 
 from .. import _hub as hub
-from .._hub.stream import MAX_CONNECTIONS, checked_connections
+from .._hub.stream import MAX_CONNECTIONS, checked_connections, checked_retry_window
 from .._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES
 from .._packing import (
     NARROW_NOTE,
@@ -169,6 +169,13 @@ def _connections(text: str) -> int:
         return checked_connections(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: 1 to {MAX_CONNECTIONS} connections") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        return checked_retry_window(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}" if "window" in str(e) else f"not seconds: {text!r}") from None
 
 
 def _count(text: str) -> int:

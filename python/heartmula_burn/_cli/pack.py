@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from .._hub.packing import pack_streamed, plan_hub, plan_hub_stream
-from .._hub.stream import STREAMS, Streamer
+from .._hub.stream import RETRY_WINDOW_SECONDS, STREAMS, Streamer
 from .._manifest import Manifest
 from .._packing import (
     BURN_VERSIONS,
@@ -31,6 +31,7 @@ from ._common import (
     _one_of,
     _progress_bar,
     _say,
+    _seconds,
 )
 
 NAME = "pack"
@@ -88,16 +89,30 @@ def register(sub: Any) -> None:
         "--stream",
         action="store_true",
         help="with --hub: do not download the shards; read them from the Hub in ranges straight into the packs "
-        "(several shards at once, dropped connections resumed, expired locations renewed), each checked against "
-        "the Hub's sha256 before anything is put in place. Needs no disk beyond the packs; --json adds what the "
-        "transfer took",
+        "(several shards at once, dropped or stalled connections resumed, expired locations renewed), each checked "
+        "against the Hub's sha256 before anything is put in place. Needs no disk beyond the packs. Interrupted "
+        "(Ctrl-C, a crash, the network down), it leaves hidden partial packs beside the outputs: the same command "
+        "continues them, fetching only what is missing; --json adds what the transfer took",
     )
     p.add_argument(
         "--connections",
         type=_connections,
         default=STREAMS,
         metavar="N",
-        help=f"with --stream: shards read at once, one connection each (default {STREAMS})",
+        help=f"with --stream: transfers at once, header reads included, one connection each (default {STREAMS})",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with --stream: discard the partial packs an interrupted run left and start over",
+    )
+    p.add_argument(
+        "--retry-window",
+        type=_seconds,
+        default=RETRY_WINDOW_SECONDS,
+        metavar="SECONDS",
+        help="with --stream: keep retrying a shard (backoff with jitter, the server's Retry-After obeyed) until it "
+        f"has made no progress for this long (default {RETRY_WINDOW_SECONDS:.0f})",
     )
     _add_hub_args(p)
 
@@ -134,6 +149,8 @@ def _stream_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str], Stream
         quiet=args.quiet,
         q_block=args.q_block,
         connections=args.connections,
+        fresh=args.fresh,
+        retry_window=args.retry_window,
     )
 
 

@@ -14,7 +14,15 @@ from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manife
 from ._client import progress_bars
 from .download import Fetched, download, lay_out
 from .repos import RepoSpec, repo_specs
-from .stream import STREAMS, StreamClient, Streamer, checked_connections, remote_shards
+from .stream import (
+    RETRY_WINDOW_SECONDS,
+    STREAMS,
+    StreamClient,
+    Streamer,
+    checked_connections,
+    checked_retry_window,
+    remote_shards,
+)
 
 
 def plan_hub(
@@ -53,16 +61,29 @@ def plan_hub_stream(
     quiet: bool = True,
     q_block: int = DEFAULT_Q_BLOCK,
     connections: int = STREAMS,
+    fresh: bool = False,
+    retry_window: float = RETRY_WINDOW_SECONDS,
 ) -> tuple[list[Job], list[str], Streamer]:
     """As `plan_hub`, with the shards left on the Hub: the shards start streaming (their headers
     first) while the other files are fetched into the cache and checked, and the packs are planned
-    from the headers. The Streamer's `stage` then streams the data into the packs; its `close`
-    must be called if the packs are not staged (the transfers wait for them)."""
+    from the headers. The Streamer's `stage` then streams the data into the packs, continuing an
+    interrupted run's partials unless `fresh`; its `close` must be called if the packs are not
+    staged (the transfers wait for them)."""
     client = StreamClient()
     streamers: list[Streamer] = []
 
     def start(plans: list[Fetched]) -> None:
-        streamers.append(Streamer(client, remote_shards(plans, client), quiet=quiet, connections=connections))
+        streamers.append(
+            Streamer(
+                client,
+                remote_shards(plans, client),
+                quiet=quiet,
+                connections=connections,
+                fresh=fresh,
+                retry_window=retry_window,
+                say=say,
+            )
+        )
         streamers[0].start()
 
     try:
@@ -99,6 +120,8 @@ def pack_hub(
     q_block: int = DEFAULT_Q_BLOCK,
     stream: bool = False,
     connections: int = STREAMS,
+    fresh: bool = False,
+    retry_window: float = RETRY_WINDOW_SECONDS,
 ) -> Conversion:
     """One step from the Hugging Face Hub to packs (needs huggingface_hub; `pip install
     'heartmula-burn[hub]'`): the LM, the codec and the runtime files are fetched into the
@@ -111,7 +134,9 @@ def pack_hub(
     - `quiet`: no progress bars; the other keywords are `pack_checkpoint`'s.
     - `stream`: the shards are not downloaded: they are read from the Hub in ranges straight into
       the packs, each checked against its sha256 before anything is put in place (not with
-      `ckpt_root`), `connections` at once (one per shard). The result's `streamed` says what it took.
+      `ckpt_root`), `connections` transfers at once. The result's `streamed` says what it took.
+      An interrupted stream leaves partial packs beside the outputs that the same call continues
+      (`fresh`: start over); a shard is given up after `retry_window` seconds without progress.
 
     Each pack records `source_repo` and `source_revision`. Raises `HubError` for what the Hub
     answers (a missing or gated repository, a file whose bytes differ from the Hub's digest),
@@ -130,6 +155,8 @@ def pack_hub(
             quiet=quiet,
             q_block=q_block,
             connections=checked_connections(connections),
+            fresh=fresh,
+            retry_window=checked_retry_window(retry_window),
         )
         return pack_streamed(
             streamer, jobs, force=force, burn_version=burn_version, copy_extras=copy_extras, notes=notes

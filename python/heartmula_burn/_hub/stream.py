@@ -1,26 +1,33 @@
 """`pack --hub --stream`: the shards read from the Hub straight into the packs, never stored.
 
 Each shard is resolved once through huggingface_hub (`get_hf_file_metadata`: its size, commit,
-LFS sha256 and the signed location it redirects to) and read from its first byte, in ranges of
-`RANGE_BYTES` sent to the location through huggingface_hub's own HTTP session, one connection per
-shard (`connections` at once). Its header goes to the planner while the other files of the
-repositories are fetched, and the connection is held until every pack is planned from the headers,
-exactly as from files; then each piece of data is written at its final offsets by the core (cast
-or quantized on the way). Every shard is hashed in order, and nothing is put in place before every
-sha256 matches the Hub's. Memory is the pieces in flight: one per shard. Shards beyond
-`connections` read their header alone (two small ranges) and their data when a connection frees.
+LFS sha256 and the signed location it redirects to), its header read (two small ranges) for the
+planner, and, once the packs are planned from the headers exactly as from files, its data read in
+ranges of `RANGE_BYTES` through huggingface_hub's own HTTP session and written at its final
+offsets by the core (cast or quantized on the way), which hashes every byte. `connections` bounds
+the transfers open at once, header reads included. Nothing is put in place before every shard's
+sha256 matches the Hub's. Memory is the pieces in flight (one per connection) and the headers
+(at most `MAX_HEADER_BYTES` in all).
 
-Faults: a connection cut or stalled, a 5xx or 429, a 200 (the whole file) or a wrong
-`Content-Range` in answer to a range, a 416, a short body: the range is asked again from the last
-byte received, after a backoff, up to `ATTEMPTS` times in a row without progress. A 401/403 from
-the location (signed URLs expire) resolves the file again for a fresh location. The revision is
-pinned to the commit it resolved to when the run started."""
+Resume: the packs are written to partials beside the outputs that outlive the run, and every
+`JOURNAL_SECONDS` the core puts their bytes on disk and then journals how far each shard reached
+(with its hash state). An interrupted run (a signal, a network down past the retry window, a
+crash) leaves them; the same command continues from there, fetching only what is missing. A run
+whose commit, shards or options differ starts over, as `fresh` does.
+
+Faults: a connection cut, refused or stalled (less than `STALL_BYTES` in `STALL_SECONDS`), a 5xx
+or 429, a 200 (the whole file) or a wrong `Content-Range` in answer to a range, a 416, a short
+body: the range is asked again from the last byte received, after a backoff with jitter (or the
+server's Retry-After), for as long as the shard made progress within `retry_window` seconds. A
+401/403 from the location (signed URLs expire) resolves the file again for a fresh location. The
+revision is pinned to the commit it resolved to when the run started."""
 
 from __future__ import annotations
 
 import datetime
 import email.utils
-import hashlib
+import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +39,7 @@ from urllib.parse import urlsplit
 
 from .. import _core
 from .._errors import HubError
-from ._client import _hf, hub_errors, is_transport_error, wait_for
+from ._client import _hf, hub_errors, human, is_transport_error
 from .download import Fetched
 
 if TYPE_CHECKING:
@@ -41,20 +48,32 @@ if TYPE_CHECKING:
 # Bytes asked per range request: large, so that requests are few (a 5 GB shard in 20), and small
 # enough that a range asked again after an expired location is cheap.
 RANGE_BYTES = 256 << 20
-# Bytes handed to the core and the hash at a time: the memory each shard holds.
+# Bytes handed to the core at a time: the memory each transfer holds. A slow link hands on what it
+# has after HAND_ON_SECONDS, so that the journal keeps up with it.
 PIECE_BYTES = 4 << 20
-# Shards streamed at once (one connection each), by default and at most.
+HAND_ON_SECONDS = 0.5
+# Transfers at once (one connection each), by default and at most.
 STREAMS = 8
 MAX_CONNECTIONS = 64
-# Attempts in a row without a byte of progress before a shard is given up, and the waits between.
-ATTEMPTS = 6
-BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A shard is given up when it has made no progress for this many seconds (faults retried meanwhile).
+RETRY_WINDOW_SECONDS = 300.0
+# The waits between attempts without progress: doubling from the first to the cap, each drawn
+# between half and all of it (jitter: many clients cut at once do not come back at once).
+BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 10.0
 # A server's Retry-After is obeyed up to this many seconds.
 MAX_RETRY_AFTER_SECONDS = 120.0
 # Seconds to wait for a connection or for the next bytes of a body.
 TIMEOUT_SECONDS = 60.0
-# The safetensors crate's bound on a header: a larger length is refused before it is fetched.
+# A connection that delivers less than STALL_BYTES in STALL_SECONDS is dropped and asked again.
+STALL_BYTES = 16 << 10
+STALL_SECONDS = 60.0
+# The safetensors crate's bound on a header, here on all the shards' headers together.
 MAX_HEADER_BYTES = 100_000_000
+# How often the bytes written are put on disk and journaled (what a crash can lose at most).
+JOURNAL_SECONDS = 5.0
+# Without a terminal (a log), a line of progress this often instead of a bar.
+LOG_SECONDS = 30.0
 
 
 def checked_connections(connections: int) -> int:
@@ -62,6 +81,13 @@ def checked_connections(connections: int) -> int:
     if not 1 <= connections <= MAX_CONNECTIONS:
         raise ValueError(f"connections must be 1 to {MAX_CONNECTIONS}, not {connections}")
     return connections
+
+
+def checked_retry_window(seconds: float) -> float:
+    """`seconds` if it is a window retries can use (1 s to a day); a ValueError saying so otherwise."""
+    if not 1 <= seconds <= 86400:
+        raise ValueError(f"the retry window must be 1 to 86400 seconds, not {seconds}")
+    return float(seconds)
 
 
 class _Retry(Exception):
@@ -223,6 +249,31 @@ def remote_shards(fetched: Sequence[Fetched], client: StreamClient) -> list[Remo
     ]
 
 
+def backoff(failures: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait before attempt `failures` + 1 of a range without progress: BACKOFF_SECONDS
+    doubled per failure up to MAX_BACKOFF_SECONDS, drawn between half and all of it."""
+    if failures <= 0:
+        return 0.0
+    ceiling = min(BACKOFF_SECONDS * 2 ** min(failures - 1, 30), MAX_BACKOFF_SECONDS)
+    return draw(ceiling / 2, ceiling)
+
+
+class _Stall:
+    """Drops a transfer that takes more than STALL_SECONDS for any STALL_BYTES: a trickle never
+    reaches the read timeout, since each byte restarts it."""
+
+    def __init__(self) -> None:
+        self.since, self.bytes = time.monotonic(), 0
+
+    def add(self, count: int) -> None:
+        self.bytes += count
+        now = time.monotonic()
+        if self.bytes >= STALL_BYTES:
+            self.since, self.bytes = now, 0
+        elif now - self.since >= STALL_SECONDS:
+            raise _Retry(f"stalled: {self.bytes} bytes in {now - self.since:.0f} s")
+
+
 def _with_retries(
     client: StreamClient,
     shard: RemoteShard,
@@ -231,15 +282,18 @@ def _with_retries(
     take: Callable[[int, bytes], object],
     stop: threading.Event,
     boundary: Callable[[int], int] | None = None,
+    retry_window: float = RETRY_WINDOW_SECONDS,
 ) -> None:
     """Hands `take(offset, piece)` every byte of start..end-1 in order, in ranges of RANGE_BYTES,
-    asking again from the last byte received after a fault; gives up after ATTEMPTS faults in a
-    row without progress. A piece ends at `boundary(offset)` (default: PIECE_BYTES on) or earlier."""
+    asking again from the last byte received after a fault; gives up when `retry_window` seconds
+    pass without progress. A piece ends at `boundary(offset)` (default: PIECE_BYTES on) or earlier."""
     position, failures = start, 0
+    progressed = handed = time.monotonic()
     received = bytearray()  # what arrived since the last piece was handed on
 
     def hand_on() -> None:
-        nonlocal position
+        nonlocal position, handed
+        handed = time.monotonic()
         if received:
             take(position, bytes(received))
             position += len(received)
@@ -252,18 +306,21 @@ def _with_retries(
         try:
             with client.get_range(shard, position, min(position + RANGE_BYTES, end)) as response:
                 range_end = min(position + RANGE_BYTES, end)
+                stall = _Stall()
                 for data in response.iter_bytes():
                     if stop.is_set():
                         raise InterruptedError
                     received += data[: range_end - position - len(received)]
                     limit = boundary(position) if boundary else position + PIECE_BYTES
-                    if position + len(received) >= min(limit, range_end):
+                    late = boundary is None and time.monotonic() - handed >= HAND_ON_SECONDS
+                    if late or position + len(received) >= min(limit, range_end):
                         hand_on()
                     if position == range_end:
                         break
+                    stall.add(len(data))
             hand_on()
             if position == range_end:
-                failures = 0
+                failures, progressed = 0, time.monotonic()
                 continue
             fault = _Retry(f"the body ended at byte {position}, before byte {range_end}")
         except _Retry as e:
@@ -273,52 +330,38 @@ def _with_retries(
                 raise
             fault = _Retry(f"{type(e).__name__}: {e}")
         hand_on()  # the bytes that came before the fault are good: asked again from the next one
-        failures = 0 if position > before else failures + 1
-        if failures >= ATTEMPTS:
-            raise HubError.at(shard.label, f"{shard.name}: gave up after {ATTEMPTS} attempts in a row: {fault}")
+        now = time.monotonic()
+        if position > before:
+            failures, progressed = 0, now
+        failures += 1
+        if now - progressed >= retry_window:
+            raise HubError.at(
+                shard.label, f"{shard.name}: no progress for {now - progressed:.0f} s, the last fault: {fault}"
+            )
         client.count(retries=1)
-        backoff = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1] if failures else 0.0
-        wait = max(backoff, fault.wait)
+        # Never past the window: the last attempt comes before it closes.
+        wait = min(max(backoff(failures - 1), fault.wait), max(progressed + retry_window - now - 0.01, 0.0))
         if wait and stop.wait(wait):
             raise InterruptedError
         if isinstance(fault, _Expired):
             client.resolve(shard)
 
 
-class _ShardReader:
-    """One shard's bytes from its first: the header collected (and handed to the planner), then
-    the data fed to the packs once they are planned; everything hashed in order."""
+class _HeadReader:
+    """A shard's first bytes, its header's length then its header, collected for the planner."""
 
     def __init__(self, shard: RemoteShard, streamer: Streamer) -> None:
         self.shard, self.streamer = shard, streamer
-        self.digest = hashlib.sha256()
         self.head = bytearray()
         self.data_start: int | None = None  # known once the header's length is
 
     def boundary(self, position: int) -> int:
-        """Where the piece that starts at `position` must end: the header's length, the header,
-        then PIECE_BYTES at a time."""
-        if self.data_start is None:
-            return 8
-        if position < self.data_start:
-            return self.data_start
-        return position + PIECE_BYTES
+        return 8 if self.data_start is None else self.data_start
 
     def take(self, offset: int, piece: bytes) -> None:
-        self.digest.update(piece)
-        while piece:
-            if self.data_start is not None and offset >= self.data_start:
-                self.streamer.feed(self.shard, offset, piece)
-                return
-            part = piece[: self.boundary(offset) - offset]
-            self.head += part
-            offset += len(part)
-            piece = piece[len(part) :]
-            if self.data_start is None and len(self.head) == 8:
-                self.data_start = 8 + self._header_length()
-            if len(self.head) == self.data_start:
-                self.shard.head = bytes(self.head)
-                self.streamer.wait_planned()  # holding the connection: the Hub waits on TCP's window
+        self.head += piece
+        if self.data_start is None and len(self.head) >= 8:
+            self.data_start = 8 + self._header_length()
 
     def _header_length(self) -> int:
         shard = self.shard
@@ -327,39 +370,44 @@ class _ShardReader:
             raise HubError.at(
                 shard.label, f"{shard.name}: header length {length} does not fit in the file of {shard.size} bytes"
             )
+        self.streamer.reserve_header(shard, length)
         return length
-
-    def check(self) -> None:
-        got = self.digest.hexdigest()
-        if got != self.shard.sha256:
-            shard = self.shard
-            raise HubError.at(
-                shard.label,
-                f"{shard.name}: the bytes received have sha256 {got}, the Hub gave {shard.sha256}; nothing was written",
-            )
 
 
 class Streamer:
-    """The shards from the Hub into the packs. `start` resolves every shard and reads its header
-    (the largest `connections` shards in the request that then goes on with their data, held until
-    the packs are planned; the others by two small ranges); `heads` waits for the headers; `stage`
-    (`pack_manifests`' StagePacks) plans the packs and streams the data into them; `close` stops
-    everything and leaves nothing behind."""
+    """The shards from the Hub into the packs. `start` resolves every shard and reads its header,
+    `connections` at once; `heads` waits for the headers; `stage` (`pack_manifests`' StagePacks)
+    plans the packs, continues an earlier run's partials when they fit (unless `fresh`), and
+    streams the data into them; `close` stops everything, leaving the partials and their journal
+    for the next run when the run was interrupted, and nothing otherwise."""
 
     def __init__(
-        self, client: StreamClient, shards: Sequence[RemoteShard], *, quiet: bool, connections: int = STREAMS
+        self,
+        client: StreamClient,
+        shards: Sequence[RemoteShard],
+        *,
+        quiet: bool,
+        connections: int = STREAMS,
+        fresh: bool = False,
+        retry_window: float = RETRY_WINDOW_SECONDS,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.shards = sorted(shards, key=lambda s: -s.size)  # the largest first: they set the wall time
         self.quiet = quiet
         self.connections = connections
+        self.fresh = fresh
+        self.retry_window = retry_window
+        self.say = say
         self.stop = threading.Event()
         self.planned = threading.Event()
         self.slots = threading.Semaphore(connections)
         self.packs: _core.StreamedPacks | None = None
         self.lock = threading.Lock()
         self.failures: list[BaseException] = []
+        self.corrupt = False  # a shard's bytes did not hash to its sha256: nothing of it is kept
         self.threads: list[threading.Thread] = []
+        self.header_bytes = 0
         self.started = 0.0
 
     @property
@@ -375,12 +423,10 @@ class Streamer:
             unit_scale=True,
             unit_divisor=1024,
             desc="stream",
-            disable=self.quiet or None,
+            disable=self.quiet or None,  # None: no bar without a terminal
         )
-        for i, shard in enumerate(self.shards):
-            thread = threading.Thread(
-                target=self._run, args=(shard, i < self.connections), name="heartmula-burn-stream", daemon=True
-            )
+        for shard in self.shards:
+            thread = threading.Thread(target=self._run, args=(shard,), name="heartmula-burn-stream", daemon=True)
             self.threads.append(thread)
             thread.start()
 
@@ -390,34 +436,48 @@ class Streamer:
         for shard in self.shards:
             shard.path = snapshots[shard.repo] / shard.name
 
-    def _run(self, shard: RemoteShard, eager: bool) -> None:
+    def reserve_header(self, shard: RemoteShard, length: int) -> None:
+        """Counts a header about to be read against MAX_HEADER_BYTES for all shards together."""
+        with self.lock:
+            self.header_bytes += length
+            total = self.header_bytes
+        if total > MAX_HEADER_BYTES:
+            raise HubError.at(
+                shard.label,
+                f"{shard.name}: the shards' headers add up to more than {MAX_HEADER_BYTES} bytes (a safetensors "
+                "header is at most that)",
+            )
+
+    def _run(self, shard: RemoteShard) -> None:
         started = time.perf_counter()
-        reader = _ShardReader(shard, self)
         try:
-            self.client.resolve(shard)
-            if shard.size < 8:  # else its header would never complete, and the planner wait for it
+            with self._slot():
+                self.client.resolve(shard)
+                if shard.size < 8:  # else its header would never complete
+                    raise HubError.at(
+                        shard.label,
+                        f"{shard.name}: {shard.size} bytes, too short for a safetensors file (8 bytes give its header's "
+                        "length)",
+                    )
+                head = _HeadReader(shard, self)
+                self._fetch(shard, 0, 8, head.take, head.boundary)
+                assert head.data_start is not None  # the 8 bytes just read gave it
+                self._fetch(shard, 8, head.data_start, head.take, head.boundary)
+                shard.head = bytes(head.head)
+            self.wait_planned()
+            packs = self.packs
+            assert packs is not None
+            offset = packs.resume_offset(shard.path)
+            with self._slot():
+                self._fetch(shard, offset, shard.size, lambda at, piece: packs.feed(shard.path, at, piece))
+            got = packs.sha256(shard.path)
+            if got != shard.sha256:
+                self.corrupt = True
                 raise HubError.at(
                     shard.label,
-                    f"{shard.name}: {shard.size} bytes, too short for a safetensors file (8 bytes give its header's length)",
+                    f"{shard.name}: the bytes received have sha256 {got}, the Hub gave {shard.sha256}; nothing was "
+                    "written",
                 )
-            if eager:  # the header, then (once planned) the data, in one request
-                self._acquire()
-                try:
-                    _with_retries(self.client, shard, 0, shard.size, reader.take, self.stop, reader.boundary)
-                finally:
-                    self.slots.release()
-            else:  # the header alone now; the data when a connection is free
-                _with_retries(self.client, shard, 0, 8, reader.take, self.stop, reader.boundary)
-                header_end = reader.data_start
-                assert header_end is not None  # the 8 bytes just read gave it
-                _with_retries(self.client, shard, 8, header_end, reader.take, self.stop, reader.boundary)
-                self.wait_planned()
-                self._acquire()
-                try:
-                    _with_retries(self.client, shard, header_end, shard.size, reader.take, self.stop, reader.boundary)
-                finally:
-                    self.slots.release()
-            reader.check()
         except BaseException as e:  # noqa: BLE001 (raised again in the waiting thread)
             with self.lock:
                 self.failures.append(e)
@@ -426,10 +486,26 @@ class Streamer:
         with self.lock:
             self.client.stats.shard_seconds[shard.name] = time.perf_counter() - started
 
-    def _acquire(self) -> None:
+    def _fetch(
+        self,
+        shard: RemoteShard,
+        start: int,
+        end: int,
+        take: Callable[[int, bytes], object],
+        boundary: Callable[[int], int] | None = None,
+    ) -> None:
+        _with_retries(self.client, shard, start, end, take, self.stop, boundary, self.retry_window)
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the `connections` transfers allowed at once, for the block."""
         while not self.slots.acquire(timeout=0.1):
             if self.stop.is_set():
                 raise InterruptedError
+        try:
+            yield
+        finally:
+            self.slots.release()
 
     def wait_planned(self) -> None:
         while not self.planned.wait(0.1):
@@ -437,10 +513,6 @@ class Streamer:
                 raise InterruptedError
         if self.stop.is_set():
             raise InterruptedError
-
-    def feed(self, shard: RemoteShard, offset: int, piece: bytes) -> None:
-        assert self.packs is not None
-        self.packs.feed(shard.path, offset, piece)
 
     def _raise_failure(self) -> None:
         with self.lock:
@@ -465,21 +537,49 @@ class Streamer:
     ) -> list[tuple[_core.WriteSummary, _core.StagedFile]]:
         packs = _core.StreamedPacks(
             [(job.manifest.core_items(), job.manifest.metadata, job.output) for job in jobs],
-            [(s.path, s.head, s.size) for s in self.shards],
+            [(s.path, s.head, s.size, s.sha256) for s in self.shards],
             overwrite=force,
             burn_version=burn_version,
+            resumable=True,
+            fresh=self.fresh,
         )
         try:
             self.packs = packs
+            note = packs.resumed()
+            if note and self.say is not None:
+                self.say(note)
+            kept = sum(packs.resume_offset(s.path) - len(s.head) for s in self.shards)
+            if kept and self.client.bar is not None:
+                self.client.bar.update(kept)
             self.planned.set()
-            wait_for(self.threads)
-            self._raise_failure()
-            if self.stop.is_set():
-                raise InterruptedError
+            self._wait_journaling(packs)
             self._finish_stats()
             return packs.finish()
         finally:
             self.close()
+
+    def _wait_journaling(self, packs: _core.StreamedPacks) -> None:
+        """Waits for the transfers, journaling every JOURNAL_SECONDS; returns when all are done,
+        raises as soon as one failed (the others are stopped by `close`, not waited for)."""
+        journaled = logged = time.monotonic()
+        while any(t.is_alive() for t in self.threads):
+            self._raise_failure()
+            if self.stop.wait(0.1):
+                self._raise_failure()
+                raise InterruptedError
+            now = time.monotonic()
+            if now - journaled >= JOURNAL_SECONDS:
+                packs.checkpoint()
+                journaled = now
+            if now - logged >= LOG_SECONDS and not self.quiet and self.say is not None and not sys.stderr.isatty():
+                self.say(self._progress_line())
+                logged = now
+        self._raise_failure()
+
+    def _progress_line(self) -> str:
+        stats, total = self.client.stats, sum(s.size for s in self.shards)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return f"stream: {human(stats.fetched_bytes)} fetched of {human(total)}, {human(int(stats.fetched_bytes / seconds))}/s"
 
     def _finish_stats(self) -> None:
         stats = self.client.stats
@@ -488,10 +588,21 @@ class Streamer:
             stats.slowest_shard, stats.slowest_shard_seconds = max(stats.shard_seconds.items(), key=lambda kv: kv[1])
 
     def close(self) -> None:
-        """Stops every transfer (each ends at its next piece) and deletes the staged packs, if
-        not finished. Does nothing the second time."""
+        """Stops every transfer and lets go of the staged packs if not finished: kept for the
+        next run (said how to continue) unless a shard's bytes did not hash to its sha256.
+        Does nothing the second time."""
         self.stop.set()
-        if self.packs is not None:
-            self.packs.discard()
+        packs, self.packs = self.packs, None
+        if packs is not None:
+            if self.corrupt:
+                packs.discard()
+            else:
+                kept = packs.suspend()
+                if kept and self.say is not None:
+                    total = sum(s.size for s in self.shards)
+                    self.say(
+                        f"{human(kept)} of the {human(total)} of shards are kept in partial packs beside the outputs: "
+                        "run the same command again to continue, or add --fresh to start over"
+                    )
         if self.client.bar is not None:
             self.client.bar.close()

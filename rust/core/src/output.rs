@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::fs::{open_for_lock, try_lock};
 
 const PARTIAL_SUFFIX: &str = ".heartmula-partial";
+/// In place of the pid, for a partial meant to outlive its run (an interrupted stream's, which the
+/// next run continues): `.<name>.resume.heartmula-partial`. Never removed as stale; locked while in use.
+const RESUME_TAG: &str = "resume";
 /// Where a folder being replaced waits while the new one moves in (only where the filesystem
 /// cannot swap two folders atomically); cleaned up like a partial.
 const ASIDE_SUFFIX: &str = ".heartmula-aside";
@@ -25,6 +28,21 @@ fn partial_name(file_name: &str, pid: u32, suffix: &str) -> String {
 /// This process's temporary path for `destination`: `.<name>.<pid>.heartmula-partial` beside it.
 pub fn partial_path(destination: &Path) -> Result<PathBuf> {
     sibling(destination, PARTIAL_SUFFIX)
+}
+
+/// The partial that outlives its run for `destination`: `.<name>.resume.heartmula-partial` beside it.
+pub fn resume_path(destination: &Path) -> Result<PathBuf> {
+    let (Some(dir), Some(name)) = (parent_dir(destination), destination.file_name()) else {
+        return Err(Error::output(destination, "output path has no file name"));
+    };
+    Ok(dir.join(format!(".{}.{RESUME_TAG}{PARTIAL_SUFFIX}", name.to_string_lossy())))
+}
+
+/// The journal of the resumable partials of a run whose first output is `destination`:
+/// `.<name>.resume.heartmula-journal` beside it (see `journal`).
+pub fn resume_journal_path(destination: &Path) -> Result<PathBuf> {
+    let partial = resume_path(destination)?;
+    Ok(partial.with_extension("heartmula-journal"))
 }
 
 fn sibling(destination: &Path, suffix: &str) -> Result<PathBuf> {
@@ -149,6 +167,7 @@ pub struct AtomicFile {
     temp_path: PathBuf,
     destination: PathBuf,
     overwrite: bool,
+    /// Committed, or kept for the next run (`keep`): not deleted when dropped.
     committed: bool,
 }
 
@@ -178,6 +197,62 @@ impl AtomicFile {
         };
         atomic.reserve(size)?;
         Ok(atomic)
+    }
+
+    /// As `create`, under the name that outlives the run (`resume_path`), locked against any other
+    /// run. With `reuse`, a partial already there of exactly `size` bytes is opened as it is (its
+    /// bytes are the earlier run's, returned `true`); anything else is emptied and sized anew.
+    pub fn resumable(destination: &Path, size: u64, overwrite: bool, reuse: bool) -> Result<(AtomicFile, bool)> {
+        let dir = check_destination(destination, overwrite)?;
+        remove_stale_partials(destination);
+        let temp_path = resume_path(destination)?;
+        // No link followed: a partial planted as a link would send the bytes elsewhere.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&temp_path)
+            .map_err(|e| Error::io(&temp_path, "cannot open the resumable partial", e))?;
+        if !try_lock(&file) {
+            return Err(Error::output(
+                destination,
+                format!(
+                    "another run is writing this output (its partial {} is locked)",
+                    temp_path.display()
+                ),
+            ));
+        }
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(&temp_path, "cannot read the resumable partial", e))?;
+        if !meta.is_file() {
+            return Err(Error::output(&temp_path, "the resumable partial is not a regular file"));
+        }
+        let atomic = AtomicFile {
+            file,
+            temp_path,
+            destination: destination.to_path_buf(),
+            overwrite,
+            committed: false,
+        };
+        if reuse && meta.len() == size {
+            return Ok((atomic, true));
+        }
+        atomic
+            .file
+            .set_len(0)
+            .map_err(|e| Error::io(&atomic.temp_path, "cannot empty the resumable partial", e))?;
+        ensure_free_space(destination, &dir, size)?;
+        atomic.reserve(size)?;
+        Ok((atomic, false))
+    }
+
+    /// Leaves the temp file where it is when dropped (a resumable partial, for the next run).
+    pub fn keep(mut self) {
+        self.committed = true;
     }
 
     /// Allocates the blocks up front, so a full disk shows now as an error rather than later.
@@ -433,6 +508,51 @@ fn commit_dir_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumable_partial_outlives_its_run_and_is_reused_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        let partial = dir.path().join(".out.bpk.resume.heartmula-partial");
+        assert_eq!(resume_path(&dest).unwrap(), partial);
+        assert_eq!(
+            resume_journal_path(&dest).unwrap(),
+            dir.path().join(".out.bpk.resume.heartmula-journal")
+        );
+        let (f, reused) = AtomicFile::resumable(&dest, 8, false, true).unwrap();
+        assert!(!reused);
+        f.write_at(b"12345678", 0).unwrap();
+        f.keep();
+        assert_eq!(std::fs::read(&partial).unwrap(), b"12345678");
+        remove_stale_partials(&dest); // not a dead process's partial: kept
+        let (f, reused) = AtomicFile::resumable(&dest, 8, false, true).unwrap();
+        assert!(reused);
+        assert_eq!(std::fs::read(&partial).unwrap(), b"12345678");
+        f.keep();
+        for (size, reuse) in [(9, true), (8, false)] {
+            let (f, reused) = AtomicFile::resumable(&dest, size, false, reuse).unwrap();
+            assert!(!reused);
+            assert_eq!(std::fs::read(&partial).unwrap(), vec![0; size as usize], "emptied anew");
+            f.keep();
+        }
+        let (f, _) = AtomicFile::resumable(&dest, 8, false, true).unwrap();
+        f.write_at(b"complete", 0).unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"complete");
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_resumable_partial_planted_as_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bpk");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not yours").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, resume_path(&dest).unwrap()).unwrap();
+        let err = AtomicFile::resumable(&dest, 8, false, true).err().unwrap().to_string();
+        assert!(err.contains("cannot open the resumable partial"), "{err}");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not yours");
+    }
 
     #[test]
     fn dropped_file_leaves_nothing_and_destination_untouched() {

@@ -4,19 +4,28 @@
 //! pieces of any size, and every piece goes straight to where it belongs in the packs: copied,
 //! or converted in whole elements (whole blocks for a quantized dtype), the few bytes of an
 //! element cut by a piece's end held back until the next piece completes it. Nothing of a shard
-//! is stored; memory is the pieces in flight and one conversion chunk per shard.
+//! is stored; memory is the pieces in flight and one conversion chunk per shard. Every byte of a
+//! shard, its header included, is hashed (SHA-256) in order, to be checked against the Hub's.
+//!
+//! Staged with a journal (`Resume`), the packs are resumable partials that outlive the run:
+//! `checkpoint` records how far each shard reached once the bytes are on disk, `suspend` keeps
+//! everything for the next run, and the next run with the same plan continues each shard from
+//! where its journal says, its hash from the state saved there (see `journal`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use sha2::{Digest, Sha256};
+
 use crate::burnpack::PackLayout;
 use crate::cast::Converter;
 use crate::dtype::DType;
 use crate::engine::{locate, ShardView, WriteSummary, CONVERT_CHUNK};
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
+use crate::journal::{self, ShardProgress};
+use crate::output::{resume_path, AtomicFile};
 use crate::pack::{layout, PackRequest};
 use crate::quant;
 use crate::source::{parse_safetensors_head, SourceTensor};
@@ -31,6 +40,10 @@ pub struct RemoteShard {
     pub data_start: u64,
     pub tensors: Vec<SourceTensor>,
     pub metadata: Vec<(String, String)>,
+    /// The file's first `data_start` bytes: the 8-byte length and the header.
+    pub head: Vec<u8>,
+    /// The SHA-256 (lowercase hex) the whole file must have, when known (`expecting`).
+    pub sha256: Option<String>,
 }
 
 impl RemoteShard {
@@ -45,8 +58,24 @@ impl RemoteShard {
             data_start: 8 + header_len,
             tensors,
             metadata,
+            head: head[..(8 + header_len) as usize].to_vec(),
+            sha256: None,
         })
     }
+
+    /// The shard, whose bytes `finish` checks against `sha256` (hex, any case).
+    pub fn expecting(mut self, sha256: &str) -> RemoteShard {
+        self.sha256 = Some(sha256.to_ascii_lowercase());
+        self
+    }
+}
+
+/// Where a resumable stream keeps its journal (its packs' partials lie beside their outputs).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub journal: PathBuf,
+    /// Start over: whatever an earlier run left is discarded unread.
+    pub fresh: bool,
 }
 
 /// One source tensor's bytes and the place in a pack they go to.
@@ -74,14 +103,70 @@ impl Segment {
     }
 }
 
-/// A shard's progress: the next byte it expects and its segments, by start.
+/// A shard's progress: the next byte it expects, the hash of every byte before it, and its
+/// segments, by start.
 struct ShardState {
     path: PathBuf,
     next: u64,
     size: u64,
+    data_start: u64,
+    hasher: Sha256,
+    expected: Option<String>,
     segments: Vec<Segment>,
     values: Vec<u8>,
     scales: Vec<u8>,
+}
+
+impl ShardState {
+    /// The segment being converted whose unit `next` cuts, if any: the one holding back bytes.
+    fn cut_segment(&mut self) -> Option<&mut Segment> {
+        let next = self.next;
+        self.segments
+            .iter_mut()
+            .find(|s| s.converter.is_some() && s.start < next && next < s.end)
+    }
+
+    /// Takes up from `progress`, when it fits this shard: `next` within its data, the bytes held
+    /// back exactly those of the unit `next` cuts. Every segment before `next` is complete.
+    fn restore(&mut self, progress: ShardProgress) -> bool {
+        if !(self.data_start..=self.size).contains(&progress.next) {
+            return false;
+        }
+        self.next = progress.next;
+        let next = self.next;
+        for segment in &mut self.segments {
+            let written = next.clamp(segment.start, segment.end) - segment.start;
+            let unit = if segment.converter.is_some() {
+                segment.unit_bytes()
+            } else {
+                1
+            };
+            segment.done = (written - written % unit) / segment.from.size();
+            segment.carry.clear();
+        }
+        let held = match self.cut_segment() {
+            Some(segment) => (next - segment.start) % segment.unit_bytes(),
+            None => 0,
+        };
+        if held != progress.carry.len() as u64 {
+            return false;
+        }
+        if let Some(segment) = self.cut_segment() {
+            segment.carry = progress.carry;
+        }
+        self.hasher = progress.hasher;
+        true
+    }
+
+    fn progress(&mut self) -> ShardProgress {
+        let next = self.next;
+        let carry = self.cut_segment().map(|s| s.carry.clone()).unwrap_or_default();
+        ShardProgress {
+            next,
+            hasher: self.hasher.clone(),
+            carry,
+        }
+    }
 }
 
 /// Packs staged for streamed shards: fed each shard's bytes in order (`feed`, from several
@@ -97,13 +182,19 @@ pub struct StreamedPacks {
     plan_seconds: f64,
     /// When staging ended and the data could begin to arrive.
     staged: Instant,
+    /// Resumable: the journal and the fingerprint of this plan.
+    journal: Option<(PathBuf, String)>,
+    /// What became of an earlier run's partial, for the user (None: there was none to speak of).
+    resumed: Option<String>,
 }
 
 impl StreamedPacks {
     /// Plans every pack from the shards' headers (each request's `source` is one of `shards`'
     /// paths), creates and sizes every output file and writes its header. Nothing is in place
-    /// until `finish` hands the files back to be committed.
-    pub fn stage(requests: &[PackRequest], shards: Vec<RemoteShard>) -> Result<StreamedPacks> {
+    /// until `finish` hands the files back to be committed. With `resume`, the files are the
+    /// resumable partials, and an earlier run's are continued when its journal fits this plan
+    /// (`resume_offset`, `resumed`); otherwise they start over.
+    pub fn stage(requests: &[PackRequest], shards: Vec<RemoteShard>, resume: Option<&Resume>) -> Result<StreamedPacks> {
         let started = Instant::now();
         let index: HashMap<PathBuf, usize> = shards.iter().enumerate().map(|(i, s)| (s.path.clone(), i)).collect();
         let views: Vec<ShardView> = shards
@@ -111,7 +202,7 @@ impl StreamedPacks {
             .map(|s| (s.path.as_path(), false, s.tensors.as_slice()))
             .collect();
         let mut segments: Vec<Vec<Segment>> = shards.iter().map(|_| Vec::new()).collect();
-        let (mut outputs, mut layouts) = (Vec::new(), Vec::new());
+        let mut layouts = Vec::new();
         let (mut copied, mut converted) = (Vec::new(), Vec::new());
         for (output, request) in requests.iter().enumerate() {
             let located = locate(&request.items, &index, &views)?;
@@ -148,38 +239,102 @@ impl StreamedPacks {
                 }
                 segments[s].push(segment); // an empty tensor's segment takes an empty piece: nothing
             }
-            let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
-            out.write_at(&layout.preamble(), 0)?;
-            outputs.push(out);
             layouts.push(layout);
             copied.push(copy_bytes);
             converted.push(convert_bytes);
         }
-        let shards = shards
+        let fingerprint = fingerprint(requests, &layouts, &shards);
+        let mut states: Vec<ShardState> = shards
             .into_iter()
             .zip(segments)
             .map(|(shard, mut segments)| {
                 segments.sort_by_key(|s| s.start);
-                Mutex::new(ShardState {
+                ShardState {
                     path: shard.path,
                     next: shard.data_start,
                     size: shard.size,
+                    data_start: shard.data_start,
+                    hasher: Sha256::new_with_prefix(&shard.head),
+                    expected: shard.sha256,
                     segments,
                     values: Vec::new(),
                     scales: Vec::new(),
-                })
+                }
             })
             .collect();
+        let (outputs, resumed) = match resume {
+            None => (create_outputs(requests, &layouts)?, None),
+            Some(resume) => open_resumable(requests, &layouts, &mut states, resume, &fingerprint)?,
+        };
         Ok(StreamedPacks {
             outputs,
             layouts,
-            shards,
+            shards: states.into_iter().map(Mutex::new).collect(),
             index,
             copied,
             converted,
             plan_seconds: started.elapsed().as_secs_f64(),
             staged: Instant::now(),
+            journal: resume.map(|r| (r.journal.clone(), fingerprint)),
+            resumed,
         })
+    }
+
+    /// Where the shard's data is to be fetched from: its data start, or where an earlier run's
+    /// journal says it reached.
+    pub fn resume_offset(&self, shard: usize) -> u64 {
+        self.shards[shard].lock().expect("a feed panicked").next
+    }
+
+    /// What became of an earlier run's partial (continued, or discarded and why), if there was one.
+    pub fn resumed(&self) -> Option<&str> {
+        self.resumed.as_deref()
+    }
+
+    /// The SHA-256 (lowercase hex) of the shard's bytes received so far, its header included.
+    pub fn sha256(&self, shard: usize) -> String {
+        let state = self.shards[shard].lock().expect("a feed panicked");
+        journal::to_hex(&state.hasher.clone().finalize())
+    }
+
+    /// Resumable packs: puts on disk every byte fed so far, then the journal that says so.
+    /// Feeding may go on meanwhile. Returns the bytes of the shards the journal covers.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let Some((path, fingerprint)) = &self.journal else {
+            return Ok(0);
+        };
+        let progress: Vec<ShardProgress> = self
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("a feed panicked").progress())
+            .collect();
+        for out in &self.outputs {
+            out.sync()?; // the bytes the journal is about to cover, before it says so
+        }
+        journal::write(path, fingerprint, &progress)?;
+        Ok(progress.iter().map(|p| p.next).sum())
+    }
+
+    /// Ends a resumable run before its end: the journal written (`checkpoint`), the partials left
+    /// for the next run. Without a journal, the same as `discard`.
+    pub fn suspend(self) -> Result<u64> {
+        if self.journal.is_none() {
+            self.discard()?;
+            return Ok(0);
+        }
+        let kept = self.checkpoint()?;
+        for out in self.outputs {
+            out.keep();
+        }
+        Ok(kept)
+    }
+
+    /// Deletes the partials and the journal: the destinations stay as they were.
+    pub fn discard(self) -> Result<()> {
+        if let Some((path, _)) = &self.journal {
+            journal::remove(path)?;
+        }
+        Ok(()) // the outputs delete themselves as they drop
     }
 
     /// The shard's index for `feed`, by the path it was staged under.
@@ -211,6 +366,7 @@ impl StreamedPacks {
                 format!("bytes up to offset {end} arrived for a file of {} bytes", state.size),
             ));
         }
+        state.hasher.update(bytes);
         // Every segment, in order: a few hundred per shard, against pieces of megabytes.
         for segment in &mut state.segments {
             if segment.end <= offset {
@@ -232,8 +388,9 @@ impl StreamedPacks {
         Ok(())
     }
 
-    /// Checks that every shard arrived whole, flushes every pack to disk, and hands back each
-    /// one's summary and staged file, in the order of the requests.
+    /// Checks that every shard arrived whole, with the SHA-256 it should have, flushes every pack
+    /// to disk, and hands back each one's summary and staged file, in the order of the requests.
+    /// The journal goes: the files are complete.
     pub fn finish(self) -> Result<Vec<(WriteSummary, AtomicFile)>> {
         for state in &self.shards {
             let state = state.lock().expect("a feed panicked");
@@ -243,6 +400,16 @@ impl StreamedPacks {
                     format!("only {} of its {} bytes arrived", state.next, state.size),
                 ));
             }
+            let got = journal::to_hex(&state.hasher.clone().finalize());
+            if let Some(expected) = state.expected.as_ref().filter(|e| **e != got) {
+                return Err(Error::source(
+                    &state.path,
+                    format!("the bytes received have sha256 {got}, not {expected}"),
+                ));
+            }
+        }
+        if let Some((path, _)) = &self.journal {
+            journal::remove(path)?;
         }
         let data_seconds = self.staged.elapsed().as_secs_f64();
         let mut done = Vec::with_capacity(self.outputs.len());
@@ -264,6 +431,119 @@ impl StreamedPacks {
         }
         Ok(done)
     }
+}
+
+/// Creates every output's temp file, sized, with its header written.
+fn create_outputs(requests: &[PackRequest], layouts: &[PackLayout]) -> Result<Vec<AtomicFile>> {
+    let mut outputs = Vec::with_capacity(requests.len());
+    for (request, layout) in requests.iter().zip(layouts) {
+        let out = AtomicFile::create(&request.output, layout.file_size, request.overwrite)?;
+        out.write_at(&layout.preamble(), 0)?;
+        outputs.push(out);
+    }
+    Ok(outputs)
+}
+
+/// Opens every output's resumable partial and takes up where the journal says when it fits this
+/// plan; otherwise every partial starts over and the journal goes before a byte is written.
+/// Returns the files and, when an earlier run left something, what became of it.
+fn open_resumable(
+    requests: &[PackRequest],
+    layouts: &[PackLayout],
+    states: &mut [ShardState],
+    resume: &Resume,
+    fingerprint: &str,
+) -> Result<(Vec<AtomicFile>, Option<String>)> {
+    let left_before = resume.journal.exists()
+        || requests
+            .iter()
+            .any(|r| resume_path(&r.output).is_ok_and(|p| p.symlink_metadata().is_ok()));
+    let mut outputs = Vec::with_capacity(requests.len());
+    let mut reused = true;
+    for (request, layout) in requests.iter().zip(layouts) {
+        let (out, kept) = AtomicFile::resumable(&request.output, layout.file_size, request.overwrite, !resume.fresh)?;
+        reused &= kept;
+        outputs.push(out);
+    }
+    let journaled = if resume.fresh {
+        Err("--fresh".to_string())
+    } else {
+        journal::read(&resume.journal, fingerprint, states.len())
+    };
+    let outcome = match journaled {
+        Ok(_) if !reused => Err("its partial packs are missing or of another size".to_string()),
+        Ok(progress) => {
+            let saved: Vec<(u64, Sha256)> = states.iter().map(|s| (s.next, s.hasher.clone())).collect();
+            if progress.into_iter().zip(states.iter_mut()).all(|(p, s)| s.restore(p)) {
+                Ok(())
+            } else {
+                for (state, (next, hasher)) in states.iter_mut().zip(saved) {
+                    state.next = next;
+                    state.hasher = hasher;
+                    for segment in &mut state.segments {
+                        segment.done = 0;
+                        segment.carry.clear();
+                    }
+                }
+                Err("its journal does not fit its shards".to_string())
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    let note = match &outcome {
+        Ok(()) => {
+            let (kept, total): (u64, u64) = states.iter().fold((0, 0), |(k, t), s| (k + s.next, t + s.size));
+            Some(format!(
+                "continuing an interrupted run: {kept} of {total} shard bytes are already in its partial packs"
+            ))
+        }
+        Err(_) if !left_before => None,
+        Err(reason) if resume.fresh => Some(format!("{reason}: an earlier run's partial packs are discarded")),
+        Err(reason) => Some(format!(
+            "an earlier run's partial packs are discarded, starting over: {reason}"
+        )),
+    };
+    if outcome.is_err() {
+        journal::remove(&resume.journal)?; // never again paired with the bytes about to change
+        for (out, (request, layout)) in outputs.iter_mut().zip(requests.iter().zip(layouts)) {
+            if reused {
+                out.file
+                    .set_len(0)
+                    .and_then(|_| out.file.set_len(layout.file_size))
+                    .map_err(|e| Error::io(&request.output, "cannot empty the resumable partial", e))?;
+            }
+        }
+    }
+    for (out, layout) in outputs.iter().zip(layouts) {
+        out.write_at(&layout.preamble(), 0)?;
+    }
+    Ok((outputs, note))
+}
+
+/// What a journal must match to be continued: every pack's layout and output, every item's
+/// source, and every shard's path (its commit), size, header and digest.
+fn fingerprint(requests: &[PackRequest], layouts: &[PackLayout], shards: &[RemoteShard]) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    for (request, layout) in requests.iter().zip(layouts) {
+        field(request.output.as_os_str().as_encoded_bytes());
+        field(&layout.preamble());
+        for item in &request.items {
+            field(item.source.as_os_str().as_encoded_bytes());
+            field(item.key.as_bytes());
+            field(item.dtype.to_string().as_bytes());
+        }
+    }
+    for shard in shards {
+        field(shard.path.as_os_str().as_encoded_bytes());
+        field(&shard.size.to_le_bytes());
+        field(&shard.head);
+        field(shard.sha256.as_deref().unwrap_or("").as_bytes());
+    }
+    journal::to_hex(&hasher.finalize())
 }
 
 /// Converts what `piece` completes of a segment: the held-back unit first, then whole units in
@@ -384,7 +664,7 @@ mod tests {
             let (bytes_a, shard_a) = remote(&a);
             let (bytes_b, shard_b) = remote(&b);
             let starts = [shard_a.data_start, shard_b.data_start];
-            let packs = StreamedPacks::stage(&[items(&out)], vec![shard_a, shard_b]).unwrap();
+            let packs = StreamedPacks::stage(&[items(&out)], vec![shard_a, shard_b], None).unwrap();
             for (s, bytes) in [&bytes_a, &bytes_b].into_iter().enumerate() {
                 let mut offset = starts[s] as usize;
                 for k in 0.. {
@@ -435,7 +715,7 @@ mod tests {
         staged.commit().unwrap();
         let (bytes, shard) = remote(&a);
         let start = shard.data_start;
-        let packs = StreamedPacks::stage(&[items("streamed.bpk")], vec![shard]).unwrap();
+        let packs = StreamedPacks::stage(&[items("streamed.bpk")], vec![shard], None).unwrap();
         packs.feed(0, start, &bytes[start as usize..]).unwrap();
         for (_, staged) in packs.finish().unwrap() {
             staged.commit().unwrap();
@@ -457,6 +737,7 @@ mod tests {
         let packs = StreamedPacks::stage(
             &[request(vec![item("w", &a, "w", DType::F32)], dir.path().join("o.bpk"))],
             vec![other_shard, shard],
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -497,6 +778,244 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join("o.bpk").exists());
+    }
+
+    /// Two shards whose tensors go to one pack copied, cast and quantized (units of 2, 4 and 128
+    /// bytes that pieces cut), the pack `pack` writes from them, and the request for `out`.
+    struct ResumeCase {
+        dir: tempfile::TempDir,
+        shards: Vec<(PathBuf, Vec<u8>)>,
+        expected: Vec<u8>,
+    }
+
+    impl ResumeCase {
+        fn new() -> ResumeCase {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+            write_shard(
+                &a,
+                &[
+                    ("w", "F32", vec![3, 64], f32_bytes(&values(192, 1))),
+                    ("q", "F32", vec![40, 96], f32_bytes(&values(3840, 2))),
+                ],
+            );
+            write_shard(&b, &[("h", "F32", vec![50, 7], f32_bytes(&values(350, 3)))]);
+            let mut case = ResumeCase {
+                dir,
+                shards: vec![],
+                expected: vec![],
+            };
+            let (_, staged) = pack_staged(&case.request("packed.bpk"), &mut |_| true).unwrap();
+            staged.commit().unwrap();
+            case.expected = std::fs::read(case.dir.path().join("packed.bpk")).unwrap();
+            case.shards = [a, b]
+                .into_iter()
+                .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+                .collect();
+            case
+        }
+
+        fn request(&self, out: &str) -> PackRequest {
+            let (a, b) = (
+                self.dir.path().join("a.safetensors"),
+                self.dir.path().join("b.safetensors"),
+            );
+            let mut r = request(
+                vec![
+                    item("w", &a, "w", DType::F32),
+                    item("w.bf16", &a, "w", DType::BF16),
+                    item("q", &a, "q", DType::Q8S(32, QuantStore::PackedU32)),
+                    item("h", &b, "h", DType::F16),
+                ],
+                self.dir.path().join(out),
+            );
+            r.target = BurnTarget::V0_22;
+            r
+        }
+
+        fn resume(&self, fresh: bool) -> Resume {
+            Resume {
+                journal: self.dir.path().join(".out.bpk.journal"),
+                fresh,
+            }
+        }
+
+        /// The packs staged for `out`, each shard expecting its real digest.
+        fn stage(&self, request: PackRequest, resume: Option<&Resume>) -> Result<StreamedPacks> {
+            let shards = self
+                .shards
+                .iter()
+                .map(|(path, bytes)| {
+                    let (_, shard) = remote(path);
+                    shard.expecting(&journal::to_hex(&Sha256::digest(bytes)))
+                })
+                .collect();
+            StreamedPacks::stage(&[request], shards, resume)
+        }
+
+        /// Feeds each shard from where the packs expect it up to `fraction` of its bytes (all
+        /// of them for 1.0), in pieces of 1, 13 and 77 bytes: units cut everywhere.
+        fn feed(&self, packs: &StreamedPacks, fraction: f64) {
+            for (s, (_, bytes)) in self.shards.iter().enumerate() {
+                let mut offset = packs.resume_offset(s) as usize;
+                let stop = ((bytes.len() as f64 * fraction) as usize).max(offset);
+                for k in 0.. {
+                    if offset >= stop {
+                        break;
+                    }
+                    let end = (offset + [1, 13, 77][k % 3]).min(stop);
+                    packs.feed(s, offset as u64, &bytes[offset..end]).unwrap();
+                    offset = end;
+                }
+            }
+        }
+
+        fn finish(&self, packs: StreamedPacks) -> Vec<u8> {
+            for (_, staged) in packs.finish().unwrap() {
+                staged.commit().unwrap();
+            }
+            std::fs::read(self.dir.path().join("out.bpk")).unwrap()
+        }
+
+        /// What a SIGKILL leaves: the partials as they are, no last journal.
+        fn kill(packs: StreamedPacks) {
+            packs.outputs.into_iter().for_each(AtomicFile::keep);
+        }
+
+        fn hidden(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    #[test]
+    fn a_suspended_stream_resumes_where_its_journal_says_to_the_same_bytes() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        assert_eq!(packs.resumed(), None);
+        case.feed(&packs, 0.4);
+        packs.checkpoint().unwrap();
+        let journaled: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
+        case.feed(&packs, 0.6); // past the journal: fed again by the next run
+        ResumeCase::kill(packs);
+        assert_eq!(case.hidden(), [".out.bpk.journal", ".out.bpk.resume.heartmula-partial"]);
+
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        let offsets: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
+        assert_eq!(offsets, journaled);
+        let sizes: Vec<usize> = case.shards.iter().map(|(_, b)| b.len()).collect();
+        assert!(offsets[0] > sizes[0] as u64 / 3 && offsets[1] > sizes[1] as u64 / 3);
+        assert!(packs.resumed().unwrap().starts_with("continuing an interrupted run"));
+        case.feed(&packs, 0.7);
+        let fed: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
+        assert_eq!(
+            packs.suspend().unwrap(),
+            fed.iter().sum::<u64>(),
+            "suspended: all that was fed is kept"
+        );
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        assert_eq!((0..2).map(|s| packs.resume_offset(s)).collect::<Vec<_>>(), fed);
+        case.feed(&packs, 1.0);
+        assert!(case.finish(packs) == case.expected);
+        assert!(case.hidden().is_empty(), "{:?}", case.hidden());
+    }
+
+    #[test]
+    fn a_journal_of_another_plan_or_none_or_fresh_starts_over() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let start: Vec<u64> = case.shards.iter().map(|(p, _)| remote(p).1.data_start).collect();
+        let suspended = |request: PackRequest| {
+            let packs = case.stage(request, Some(&resume)).unwrap();
+            case.feed(&packs, 0.5);
+            packs.suspend().unwrap();
+        };
+        let mut other = case.request("out.bpk");
+        other.items[3].dtype = DType::BF16;
+        let starts = |packs: &StreamedPacks| (0..2).map(|s| packs.resume_offset(s)).collect::<Vec<_>>();
+        for (before, fresh, note) in [
+            (Some(other), false, "for other packs, options or shards"),
+            (Some(case.request("out.bpk")), true, "--fresh"),
+            (None, false, "no journal"),
+        ] {
+            match before {
+                Some(request) => suspended(request),
+                None => {
+                    let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+                    case.feed(&packs, 0.5);
+                    ResumeCase::kill(packs); // before any checkpoint
+                }
+            }
+            let packs = case.stage(case.request("out.bpk"), Some(&case.resume(fresh))).unwrap();
+            assert!(packs.resumed().unwrap().contains(note), "{:?}", packs.resumed());
+            assert_eq!(starts(&packs), start);
+            case.feed(&packs, 1.0);
+            assert!(case.finish(packs) == case.expected);
+            std::fs::remove_file(case.dir.path().join("out.bpk")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_journal_that_does_not_fit_its_shards_is_not_trusted() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        case.feed(&packs, 0.5);
+        packs.suspend().unwrap();
+        let text = std::fs::read_to_string(&resume.journal).unwrap();
+        let journal: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let next = journal["shards"][0]["next"].as_u64().unwrap();
+        // One byte further on: the bytes held back no longer make the unit it cuts.
+        std::fs::write(
+            &resume.journal,
+            text.replace(&format!("\"next\":{next}"), &format!("\"next\":{}", next + 1)),
+        )
+        .unwrap();
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        assert!(
+            packs.resumed().unwrap().contains("does not fit its shards"),
+            "{:?}",
+            packs.resumed()
+        );
+        assert_eq!(packs.resume_offset(0), remote(&case.shards[0].0).1.data_start);
+        case.feed(&packs, 1.0);
+        assert!(case.finish(packs) == case.expected);
+    }
+
+    #[test]
+    fn bytes_that_do_not_hash_to_the_digest_are_refused_and_a_partial_is_locked() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        let err = case
+            .stage(case.request("out.bpk"), Some(&resume))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("another run is writing this output"), "{err}");
+        let (path, bytes) = &case.shards[1];
+        let mut altered = bytes.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        case.feed(&packs, 1.0);
+        assert_eq!(packs.sha256(1), journal::to_hex(&Sha256::digest(bytes)));
+        drop(packs);
+        let packs = case.stage(case.request("out.bpk"), None).unwrap();
+        for (s, bytes) in [&case.shards[0].1, &altered].into_iter().enumerate() {
+            let start = packs.resume_offset(s) as usize;
+            packs.feed(s, start as u64, &bytes[start..]).unwrap();
+        }
+        let err = packs.finish().err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("{}: the bytes received have sha256 ", path.display())),
+            "{err}"
+        );
+        assert!(!case.dir.path().join("out.bpk").exists());
     }
 
     #[test]

@@ -582,16 +582,20 @@ impl StreamedPacks {
 
 #[pymethods]
 impl StreamedPacks {
-    /// `jobs`: (items, metadata, output) per pack; `shards`: (path, head, size) per shard, each
-    /// item's `source` one of these paths.
+    /// `jobs`: (items, metadata, output) per pack; `shards`: (path, head, size, sha256) per shard,
+    /// each item's `source` one of these paths. `resumable`: the packs are partials that outlive
+    /// the run, with a journal beside the first, and continue an earlier run's when its journal
+    /// fits this plan (`resume_offset`, `resumed`), unless `fresh`.
     #[new]
-    #[pyo3(signature = (jobs, shards, *, overwrite=false, burn_version="0.21"))]
+    #[pyo3(signature = (jobs, shards, *, overwrite=false, burn_version="0.21", resumable=false, fresh=false))]
     fn new(
         py: Python<'_>,
         jobs: Vec<(Vec<TensorRequest>, BTreeMap<String, String>, PathBuf)>,
-        shards: Vec<(PathBuf, Vec<u8>, u64)>,
+        shards: Vec<(PathBuf, Vec<u8>, u64, String)>,
         overwrite: bool,
         burn_version: &str,
+        resumable: bool,
+        fresh: bool,
     ) -> PyResult<Self> {
         let target = target(burn_version)?;
         let requests: Vec<core::PackRequest> = jobs
@@ -604,20 +608,29 @@ impl StreamedPacks {
                 overwrite,
             })
             .collect();
+        let resume = match requests.first() {
+            Some(first) if resumable => Some(core::Resume {
+                journal: core::output::resume_journal_path(&first.output).map_err(|e| to_py(py, e))?,
+                fresh,
+            }),
+            _ => None,
+        };
         let staged = py
             .detach(|| {
                 let remote = shards
                     .iter()
-                    .map(|(path, head, size)| core::RemoteShard::parse(path, head, *size))
+                    .map(
+                        |(path, head, size, sha256)| Ok(core::RemoteShard::parse(path, head, *size)?.expecting(sha256)),
+                    )
                     .collect::<core::Result<Vec<_>>>()?;
-                core::StreamedPacks::stage(&requests, remote)
+                core::StreamedPacks::stage(&requests, remote, resume.as_ref())
             })
             .map_err(|e| to_py(py, e))?;
         Ok(StreamedPacks(Mutex::new(Some(std::sync::Arc::new(staged)))))
     }
 
     /// Writes `data`, the shard's bytes at `offset`, to the packs (the GIL released). `offset` is
-    /// where the shard's previous piece ended, or its data start (8 + the header length).
+    /// where the shard's previous piece ended, or `resume_offset` for its first piece.
     fn feed(&self, py: Python<'_>, shard: PathBuf, offset: u64, data: &[u8]) -> PyResult<()> {
         let packs = self.get()?;
         // The packs are let go inside, without the GIL: a discard waiting for this feed is not
@@ -627,6 +640,32 @@ impl StreamedPacks {
             packs.feed(index, offset, data)
         })
         .map_err(|e| to_py(py, e))
+    }
+
+    /// Where the shard's data is to be fetched from: its data start, or where an earlier run reached.
+    fn resume_offset(&self, py: Python<'_>, shard: PathBuf) -> PyResult<u64> {
+        let packs = self.get()?;
+        let index = packs.shard_index(&shard).map_err(|e| to_py(py, e))?;
+        Ok(packs.resume_offset(index))
+    }
+
+    /// What became of an earlier run's partial packs (continued, or discarded and why), if any.
+    fn resumed(&self) -> PyResult<Option<String>> {
+        Ok(self.get()?.resumed().map(str::to_string))
+    }
+
+    /// The SHA-256 (hex) of the shard's bytes received so far, its header included.
+    fn sha256(&self, py: Python<'_>, shard: PathBuf) -> PyResult<String> {
+        let packs = self.get()?;
+        let index = packs.shard_index(&shard).map_err(|e| to_py(py, e))?;
+        Ok(py.detach(|| packs.sha256(index)))
+    }
+
+    /// Puts the bytes fed so far on disk, then the journal that says so (the GIL released);
+    /// feeding may go on. The shard bytes the journal covers.
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<u64> {
+        let packs = self.get()?;
+        py.detach(|| packs.checkpoint()).map_err(|e| to_py(py, e))
     }
 
     /// Checks every shard arrived whole and flushes the packs: (summary, staged file) per job.
@@ -639,10 +678,22 @@ impl StreamedPacks {
             .collect())
     }
 
-    /// Deletes the temporary files; the destinations stay as they were. Does nothing when
-    /// finished or discarded already.
-    fn discard(&self, py: Python<'_>) {
-        drop(self.take(py));
+    /// Deletes the temporary files and the journal; the destinations stay as they were. Does
+    /// nothing when finished, suspended or discarded already.
+    fn discard(&self, py: Python<'_>) -> PyResult<()> {
+        match self.take(py) {
+            Ok(packs) => py.detach(|| packs.discard()).map_err(|e| to_py(py, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Leaves the resumable partials and their journal for the next run (else as `discard`):
+    /// the shard bytes kept. Nothing when finished, suspended or discarded already.
+    fn suspend(&self, py: Python<'_>) -> PyResult<u64> {
+        match self.take(py) {
+            Ok(packs) => py.detach(|| packs.suspend()).map_err(|e| to_py(py, e)),
+            Err(_) => Ok(0),
+        }
     }
 }
 
