@@ -241,13 +241,18 @@ impl AtomicFile {
         if reuse && meta.len() == size {
             return Ok((atomic, true));
         }
-        atomic
-            .file
-            .set_len(0)
-            .map_err(|e| Error::io(&atomic.temp_path, "cannot empty the resumable partial", e))?;
+        atomic.empty(0)?; // an earlier run's bytes give their room back first
         ensure_free_space(destination, &dir, size)?;
-        atomic.reserve(size)?;
+        atomic.empty(size)?;
         Ok((atomic, false))
+    }
+
+    /// Empties the temp file and allocates it anew, `size` bytes of zeros.
+    pub fn empty(&self, size: u64) -> Result<()> {
+        self.file
+            .set_len(0)
+            .map_err(|e| Error::io(&self.temp_path, "cannot empty the temp file", e))?;
+        self.reserve(size)
     }
 
     /// Leaves the temp file where it is when dropped (a resumable partial, for the next run).

@@ -505,12 +505,9 @@ fn open_resumable(
     };
     if outcome.is_err() {
         journal::remove(&resume.journal)?; // never again paired with the bytes about to change
-        for (out, (request, layout)) in outputs.iter_mut().zip(requests.iter().zip(layouts)) {
-            if reused {
-                out.file
-                    .set_len(0)
-                    .and_then(|_| out.file.set_len(layout.file_size))
-                    .map_err(|e| Error::io(&request.output, "cannot empty the resumable partial", e))?;
+        if reused {
+            for (out, layout) in outputs.iter().zip(layouts) {
+                out.empty(layout.file_size)?; // no byte of the earlier run may stay (padding included)
             }
         }
     }
