@@ -8,9 +8,12 @@ Cases (--cases, comma-separated):
              thread each; each downloads its files in parallel), the files `pack --hub` fetches
   pack-hub   `heartmula_burn pack --hub`: the same download into the cache, checked, then packed
   stream     `heartmula_burn pack --hub --stream`: the shards read in ranges straight into the packs
+  resume     the same, killed (SIGKILL) once the server has sent half the shard bytes, then run
+             again: the row is the rerun (its wall time, and the shard bytes it fetched)
 
 Every case starts from an empty cache and output folder, in a fresh process. Runs alternate the
-cases so that drift hits them alike; the table shows medians and each case's ratio to download.
+cases so that drift hits them alike; the table shows medians, each case's ratio to download, and
+the shard bytes the server sent for it (its own count).
 
 Two settings:
   default    the tiny synthetic checkpoint, each connection throttled to --rate bytes/s (the server
@@ -30,9 +33,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +50,7 @@ from heartmula_burn._synthetic import write_synthetic_checkpoint
 from hub_server import HubServer
 
 LM, CODEC, GEN = "HeartMuLa/HeartMuLa-oss-3B", "HeartMuLa/HeartCodec-oss", "HeartMuLa/HeartMuLaGen"
-CASES = ("download", "pack-hub", "stream")
+CASES = ("download", "pack-hub", "stream", "resume")
 MODEL_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 DOWNLOAD = """
 import sys, threading
@@ -100,7 +106,27 @@ class DiskPeak:
         self.peak = max(self.peak, disk_in_use(self.folders))
 
 
-def run_case(case: str, server: HubServer, work: Path) -> dict:
+def shard_bytes_sent(server: HubServer) -> int:
+    return sum(n for path, n in server.body_bytes.items() if path.endswith(".safetensors"))
+
+
+def kill_at_half(cmd: list[str], server: HubServer, shard_bytes: int) -> float:
+    """Runs `cmd` until the server has sent half the shard bytes, then SIGKILLs it; the seconds
+    it ran. Returns once the server's side of the cut transfers has ended."""
+    before, started = shard_bytes_sent(server), time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL) as proc:
+        while shard_bytes_sent(server) - before < shard_bytes // 2:
+            if proc.poll() is not None:
+                sys.exit("bench: the stream ended before half of it")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    ran = time.perf_counter() - started
+    while server.open_bodies:
+        time.sleep(0.05)
+    return ran
+
+
+def run_case(case: str, server: HubServer, work: Path, shard_bytes: int) -> dict:
     cache, out = work / "cache", work / "out"
     for folder in (cache, out):
         shutil.rmtree(folder, ignore_errors=True)
@@ -118,12 +144,17 @@ def run_case(case: str, server: HubServer, work: Path) -> dict:
         cmd = [sys.executable, "-c", code]
     else:
         cmd = [sys.executable, "-m", "heartmula_burn", "pack", "--hub", "-o", f"{out}/", "-q", "--json"]
-        cmd += ["--stream"] if case == "stream" else []
+        cmd += ["--stream"] if case in ("stream", "resume") else []
     os.environ.update(env)  # run_child passes this process's environment on
+    killed_after = kill_at_half(cmd, server, shard_bytes) if case == "resume" else None
+    sent = shard_bytes_sent(server)
     with DiskPeak([cache, out]) as disk:
         wall, rss, stdout = run_child(cmd)
     result = {"case": case, "seconds": wall, "peak_rss": rss, "peak_disk": disk.peak}
-    if case == "stream":
+    result["shard_bytes_fetched"] = shard_bytes_sent(server) - sent
+    if killed_after is not None:
+        result["killed_after_seconds"] = killed_after
+    if case in ("stream", "resume"):
         result["streamed"] = json.loads(stdout)["streamed"]
     for folder in (cache, out):
         shutil.rmtree(folder, ignore_errors=True)
@@ -169,23 +200,27 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for case in cases if run % 2 == 0 else reversed(cases):
-                r = run_case(case, server, work)
+                r = run_case(case, server, work, shard_bytes)
                 results[case].append(r)
                 print(f"  run {run + 1} {case:9} {r['seconds']:7.2f} s", file=sys.stderr)
     finally:
         server.stop()
     base = statistics.median(r["seconds"] for r in results["download"]) if "download" in results else None
     print(f"\n{setting}; medians of {args.runs} runs\n")
-    print("| case | wall s | x download | peak RSS MiB | peak disk MB |")
-    print("|---|---|---|---|---|")
+    print("| case | wall s | x download | peak RSS MiB | peak disk MB | shard bytes fetched |")
+    print("|---|---|---|---|---|---|")
     summary = {}
     for case, runs in results.items():
         wall = statistics.median(r["seconds"] for r in runs)
         rss = statistics.median(r["peak_rss"] for r in runs) / 2**20
         disk = statistics.median(r["peak_disk"] for r in runs) / 1e6
+        fetched = statistics.median(r["shard_bytes_fetched"] for r in runs)
         ratio = f"{wall / base:.3f}" if base else "-"
-        print(f"| {case} | {wall:.2f} | {ratio} | {rss:.1f} | {disk:.1f} |")
+        print(f"| {case} | {wall:.2f} | {ratio} | {rss:.1f} | {disk:.1f} | {fetched / shard_bytes:.1%} |")
         summary[case] = {"median_seconds": wall, "median_peak_rss_mib": rss, "median_peak_disk_mb": disk, "runs": runs}
+    if "resume" in results:
+        killed = statistics.median(r["killed_after_seconds"] for r in results["resume"])
+        print(f"\nresume: killed after a median {killed:.2f} s, at half the shard bytes sent; the row is the rerun")
     if args.json:
         args.json.write_text(json.dumps({"setting": setting, "shard_bytes": shard_bytes, "cases": summary}, indent=2))
     return 0

@@ -291,6 +291,21 @@ def test_a_cdn_outage_of_45_seconds_is_waited_out(hub, local_packs, tmp_path):
     assert_same_packs(tmp_path / "streamed", local_packs, hub)
 
 
+def test_when_one_shard_fails_for_good_the_run_ends_at_once(hub, tiny_root, tmp_path):
+    """A 404 for one shard while the others crawl (a minute and more at this rate): the run
+    ends in one line within seconds, not when the others are done or next hear from the server."""
+    name = max(shards_of(tiny_root), key=lambda n: shards_of(tiny_root)[n].stat().st_size)
+    hub.slow_bytes_per_s, hub.range_faults[name] = 20_000, ["pass", "pass", "404"]
+    started = time.monotonic()
+    try:
+        proc = stream(hub, tmp_path, check_rc=None)
+    finally:
+        hub.slow_bytes_per_s = None
+        hub.range_faults.pop(name)
+    assert time.monotonic() - started < 15
+    assert_clean_failure(proc, name, "404")
+
+
 def test_a_shard_without_progress_for_the_retry_window_fails_and_everything_stops(hub, tmp_path):
     """Past `--retry-window` without progress the run ends in one line, the other transfers
     stopped with it, and what was fetched is kept for the next run."""

@@ -162,6 +162,8 @@ mod tests {
         };
         write(&path, "fp", &[progress]).unwrap();
         assert!(read(&path, "fp", 1).is_ok());
+        let err = read(&path.join("j"), "fp", 1).err().unwrap(); // a file where a folder should be
+        assert!(err.starts_with("its journal cannot be read"), "{err}");
         assert!(read(&path, "other", 1).err().unwrap().contains("other packs"));
         assert!(read(&path, "fp", 2).err().unwrap().contains("other packs"));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -176,8 +178,15 @@ mod tests {
         short.replace_range(state_start..state_start + 2, "");
         std::fs::write(&path, short).unwrap();
         assert!(read(&path, "fp", 1).err().unwrap().contains("damaged"));
+        std::fs::write(&path, vec![b' '; MAX_JOURNAL_BYTES as usize]).unwrap();
+        assert!(
+            read(&path, "fp", 1).err().unwrap().contains("not one"),
+            "at the bound: read"
+        );
         std::fs::write(&path, vec![b' '; (MAX_JOURNAL_BYTES + 1) as usize]).unwrap();
         assert!(read(&path, "fp", 1).err().unwrap().contains("too large"));
+        let err = remove(&path.join("j")).unwrap_err().to_string(); // not a folder: a real failure
+        assert!(err.contains("cannot remove the journal"), "{err}");
         remove(&path).unwrap();
         remove(&path).unwrap();
         assert!(!path.exists());

@@ -118,22 +118,15 @@ struct ShardState {
 }
 
 impl ShardState {
-    /// The segment being converted whose unit `next` cuts, if any: the one holding back bytes.
-    fn cut_segment(&mut self) -> Option<&mut Segment> {
-        let next = self.next;
-        self.segments
-            .iter_mut()
-            .find(|s| s.converter.is_some() && s.start < next && next < s.end)
-    }
-
     /// Takes up from `progress`, when it fits this shard: `next` within its data, the bytes held
-    /// back exactly those of the unit `next` cuts. Every segment before `next` is complete.
+    /// back exactly those of the unit `next` cuts (none when it cuts none). Every segment before
+    /// `next` is complete. On `false` the state is to be staged again.
     fn restore(&mut self, progress: ShardProgress) -> bool {
-        if !(self.data_start..=self.size).contains(&progress.next) {
+        let next = progress.next;
+        if !(self.data_start..=self.size).contains(&next) {
             return false;
         }
-        self.next = progress.next;
-        let next = self.next;
+        let mut carry = Some(progress.carry);
         for segment in &mut self.segments {
             let written = next.clamp(segment.start, segment.end) - segment.start;
             let unit = if segment.converter.is_some() {
@@ -141,30 +134,30 @@ impl ShardState {
             } else {
                 1
             };
-            segment.done = (written - written % unit) / segment.from.size();
+            let held = written % unit;
+            segment.done = (written - held) / segment.from.size();
             segment.carry.clear();
+            if held > 0 {
+                match carry.take() {
+                    Some(bytes) if bytes.len() as u64 == held => segment.carry = bytes,
+                    _ => return false,
+                }
+            }
         }
-        let held = match self.cut_segment() {
-            Some(segment) => (next - segment.start) % segment.unit_bytes(),
-            None => 0,
-        };
-        if held != progress.carry.len() as u64 {
-            return false;
+        if carry.is_some_and(|bytes| !bytes.is_empty()) {
+            return false; // bytes held back where no unit is cut
         }
-        if let Some(segment) = self.cut_segment() {
-            segment.carry = progress.carry;
-        }
+        self.next = next;
         self.hasher = progress.hasher;
         true
     }
 
-    fn progress(&mut self) -> ShardProgress {
-        let next = self.next;
-        let carry = self.cut_segment().map(|s| s.carry.clone()).unwrap_or_default();
+    fn progress(&self) -> ShardProgress {
+        let held = self.segments.iter().find(|s| !s.carry.is_empty());
         ShardProgress {
-            next,
+            next: self.next,
             hasher: self.hasher.clone(),
-            carry,
+            carry: held.map(|s| s.carry.clone()).unwrap_or_default(),
         }
     }
 }
@@ -902,13 +895,27 @@ mod tests {
         case.feed(&packs, 0.6); // past the journal: fed again by the next run
         ResumeCase::kill(packs);
         assert_eq!(case.hidden(), [".out.bpk.journal", ".out.bpk.resume.heartmula-partial"]);
+        let text = std::fs::read_to_string(&resume.journal).unwrap();
+        let journal: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let held = journal["shards"][0]["carry"].as_str().unwrap().len() / 2;
+        assert!(
+            held > 0 && held < 128,
+            "the journal holds back part of a q8 block: {held} bytes"
+        );
 
         let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
         let offsets: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
         assert_eq!(offsets, journaled);
         let sizes: Vec<usize> = case.shards.iter().map(|(_, b)| b.len()).collect();
         assert!(offsets[0] > sizes[0] as u64 / 3 && offsets[1] > sizes[1] as u64 / 3);
-        assert!(packs.resumed().unwrap().starts_with("continuing an interrupted run"));
+        assert_eq!(
+            packs.resumed().unwrap(),
+            format!(
+                "continuing an interrupted run: {} of {} shard bytes are already in its partial packs",
+                offsets[0] + offsets[1],
+                sizes[0] + sizes[1]
+            )
+        );
         case.feed(&packs, 0.7);
         let fed: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
         assert_eq!(
@@ -936,10 +943,25 @@ mod tests {
         let mut other = case.request("out.bpk");
         other.items[3].dtype = DType::BF16;
         let starts = |packs: &StreamedPacks| (0..2).map(|s| packs.resume_offset(s)).collect::<Vec<_>>();
+        let over = "an earlier run's partial packs are discarded, starting over: ";
+        let partial = case.dir.path().join(".out.bpk.resume.heartmula-partial");
         for (before, fresh, note) in [
-            (Some(other), false, "for other packs, options or shards"),
-            (Some(case.request("out.bpk")), true, "--fresh"),
-            (None, false, "no journal"),
+            (
+                Some(other),
+                false,
+                format!("{over}it was made for other packs, options or shards"),
+            ),
+            (
+                Some(case.request("out.bpk")),
+                true,
+                "--fresh: an earlier run's partial packs are discarded".into(),
+            ),
+            (None, false, format!("{over}it left no journal")),
+            (
+                Some(case.request("out.bpk")),
+                false,
+                format!("{over}its partial packs are missing or of another size"),
+            ),
         ] {
             match before {
                 Some(request) => suspended(request),
@@ -949,13 +971,34 @@ mod tests {
                     ResumeCase::kill(packs); // before any checkpoint
                 }
             }
+            if note.ends_with("of another size") {
+                let len = std::fs::metadata(&partial).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&partial)
+                    .unwrap()
+                    .set_len(len - 1)
+                    .unwrap();
+            }
             let packs = case.stage(case.request("out.bpk"), Some(&case.resume(fresh))).unwrap();
-            assert!(packs.resumed().unwrap().contains(note), "{:?}", packs.resumed());
+            assert!(packs.resumed().unwrap().starts_with(&note), "{:?}", packs.resumed());
             assert_eq!(starts(&packs), start);
             case.feed(&packs, 1.0);
             assert!(case.finish(packs) == case.expected);
             std::fs::remove_file(case.dir.path().join("out.bpk")).unwrap();
         }
+    }
+
+    #[test]
+    fn a_discarded_stream_leaves_neither_partial_nor_journal() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        case.feed(&packs, 0.5);
+        packs.checkpoint().unwrap();
+        assert_eq!(case.hidden().len(), 2);
+        packs.discard().unwrap();
+        assert!(case.hidden().is_empty(), "{:?}", case.hidden());
     }
 
     #[test]
