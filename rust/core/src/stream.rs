@@ -990,6 +990,28 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_where_no_unit_is_cut_is_continued() {
+        let case = ResumeCase::new();
+        let resume = case.resume(false);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        let (_, bytes) = &case.shards[0];
+        let start = packs.resume_offset(0) as usize;
+        packs.feed(0, start as u64, &bytes[start..]).unwrap(); // one shard whole, the other not begun
+        packs.checkpoint().unwrap();
+        let offsets: Vec<u64> = (0..2).map(|s| packs.resume_offset(s)).collect();
+        ResumeCase::kill(packs);
+        let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
+        assert_eq!((0..2).map(|s| packs.resume_offset(s)).collect::<Vec<_>>(), offsets);
+        assert!(
+            packs.resumed().unwrap().starts_with("continuing"),
+            "{:?}",
+            packs.resumed()
+        );
+        case.feed(&packs, 1.0);
+        assert!(case.finish(packs) == case.expected);
+    }
+
+    #[test]
     fn a_discarded_stream_leaves_neither_partial_nor_journal() {
         let case = ResumeCase::new();
         let resume = case.resume(false);
