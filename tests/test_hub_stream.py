@@ -372,9 +372,10 @@ def journaled(out: Path) -> int:
         return 0
 
 
-def killed_at(hub: HubServer, tiny_root: Path, out: Path, signum: int, fraction: float = 0.25) -> str:
+def killed_at(hub: HubServer, tiny_root: Path, out: Path, signum: int, fraction: float = 0.35) -> str:
     """Starts `pack --hub --stream` into `out` with the bodies slowed (about 5 s for 40% of the
-    shard bytes), sends `signum` once its journal covers `fraction` of them; returns its stderr."""
+    shard bytes), sends `signum` once its journal (every 2 s) covers `fraction` of them; returns
+    its stderr."""
     total = sum(p.stat().st_size for p in shards_of(tiny_root).values())
     hub.slow_bytes_per_s = max(total // 60, 1)  # per connection, 6 at once
     try:
@@ -402,8 +403,8 @@ def killed_at(hub: HubServer, tiny_root: Path, out: Path, signum: int, fraction:
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
 def test_a_stream_killed_at_40_percent_continues_where_it_was(hub, tiny_root, local_packs, tmp_path, signum):
-    """Killed outright, or stopped by Ctrl-C, at about 40% of the shard bytes (5 s in, its first
-    journal): the hidden partial stays, the same command fetches at most 75% of them again and
+    """Killed outright, or stopped by Ctrl-C, at about 40% of the shard bytes (once its journal
+    covers 35%): the hidden partial stays, the same command fetches at most 75% of them again and
     writes the very packs, and leaves nothing behind."""
     out = tmp_path / "streamed"
     err = killed_at(hub, tiny_root, out, signum)

@@ -71,7 +71,7 @@ STALL_SECONDS = 60.0
 # The safetensors crate's bound on a header, here on all the shards' headers together.
 MAX_HEADER_BYTES = 100_000_000
 # How often the bytes written are put on disk and journaled (what a crash can lose at most).
-JOURNAL_SECONDS = 5.0
+JOURNAL_SECONDS = 2.0
 # Without a terminal (a log), a line of progress this often instead of a bar.
 LOG_SECONDS = 30.0
 
