@@ -101,6 +101,15 @@ impl Segment {
     fn unit_bytes(&self) -> u64 {
         quant::chunk_elements(self.from, self.to, 0) * self.from.size()
     }
+
+    /// The bytes before `next` that a conversion holds back, a unit not yet whole (a copy holds none).
+    fn held(&self, next: u64) -> u64 {
+        let written = next.clamp(self.start, self.end) - self.start;
+        match self.converter {
+            Some(_) => written % self.unit_bytes(),
+            None => 0,
+        }
+    }
 }
 
 /// A shard's progress: the next byte it expects, the hash of every byte before it, and its
@@ -118,38 +127,29 @@ struct ShardState {
 }
 
 impl ShardState {
-    /// Takes up from `progress`, when it fits this shard: `next` within its data, the bytes held
-    /// back exactly those of the unit `next` cuts (none when it cuts none). Every segment before
-    /// `next` is complete. On `false` the state is to be staged again.
-    fn restore(&mut self, progress: ShardProgress) -> bool {
+    /// Whether `progress` fits this shard: `next` within its data, and the bytes held back
+    /// exactly as many as the unit `next` cuts holds (none when it cuts none).
+    fn fits(&self, progress: &ShardProgress) -> bool {
+        let held: u64 = self.segments.iter().map(|s| s.held(progress.next)).sum();
+        (self.data_start..=self.size).contains(&progress.next) && held == progress.carry.len() as u64
+    }
+
+    /// Takes up from `progress`, which `fits`: every segment before `next` complete, the one it
+    /// cuts holding back the journaled bytes.
+    fn restore(&mut self, progress: ShardProgress) {
         let next = progress.next;
-        if !(self.data_start..=self.size).contains(&next) {
-            return false;
-        }
         let mut carry = Some(progress.carry);
         for segment in &mut self.segments {
-            let written = next.clamp(segment.start, segment.end) - segment.start;
-            let unit = if segment.converter.is_some() {
-                segment.unit_bytes()
+            let held = segment.held(next);
+            segment.done = (next.clamp(segment.start, segment.end) - segment.start - held) / segment.from.size();
+            segment.carry = if held > 0 {
+                carry.take().unwrap_or_default()
             } else {
-                1
+                Vec::new()
             };
-            let held = written % unit;
-            segment.done = (written - held) / segment.from.size();
-            segment.carry.clear();
-            if held > 0 {
-                match carry.take() {
-                    Some(bytes) if bytes.len() as u64 == held => segment.carry = bytes,
-                    _ => return false,
-                }
-            }
-        }
-        if carry.is_some_and(|bytes| !bytes.is_empty()) {
-            return false; // bytes held back where no unit is cut
         }
         self.next = next;
         self.hasher = progress.hasher;
-        true
     }
 
     fn progress(&self) -> ShardProgress {
@@ -465,22 +465,13 @@ fn open_resumable(
     };
     let outcome = match journaled {
         Ok(_) if !reused => Err("its partial packs are missing or of another size".to_string()),
-        Ok(progress) => {
-            let saved: Vec<(u64, Sha256)> = states.iter().map(|s| (s.next, s.hasher.clone())).collect();
-            if progress.into_iter().zip(states.iter_mut()).all(|(p, s)| s.restore(p)) {
-                Ok(())
-            } else {
-                for (state, (next, hasher)) in states.iter_mut().zip(saved) {
-                    state.next = next;
-                    state.hasher = hasher;
-                    for segment in &mut state.segments {
-                        segment.done = 0;
-                        segment.carry.clear();
-                    }
-                }
-                Err("its journal does not fit its shards".to_string())
+        Ok(progress) if states.iter().zip(&progress).all(|(s, p)| s.fits(p)) => {
+            for (state, p) in states.iter_mut().zip(progress) {
+                state.restore(p);
             }
+            Ok(())
         }
+        Ok(_) => Err("its journal does not fit its shards".to_string()),
         Err(reason) => Err(reason),
     };
     let note = match &outcome {
@@ -1031,21 +1022,21 @@ mod tests {
         case.feed(&packs, 0.5);
         packs.suspend().unwrap();
         let text = std::fs::read_to_string(&resume.journal).unwrap();
-        let journal: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let next = journal["shards"][0]["next"].as_u64().unwrap();
-        // One byte further on: the bytes held back no longer make the unit it cuts.
-        std::fs::write(
-            &resume.journal,
-            text.replace(&format!("\"next\":{next}"), &format!("\"next\":{}", next + 1)),
-        )
-        .unwrap();
+        let mut journal: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // The second shard one byte further on: the bytes held back no longer make the unit it
+        // cuts. The first shard fits, and starts over all the same.
+        let next = journal["shards"][1]["next"].as_u64().unwrap();
+        journal["shards"][1]["next"] = (next + 1).into();
+        std::fs::write(&resume.journal, journal.to_string()).unwrap();
         let packs = case.stage(case.request("out.bpk"), Some(&resume)).unwrap();
         assert!(
             packs.resumed().unwrap().contains("does not fit its shards"),
             "{:?}",
             packs.resumed()
         );
-        assert_eq!(packs.resume_offset(0), remote(&case.shards[0].0).1.data_start);
+        for s in 0..2 {
+            assert_eq!(packs.resume_offset(s), remote(&case.shards[s].0).1.data_start);
+        }
         case.feed(&packs, 1.0);
         assert!(case.finish(packs) == case.expected);
     }
