@@ -62,6 +62,8 @@ fn seconds(ns: i128) -> String {
 pub enum Input {
     Shard,
     Pack,
+    /// A resumable stream's journal (see `journal`), beside the outputs.
+    Journal,
 }
 
 impl Input {
@@ -69,6 +71,7 @@ impl Input {
         match self {
             Input::Shard => ("shard", "cannot open shard", "cannot stat shard"),
             Input::Pack => ("pack", "cannot open pack", "cannot stat pack"),
+            Input::Journal => ("journal", "cannot open journal", "cannot stat journal"),
         }
     }
 }
@@ -104,7 +107,7 @@ pub fn open_regular(path: &Path, input: Input) -> Result<File> {
     };
     let refused = Error::source(path, format!("{what} is {name}, not a regular file"));
     Err(match input {
-        Input::Shard => refused,
+        Input::Shard | Input::Journal => refused,
         Input::Pack => refused.of_pack(),
     })
 }

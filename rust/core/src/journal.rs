@@ -14,6 +14,7 @@ use sha2::digest::common::hazmat::SerializableState;
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
+use crate::fs::{open_regular, Input};
 use crate::output::AtomicFile;
 
 const FORMAT: &str = "heartmula-burn stream journal 1";
@@ -68,9 +69,10 @@ pub fn write(path: &Path, fingerprint: &str, shards: &[ShardProgress]) -> Result
 /// The journal at `path` if it is one for `fingerprint` and `shards` shards; `Err(reason)` (for
 /// the user) when there is none or it cannot be trusted.
 pub fn read(path: &Path, fingerprint: &str, shards: usize) -> std::result::Result<Vec<ShardProgress>, String> {
-    let file = match std::fs::File::open(path) {
+    // Opened as every input is: a FIFO planted there would block the open forever.
+    let file = match open_regular(path, Input::Journal) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err("it left no journal (it stopped before its first checkpoint)".into())
         }
         Err(e) => return Err(format!("its journal cannot be read ({e})")),
@@ -164,6 +166,15 @@ mod tests {
         assert!(read(&path, "fp", 1).is_ok());
         let err = read(&path.join("j"), "fp", 1).err().unwrap(); // a file where a folder should be
         assert!(err.starts_with("its journal cannot be read"), "{err}");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read(&fifo, "fp", 1).err().unwrap(); // at once, not waiting for a writer
+        assert!(
+            err.starts_with("its journal cannot be read") && err.contains("FIFO"),
+            "{err}"
+        );
         assert!(read(&path, "other", 1).err().unwrap().contains("other packs"));
         assert!(read(&path, "fp", 2).err().unwrap().contains("other packs"));
         let text = std::fs::read_to_string(&path).unwrap();
