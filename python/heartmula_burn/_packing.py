@@ -111,7 +111,7 @@ def pack_manifests(
     burn_version = target_burn_version(jobs, burn_version)
     staged: list[_core.StagedFile] = []
     reports = []
-    created = _make_folders(job.output.parent for job in jobs if job.make_folder)
+    created = make_folders(job.output.parent for job in jobs if job.make_folder)
     stage = stage_packs or _stage_in_turn(progress_for or (lambda _job: progress))
     try:
         for job, (summary, pack) in zip(jobs, stage(jobs, burn_version, force)):
@@ -164,7 +164,7 @@ def target_burn_version(jobs: Sequence[Job], asked: str | None) -> str:
     return asked
 
 
-def _make_folders(folders: Iterable[Path]) -> list[Path]:
+def make_folders(folders: Iterable[Path]) -> list[Path]:
     """Creates each missing output folder and its missing parents; returns those it created, parents first."""
     created: list[Path] = []
     for folder in folders:

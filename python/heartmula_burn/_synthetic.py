@@ -25,6 +25,7 @@ from ._presets import PRESETS, Shapes
 ST_DTYPES = {"F32": np.dtype("<f4"), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype("<f2")}
 CHUNK_ELEMENTS = 4 << 20  # 16 MiB of f32 per write
 _FULL_BLOCK_ELEMENTS = 4 << 20
+PT_METADATA = {"format": "pt"}  # what torch-side savers write
 
 
 def _seed(name: str, seed: int) -> int:
@@ -99,10 +100,13 @@ def _split(tensors: Shapes, num_shards: int, itemsize: int) -> list[list[str]]:
     return shards
 
 
-def write_safetensors(path: Path, tensors: Shapes, dtype: str, seed: int, full: bool) -> None:
-    """Streams one shard. Tensors are stored sorted by name, as the safetensors library stores them."""
+def write_safetensors(
+    path: Path, tensors: Shapes, dtype: str, seed: int, full: bool, *, metadata: dict[str, str] | None = PT_METADATA
+) -> None:
+    """Streams one shard. Tensors are stored sorted by name, as the safetensors library stores them;
+    `metadata` is its __metadata__ (None: none, as some upstream files have)."""
     np_dtype = ST_DTYPES[dtype]
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
     offset = 0
     names = sorted(tensors)
     for name in names:

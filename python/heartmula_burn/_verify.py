@@ -14,6 +14,7 @@ from ._manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifes
 from ._packfile import Pack, dtype_info, open_pack, tensor_nbytes
 from ._packing import ProgressFn
 from ._presets import preset_for, preset_for_pack
+from ._presets.acestep.folder import Problem, is_folder_pack, verify_part
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
@@ -39,6 +40,10 @@ def verify(
         manifest = Manifest.load(against)
     else:
         with open_pack(pack_path) as pack:
+            folder_model = is_folder_pack(pack.metadata)
+        if folder_model:
+            return lines + [_line(pack_path, p) for p in verify_part(pack_path, against, progress)]
+        with open_pack(pack_path) as pack:
             preset = preset_for_pack(pack.metadata, {t.name for t in pack.tensors})
             ckpt = load_checkpoint(against, subdir, model=preset.name if preset else None)
             source = preset_for(ckpt.config) if preset is not None and ckpt.config is not None else None
@@ -56,7 +61,7 @@ def verify(
     return lines
 
 
-def _line(pack_path: Path, problem: _core.Problem) -> str:
+def _line(pack_path: Path, problem: Problem) -> str:
     return f"{pack_path}: " + (f"tensor '{problem.tensor}': " if problem.tensor is not None else "") + problem.message
 
 

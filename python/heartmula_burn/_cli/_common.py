@@ -19,6 +19,7 @@ from .._packing import (
     ProgressFn,
 )
 from .._presets import PRESETS, Preset
+from .._presets.acestep import HUB_ROLES, PLANNER_CHOICES, REPOSITORIES, VARIANTS
 from .._text import shown
 
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
@@ -89,6 +90,51 @@ def _add_hub_args(p: argparse.ArgumentParser) -> None:
                 help=f"{preset.title} by release, laid out in {spec.folder}/: {listing} (default {preset.releases[0].name})",
             )
         g.add_argument(f"--{spec.role}-revision", metavar="REV", help="a branch, tag or commit (default main)")
+
+
+def _add_folder_model_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--model and --planner, and the Hub options of the models packed by name (ACE-Step 1.5):
+    their repository roles, as the model declares them."""
+    g = p.add_argument_group(
+        "models chosen by name",
+        "a model whose runtime folder is made from several upstream repositories: "
+        + "; ".join(f"{name}: {v.note}" for name, v in VARIANTS.items()),
+    )
+    g.add_argument("--model", **_one_of(tuple(VARIANTS)), default=None, help=what)
+    g.add_argument(
+        "--planner",
+        **_one_of(PLANNER_CHOICES, lambda text: text.lower() if text.lower() == "all" else text.upper()),
+        default=None,
+        help="with --model acestep-turbo: the 5 Hz LM planner(s) (default 0.6B, the runtime's default; 1.7B and "
+        "4B go under the runtime's -1.7b / -4b names; all: the three). acestep-sft has the 4B planner",
+    )
+    for role, folder in HUB_ROLES.items():
+        g.add_argument(
+            f"--{role}-repo",
+            dest=_dest(role, "repo"),
+            metavar="REPO_ID",
+            help=f"with --model: what CKPT_ROOT/{folder}/ holds, from any repository (default {REPOSITORIES[folder]})",
+        )
+        g.add_argument(
+            f"--{role}-revision",
+            dest=_dest(role, "revision"),
+            metavar="REV",
+            help="a branch, tag or commit (default main)",
+        )
+
+
+def _folder_model_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
+    """The repositories `--model` needs, as its --ROLE-repo / --ROLE-revision options say."""
+    repos = {role: getattr(args, _dest(role, "repo")) for role in HUB_ROLES}
+    revisions = {role: getattr(args, _dest(role, "revision")) for role in HUB_ROLES}
+    try:
+        return hub.folder_model_specs(args.model, args.planner, repos, revisions)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _dest(role: str, option: str) -> str:
+    return f"{role}_{option}".replace("-", "_").replace(".", "_")
 
 
 def _release_choice(preset: Preset) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from typing import Any
 
 from .. import _hub as hub
 from ._common import (
+    UsageError,
+    _add_folder_model_args,
     _add_hub_args,
+    _folder_model_specs,
     _hub_specs,
     _say,
 )
@@ -31,6 +34,12 @@ def register(sub: Any) -> None:
     )
     d.add_argument("ckpt_root", metavar="CKPT_ROOT", help="folder to lay the checkpoint out in (created if missing)")
     _add_hub_args(d)
+    _add_folder_model_args(
+        d,
+        "fetch this model's repositories instead (only the files its runtime folder is made from), laid out as "
+        "`pack CKPT_ROOT --model NAME` reads them: CKPT_ROOT/Ace-Step1.5/ (its subfolders), "
+        "CKPT_ROOT/acestep-5Hz-lm-0.6B/, ...",
+    )
     d.add_argument("-f", "--force", action="store_true", help="replace files in CKPT_ROOT this command did not make")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.add_argument("--json", action="store_true", help="print what was fetched (repositories, commits, files) as JSON")
@@ -38,7 +47,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.ckpt_root)
-    fetched = hub.download(_hub_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+    if args.planner is not None and args.model is None:
+        raise UsageError("--planner goes with --model acestep-turbo")
+    specs = _folder_model_specs(args) if args.model is not None else _hub_specs(args)
+    fetched = hub.download(specs, say=None if args.quiet else _say, quiet=args.quiet)
     written = hub.lay_out(root, fetched, force=args.force)
     if args.json:
         print(json.dumps({"ckpt_root": str(root), "repos": [f.to_dict() for f in fetched]}, indent=2))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
-from .._hub.packing import pack_streamed, plan_hub, plan_hub_stream
+from .._hub.packing import pack_streamed, plan_hub, plan_hub_stream, stream_repositories
 from .._hub.stream import RETRY_WINDOW_SECONDS, STREAMS, Streamer
 from .._manifest import Manifest
 from .._packing import (
@@ -24,9 +26,11 @@ from .._packing import (
 from ._common import (
     DTYPE_HELP,
     UsageError,
+    _add_folder_model_args,
     _add_hub_args,
     _add_source_args,
     _connections,
+    _folder_model_specs,
     _hub_specs,
     _one_of,
     _progress_bar,
@@ -114,6 +118,11 @@ def register(sub: Any) -> None:
         help="with --stream: keep retrying a shard (backoff with jitter, the server's Retry-After obeyed) until it "
         f"has made no progress for this long (default {RETRY_WINDOW_SECONDS:.0f})",
     )
+    _add_folder_model_args(
+        p,
+        "write this model's runtime folder, from CKPT_ROOT laid out as `download --model NAME` lays it out, or "
+        "with --hub from its repositories (default: the models CKPT_ROOT holds, found by their config.json)",
+    )
     _add_hub_args(p)
 
 
@@ -176,6 +185,10 @@ def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        return _run_folder_model(args)
+    if args.planner is not None:
+        raise UsageError("--planner goes with --model acestep-turbo")
     try:
         checked_options(args.dtype, args.burn_version, args.q_block)
     except ValueError as e:
@@ -237,3 +250,74 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
             f"{s['retries']} retries; slowest shard {s['slowest_shard']}: {s['slowest_shard_seconds']:.1f} s), "
             "every one matching the Hub's sha256"
         )
+
+
+def _run_folder_model(args: argparse.Namespace) -> int:
+    """`pack --model acestep-turbo|acestep-sft`: the model's runtime folder, from CKPT_ROOT or the Hub."""
+    from .. import _hub as hub
+    from .._presets.acestep.folder import local_folders, pack_folder, plan_folder
+
+    if args.manifest or args.subdir or args.any_model:
+        raise UsageError(
+            f"--model {args.model} packs its upstream folders: give no --manifest, --subdir or --any-model"
+        )
+    if args.dtype != "f32":
+        raise UsageError(
+            f"--model {args.model} packs are F32 (the runtime's modules never cast what they load): "
+            f"no --dtype {args.dtype}"
+        )
+    streamer = None
+    remote = None
+    if args.stream:
+        if not args.hub:
+            raise UsageError("--stream goes with --hub (it reads the shards from the Hub)")
+        if args.ckpt_root or args.hub_root:
+            raise UsageError("--hub --stream leaves the shards on the Hub: give no CKPT_ROOT or --ckpt-root")
+        fetched, streamer, remote = stream_repositories(
+            _folder_model_specs(args),
+            say=None if args.quiet else _say,
+            quiet=args.quiet,
+            connections=args.connections,
+            fresh=args.fresh,
+            retry_window=args.retry_window,
+        )
+        folders = {f.spec.folder or "": f.snapshot for f in fetched}
+    elif args.hub:
+        if args.ckpt_root:
+            raise UsageError("--hub downloads the checkpoint: give no CKPT_ROOT with it (--ckpt-root DIR lays it out)")
+        fetched = hub.download(_folder_model_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
+        if args.hub_root:
+            hub.lay_out(Path(args.hub_root), fetched, force=args.force)
+            folders = local_folders(args.hub_root)
+        else:
+            folders = {f.spec.folder or "": f.snapshot for f in fetched}
+    elif not args.ckpt_root:
+        raise UsageError(
+            f"give a CKPT_ROOT (laid out as `download --model {args.model} CKPT_ROOT` lays it out) or --hub"
+        )
+    else:
+        folders = local_folders(args.ckpt_root)
+    try:
+        try:
+            plan = plan_folder(folders, args.output, model=args.model, planner=args.planner, remote=remote)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        with contextlib.ExitStack() as bars:
+
+            def progress(job: Job) -> ProgressFn | None:
+                return bars.enter_context(_progress_bar(args.quiet, job.output.name))
+
+            result = pack_folder(
+                plan,
+                force=args.force,
+                progress_for=None if streamer else progress,
+                copy_extras=not args.no_extras,
+                stage_packs=streamer.stage if streamer else None,
+            )
+    finally:
+        if streamer is not None:
+            streamer.close()
+    if streamer is not None:
+        result = dataclasses.replace(result, streamed=streamer.stats.to_dict())
+    _report_pack(args, result)
+    return 0

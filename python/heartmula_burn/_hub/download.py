@@ -55,8 +55,10 @@ class Fetched:
 
 
 def _wanted(name: str, patterns: Sequence[str]) -> bool:
-    # Top-level files only: a conversion reads nothing from sub-folders (no README images, no other formats).
-    return "/" not in name and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """Whether a file of the repository is one a pattern names, folder level by folder level: `*.json`
+    takes top-level files only, `vae/*.safetensors` those of `vae/` (fnmatch's `*` alone would cross
+    a `/`): a conversion reads nothing else (no README images, no other formats)."""
+    return any(name.count("/") == p.count("/") and fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def plan(spec: RepoSpec) -> Fetched:
@@ -107,7 +109,8 @@ def _plan_from_cache(spec: RepoSpec) -> Fetched:
                 spec.repo, revision=spec.revision, allow_patterns=list(spec.patterns), local_files_only=True
             )
         )
-    files = sorted(p.name for p in folder.iterdir() if _wanted(p.name, spec.patterns))
+    present = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    files = sorted(name for name in present if _wanted(name, spec.patterns))
     fetched = Fetched(spec, folder.name, folder, files, {name: (folder / name).stat().st_size for name in files})
     _check_required(fetched)
     return fetched
@@ -116,10 +119,11 @@ def _plan_from_cache(spec: RepoSpec) -> Fetched:
 def _check_required(fetched: Fetched) -> None:
     spec = fetched.spec
     for pattern in spec.required:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in fetched.files):
+        if not any(_wanted(name, [pattern]) for name in fetched.files):
+            where = "at its top level" if "/" not in pattern else "there"
             raise HubError.at(
                 f"{spec.repo}@{fetched.commit[:12]}",
-                f"the repository has no {pattern} at its top level, which a conversion needs",
+                f"the repository has no {pattern} {where}, which a conversion needs",
             )
 
 
@@ -218,8 +222,8 @@ def _ours(path: Path) -> bool:
     """Whether `path` is (or is a folder of nothing but) links `lay_out` made: replaced without --force."""
     if path.is_symlink():
         return _is_cache_link(path)
-    if path.is_dir():
-        return all(_is_cache_link(p) for p in path.iterdir())
+    if path.is_dir():  # ACE-Step's folders hold folders of links
+        return all(_is_cache_link(p) or (p.is_dir() and _ours(p)) for p in path.iterdir())
     return False
 
 
@@ -244,6 +248,7 @@ def lay_out(root: Path, fetched: Sequence[Fetched], *, force: bool = False) -> l
                 _check_replaceable(dest, force, folder=True)
                 with staged_folder(dest, overwrite=True) as partial:
                     for name in f.files:
+                        (partial / name).parent.mkdir(parents=True, exist_ok=True)
                         os.symlink(f.snapshot / name, partial / name)
                 written.append(dest)
             else:

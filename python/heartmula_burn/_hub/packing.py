@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
-from .._checkpoint import load_checkpoints, load_model_folders
+from .._checkpoint import RemoteHeaders, load_checkpoints, load_model_folders
 from .._manifest import DEFAULT_Q_BLOCK
 from .._packing import Conversion, Job, ProgressFn, checked_options, pack_manifests, plan_checkpoints
 from ._client import progress_bars
@@ -69,6 +69,32 @@ def plan_hub_stream(
     from the headers. The Streamer's `stage` then streams the data into the packs, continuing an
     interrupted run's partials unless `fresh`; its `close` must be called if the packs are not
     staged (the transfers wait for them)."""
+    fetched, streamer, remote = stream_repositories(
+        specs, say=say, quiet=quiet, connections=connections, fresh=fresh, retry_window=retry_window
+    )
+    try:
+        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
+        models = [f.snapshot for f in fetched if f.spec.folder is not None]
+        checkpoints = load_model_folders(models, runtime, remote)
+        jobs, notes = plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
+    except BaseException:
+        streamer.close()
+        raise
+    return jobs, notes, streamer
+
+
+def stream_repositories(
+    specs: Sequence[RepoSpec],
+    *,
+    say: Callable[[str], None] | None = None,
+    quiet: bool = True,
+    connections: int = STREAMS,
+    fresh: bool = False,
+    retry_window: float = RETRY_WINDOW_SECONDS,
+) -> tuple[list[Fetched], Streamer, RemoteHeaders]:
+    """The repositories fetched into the cache but for their shards, which start streaming (their
+    headers first) while the other files are fetched and checked: what a streamed plan is made
+    from (the snapshots, and the shards' headers by the path each would have there)."""
     client = StreamClient()
     streamers: list[Streamer] = []
 
@@ -92,15 +118,11 @@ def plan_hub_stream(
         streamer.place({f.spec.repo: f.snapshot for f in fetched})
         with progress_bars(not quiet):
             remote = streamer.heads()
-        runtime = next(f.snapshot for f in fetched if f.spec.folder is None)
-        models = [f.snapshot for f in fetched if f.spec.folder is not None]
-        checkpoints = load_model_folders(models, runtime, remote)
-        jobs, notes = plan_checkpoints(checkpoints, output, dtype=dtype, any_model=any_model, q_block=q_block)
     except BaseException:
         for s in streamers:
             s.close()
         raise
-    return jobs, notes, streamer
+    return fetched, streamer, remote
 
 
 def pack_hub(
