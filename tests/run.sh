@@ -30,6 +30,8 @@ echo "== lint gates: rustfmt, clippy (every crate), ruff, mypy, stubtest"
 cargo fmt --all --check
 cargo fmt --check --manifest-path rust/burn-compat/Cargo.toml
 cargo fmt --check --manifest-path rust/core/fuzz/Cargo.toml
+# Formatting only: building the runtime (wgpu included) is the opt-in HEARTMULA_RUNTIME=1 test's.
+cargo fmt --check --manifest-path rust/runtime-check/Cargo.toml
 cargo clippy --locked --workspace --all-targets -- -D warnings
 for burn in burn-021 burn-022; do
     cargo clippy --locked --manifest-path rust/burn-compat/Cargo.toml --all-targets --features "$burn" -- -D warnings
