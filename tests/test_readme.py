@@ -1,5 +1,5 @@
-"""Every command in the README runs as written: each `python -m heartmula_burn ...` line of its
-shell blocks is run here on the synthetic checkpoint (CKPT_ROOT replaced by it, optional `[...]`
+"""Every command in the README and docs/ runs as written: each `python -m heartmula_burn ...` line of
+their shell blocks is run here on the synthetic checkpoint (CKPT_ROOT replaced by it, optional `[...]`
 parts left out), each in a fresh folder holding what it reads; every other line names the test or
 script that runs it. A command added to the README without either fails this test."""
 
@@ -15,9 +15,18 @@ import pytest
 from conftest import REPO, crosscheck, run_cli
 
 README = REPO / "README.md"
+DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
 RUN_HERE = "python -m heartmula_burn "
 # Lines run elsewhere: the line's start -> where (a test function, or a script CI runs).
 COVERED = {
+    # ACE-Step 1.5 (its own synthetic checkpoint and Hub repositories).
+    "python -m heartmula_burn pack CKPT_ROOT --model acestep": "test_turbo_folder_holds_exactly_the_runtime_files",
+    "python -m heartmula_burn pack --hub --stream --model acestep": "test_pack_hub_stream_writes_what_the_local_folder_gives",
+    "python -m heartmula_burn pack --hub --model acestep": "test_pack_hub_writes_what_the_local_folder_gives",
+    "python -m heartmula_burn download CKPT_ROOT --model acestep": "test_download_then_pack_sft_with_a_fine_tuned_dit",
+    "python -m heartmula_burn verify ace/": "test_verify_against_passes_and_fails_on_one_flipped_byte",
+    "HEARTMULA_RUNTIME=1": "tests/test_runtime_acestep.py",
+    "python benchmarks/bench_acestep.py": "benchmarks/bench_acestep.py",
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && ": "test_convert_sh_one_step",
     "bash tests/run.sh": ".ci/run",
     "python -m heartmula_burn pack --hub -o runtime/ --lm-release": "test_a_named_release_is_fetched_from_its_repository",
@@ -41,7 +50,8 @@ COVERED = {
 def readme_commands() -> list[str]:
     """The command lines of the README's shell blocks, comments and continuation lines joined."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL):
+    blocks = [b for doc in DOCS for b in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.DOTALL)]
+    for block in blocks:
         for line in block.replace("\\\n", "").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
