@@ -18,13 +18,14 @@ else:
 from heartmula_burn import _sanity as sanity
 from heartmula_burn._errors import HeartmulaBurnError
 from heartmula_burn._fields import Fields
+from heartmula_burn._presets import runner
 from heartmula_burn._weights import PackArrays
 
 CODEC = "HeartCodec-oss"
 
 
 def _result(reference: str | None = None) -> sanity.SanityResult:
-    return sanity.SanityResult("lm.bpk", reference, "cpu", "F32", 1)
+    return sanity.SanityResult("lm.bpk", reference, "cpu", "F32", 1, "heartmula")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_non_finite_weights_are_counted_and_three_tensors_named(bad, named, more
     for i in range(bad):
         weights[f"w{i}"][: i + 1] = (float("nan"), float("inf"), float("-inf"))[i % 3]
     result = _result()
-    sanity.finite_weights(weights, result)
+    runner.finite_weights(weights, result)
     total = sum(range(1, bad + 1))
     assert [(c.name, c.ok, c.figure) for c in result.checks] == [
         ("weights finite", False, f"7 tensors, {total} non-finite values in {named}{more}")
@@ -64,7 +65,7 @@ def test_non_finite_weights_are_counted_and_three_tensors_named(bad, named, more
 
 def test_finite_weights_pass():
     result = _result()
-    sanity.finite_weights({"w": torch.ones(2), "b": torch.zeros(1)}, result)
+    runner.finite_weights({"w": torch.ones(2), "b": torch.zeros(1)}, result)
     assert [(c.ok, c.figure) for c in result.checks] == [(True, "2 tensors, all finite")]
 
 

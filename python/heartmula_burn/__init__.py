@@ -9,7 +9,7 @@ from ._hub.packing import pack_hub
 from ._manifest import Manifest, ManifestTensor, build_manifest, package_version
 from ._packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
 from ._packing import Conversion, PackReport, pack_checkpoint, pack_manifest
-from ._sanity import SanityResult
+from ._presets.runner import SanityResult
 from ._sanity import run as sanity
 from ._verify import unpack, verify
 

@@ -15,105 +15,22 @@ from __future__ import annotations
 
 import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
 from . import _core
 from ._errors import CheckpointError, HeartmulaBurnError
 from ._fields import Fields, read_json
 from ._packfile import dtype_info, tensor_nbytes
-from ._presets import Preset, preset_for_pack
+from ._presets import PRESETS, Preset, preset_for_pack
+from ._presets.runner import Check, Runner, SanityResult, max_abs
 from ._weights import CheckpointArrays, PackArrays, import_torch, load_weights, open_weights
 
 if TYPE_CHECKING:
     import torch
 
 FLOATS = tuple(d.name for d in _core.plain_dtypes() if d.is_float)
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool | None  # None: reported, not judged
-    figure: str
-
-
-@dataclass
-class SanityResult:
-    pack: str
-    reference: str | None
-    device: str
-    pack_dtype: str
-    frames: int
-    model: str = "heartmula"
-    checks: list[Check] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    figures: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok is not False for c in self.checks)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.ok is False]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-
-# ---------------------------------------------------------------------------------------------
-# The models
-
-
-class Runner(ABC):
-    """How one model is run and judged: its outputs (those compared with a reference, in order),
-    what its weights must satisfy, and what its outputs must."""
-
-    preset: ClassVar[Preset]
-    compared: ClassVar[tuple[str, ...]]
-    # The least cosine similarity a quantized pack's float outputs may have to the unquantized
-    # reference's; None: the difference is reported, not judged.
-    quantized_cosine_bound: ClassVar[float | None] = None
-
-    def __init__(self, config: Fields, frames: int) -> None:
-        self.config = config
-        self.frames = frames
-
-    @abstractmethod
-    def outputs(self, weights: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        """Every output the checks look at, as CPU tensors."""
-
-    def weight_checks(self, weights: Mapping[str, torch.Tensor], result: SanityResult) -> None:
-        finite_weights(weights, result)
-
-    @abstractmethod
-    def output_checks(self, out: dict[str, torch.Tensor], result: SanityResult) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks
-
-
-def max_abs(x: torch.Tensor) -> float:
-    return float(x.abs().max()) if x.numel() else 0.0
-
-
-def finite_weights(weights: Mapping[str, torch.Tensor], result: SanityResult) -> None:
-    torch = import_torch()
-    counts = {n: int((~torch.isfinite(w)).sum()) for n, w in weights.items() if w.is_floating_point()}
-    bad = {n: c for n, c in counts.items() if c}
-    figure = (
-        "all finite"
-        if not bad
-        else f"{sum(bad.values())} non-finite values in "
-        + ", ".join(f"'{n}' ({c})" for n, c in list(bad.items())[:3])
-        + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-    )
-    result.checks.append(Check("weights finite", not bad, f"{len(weights)} tensors, {figure}"))
 
 
 def _compare(
@@ -224,7 +141,9 @@ def run(
     try:
         preset = preset_for_pack(ours.pack.metadata, set(ours.shapes()))
         if preset is None:
-            raise CheckpointError.at(ours.path, "holds neither HeartMuLa nor HeartCodec: nothing to run")
+            raise CheckpointError.at(
+                ours.path, f"holds no model sanity runs ({', '.join(p.title for p in PRESETS)}): nothing to run"
+            )
         ref = open_weights(reference, subdir, preset.name) if reference is not None else None
         runner = preset.runner(resolve_config(preset, ours, ref, config), frames)
         dtypes = sorted({ours.dtype(t.name) for t in ours.pack.tensors})

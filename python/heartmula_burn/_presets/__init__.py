@@ -20,7 +20,7 @@ from .._errors import CheckpointError
 from .._fields import Fields
 
 if TYPE_CHECKING:
-    from .._sanity import Runner
+    from .runner import Runner
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -17,7 +17,7 @@ from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor
 from . import card
 
 if TYPE_CHECKING:
-    from ..._sanity import Runner
+    from ..runner import Runner
 
 # Tensors only a HeartCodec checkpoint has (to recognise a pack that does not say what it holds).
 SIGNATURE = frozenset({"flow_matching.cond_feature_emb.weight", "scalar_model.decoder.0.bias"})

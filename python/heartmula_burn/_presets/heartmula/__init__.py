@@ -15,7 +15,7 @@ from .. import MAX_SIZE, MAX_TENSOR_COUNT, Preset, Release, Shapes, check_tensor
 from . import card
 
 if TYPE_CHECKING:
-    from ..._sanity import Runner
+    from ..runner import Runner
 
 
 @dataclass(frozen=True)

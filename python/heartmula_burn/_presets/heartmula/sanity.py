@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._fields import Fields
-from ..._sanity import Check, Runner, SanityResult, max_abs
 from ..._weights import import_torch
+from ..runner import Check, Runner, SanityResult, max_abs
 from . import HeartMuLa, parse_config
 
 if TYPE_CHECKING:
