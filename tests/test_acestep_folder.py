@@ -282,3 +282,28 @@ def test_options_that_do_not_fit_are_usage_errors(ace_root: Path, tmp_path: Path
     proc = run_cli("pack", ace_root, *args, "-o", tmp_path / "out")
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_packs_bringing_different_files_of_one_name_are_refused(ace_root: Path, tmp_path: Path) -> None:
+    """Runtime files are the packs' own: two packs of one run that bring different files under one
+    name (two tokenizer.json) stop the run, naming both, instead of keeping the first silently."""
+    from heartmula_burn._errors import OutputError
+    from heartmula_burn._manifest import Manifest, ManifestTensor
+    from heartmula_burn._packing import Job, pack_manifests
+
+    shard = ace_root / "Ace-Step1.5/vae/diffusion_pytorch_model.safetensors"
+    header = read_upstream(shard)
+    name = next(iter(sorted(header)))
+    jobs = []
+    for i, folder in enumerate(("Ace-Step1.5/Qwen3-Embedding-0.6B", "acestep-5Hz-lm-0.6B")):
+        tensor = ManifestTensor(name, shard, name, "BF16", "F32", header[name].shape)
+        extras = {"tokenizer.json": ace_root / folder / "tokenizer.json"}
+        jobs.append(Job(Manifest([tensor], {"model": "acestep-1.5"}, extras), tmp_path / "out" / f"{i}.bpk"))
+    (ace_root / "acestep-5Hz-lm-0.6B/tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    try:
+        with pytest.raises(OutputError, match="two packs bring different files under this name") as caught:
+            pack_manifests(jobs)
+        assert "Qwen3-Embedding-0.6B" in str(caught.value) and "acestep-5Hz-lm-0.6B" in str(caught.value)
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    finally:
+        write_checkpoint(ace_root, folders=["acestep-5Hz-lm-0.6B"])  # the module's checkpoint as it was

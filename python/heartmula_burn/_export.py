@@ -39,7 +39,11 @@ def export_raw(
     jobs, notes = plan_checkpoint(checkpoint_root, None, dtype=dtype, any_model=any_model, subdir=subdir)
     output_root = Path(output_root)
     # Every runtime file is checked before anything is written (extra_targets), even those already in place.
-    extras = [pair for job in jobs for pair in extra_targets(job.manifest.extras, output_root, force)]
+    extras = [
+        pair
+        for job in jobs
+        for pair in extra_targets(job.manifest.extras, output_root, force, job.manifest.metadata.get("model"))
+    ]
     extras = list({dest: (source, dest) for source, dest in extras}.values())
     notes = [*notes, *dict.fromkeys(n for job in jobs for n in runtime_notes(job.manifest.extras))]
     output_root.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ was: no half folder, no partial file."""
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -102,8 +103,14 @@ def pack_manifests(
     all_notes = list(notes)
     if copy_extras:
         for job in jobs:
-            for source, dest in extra_targets(job.manifest.extras, job.output.parent, force):
-                extras.setdefault(dest, source)
+            model = job.manifest.metadata.get("model")
+            for source, dest in extra_targets(job.manifest.extras, job.output.parent, force, model):
+                earlier = extras.setdefault(dest, source)
+                if earlier != source and not filecmp.cmp(earlier, source, shallow=False):
+                    # Two models ship a file of one name (tokenizer.json): neither is dropped silently.
+                    raise OutputError.at(
+                        dest, f"two packs bring different files under this name: {earlier} and {source}"
+                    )
             all_notes += [n for n in runtime_notes(job.manifest.extras) if n not in all_notes]
     # Everything this run will write, checked before a byte is: the core checks each pack again
     # as it starts it, and the commit checks them all again at the end.

@@ -245,7 +245,7 @@ def publish_layout(
                 if not os.path.lexists(path):
                     option = "--" + name.split(".")[0].replace("_", "-")
                     raise SourceError.at(path, f"{name} not found (give it with {option})")
-                check_runtime_file(name, path)
+                check_runtime_file(name, path, lm.preset.name if lm.preset else None)
                 runtime[name] = path
         with staged_folder(out_dir, overwrite=force) as partial:
             for p in opened:

@@ -13,16 +13,22 @@ from ._atomic import check_replaceable
 from ._checkpoint import runtime_file_origin
 from ._errors import OutputError, SourceError
 from ._fields import open_regular
-from ._presets import PRESETS
+from ._presets import PRESETS, preset_named
 
 
-def check_runtime_file(name: str, source: Path) -> None:
-    """Refuses a runtime file that is not what its name says, before a byte of it is copied: the
-    preset that ships it checks its content (HeartMuLa: tokenizer.json, gen_config.json); any file
-    must be a regular one, read with a size cap, never a FIFO or a device (a planted link to
-    /dev/zero)."""
-    owner = next((p for p in PRESETS if name in p.runtime_files), None)
-    if owner is not None:
+def check_runtime_file(name: str, source: Path, model: str | None = None) -> None:
+    """Refuses a runtime file that is not what its name says, before a byte of it is copied. The
+    content is judged by the preset of the pack it goes with (`model`, the pack's `model`
+    metadata) when that preset ships a file of this name (HeartMuLa: tokenizer.json,
+    gen_config.json); another model's file of the same name is not judged by HeartMuLa's rules.
+    For a pack of no model (--any-model, a manifest), the preset that ships the name judges it.
+    Any file must be a regular one, read with a size cap, never a FIFO or a device (a planted
+    link to /dev/zero)."""
+    if model:
+        owner = preset_named(model)
+    else:
+        owner = next((p for p in PRESETS if name in p.runtime_files), None)
+    if owner is not None and name in owner.runtime_files:
         owner.check_runtime_file(name, source)
     try:
         os.close(open_regular(source, SourceError, name))
@@ -43,13 +49,15 @@ def runtime_notes(extras: dict[str, Path]) -> list[str]:
     return notes
 
 
-def extra_targets(extras: dict[str, Path], folder: Path, force: bool) -> list[tuple[Path, Path]]:
+def extra_targets(
+    extras: dict[str, Path], folder: Path, force: bool, model: str | None = None
+) -> list[tuple[Path, Path]]:
     """(source, destination in `folder`) for each runtime file still to copy, each checked first
-    (`check_runtime_file`); refuses to clobber a different file without force, and anything but a
-    file or a link even with it."""
+    (`check_runtime_file`, for the pack of `model` it goes with); refuses to clobber a different
+    file without force, and anything but a file or a link even with it."""
     todo = []
     for name, source in extras.items():
-        check_runtime_file(name, source)
+        check_runtime_file(name, source, model)
         dest = folder / name
         check_replaceable(dest)
         if os.path.lexists(dest):
