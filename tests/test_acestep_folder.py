@@ -307,3 +307,21 @@ def test_two_packs_bringing_different_files_of_one_name_are_refused(ace_root: Pa
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     finally:
         write_checkpoint(ace_root, folders=["acestep-5Hz-lm-0.6B"])  # the module's checkpoint as it was
+
+
+def test_publish_layout_takes_the_whole_folder_and_its_json_files(turbo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    run_cli("publish-layout", repo, "--pack", turbo / "acestep-condition.bpk", "-q", check_rc=0)
+    assert {p.name for p in repo.iterdir()} == TURBO_FILES | {"README.md", ".gitattributes"}
+    for name in TURBO_FILES:
+        assert (repo / name).read_bytes() == (turbo / name).read_bytes(), name
+    card = (repo / "README.md").read_text()
+    assert "license: other" in card and "Not a trained model" in card
+    assert "`silence_latent.bpk`" in card.split("Not a trained model")[1].split("\n")[0]  # synthetic too
+    # A JSON file the runtime reads beside a pack is missing: one line naming it, nothing written.
+    copy = tmp_path / "copy"
+    shutil.copytree(turbo, copy)
+    (copy / "lm_config.json").unlink()
+    proc = run_cli("publish-layout", tmp_path / "repo2", "--pack", copy / "acestep-dit.bpk", "-q")
+    assert_clean_failure(proc, copy / "lm_config.json", "not found beside acestep-lm.bpk")
+    assert not (tmp_path / "repo2").exists()

@@ -72,6 +72,15 @@ def test_pack_hub_writes_what_the_local_folder_gives(ace_root: Path, ace_hub: Hu
     assert metadata_of(out / "acestep-lm.bpk")["source_repo"] == "ACE-Step/acestep-5Hz-lm-0.6B"
     fetched = set(ace_hub.downloads())
     assert not any("README" in f or "acestep-v15-base" in f or "acestep-5Hz-lm-1.7B" in f for f in fetched), fetched
+    # Published as a model repository: the whole folder, and a card citing each repository and commit.
+    repo = tmp_path / "repo"
+    run_process("publish-layout", repo, "--pack", out / "acestep-dit.bpk", "-q", check_rc=0)
+    assert {p.name for p in repo.iterdir()} == TURBO_FILES | {"README.md", ".gitattributes"}
+    card = (repo / "README.md").read_text()
+    for name in ("ACE-Step/Ace-Step1.5", "ACE-Step/acestep-5Hz-lm-0.6B"):
+        commit = ace_hub.commits(name)[0]
+        assert f"[{name}](https://huggingface.co/{name}) at commit [`{commit[:12]}`]" in card, card
+    assert "Not a trained model" in card  # the synthetic weights are said to be so
 
 
 def test_download_then_pack_sft_with_a_fine_tuned_dit(ace_root: Path, ace_hub: HubServer, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._atomic import copy_file, staged_folder, write_new
-from ._errors import OutputError, SourceError
+from ._errors import OutputError, PackFileError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
-from ._presets import PRESETS, RUNTIME_FILES, Preset, config_of_pack, preset_for_pack
+from ._presets import PRESETS, RUNTIME_FILES, Preset, acestep, config_of_pack, preset_for_pack
+from ._presets.acestep.folder import is_folder_pack
 from ._runtime_files import check_runtime_file, runtime_notes
 from ._synthetic import SYNTHETIC_KEY
 from ._text import shown
@@ -62,16 +63,30 @@ class _Published:
         # Random weights in upstream's shapes: the card must not present them as the upstream model.
         self.synthetic = config is not None and SYNTHETIC_KEY in config
         # Where it came from: that source, else its preset's upstream repository (commit unknown).
-        self.origin: tuple[str, str | None] | None = self.source or (
-            (preset.base_model, None) if preset is not None and not self.synthetic else None
+        base = (
+            preset.base_model if preset is not None else acestep.default_repository(meta) if self.folder_part else None
         )
+        self.origin: tuple[str, str | None] | None = self.source or (
+            (base, None) if base is not None and not self.synthetic else None
+        )
+
+    @property
+    def folder_part(self) -> bool:
+        """A pack of a model whose runtime folder is many packs (ACE-Step 1.5)."""
+        return is_folder_pack(self.pack.metadata)
 
     def section(self, size: int) -> str:
         pack, meta = self.pack, self.pack.metadata
         shapes = {t.name: t.shape for t in pack.tensors}
         dtypes = ", ".join(sorted({t.dtype for t in pack.tensors}))
         params = sum(math.prod(t.shape) for t in pack.tensors)
-        title = self.preset.title if self.preset else "model"
+        title = (
+            self.preset.title
+            if self.preset
+            else f"{acestep.TITLE} {self.pack.metadata.get('part', '')}".strip()
+            if self.folder_part
+            else "model"
+        )
         lines = [
             f"## `{self.file_name}` ({title})",
             "",
@@ -124,25 +139,43 @@ def model_card(packs: Sequence[_Published], files: dict[str, tuple[int, str]]) -
         for b in bases
     ) or ("Synthetic weights" if synthetic else "A safetensors checkpoint")
     sections = "\n\n".join(p.section(files[p.file_name][0]) for p in packs)
-    runtime = (
-        "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
-        "HeartMuLa runtime loads this folder as it is (all four files)."
-        if "tokenizer.json" in files
-        else ""
+    folder = any(p.folder_part for p in packs)
+    if folder:
+        runtime = (
+            "\nThe JSON files are upstream's configs and tokenizers under the runtime's names; maolan-generate "
+            "loads this folder as it is (`--model acestep-turbo --model-dir DIR`, or `acestep-sft` for `sft-` files)."
+        )
+        title = acestep.TITLE if not synthetic else f"Synthetic {acestep.TITLE}-shaped weights"
+    elif "tokenizer.json" in files:
+        runtime = (
+            "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
+            "HeartMuLa runtime loads this folder as it is (all four files)."
+        )
+    else:
+        runtime = ""
+    # HeartMuLa's licence is Apache-2.0; for other models the card defers to each source repository.
+    license_yaml, license_line = (
+        ("other", "License: as each source repository states.")
+        if folder
+        else (
+            "apache-2.0",
+            "License: Apache-2.0, as upstream.",
+        )
     )
+    tag = "acestep" if folder else "heartmula"
     return f"""---
-license: apache-2.0
+license: {license_yaml}
 base_model:{base_yaml or " []"}
 library_name: burn
 tags:
 - burn
 - music-generation
-- heartmula
+- {tag}
 ---
 
 # {title} for Burn
 
-{warning}{sources} converted to Burn packs by heartmula-burn {_cell(version)}. License: Apache-2.0, as upstream.
+{warning}{sources} converted to Burn packs by heartmula-burn {_cell(version)}. {license_line}
 {runtime}
 
 {sections}
@@ -196,6 +229,9 @@ def packs_beside(first: Path) -> list[Path]:
     """The packs a runtime loads beside `first` when it is the pack the runtime is built around
     (the one whose model ships the runtime files: heartmula.bpk), found beside it under the other
     models' pack names (heartcodec.bpk); none for any other pack."""
+    if first.is_file() and _is_folder_part(first):  # ACE-Step: every pack of its folder
+        beside = sorted(p for p in first.parent.glob("*.bpk") if p.is_file() and not p.samefile(first))
+        return [p for p in beside if _is_folder_part(p)]
     lead = next((p for p in PRESETS if p.runtime_files and p.pack_name == first.name), None)
     if lead is None:
         return []
@@ -237,6 +273,13 @@ def publish_layout(
                 clash.path, f"a pack named {clash.file_name} would take the place of the {clash.file_name} of {out_dir}"
             )
         runtime: dict[str, Path] = {}  # each checked before it is copied
+        for p in opened:  # an ACE-Step pack's JSON files, found beside it
+            for name in acestep.json_files_of(p.file_name) if p.folder_part else ():
+                path = p.path.parent / name
+                if not os.path.lexists(path):
+                    raise SourceError.at(path, f"{name} not found beside {p.path.name}, whose runtime reads it")
+                check_runtime_file(name, path, acestep.MODEL)
+                runtime[name] = path
         if lm is not None:
             given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
             for name in RUNTIME_FILES:
@@ -267,3 +310,11 @@ def publish_layout(
         "sources": {p.file_name: {"repo": p.source[0], "revision": p.source[1]} for p in opened if p.source},
         "notes": runtime_notes(runtime),
     }
+
+
+def _is_folder_part(path: Path) -> bool:
+    try:
+        with open_pack(path) as pack:
+            return is_folder_pack(pack.metadata)
+    except (OSError, PackFileError):
+        return False

@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
         "hard-linked when possible), tokenizer.json and gen_config.json (with a HeartMuLa pack), a .gitattributes "
         "routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose figures (tensor "
         "counts, dtypes, architecture, sizes, sha256) are read from the packs. With only a HeartMuLa pack given, a "
-        "heartcodec.bpk beside it is included too: the four files a Burn HeartMuLa runtime loads.",
+        "heartcodec.bpk beside it is included too: the four files a Burn HeartMuLa runtime loads. With one pack of "
+        "an ACE-Step 1.5 folder given, every pack of that folder and the JSON files the runtime reads beside them "
+        "are included, and the card cites each upstream repository and commit the packs record.",
     )
     pl.add_argument("out_dir", metavar="OUT_DIR")
     pl.add_argument("--pack", required=True, action="append", help="a pack to publish (repeat for each)")

@@ -273,3 +273,21 @@ def hub_files(variant: Variant, planners: Sequence[str]) -> dict[str, tuple[list
     folder, _, name = SILENCE_SOURCE.rpartition("/")
     add(folder, [name], [name])
     return wanted
+
+
+# --- publishing ------------------------------------------------------------------------------------
+
+
+def json_files_of(pack: str) -> tuple[str, ...]:
+    """The runtime folder's JSON files that go with a pack of that name (`acestep-lm-1.7b.bpk` ->
+    `lm_config-1.7b.json`, `lm_tokenizer-1.7b.json`); none for a name no part has."""
+    for variant in VARIANTS.values():
+        for part in parts(variant, tuple(variant.planners)):
+            if part.pack == pack:
+                return tuple(part.json_files)
+    return ()
+
+
+def default_repository(metadata: Mapping[str, str]) -> str | None:
+    """The upstream repository a pack's part comes from by default (its `source_folder`'s)."""
+    return REPOSITORIES.get(metadata.get("source_folder", "").split("/")[0])

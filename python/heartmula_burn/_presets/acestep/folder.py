@@ -19,10 +19,11 @@ import numpy as np
 from ... import _core
 from ..._checkpoint import Checkpoint, RemoteHeaders, load_model_folders
 from ..._errors import CheckpointError, OutputError
+from ..._fields import Fields
 from ..._manifest import Manifest, ManifestTensor, package_version
 from ..._packfile import Pack, open_pack
 from ..._packing import Conversion, Job, ProgressFn, StagePacks, make_folders, output_folder, pack_manifests
-from .. import shape_problems
+from .. import config_of_pack, shape_problems
 from . import (
     FLOATS,
     MODEL,
@@ -120,10 +121,18 @@ def plan_folder(
             notes.append(
                 f"{model_dir}: {len(left)} of {len(ckpt.tensors)} tensors left out, the runtime does not use them: {shown}"
             )
-    silence_path = resolve(folders, SILENCE_SOURCE)
-    silence = runtime_layout(read_silence_latent(silence_path))
-    metadata = _metadata("silence", SILENCE_SOURCE.rsplit("/", 1)[0], None, ["F32"], (sources or {}).get("Ace-Step1.5"))
+    # The silence latent is the DiT's latent: as many channels as the variant's DiT config says.
+    dit_config = loaded[resolve(folders, variant.dit_folder)].config
+    assert dit_config is not None  # checked when its packs were planned
+    silence = runtime_layout(read_silence_latent(resolve(folders, SILENCE_SOURCE), _latent_channels(dit_config)))
+    metadata = _metadata(
+        "silence", SILENCE_SOURCE.rsplit("/", 1)[0], dit_config.doc, ["F32"], (sources or {}).get("Ace-Step1.5")
+    )
     return FolderPlan(variant, folder, jobs, silence, metadata, notes)
+
+
+def _latent_channels(config: Fields) -> int:
+    return config.integer("audio_acoustic_hidden_dim", minimum=1)
 
 
 def _load(model_dir: Path, part: Part, remote: RemoteHeaders | None = None) -> Checkpoint:
@@ -268,8 +277,10 @@ def verify_part(pack_path: Path, against: Path, progress: ProgressFn | None = No
         metadata = dict(pack.metadata)
         part_name, folder = metadata.get("part", ""), metadata.get("source_folder", "")
         if part_name == "silence":
-            expected = runtime_layout(read_silence_latent(resolve(local_folders(against), SILENCE_SOURCE)))
-            return _silence_problems(pack, expected)
+            config = config_of_pack(metadata, pack_path)
+            channels = _latent_channels(config) if config is not None else 64
+            latent = read_silence_latent(resolve(local_folders(against), SILENCE_SOURCE), channels)
+            return _silence_problems(pack, runtime_layout(latent))
     known = {(p.part, p.folder): p for v in VARIANTS.values() for p in parts(v, tuple(v.planners))}
     part = known.get((part_name, folder))
     if part is None:

@@ -95,10 +95,11 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(dtype, key, numel)
 
 
-def read_silence_latent(path: Path) -> np.ndarray[Any, Any]:
-    """The one float tensor of a `silence_latent.pt`, as F32 [1, 64, S] (widened exactly where it is
-    stored narrower). A CheckpointError naming the file for anything else: another archive, a
-    pickle naming any other function, several tensors, another shape, bytes that do not fit."""
+def read_silence_latent(path: Path, channels: int = 64) -> np.ndarray[Any, Any]:
+    """The one float tensor of a `silence_latent.pt`, as F32 [1, channels, S] (widened exactly where
+    it is stored narrower; `channels`: the DiT's latent width). A CheckpointError naming the file
+    for anything else: another archive, a pickle naming any other function, several tensors,
+    another shape, bytes that do not fit."""
     try:
         fd = open_regular(path, CheckpointError, "silence_latent.pt")
     except FileNotFoundError:
@@ -111,7 +112,7 @@ def read_silence_latent(path: Path) -> np.ndarray[Any, Any]:
         raise CheckpointError.at(path, f"larger than {MAX_ARCHIVE_BYTES // 1024**2} MiB: refused", tensor=TENSOR)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return _read(archive, path)
+            return _read(archive, path, channels)
     except zipfile.BadZipFile as e:
         raise CheckpointError.at(path, f"not a PyTorch archive (torch.save's zip format): {e}", tensor=TENSOR) from None
 
@@ -128,7 +129,7 @@ def _member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> byte
     return raw
 
 
-def _read(archive: zipfile.ZipFile, path: Path) -> np.ndarray[Any, Any]:
+def _read(archive: zipfile.ZipFile, path: Path, channels: int) -> np.ndarray[Any, Any]:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
         raise CheckpointError.at(path, "not a PyTorch archive: no single <name>/data.pkl", tensor=TENSOR)
@@ -144,12 +145,14 @@ def _read(archive: zipfile.ZipFile, path: Path) -> np.ndarray[Any, Any]:
         (found,) = found.values()  # {"silence_latent": tensor} holds the same one tensor
     if not isinstance(found, _Tensor):
         raise CheckpointError.at(path, f"holds {type(found).__name__}, not one float tensor", tensor=TENSOR)
-    return _values(archive, prefix, found, path)
+    return _values(archive, prefix, found, path, channels)
 
 
-def _values(archive: zipfile.ZipFile, prefix: str, t: _Tensor, path: Path) -> np.ndarray[Any, Any]:
-    if len(t.size) != 3 or t.size[0] != 1 or t.size[1] != 64 or t.size[2] == 0:
-        raise CheckpointError.at(path, f"holds a tensor of shape {list(t.size)}, not [1, 64, frames]", tensor=TENSOR)
+def _values(archive: zipfile.ZipFile, prefix: str, t: _Tensor, path: Path, channels: int) -> np.ndarray[Any, Any]:
+    if len(t.size) != 3 or t.size[0] != 1 or t.size[1] != channels or t.size[2] == 0:
+        raise CheckpointError.at(
+            path, f"holds a tensor of shape {list(t.size)}, not [1, {channels}, frames]", tensor=TENSOR
+        )
     contiguous = (t.size[1] * t.size[2], t.size[2], 1)
     n = math.prod(t.size)
     if t.stride != contiguous or t.offset + n > t.storage.numel:
