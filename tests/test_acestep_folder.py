@@ -325,3 +325,13 @@ def test_publish_layout_takes_the_whole_folder_and_its_json_files(turbo: Path, t
     proc = run_cli("publish-layout", tmp_path / "repo2", "--pack", copy / "acestep-dit.bpk", "-q")
     assert_clean_failure(proc, copy / "lm_config.json", "not found beside acestep-lm.bpk")
     assert not (tmp_path / "repo2").exists()
+
+
+def test_synthetic_writes_a_checkpoint_pack_reads(tmp_path: Path) -> None:
+    run_cli("synthetic", tmp_path / "ckpt", "--model", "acestep", check_rc=0)
+    for folder in ("Ace-Step1.5/acestep-v15-turbo", "Ace-Step1.5/vae", "acestep-5Hz-lm-4B", "acestep-v15-sft"):
+        assert (tmp_path / "ckpt" / folder / "config.json").is_file(), folder
+    run_cli("pack", tmp_path / "ckpt", "--model", "acestep-sft", "-o", tmp_path / "out", "-q", check_rc=0)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == SFT_FILES
+    proc = run_cli("synthetic", tmp_path / "other", "--model", "acestep", "--dtype", "f16")
+    assert proc.returncode == 2 and "BF16" in proc.stderr

@@ -25,6 +25,7 @@ COVERED = {
     "python -m heartmula_burn pack --hub --model acestep": "test_pack_hub_writes_what_the_local_folder_gives",
     "python -m heartmula_burn download CKPT_ROOT --model acestep": "test_download_then_pack_sft_with_a_fine_tuned_dit",
     "python -m heartmula_burn verify ace/": "test_verify_against_passes_and_fails_on_one_flipped_byte",
+    "python -m heartmula_burn publish-layout hf-repo --pack ace/": "test_publish_layout_takes_the_whole_folder_and_its_json_files",
     "HEARTMULA_RUNTIME=1": "tests/test_runtime_acestep.py",
     "python benchmarks/bench_acestep.py": "benchmarks/bench_acestep.py",
     "python3 -m venv .venv && . .venv/bin/activate && pip install . && ": "test_convert_sh_one_step",

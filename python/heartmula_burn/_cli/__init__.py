@@ -20,19 +20,30 @@ from typing import Any, Callable
 from .. import __version__
 from .. import _hub as hub
 from .._errors import HeartmulaBurnError
+from .._presets import PRESETS, acestep
 from . import completion, download, export_raw, inspect, manifest, pack, publish, sanity, synthetic, unpack, verify
 from ._common import FOLDERS, Parser, Terminated, UsageError, _say
 
-DESCRIPTION = f"""\
-Convert HeartMuLa's checkpoints (the LM and its audio codec, or any safetensors checkpoint) into
-Burn packs (.bpk) that Burn's BurnpackStore loads directly. CKPT_ROOT is laid out as upstream ships it:
-  CKPT_ROOT/HeartMuLa-oss-3B/{{config.json, model.safetensors.index.json, model-*.safetensors}}
-  CKPT_ROOT/HeartCodec-oss/{{config.json, model.safetensors.index.json, model-*.safetensors}}
-  CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json
-`pack CKPT_ROOT -o OUT/` writes the folder a Burn HeartMuLa runtime loads: heartmula.bpk,
-heartcodec.bpk, tokenizer.json, gen_config.json. A model folder is found by its config.json,
-whatever its name (upstream's are {FOLDERS}).
-A folder holding a single model.safetensors, or shards without an index, works too."""
+_PACKS = ", ".join(p.pack_name for p in PRESETS)
+_RUNTIME = ", ".join(dict.fromkeys(f for p in PRESETS for f in p.runtime_files))
+DESCRIPTION = (
+    f"""\
+Convert the checkpoints of {", ".join(p.title for p in PRESETS)} and {acestep.TITLE} (or any safetensors
+checkpoint) into Burn packs (.bpk) that Burn's BurnpackStore loads directly, laid out as the runtime
+loads them. CKPT_ROOT is laid out as upstream ships it:
+"""
+    + "".join(
+        f"  CKPT_ROOT/{p.folder_names[0]}/{{config.json, model.safetensors.index.json, model-*.safetensors}}\n"
+        for p in PRESETS
+    )
+    + f"""\
+  CKPT_ROOT/{{{_RUNTIME}}}
+`pack CKPT_ROOT -o OUT/` writes the folder a Burn runtime loads: {_PACKS}, {_RUNTIME}.
+A model folder is found by its config.json, whatever its name (upstream's are {FOLDERS}).
+A folder holding a single model.safetensors, or shards without an index, works too.
+`pack CKPT_ROOT --model NAME -o OUT/` writes the runtime folder of a model made of several
+upstream repositories ({", ".join(acestep.VARIANTS)}; `download --model NAME CKPT_ROOT` fetches them)."""
+)
 
 # In the order --help lists them.
 COMMAND_MODULES = (

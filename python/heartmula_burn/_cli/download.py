@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _hub as hub
+from .._presets import PRESETS, RUNTIME_FILES
 from ._common import (
     UsageError,
     _add_folder_model_args,
@@ -23,11 +24,13 @@ NAME = "download"
 def register(sub: Any) -> None:
     d = sub.add_parser(
         "download",
-        help="fetch HeartMuLa, HeartCodec and the runtime files from the Hugging Face Hub into CKPT_ROOT",
-        description="Fetch the three repositories a conversion needs through huggingface_hub (the LM, the "
-        "codec, and tokenizer.json + gen_config.json), only the files a conversion reads, into the Hugging Face "
-        "cache, and lay them out as upstream's README does: CKPT_ROOT/HeartMuLa-oss-3B/, "
-        "CKPT_ROOT/HeartCodec-oss/, CKPT_ROOT/tokenizer.json, CKPT_ROOT/gen_config.json, as links into the "
+        help=f"fetch {', '.join(q.title for q in PRESETS)} and their runtime files (or, with --model, another "
+        "model's repositories) from the Hugging Face Hub into CKPT_ROOT",
+        description="Fetch the repositories a conversion needs through huggingface_hub (each model's default "
+        f"release, and {' + '.join(RUNTIME_FILES)}), only the files a conversion reads, into the Hugging Face "
+        "cache, and lay them out as upstream's README does: "
+        + ", ".join([*(f"CKPT_ROOT/{q.folder_names[0]}/" for q in PRESETS), *(f"CKPT_ROOT/{f}" for f in RUNTIME_FILES)])
+        + ", as links into the "
         "cache (stored once, shared with other tools; a second run downloads nothing). Free space is checked "
         "before a byte is fetched. Each revision's commit is printed and recorded: packs made from CKPT_ROOT "
         "carry source_repo and source_revision.",

@@ -23,6 +23,7 @@ from .._packing import (
     plan_checkpoint,
     target_burn_version,
 )
+from .._presets import PRESETS, RUNTIME_FILES
 from ._common import (
     DTYPE_HELP,
     UsageError,
@@ -39,15 +40,18 @@ from ._common import (
 )
 
 NAME = "pack"
+RUNTIME_LIST = ", ".join(RUNTIME_FILES)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "pack",
         help="pack a checkpoint (every model in it) or a manifest into .bpk files",
-        description="Pack every model of CKPT_ROOT (HeartMuLa -> heartmula.bpk, HeartCodec -> heartcodec.bpk), "
-        "each first checked by its preset: every tensor config.json implies, with its shape. tokenizer.json and "
-        "gen_config.json are copied beside. All outputs are written to temporary files beside their destinations "
+        description="Pack every model of CKPT_ROOT ("
+        + ", ".join(f"{q.title} -> {q.pack_name}" for q in PRESETS)
+        + "), each first checked by its preset: every tensor config.json implies, with its shape. Their runtime "
+        f"files ({RUNTIME_LIST}) are copied beside. --model NAME writes instead the runtime folder of a model made "
+        "of several upstream repositories (ACE-Step 1.5). All outputs are written to temporary files beside their destinations "
         "and put in place together once complete and on disk: on any failure, Ctrl-C or SIGTERM the output "
         "folder is exactly as it was.",
     )
@@ -57,7 +61,9 @@ def register(sub: Any) -> None:
         "--output",
         help="output pack, or a folder (an existing one, or a path ending in '/', created if missing) for all packs; "
         "other packs go "
-        "beside the first under their own names (default: ./heartmula.bpk, ./heartcodec.bpk)",
+        "beside the first under their own names (default: "
+        + ", ".join(f"./{q.pack_name}" for q in PRESETS)
+        + "); with --model, the folder (default: the current one)",
     )
     p.add_argument(
         "--manifest", metavar="FILE", help="pack exactly what this manifest describes (instead of CKPT_ROOT)"
@@ -73,7 +79,7 @@ def register(sub: Any) -> None:
         "whose quantized descriptors only 0.22 and later read). 0.19 wrote no "
         "alignment padding: its readers misread 0.20+ packs and vice versa, silently; 0.20 spells Bool differently",
     )
-    p.add_argument("--no-extras", action="store_true", help="do not copy tokenizer.json / gen_config.json")
+    p.add_argument("--no-extras", action="store_true", help=f"do not copy the runtime files ({RUNTIME_LIST}, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     p.add_argument(
