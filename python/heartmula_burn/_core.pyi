@@ -7,6 +7,7 @@ from pathlib import Path
 from typing_extensions import Self, TypeAlias, final
 
 __all__ = [
+    "MAX_Q_BLOCK",
     "DTypeInfo",
     "MapGuard",
     "PackIndex",
@@ -31,6 +32,8 @@ __all__ = [
     "verify_against",
     "write_safetensors",
 ]
+
+MAX_Q_BLOCK: int
 
 _Path: TypeAlias = str | PathLike[str]
 _Progress: TypeAlias = Callable[[int, int], object] | None
@@ -135,6 +138,7 @@ class DTypeInfo:
     def block(self) -> int | None: ...
     @property
     def store(self) -> str | None: ...
+    def casts_exactly_to(self, target: str) -> bool: ...
     def byte_len(self, shape: Sequence[int]) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
 

@@ -206,8 +206,10 @@ def quantized_dtype(dtype: str, q_block: int) -> str | None:
     scheme = QUANTIZED_CHOICES.get(dtype)
     if scheme is None:
         return None
-    if isinstance(q_block, bool) or not isinstance(q_block, int) or not 1 <= q_block <= 255:
-        raise ValueError(f"q_block {q_block!r}: a block is 1 to 255 values (Burn stores it in one byte)")
+    if isinstance(q_block, bool) or not isinstance(q_block, int) or not 1 <= q_block <= _core.MAX_Q_BLOCK:
+        raise ValueError(
+            f"q_block {q_block!r}: a block is 1 to {_core.MAX_Q_BLOCK} values (Burn stores it in one byte)"
+        )
     return dtype_info(scheme.format(block=q_block)).name
 
 
@@ -314,11 +316,11 @@ def _check_dtypes(ckpt: Checkpoint, preset: Preset) -> None:
         return
     target = preset.dtypes[0].upper()
     for t in ckpt.tensors:
-        source = t.dtype or ""
-        exact = source == target or (source in FLOAT_DTYPES and tensor_nbytes(source, [1]) < tensor_nbytes(target, [1]))
-        if not exact:
+        if t.dtype is None or not dtype_info(t.dtype).casts_exactly_to(target):
             raise CheckpointError.at(
-                t.file, f"dtype {source} cannot become {target} exactly; {preset.dtype_reason}", tensor=t.name
+                t.file,
+                f"dtype {t.dtype or t.source_dtype} cannot become {target} exactly; {preset.dtype_reason}",
+                tensor=t.name,
             )
 
 

@@ -18,6 +18,7 @@ from ._atomic import check_destinations, commit_all, stage_copy
 from ._checkpoint import Checkpoint, load_checkpoints
 from ._errors import OutputError
 from ._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES, Manifest, build_manifest, preset_of, quantized_dtype
+from ._packfile import dtype_info
 from ._presets import PRESETS, preset_named
 from ._runtime_files import extra_targets, runtime_notes
 
@@ -293,7 +294,8 @@ def plan_checkpoints(
         jobs.append(job)
         if kept:
             notes.append(f"{job.output}: {kept}")
-        narrow = {t.dtype for t in manifest.tensors} & {"BF16", "F16"}
+        # Floats F32 does not cast to exactly (the core's table): what Burn CPU runtimes cannot run.
+        narrow = {t.dtype for t in manifest.tensors if _narrower_than_f32(t.dtype)}
         if narrow:  # whatever the model: no Burn CPU runtime can load it
             notes.append(f"{job.output}: holds {'/'.join(sorted(narrow))} tensors. {NARROW_NOTE}")
         notes += [f"{job.output}: {note}" for note in manifest.notes]
@@ -365,3 +367,8 @@ def checked_options(dtype: str, burn_version: str | None, q_block: int = DEFAULT
 def check_burn_version(version: str) -> None:
     if version not in BURN_VERSIONS:
         raise ValueError(f"unknown burn_version {version!r} (choose from {', '.join(BURN_VERSIONS)})")
+
+
+def _narrower_than_f32(dtype: str) -> bool:
+    info = dtype_info(dtype)
+    return info.is_float and not dtype_info("F32").casts_exactly_to(dtype)

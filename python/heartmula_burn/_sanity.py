@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import _core
 from ._errors import CheckpointError, HeartmulaBurnError
 from ._fields import Fields, read_json
-from ._packfile import dtype_info, tensor_nbytes
+from ._packfile import dtype_info
 from ._presets import PRESETS, Preset, preset_for_pack
 from ._presets.runner import Check, Runner, SanityResult, max_abs
 from ._weights import CheckpointArrays, PackArrays, import_torch, load_weights, open_weights
@@ -216,15 +216,12 @@ def run(
 def _narrower(pack_dtype: str, ref_dtype: str) -> bool:
     """Whether casting the reference to the pack's dtype can lose information (floats only:
     the packer never converts integers; quantizing always can)."""
-    if pack_dtype == ref_dtype or ref_dtype not in FLOATS:
+    if ref_dtype not in FLOATS:
         return False
-    if dtype_info(pack_dtype).is_quantized:
-        return True
-    if pack_dtype not in FLOATS:
+    pack = dtype_info(pack_dtype)
+    if not (pack.is_float or pack.is_quantized):
         return False
-    if {pack_dtype, ref_dtype} == {"F16", "BF16"}:
-        return True
-    return tensor_nbytes(pack_dtype, [1]) < tensor_nbytes(ref_dtype, [1])
+    return not dtype_info(ref_dtype).casts_exactly_to(pack_dtype)  # the core's table of exact casts
 
 
 def format_table(result: SanityResult) -> str:

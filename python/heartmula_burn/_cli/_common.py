@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn, TextIO
 
 from .. import _hub as hub
+from .._core import MAX_Q_BLOCK
 from .._hub.stream import MAX_CONNECTIONS, checked_connections, checked_retry_window
 from .._manifest import DEFAULT_Q_BLOCK, DTYPE_CHOICES
 from .._packing import (
@@ -157,7 +158,7 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
         type=_block,
         default=DEFAULT_Q_BLOCK,
         metavar="N",
-        help=f"with --dtype q8 or q8-native: values per scale, along each weight's last dimension (1-255, default "
+        help=f"with --dtype q8 or q8-native: values per scale, along each weight's last dimension (1-{MAX_Q_BLOCK}, default "
         f"{DEFAULT_Q_BLOCK}); a weight whose last dimension N does not divide stays F32, with a note",
     )
     p.add_argument(
@@ -182,13 +183,13 @@ DTYPE_HELP = (
 
 
 def _block(text: str) -> int:
-    """A quantization block length, 1 to 255 (Burn stores it in one byte)."""
+    """A quantization block length, 1 to the core's bound (Burn stores it in one byte)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"{text!r}: a block is 1 to 255 values")
+    if not 1 <= value <= MAX_Q_BLOCK:
+        raise argparse.ArgumentTypeError(f"{text!r}: a block is 1 to {MAX_Q_BLOCK} values")
     return value
 
 

@@ -18,6 +18,15 @@ pub fn supported(from: DType, to: DType) -> bool {
     from.same_bytes(to) || (floating(from) && floating(to) && !(from.is_quantized() && to.is_quantized()))
 }
 
+/// Whether converting `from` to `to` keeps every value exactly: the same bytes (identity, or one
+/// quantized dtype under either store), or a float widened to a float that holds all of its
+/// values (F16 and BF16 into F32 or F64, F32 into F64). F16 and BF16 each hold values the other
+/// does not, and quantizing rounds.
+pub fn exact(from: DType, to: DType) -> bool {
+    use DType::{BF16, F16, F32, F64};
+    from.same_bytes(to) || matches!((from, to), (F16 | BF16, F32 | F64) | (F32, F64))
+}
+
 /// Converts runs of whole elements (whole blocks, where either side is quantized), keeping its
 /// scratch buffers between calls so that a tensor converts in bounded, reused memory.
 pub struct Converter {
@@ -344,6 +353,36 @@ mod tests {
             .flat_map(|&b| f16::from_f32(f32::from_bits(b)).to_le_bytes())
             .collect();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn exact_casts_by_hand() {
+        use DType::{BF16, F16, F32, F64};
+        // Every pair of floats, written out: only widening keeps every value.
+        let exact = [
+            (F64, F64),
+            (F32, F32),
+            (F32, F64),
+            (F16, F16),
+            (F16, F32),
+            (F16, F64),
+            (BF16, BF16),
+            (BF16, F32),
+            (BF16, F64),
+        ];
+        for from in [F64, F32, F16, BF16] {
+            for to in [F64, F32, F16, BF16] {
+                assert_eq!(super::exact(from, to), exact.contains(&(from, to)), "{from} -> {to}");
+            }
+        }
+        let q = |block, store| DType::Q8S(block, store);
+        assert!(super::exact(q(32, QuantStore::Native), q(32, QuantStore::PackedU32)));
+        assert!(!super::exact(q(32, QuantStore::Native), q(16, QuantStore::Native)));
+        assert!(!super::exact(F32, q(32, QuantStore::PackedU32)));
+        assert!(!super::exact(q(32, QuantStore::PackedU32), F32));
+        assert!(super::exact(DType::I64, DType::I64));
+        assert!(!super::exact(DType::I32, DType::I64));
+        assert!(!super::exact(DType::I8, F32));
     }
 
     #[test]

@@ -800,6 +800,11 @@ impl DTypeInfo {
     fn store(&self) -> Option<&'static str> {
         self.0.store().map(core::QuantStore::burn_name)
     }
+    /// Whether converting to `target` (a name, any case) keeps every value exactly: the same
+    /// bytes, or a float widened (F16/BF16 to F32 or F64, F32 to F64). ValueError for no dtype.
+    fn casts_exactly_to(&self, target: &str) -> PyResult<bool> {
+        Ok(core::cast::exact(self.0, parse_dtype(target)?))
+    }
     /// Bytes a tensor of this dtype and `shape` takes in a pack; ValueError saying why it cannot.
     fn byte_len(&self, shape: Vec<u64>) -> PyResult<u64> {
         self.0.byte_len(&shape).map_err(PyValueError::new_err)
@@ -879,6 +884,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StagedFile>()?;
     m.add_class::<MapGuard>()?;
     m.add_class::<DTypeInfo>()?;
+    // The largest quantization block: Burn stores a block length in one byte.
+    m.add("MAX_Q_BLOCK", u8::MAX)?;
     m.add_class::<StreamedPacks>()?;
     m.add_function(wrap_pyfunction!(dtype_info, m)?)?;
     m.add_function(wrap_pyfunction!(plain_dtypes, m)?)?;

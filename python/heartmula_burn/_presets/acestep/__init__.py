@@ -45,7 +45,6 @@ PLANNER_FOLDERS = {
     "4B": "acestep-5Hz-lm-4B",
 }
 PLANNER_CHOICES = (*PLANNER_FOLDERS, "all")
-FLOATS = ("F32", "BF16", "F16")  # what widens to F32 exactly
 
 
 @dataclass(frozen=True)

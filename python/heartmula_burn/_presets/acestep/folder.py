@@ -21,11 +21,10 @@ from ..._checkpoint import Checkpoint, RemoteHeaders, load_model_folders
 from ..._errors import CheckpointError, OutputError
 from ..._fields import Fields
 from ..._manifest import Manifest, ManifestTensor, package_version
-from ..._packfile import Pack, open_pack
+from ..._packfile import Pack, dtype_info, open_pack
 from ..._packing import Conversion, Job, ProgressFn, StagePacks, make_folders, output_folder, pack_manifests
 from .. import config_of_pack, shape_problems
 from . import (
-    FLOATS,
     MODEL,
     SILENCE_SOURCE,
     TITLE,
@@ -157,7 +156,7 @@ def _manifest(part: Part, ckpt: Checkpoint, source: tuple[str, str] | None) -> M
         name = part.rename(t.name)
         if name is None:
             continue
-        if t.dtype not in FLOATS:
+        if t.dtype is None or not dtype_info(t.dtype).casts_exactly_to("F32"):
             raise CheckpointError.at(
                 t.file, f"dtype {t.source_dtype} cannot become F32 exactly ({TITLE} packs are F32)", tensor=t.name
             )
