@@ -70,6 +70,7 @@ def test_pack_hub_writes_what_the_local_folder_gives(ace_root: Path, ace_hub: Hu
     assert dit["source_repo"] == "ACE-Step/Ace-Step1.5"
     assert dit["source_revision"] == ace_hub.commits("ACE-Step/Ace-Step1.5")[0]
     assert metadata_of(out / "acestep-lm.bpk")["source_repo"] == "ACE-Step/acestep-5Hz-lm-0.6B"
+    assert metadata_of(out / "silence_latent.bpk")["source_revision"] == dit["source_revision"]
     fetched = set(ace_hub.downloads())
     assert not any("README" in f or "acestep-v15-base" in f or "acestep-5Hz-lm-1.7B" in f for f in fetched), fetched
     # Published as a model repository: the whole folder, and a card citing each repository and commit.
@@ -108,6 +109,7 @@ def test_download_then_pack_sft_with_a_fine_tuned_dit(ace_root: Path, ace_hub: H
     assert tensors_of(out / "sft-acestep-lm.bpk") == tensors_of(want / "sft-acestep-lm.bpk")
     assert tensors_of(out / "sft-acestep-dit.bpk") != tensors_of(want / "sft-acestep-dit.bpk")  # the fine-tune's
     assert metadata_of(out / "sft-acestep-dit.bpk")["source_repo"] == FINE_TUNE
+    assert metadata_of(out / "silence_latent.bpk")["source_repo"] == "ACE-Step/Ace-Step1.5"  # through the links
     # Packed from the fine-tune's own files: verify against the laid-out root passes.
     hub_cli(ace_hub, tmp_path / "cache", "verify", out / "sft-acestep-dit.bpk", "--against", root, "-q", check_rc=0)
 

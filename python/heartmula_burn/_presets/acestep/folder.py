@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ... import _core
-from ..._checkpoint import Checkpoint, RemoteHeaders, load_model_folders
+from ..._checkpoint import Checkpoint, RemoteHeaders, hub_source, load_model_folders
 from ..._errors import CheckpointError, OutputError
 from ..._fields import Fields
 from ..._manifest import Manifest, ManifestTensor, package_version
@@ -26,6 +27,7 @@ from ..._packing import Conversion, Job, ProgressFn, StagePacks, make_folders, o
 from .. import config_of_pack, shape_problems
 from . import (
     MODEL,
+    REPOSITORIES,
     SILENCE_SOURCE,
     TITLE,
     VARIANTS,
@@ -56,19 +58,13 @@ class FolderPlan:
     silence_metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def outputs(self) -> list[Path]:
-        return [*(job.output for job in self.jobs), self.folder / SILENCE_PACK]
-
 
 def local_folders(root: str | Path) -> dict[str, Path]:
     """CKPT_ROOT's folders, as `download --model acestep-*` lays them out."""
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError.at(root, "checkpoint folder does not exist")
-    return {
-        name: root / name for name in ("Ace-Step1.5", "acestep-5Hz-lm-0.6B", "acestep-5Hz-lm-4B", "acestep-v15-sft")
-    }
+    return {name: root / name for name in REPOSITORIES}
 
 
 def resolve(folders: Folders, relative: str) -> Path:
@@ -86,14 +82,14 @@ def plan_folder(
     *,
     model: str = "acestep-turbo",
     planner: str | None = None,
-    sources: Mapping[str, tuple[str, str]] | None = None,
     remote: RemoteHeaders | None = None,
 ) -> FolderPlan:
     """The runtime folder of `model` ("acestep-turbo" or "acestep-sft") with `planner` ("0.6B",
     "1.7B", "4B", "all"; default the variant's own), written to the folder `output` (default the
-    current one). `sources`: the Hub repository and commit of each of `folders`, for the packs'
-    metadata; `remote`: the shards' headers where they are streamed from the Hub. Raises CheckpointError, naming the file and tensor, for anything upstream's files do
-    not hold as their configs say, and ValueError for options that do not fit together."""
+    current one); `remote`: the shards' headers where they are streamed from the Hub. Raises
+    CheckpointError, naming the file and tensor, for anything upstream's files do not hold as
+    their configs say, and ValueError for options that do not fit together. Packs made from a
+    Hugging Face cache snapshot (or links into one) record its repository and commit."""
     variant = VARIANTS[model]
     planners = chosen_planners(variant, planner)
     folder, name = output_folder(output)
@@ -109,7 +105,7 @@ def plan_folder(
         if model_dir not in loaded:
             loaded[model_dir] = _load(model_dir, part, remote)
         ckpt = loaded[model_dir]
-        manifest = _manifest(part, ckpt, (sources or {}).get(part.folder.split("/")[0]))
+        manifest = _manifest(part, ckpt)
         used.setdefault(model_dir, set()).update(t.key for t in manifest.tensors)
         jobs.append(Job(manifest, folder / part.pack, "f32", make_folder=True))
     for model_dir, names in used.items():
@@ -123,11 +119,20 @@ def plan_folder(
     # The silence latent is the DiT's latent: as many channels as the variant's DiT config says.
     dit_config = loaded[resolve(folders, variant.dit_folder)].config
     assert dit_config is not None  # checked when its packs were planned
-    silence = runtime_layout(read_silence_latent(resolve(folders, SILENCE_SOURCE), _latent_channels(dit_config)))
-    metadata = _metadata(
-        "silence", SILENCE_SOURCE.rsplit("/", 1)[0], dit_config.doc, ["F32"], (sources or {}).get("Ace-Step1.5")
-    )
+    silence_path = resolve(folders, SILENCE_SOURCE)
+    silence = runtime_layout(read_silence_latent(silence_path, _latent_channels(dit_config)))
+    metadata = _metadata("silence", SILENCE_SOURCE.rsplit("/", 1)[0], dit_config.doc, ["F32"], _source_of(silence_path))
     return FolderPlan(variant, folder, jobs, silence, metadata, notes)
+
+
+def _source_of(path: Path) -> tuple[str, str] | None:
+    """The Hub repository and commit of a file in a cache snapshot, or linked to one (`download`)."""
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        found = hub_source(target if target.is_absolute() else path.parent / target)
+        if found is not None:
+            return found
+    return hub_source(path)
 
 
 def _latent_channels(config: Fields) -> int:
@@ -141,7 +146,7 @@ def _load(model_dir: Path, part: Part, remote: RemoteHeaders | None = None) -> C
     return ckpt
 
 
-def _manifest(part: Part, ckpt: Checkpoint, source: tuple[str, str] | None) -> Manifest:
+def _manifest(part: Part, ckpt: Checkpoint) -> Manifest:
     """The part's pack: its upstream file checked against its config.json, then the tensors it
     keeps, renamed, widened to F32, in on-disk order (reads stay sequential)."""
     config_path = ckpt.model_dir / "config.json"
@@ -162,6 +167,7 @@ def _manifest(part: Part, ckpt: Checkpoint, source: tuple[str, str] | None) -> M
             )
         tensors.append(ManifestTensor(name, t.file, t.name, t.dtype, "F32", t.shape))
     source_dtypes = sorted({t.source_dtype for t in tensors})
+    source = None
     if ckpt.source_repo is not None and ckpt.source_revision is not None:
         source = (ckpt.source_repo, ckpt.source_revision)
     metadata = _metadata(part.part, part.folder, ckpt.config.doc, source_dtypes, source)
@@ -287,7 +293,7 @@ def verify_part(pack_path: Path, against: Path, progress: ProgressFn | None = No
             pack_path, f"an {TITLE} pack of no part this tool writes ({part_name!r} from {folder!r})"
         )
     model_dir = resolve(local_folders(against), folder)
-    manifest = _manifest(part, _load(model_dir, part), None)
+    manifest = _manifest(part, _load(model_dir, part))
     return list(_core.verify_against(pack_path, manifest.core_items(), progress=progress))
 
 
