@@ -11,6 +11,11 @@
 # tokenizer.json and gen_config.json, as upstream ships them. Writes heartmula.bpk, heartcodec.bpk,
 # tokenizer.json and gen_config.json at the repository root (or in $HEARTMULA_OUT_DIR). All four
 # appear together once complete: on failure or Ctrl-C the folder is as it was.
+#
+#   ./convert.sh CKPT_ROOT --model acestep-turbo [--planner all]   (or acestep-sft; --hub works too)
+#
+# writes ACE-Step 1.5's runtime folder (six packs, six JSON files) into acestep/ at the repository
+# root (or into $HEARTMULA_OUT_DIR), CKPT_ROOT laid out as `download --model NAME` lays it out.
 # Needs the package installed (`pip install .`); $PYTHON picks the interpreter.
 set -euo pipefail
 
@@ -29,4 +34,10 @@ if ! "$python" -c "import heartmula_burn" 2>/dev/null; then
     exit 1
 fi
 
+for arg in "$@"; do
+    if [ "$arg" = --model ] || [ "${arg#--model=}" != "$arg" ]; then
+        # A model packed by name writes a folder of its own.
+        exec "$python" -m heartmula_burn pack "$ckpt_root" -o "${HEARTMULA_OUT_DIR:-$out_dir/acestep}/" "$@"
+    fi
+done
 exec "$python" -m heartmula_burn pack "$ckpt_root" -o "$out_dir/heartmula.bpk" "$@"

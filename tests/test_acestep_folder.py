@@ -335,3 +335,16 @@ def test_synthetic_writes_a_checkpoint_pack_reads(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "out").iterdir()} == SFT_FILES
     proc = run_cli("synthetic", tmp_path / "other", "--model", "acestep", "--dtype", "f16")
     assert proc.returncode == 2 and "BF16" in proc.stderr
+
+
+def test_convert_sh_writes_the_folder_of_a_model_named(ace_root: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, HEARTMULA_OUT_DIR=str(tmp_path / "ace"), PYTHON=sys.executable)
+    cmd = ["bash", str(REPO / "convert.sh"), str(ace_root), "--model", "acestep-turbo", "-q"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "ace").iterdir()} == TURBO_FILES
