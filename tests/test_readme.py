@@ -25,6 +25,7 @@ COVERED = {
     "python -m heartmula_burn pack --hub --model acestep": "test_pack_hub_writes_what_the_local_folder_gives",
     "python -m heartmula_burn download CKPT_ROOT --model acestep": "test_download_then_pack_sft_with_a_fine_tuned_dit",
     "python -m heartmula_burn verify ace/": "test_verify_against_passes_and_fails_on_one_flipped_byte",
+    "./convert.sh CKPT_ROOT --model": "test_convert_sh_writes_the_folder_of_a_model_named",
     "python -m heartmula_burn publish-layout hf-repo --pack ace/": "test_publish_layout_takes_the_whole_folder_and_its_json_files",
     "HEARTMULA_RUNTIME=1": "tests/test_runtime_acestep.py",
     "python benchmarks/bench_acestep.py": "benchmarks/bench_acestep.py",
