@@ -202,6 +202,11 @@ def test_a_storage_offset_within_the_storage_is_read(tmp_path: Path) -> None:
         (b"\x80\x02ctorch\nload\n" + _text("x") + b"\x85R.", "torch.load"),
         (tensor_pickle((1, 64, 2), (128, 2, 1), tag="module"), "not a tensor storage"),
         (tensor_pickle((1, 64, 2), (128, 2, 1), tag="a"), "not a tensor storage"),
+        (tensor_pickle((1, 64, 2), (128, 2, 1), tag="zzz"), "not a tensor storage"),
+        (
+            tensor_pickle((1, 64, 2), (128, 2, 1)).replace(b"ctorch\nFloatStorage\n", _text("FloatStorage")),
+            "not (class, key, location, size)",
+        ),
         (tensor_pickle((1, 64, 2), (128, 2, 1), key="x"), "not (class, key, location, size)"),
         (tensor_pickle((1, 64, 2), (128, 2, 1), numel=-1), "not (class, key, location, size)"),
         (tensor_pickle((1, 64, 2), (128, 2, 1), numel=2**48), "not (class, key, location, size)"),
@@ -213,6 +218,8 @@ def test_a_storage_offset_within_the_storage_is_read(tmp_path: Path) -> None:
         "torch-load",
         "pid-module",
         "pid-a",
+        "pid-zzz",
+        "class-as-text",
         "key",
         "numel-negative",
         "numel-2^48",
@@ -230,6 +237,11 @@ def test_the_largest_int_is_just_below_2_to_the_48(tmp_path: Path) -> None:
 
 def test_a_big_endian_archive_is_refused(tmp_path: Path) -> None:
     refused(hand_made(tmp_path / "s.pt", tensor_pickle((1, 64, 2), (128, 2, 1)), 128, byteorder=b"big"), "big-endian")
+
+
+def test_a_byteorder_record_past_its_cap_is_refused_unread(tmp_path: Path) -> None:
+    path = hand_made(tmp_path / "s.pt", tensor_pickle((1, 64, 2), (128, 2, 1)), 128, byteorder=b"little" + b" " * 11)
+    refused(path, "archive/byteorder is larger than 16 bytes")
 
 
 def test_two_pickles_are_refused(tmp_path: Path) -> None:
