@@ -348,3 +348,11 @@ def test_convert_sh_writes_the_folder_of_a_model_named(ace_root: Path, tmp_path:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in (tmp_path / "ace").iterdir()} == TURBO_FILES
+
+
+def test_burn_version_reaches_every_pack_of_the_folder(ace_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    run_cli("pack", ace_root, "--model", "acestep-turbo", "--burn-version", "0.19", "-o", out, "-q", check_rc=0)
+    for pack in sorted(out.glob("*.bpk")):
+        with open_pack(pack) as opened:
+            assert opened.layout == "0.19", pack.name  # no alignment padding, as Burn 0.19 wrote

@@ -319,6 +319,7 @@ def _run_folder_model(args: argparse.Namespace) -> int:
                 progress_for=None if streamer else progress,
                 copy_extras=not args.no_extras,
                 stage_packs=streamer.stage if streamer else None,
+                burn_version=args.burn_version,
             )
     finally:
         if streamer is not None:

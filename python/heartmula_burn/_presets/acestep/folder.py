@@ -206,11 +206,13 @@ def pack_folder(
     progress_for: Callable[[Job], ProgressFn | None] | None = None,
     copy_extras: bool = True,
     stage_packs: StagePacks | None = None,
+    burn_version: str | None = None,
 ) -> Conversion:
     """Writes the plan's packs and JSON files and puts them in place together. The silence
     latent goes through a hidden staged safetensors file in the output folder, gone afterwards.
     `stage_packs` writes the plan's jobs instead (a Hub stream's); the silence pack is still
-    written here, from the file fetched."""
+    written here, from the file fetched. `burn_version`: the reader the packs target (default
+    the oldest that reads them)."""
     created = make_folders([plan.folder])
     try:
         staged = _core.StagedFile(plan.folder / ".silence_latent.safetensors")
@@ -241,7 +243,7 @@ def pack_folder(
         return pack_manifests(
             [*plan.jobs, silence],
             force=force,
-            burn_version=None,
+            burn_version=burn_version,
             progress_for=progress_for,
             copy_extras=copy_extras,
             notes=plan.notes,
