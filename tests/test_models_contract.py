@@ -50,3 +50,21 @@ def test_every_registered_model_goes_from_synthetic_to_published(preset, tmp_pat
     card = (published / "README.md").read_text()
     assert preset.card_loading and preset.card_loading in card
     assert (published / preset.pack_name).read_bytes() == pack.read_bytes()
+
+
+def test_a_second_model_with_runtime_files_gets_its_own_hub_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtime files' repositories are roles of their models: a second model shipping runtime files
+    adds its own options instead of a second --gen-repo (which argparse would refuse)."""
+    from heartmula_burn._cli import build_parser
+    from heartmula_burn._hub import repos
+    from heartmula_burn._presets.heartcodec import HeartCodec
+
+    class CodecWithFiles(HeartCodec):
+        runtime_files = ("codec_config.json",)
+        runtime_repo = "someone/codec-files"
+
+    monkeypatch.setattr(repos, "PRESETS", (*repos.PRESETS[:1], CodecWithFiles()))
+    roles = [spec.role for spec in repos.default_specs()]
+    assert roles == ["lm", "codec", "gen", "codec-runtime"]
+    options = build_parser().commands["download"]._option_string_actions
+    assert "--gen-repo" in options and "--codec-runtime-repo" in options

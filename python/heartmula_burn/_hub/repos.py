@@ -31,7 +31,8 @@ MODEL_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json")
 MODEL_REQUIRED = ("config.json", "*.safetensors")
 
 
-RUNTIME_ROLE = "gen"  # the repository of the runtime files: --gen-repo, --gen-revision
+# HeartMuLa's runtime files' role (--gen-repo, --gen-revision), as its preset declares it.
+RUNTIME_ROLE = next(p.runtime_role for p in PRESETS if p.runtime_role is not None)
 
 
 def default_specs() -> list[RepoSpec]:
@@ -43,7 +44,9 @@ def default_specs() -> list[RepoSpec]:
         for p in PRESETS
     ]
     specs += [
-        RepoSpec(RUNTIME_ROLE, p.runtime_repo, None, None, p.runtime_files, p.runtime_files)
+        RepoSpec(
+            p.runtime_role or f"{p.hub_role}-runtime", p.runtime_repo, None, None, p.runtime_files, p.runtime_files
+        )
         for p in PRESETS
         if p.runtime_repo is not None
     ]

@@ -57,6 +57,8 @@ class Preset(ABC):
     folder_names: ClassVar[tuple[str, ...]]
     runtime_files: ClassVar[tuple[str, ...]] = ()  # copied beside the pack
     runtime_repo: ClassVar[str | None] = None  # the Hugging Face repository the runtime files come from
+    # Its Hub options' prefix (--gen-repo, --gen-revision): each model with runtime files names its own.
+    runtime_role: ClassVar[str | None] = None
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
     # The tensors `--dtype q8` quantizes (full names); None: the model has no quantized packs.

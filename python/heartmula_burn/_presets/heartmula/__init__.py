@@ -152,6 +152,7 @@ class HeartMuLa(Preset):
     folder_names = ("HeartMuLa-oss-3B",)
     runtime_files = ("tokenizer.json", "gen_config.json")
     runtime_repo = "HeartMuLa/HeartMuLaGen"
+    runtime_role = "gen"
     card_loading = card.LOADING
     signature = SIGNATURE
     dtypes = ("f32", "bf16", "f16", "source", "q8", "q8-native")
