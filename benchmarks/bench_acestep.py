@@ -84,7 +84,11 @@ def main() -> int:
             out.mkdir()
             warm_inputs(inputs)
             if case == "copy-floor":
-                cmd = [sys.executable, "-c", f"import bench_acestep as b; b.copy_floor({inputs!r}, {str(out / 'all')!r})"]
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    f"import bench_acestep as b; b.copy_floor({inputs!r}, {str(out / 'all')!r})",
+                ]
             else:
                 cmd = [sys.executable, "-m", "heartmula_burn", "pack", str(root), "--model", "acestep-turbo"]
                 cmd += ["-o", f"{out}/", "-q"]
