@@ -356,3 +356,16 @@ def test_burn_version_reaches_every_pack_of_the_folder(ace_root: Path, tmp_path:
     for pack in sorted(out.glob("*.bpk")):
         with open_pack(pack) as opened:
             assert opened.layout == "0.19", pack.name  # no alignment padding, as Burn 0.19 wrote
+
+
+def test_the_python_api_writes_the_same_folder(ace_root: Path, tmp_path: Path) -> None:
+    import heartmula_burn as hb
+
+    result = hb.pack_acestep(ace_root, tmp_path / "api", model="acestep-sft")
+    assert {p.name for p in (tmp_path / "api").iterdir()} == SFT_FILES
+    assert len(result.packs) == 6 and all(r.dtype == "F32" for r in result.packs)
+    with pytest.raises(ValueError, match="unknown model 'acestep-base'"):
+        hb.pack_acestep(ace_root, tmp_path / "x", model="acestep-base")
+    with pytest.raises(ValueError, match="not '1.7B'"):
+        hb.pack_acestep(ace_root, tmp_path / "x", model="acestep-sft", planner="1.7B")
+    assert not (tmp_path / "x").exists()

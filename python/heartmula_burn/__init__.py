@@ -1,4 +1,4 @@
-"""heartmula-burn: convert HeartMuLa (and any safetensors) checkpoints into Burn packs (.bpk).
+"""heartmula-burn: convert HeartMuLa, ACE-Step 1.5 (and any safetensors) checkpoints into Burn packs (.bpk).
 
 The public API is what this module exports (`__all__`); the modules whose names start with `_`
 are internal and may change between releases. The command line: `python -m heartmula_burn --help`."""
@@ -9,6 +9,7 @@ from ._hub.packing import pack_hub
 from ._manifest import Manifest, ManifestTensor, build_manifest, package_version
 from ._packfile import Pack, PackedTensor, PackMetadata, PackSlice, PackTensor, open_pack, safe_open
 from ._packing import Conversion, PackReport, pack_checkpoint, pack_manifest
+from ._presets.acestep.folder import pack_acestep
 from ._presets.runner import SanityResult
 from ._sanity import run as sanity
 from ._verify import unpack, verify
@@ -37,6 +38,7 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoints",
     "open_pack",
+    "pack_acestep",
     "pack_checkpoint",
     "pack_hub",
     "pack_manifest",

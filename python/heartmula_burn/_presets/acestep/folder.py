@@ -263,6 +263,28 @@ def _remove_empty(created: Sequence[Path]) -> None:
             folder.rmdir()
 
 
+def pack_acestep(
+    root: str | Path,
+    output: str | Path | None = None,
+    *,
+    model: str = "acestep-turbo",
+    planner: str | None = None,
+    force: bool = False,
+    burn_version: str | None = None,
+    copy_extras: bool = True,
+) -> Conversion:
+    """ACE-Step 1.5's runtime folder, written to `output` (default the current folder) from
+    `root` laid out as `download --model` lays it out: `model` "acestep-turbo" (with `planner`
+    "0.6B", the default, "1.7B", "4B" or "all") or "acestep-sft" (the 4B planner). Every upstream
+    file is checked against its config first; the folder appears whole or not at all. Raises
+    `CheckpointError` naming the file and tensor, and `ValueError` for an unknown model or a
+    planner the model is not written with, before anything is written."""
+    if model not in VARIANTS:
+        raise ValueError(f"unknown model {model!r} (choose from {', '.join(VARIANTS)})")
+    plan = plan_folder(local_folders(root), output, model=model, planner=planner)
+    return pack_folder(plan, force=force, burn_version=burn_version, copy_extras=copy_extras)
+
+
 def is_folder_pack(metadata: Mapping[str, str]) -> bool:
     """Whether a pack is one part of an ACE-Step folder (verified against the CKPT_ROOT by its part)."""
     return metadata.get("model") == MODEL
