@@ -5,6 +5,7 @@ and the byte count itself is checked against files the `safetensors` package rea
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,12 @@ EMBEDDING_BYTES = 1_191_586_416  # Qwen3-Embedding-0.6B/model.safetensors
 PLANNER_1_7B_BYTES = 3_708_521_528  # acestep-5Hz-lm-1.7B/model.safetensors
 PLANNER_0_6B_BYTES = 1_325_804_024  # ACE-Step/acestep-5Hz-lm-0.6B model.safetensors
 
-# The runtime crate keeps verbatim copies of three upstream config.json files.
-TESTDATA = Path("/work/rt/maolan-generate-0.0.19/src/acestep/testdata")
+# The runtime crate keeps verbatim copies of three upstream config.json files: its source in
+# cargo's registry (wherever a build of rust/runtime-check, or `cargo info`, fetched it).
+_REGISTRY = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "registry" / "src"
+TESTDATA = next(
+    iter(sorted(_REGISTRY.glob("*/maolan-generate-0.0.19/src/acestep/testdata"))), _REGISTRY / "maolan-generate"
+)
 
 
 def _assert_ints(shapes: Shapes) -> None:
