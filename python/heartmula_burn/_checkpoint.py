@@ -181,13 +181,17 @@ def runtime_file_origin(path: Path) -> Path | None:
 def _hub_source_of(model_dir: Path) -> tuple[str, str] | None:
     """Where a model folder's files come from: the folder itself is a snapshot, or its config.json
     links into one (a CKPT_ROOT laid out by `download`)."""
-    config = model_dir / "config.json"
-    if config.is_symlink():
-        target = Path(os.readlink(config))
-        found = hub_source(target if target.is_absolute() else config.parent / target)
+    return linked_hub_source(model_dir / "config.json") or hub_source(model_dir)
+
+
+def linked_hub_source(path: Path) -> tuple[str, str] | None:
+    """(repository, commit) of a file that is, or links into, a cache snapshot (`download`'s links)."""
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        found = hub_source(target if target.is_absolute() else path.parent / target)
         if found is not None:
             return found
-    return hub_source(model_dir)
+    return hub_source(path)
 
 
 def load_checkpoint(root: str | Path, subdir: str | None = None, *, model: str | None = None) -> Checkpoint:

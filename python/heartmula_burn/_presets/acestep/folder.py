@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ... import _core
-from ..._checkpoint import Checkpoint, RemoteHeaders, hub_source, load_model_folders
+from ..._checkpoint import Checkpoint, RemoteHeaders, linked_hub_source, load_model_folders
 from ..._errors import CheckpointError, OutputError
 from ..._fields import Fields
 from ..._manifest import Manifest, ManifestTensor, package_version
@@ -121,18 +120,10 @@ def plan_folder(
     assert dit_config is not None  # checked when its packs were planned
     silence_path = resolve(folders, SILENCE_SOURCE)
     silence = runtime_layout(read_silence_latent(silence_path, _latent_channels(dit_config)))
-    metadata = _metadata("silence", SILENCE_SOURCE.rsplit("/", 1)[0], dit_config.doc, ["F32"], _source_of(silence_path))
+    metadata = _metadata(
+        "silence", SILENCE_SOURCE.rsplit("/", 1)[0], dit_config.doc, ["F32"], linked_hub_source(silence_path)
+    )
     return FolderPlan(variant, folder, jobs, silence, metadata, notes)
-
-
-def _source_of(path: Path) -> tuple[str, str] | None:
-    """The Hub repository and commit of a file in a cache snapshot, or linked to one (`download`)."""
-    if path.is_symlink():
-        target = Path(os.readlink(path))
-        found = hub_source(target if target.is_absolute() else path.parent / target)
-        if found is not None:
-            return found
-    return hub_source(path)
 
 
 def _latent_channels(config: Fields) -> int:
