@@ -28,30 +28,28 @@ pub fn exact(from: DType, to: DType) -> bool {
 }
 
 /// Converts runs of whole elements (whole blocks, where either side is quantized), keeping its
-/// scratch buffers between calls so that a tensor converts in bounded, reused memory.
+/// scratch buffers between calls, so that tensor after tensor converts in bounded, reused memory.
+#[derive(Default)]
 pub struct Converter {
-    from: DType,
-    to: DType,
     floats: Vec<f32>,
     bytes: Vec<u8>,
 }
 
 impl Converter {
-    pub fn new(from: DType, to: DType) -> Converter {
+    /// Converts one run from `from` to `to`: `src` holds its values and, for a quantized source,
+    /// `src_scales` the scales of their blocks (else empty). Appends the values to `dst` and, for
+    /// a quantized target, the scales to `dst_scales`.
+    pub fn run(
+        &mut self,
+        from: DType,
+        to: DType,
+        src: &[u8],
+        src_scales: &[u8],
+        dst: &mut Vec<u8>,
+        dst_scales: &mut Vec<u8>,
+    ) {
         debug_assert!(supported(from, to) && !from.same_bytes(to));
-        Converter {
-            from,
-            to,
-            floats: Vec::new(),
-            bytes: Vec::new(),
-        }
-    }
-
-    /// Converts one run: `src` holds its values and, for a quantized source, `src_scales` the
-    /// scales of their blocks (else empty). Appends the values to `dst` and, for a quantized
-    /// target, the scales to `dst_scales`.
-    pub fn run(&mut self, src: &[u8], src_scales: &[u8], dst: &mut Vec<u8>, dst_scales: &mut Vec<u8>) {
-        match (self.from, self.to) {
+        match (from, to) {
             (DType::Q8S(block, _), to) => {
                 self.floats.clear();
                 quant::dequantize(src, src_scales, block as usize, &mut self.floats);
@@ -422,12 +420,26 @@ mod tests {
     fn the_converter_quantizes_through_f32_and_dequantizes_to_any_float() {
         let bf16_src: Vec<u8> = [0x3F80u16, 0xBF00].iter().flat_map(|b| b.to_le_bytes()).collect();
         let (mut values, mut scales) = (Vec::new(), Vec::new());
-        Converter::new(DType::BF16, DType::Q8S(2, QuantStore::PackedU32)).run(&bf16_src, &[], &mut values, &mut scales);
+        Converter::default().run(
+            DType::BF16,
+            DType::Q8S(2, QuantStore::PackedU32),
+            &bf16_src,
+            &[],
+            &mut values,
+            &mut scales,
+        );
         assert_eq!(values, vec![127u8, (-64i8) as u8]);
         assert_eq!(scales, (2.0f32 / 254.0).to_le_bytes().to_vec());
 
         let (mut back, mut none) = (Vec::new(), Vec::new());
-        Converter::new(DType::Q8S(2, QuantStore::PackedU32), DType::F32).run(&values, &scales, &mut back, &mut none);
+        Converter::default().run(
+            DType::Q8S(2, QuantStore::PackedU32),
+            DType::F32,
+            &values,
+            &scales,
+            &mut back,
+            &mut none,
+        );
         let want: Vec<u8> = [127.0f32 * (2.0 / 254.0), -64.0 * (2.0 / 254.0)]
             .iter()
             .flat_map(|v| v.to_le_bytes())
@@ -435,7 +447,14 @@ mod tests {
         assert_eq!((back, none.len()), (want.clone(), 0));
 
         let mut narrow = Vec::new();
-        Converter::new(DType::Q8S(2, QuantStore::PackedU32), DType::BF16).run(&values, &scales, &mut narrow, &mut none);
+        Converter::default().run(
+            DType::Q8S(2, QuantStore::PackedU32),
+            DType::BF16,
+            &values,
+            &scales,
+            &mut narrow,
+            &mut none,
+        );
         let mut expected = Vec::new();
         convert(&want, DType::F32, DType::BF16, &mut expected);
         assert_eq!(narrow, expected);

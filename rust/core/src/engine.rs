@@ -9,17 +9,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::cast::{self, Converter};
+use crate::cast;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fs::{copy_file_range, kernel_copy_unavailable, sync_range};
-use crate::quant;
+use crate::runs::{Scratch, TensorRuns};
 use crate::source::{Shard, SourceTensor};
 
-/// Bytes per kernel copy call and per conversion chunk: small enough that progress and Ctrl-C
-/// are seen several times a second, large enough that syscall overhead does not show.
+/// Bytes per kernel copy call: small enough that progress and Ctrl-C are seen several times a
+/// second, large enough that syscall overhead does not show.
 const COPY_CHUNK: u64 = 64 << 20;
-pub(crate) const CONVERT_CHUNK: u64 = 8 << 20;
 /// Output is handed to the disk in windows of this size as it is written, with this many windows
 /// (1 GiB) still in flight before the writer waits for the oldest (see `Writeback`). Measured on
 /// cold caches: 16 beat 1 and 4, and all beat leaving it to the kernel and one final fsync.
@@ -327,39 +326,27 @@ impl<'a> TensorWriter<'a> {
         Ok(())
     }
 
-    /// Converts a tensor in runs of whole elements (whole blocks of a quantized dtype), each run's
-    /// values and scales written where they lie in the target (see `quant::element_ranges`).
+    /// Converts a tensor run by run (see `runs`), each run's values and scales written where
+    /// they lie in the target.
     fn convert(&mut self, shard: &Shard, tensor: &SourceTensor, from: DType, to: DType, target: &Target) -> Result<()> {
         let bytes = shard.bytes(tensor);
-        let elements: u64 = tensor.shape.iter().product();
-        let step = quant::chunk_elements(from, to, CONVERT_CHUNK);
-        let mut converter = Converter::new(from, to);
-        let (mut values, mut scales) = (Vec::new(), Vec::new());
-        let mut first = 0u64;
-        while first < elements {
-            let count = (elements - first).min(step);
-            let (src, src_scales) = quant::element_ranges(from, elements, first, count);
-            let (dst, dst_scales) = quant::element_ranges(to, elements, first, count);
-            let slice = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
-            values.clear();
-            scales.clear();
-            converter.run(
-                slice(src.clone()),
-                src_scales.map_or(&[][..], slice),
-                &mut values,
-                &mut scales,
-            );
+        let mut runs = TensorRuns::new(from, to, tensor.shape.iter().product());
+        let mut scratch = Scratch::default();
+        while let Some(run) = runs.next(bytes, &mut scratch) {
             shard.check(Some(tensor))?;
-            target.write_at(&values, dst.start)?;
-            if let Some(dst_scales) = &dst_scales {
-                target.write_at(&scales, dst_scales.start)?;
+            target.write_at(run.values, run.target.start)?;
+            if let Some(scales) = &run.target_scales {
+                target.write_at(run.scales, scales.start)?;
             }
             // A quantized source's scales are small and share pages between runs: kept mapped.
-            release(shard, tensor.file_offset + src.start, src.end - src.start);
-            first += count;
-            let written = (values.len() + scales.len()) as u64;
+            release(
+                shard,
+                tensor.file_offset + run.source.start,
+                run.source.end - run.source.start,
+            );
+            let written = (run.values.len() + run.scales.len()) as u64;
             // The values are written in order; the scales trail them in their own region.
-            self.wrote(target, dst.end);
+            self.wrote(target, run.target.end);
             self.summary.converted += written;
             self.advance(written)?;
         }
@@ -438,6 +425,8 @@ mod tests {
     use crate::dtype::QuantStore;
     use crate::export::export_npy;
     use crate::pack::tests::{f32_bytes, item, pack, request};
+    use crate::quant;
+    use crate::runs::CONVERT_CHUNK;
     use crate::source::tests::write_shard;
     use std::collections::BTreeMap;
     use std::fs::OpenOptions;

@@ -16,6 +16,7 @@ pub mod npy;
 pub mod output;
 pub mod pack;
 pub mod quant;
+pub mod runs;
 pub mod source;
 pub mod stream;
 pub mod unpack;

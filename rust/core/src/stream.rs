@@ -22,12 +22,13 @@ use sha2::{Digest, Sha256};
 use crate::burnpack::PackLayout;
 use crate::cast::Converter;
 use crate::dtype::DType;
-use crate::engine::{locate, ShardView, WriteSummary, CONVERT_CHUNK};
+use crate::engine::{locate, ShardView, WriteSummary};
 use crate::error::{Error, Result};
 use crate::journal::{self, ShardProgress};
 use crate::output::{resume_path, AtomicFile};
 use crate::pack::{layout, PackRequest};
 use crate::quant;
+use crate::runs::CONVERT_CHUNK;
 use crate::source::{parse_safetensors_head, SourceTensor};
 
 /// A safetensors file known by its header and size alone: its data is still to come.
@@ -221,7 +222,7 @@ impl StreamedPacks {
                     elements: tensor.shape.iter().product(),
                     done: 0,
                     carry: Vec::new(),
-                    converter: (!from.same_bytes(item.dtype)).then(|| Converter::new(from, item.dtype)),
+                    converter: (!from.same_bytes(item.dtype)).then(Converter::default),
                 };
                 if segment.converter.is_some() && tensor.byte_len % segment.unit_bytes() != 0 {
                     return Err(Error::source_tensor(
@@ -572,7 +573,7 @@ fn convert_run(
         .converter
         .as_mut()
         .expect("only conversions carry")
-        .run(src, &[], values, scales); // a safetensors source has no scales: never quantized
+        .run(segment.from, segment.to, src, &[], values, scales); // a safetensors source has no scales: never quantized
     out.write_at(values, segment.target + dst.start)?;
     if let Some(dst_scales) = dst_scales {
         out.write_at(scales, segment.target + dst_scales.start)?;

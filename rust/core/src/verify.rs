@@ -6,10 +6,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::burnpack::{read_index, Layout, PackIndex, HEADER_SIZE, TENSOR_ALIGNMENT};
-use crate::cast::Converter;
 use crate::engine::{resolve, Progress, TensorRequest};
 use crate::error::{Error, Result};
-use crate::quant;
+use crate::runs::{Scratch, TensorRuns};
 use crate::source::Shard;
 
 /// One thing wrong with a pack, tied to a tensor where there is one.
@@ -106,7 +105,7 @@ pub fn verify_against(
         .filter_map(|item| by_name.get(item.name.as_str()).map(|&i| pack.tensors[i].byte_len))
         .sum();
     let mut done = 0u64;
-    let (mut converted, mut converted_scales) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     for (item, &(s, t, source_dtype)) in items.iter().zip(&sources.locations) {
         let Some(&p) = by_name.get(item.name.as_str()) else {
             problems.push(Problem::tensor(&item.name, "missing from the pack"));
@@ -132,35 +131,14 @@ pub fn verify_against(
         crate::guard::protect(); // our SIGBUS handler, not one installed since, sees the reads
         let got = pack.bytes(packed);
         let src = sources.shards[s].bytes(source);
-        let elements: u64 = source.shape.iter().product();
-        let step = quant::chunk_elements(source_dtype, packed_dtype, 8 << 20);
-        let mut converter =
-            (!source_dtype.same_bytes(packed_dtype)).then(|| Converter::new(source_dtype, packed_dtype));
-        let mut first = 0u64;
-        while first < elements {
-            let n = step.min(elements - first);
-            let (src_values, src_scales) = quant::element_ranges(source_dtype, elements, first, n);
-            let (got_values, got_scales) = quant::element_ranges(packed_dtype, elements, first, n);
-            let (want, want_scales): (&[u8], &[u8]) = match &mut converter {
-                None => (part(src, src_values), src_scales.map_or(&[][..], |r| part(src, r))),
-                Some(converter) => {
-                    converted.clear();
-                    converted_scales.clear();
-                    converter.run(
-                        part(src, src_values),
-                        src_scales.map_or(&[][..], |r| part(src, r)),
-                        &mut converted,
-                        &mut converted_scales,
-                    );
-                    (&converted, &converted_scales)
-                }
-            };
-            let got_chunk = part(got, got_values);
-            let got_scales = got_scales.map_or(&[][..], |r| part(got, r));
+        let mut runs = TensorRuns::new(source_dtype, packed_dtype, source.shape.iter().product());
+        while let Some(run) = runs.next(src, &mut scratch) {
+            let got_values = part(got, run.target.clone());
+            let got_scales = run.target_scales.clone().map_or(&[][..], |r| part(got, r));
             // Both maps were read: a fault in either means these bytes were zeros, not the file's.
             pack.check(Some(packed)).map_err(Error::of_pack)?;
             sources.shards[s].check(Some(source))?;
-            if got_chunk != want || got_scales != want_scales {
+            if got_values != run.values || got_scales != run.scales {
                 let how = if source_dtype.same_bytes(packed_dtype) {
                     "differs from"
                 } else if packed_dtype.is_quantized() {
@@ -168,15 +146,15 @@ pub fn verify_against(
                 } else {
                     "is not the exact cast of"
                 };
-                let what = match first_difference(got_chunk, want, n) {
-                    Some(at) => format!("element {}", first + at),
+                let what = match first_difference(got_values, run.values, run.count) {
+                    Some(at) => format!("element {}", run.first + at),
                     None => {
                         let block = packed_dtype.block().unwrap_or(1) as u64;
-                        let at = first_difference(got_scales, want_scales, n / block).unwrap_or(0);
+                        let at = first_difference(got_scales, run.scales, run.count / block).unwrap_or(0);
                         format!(
                             "the scale of block {} (elements from {})",
-                            first / block + at,
-                            first + at * block
+                            run.first / block + at,
+                            run.first + at * block
                         )
                     }
                 };
@@ -186,8 +164,7 @@ pub fn verify_against(
                 ));
                 break;
             }
-            first += n;
-            done += (got_chunk.len() + got_scales.len()) as u64;
+            done += (got_values.len() + got_scales.len()) as u64;
             if !progress(Progress { done, total }) {
                 return Err(Error::Cancelled);
             }
