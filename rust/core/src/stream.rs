@@ -20,15 +20,12 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::burnpack::PackLayout;
-use crate::cast::Converter;
-use crate::dtype::DType;
 use crate::engine::{locate, ShardView, WriteSummary};
 use crate::error::{Error, Result};
 use crate::journal::{self, ShardProgress};
 use crate::output::{resume_path, AtomicFile};
 use crate::pack::{layout, PackRequest};
-use crate::quant;
-use crate::runs::CONVERT_CHUNK;
+use crate::runs::{Scratch, TensorRuns};
 use crate::source::{parse_safetensors_head, SourceTensor};
 
 /// A safetensors file known by its header and size alone: its data is still to come.
@@ -87,28 +84,20 @@ struct Segment {
     output: usize,
     /// Absolute offset of the tensor in the output file.
     target: u64,
-    from: DType,
-    to: DType,
-    elements: u64,
-    /// Conversion only: elements written so far, and the bytes of the next whole unit (element
-    /// or block) received so far.
-    done: u64,
+    /// The conversion, run by run (a copy when it `converts` nothing), and the bytes of the next
+    /// whole unit (element or block) received so far.
+    runs: TensorRuns,
     carry: Vec<u8>,
-    converter: Option<Converter>,
 }
 
 impl Segment {
-    /// Source bytes of the smallest run that converts on its own: an element, or a block.
-    fn unit_bytes(&self) -> u64 {
-        quant::chunk_elements(self.from, self.to, 0) * self.from.size()
-    }
-
     /// The bytes before `next` that a conversion holds back, a unit not yet whole (a copy holds none).
     fn held(&self, next: u64) -> u64 {
         let written = next.clamp(self.start, self.end) - self.start;
-        match self.converter {
-            Some(_) => written % self.unit_bytes(),
-            None => 0,
+        if self.runs.converts() {
+            written % self.runs.unit_bytes()
+        } else {
+            0
         }
     }
 }
@@ -123,8 +112,8 @@ struct ShardState {
     hasher: Sha256,
     expected: Option<String>,
     segments: Vec<Segment>,
-    values: Vec<u8>,
-    scales: Vec<u8>,
+    /// One set of conversion buffers for the shard: its segments convert one after another.
+    scratch: Scratch,
 }
 
 impl ShardState {
@@ -142,7 +131,10 @@ impl ShardState {
         let mut carry = Some(progress.carry);
         for segment in &mut self.segments {
             let held = segment.held(next);
-            segment.done = (next.clamp(segment.start, segment.end) - segment.start - held) / segment.from.size();
+            if segment.runs.converts() {
+                let whole_units = next.clamp(segment.start, segment.end) - segment.start - held;
+                segment.runs.resume_after(whole_units);
+            }
             segment.carry = if held > 0 {
                 carry.take().unwrap_or_default()
             } else {
@@ -212,23 +204,20 @@ impl StreamedPacks {
                 } else {
                     convert_bytes += plan.byte_len();
                 }
+                let elements = tensor.shape.iter().product();
                 let segment = Segment {
                     start: tensor.file_offset,
                     end: tensor.file_offset + tensor.byte_len,
                     output,
                     target: layout.data_start + plan.start,
-                    from,
-                    to: item.dtype,
-                    elements: tensor.shape.iter().product(),
-                    done: 0,
+                    runs: TensorRuns::new(from, item.dtype, elements),
                     carry: Vec::new(),
-                    converter: (!from.same_bytes(item.dtype)).then(Converter::default),
                 };
-                if segment.converter.is_some() && tensor.byte_len % segment.unit_bytes() != 0 {
+                if segment.runs.converts() && tensor.byte_len % segment.runs.unit_bytes() != 0 {
                     return Err(Error::source_tensor(
                         &item.source,
                         &item.key,
-                        format!("{} elements do not make whole {} blocks", segment.elements, item.dtype),
+                        format!("{elements} elements do not make whole {} blocks", item.dtype),
                     ));
                 }
                 segments[s].push(segment); // an empty tensor's segment takes an empty piece: nothing
@@ -251,8 +240,7 @@ impl StreamedPacks {
                     hasher: Sha256::new_with_prefix(&shard.head),
                     expected: shard.sha256,
                     segments,
-                    values: Vec::new(),
-                    scales: Vec::new(),
+                    scratch: Scratch::default(),
                 }
             })
             .collect();
@@ -372,10 +360,10 @@ impl StreamedPacks {
             let (lo, hi) = (segment.start.max(offset), segment.end.min(end));
             let piece = &bytes[(lo - offset) as usize..(hi - offset) as usize];
             let out = &self.outputs[segment.output];
-            if segment.converter.is_none() {
-                out.write_at(piece, segment.target + (lo - segment.start))?;
+            if segment.runs.converts() {
+                take(segment, piece, out, &mut state.scratch)?;
             } else {
-                take(segment, piece, out, &mut state.values, &mut state.scales)?;
+                out.write_at(piece, segment.target + (lo - segment.start))?;
             }
         }
         state.next = end;
@@ -529,15 +517,9 @@ fn fingerprint(requests: &[PackRequest], layouts: &[PackLayout], shards: &[Remot
 }
 
 /// Converts what `piece` completes of a segment: the held-back unit first, then whole units in
-/// chunks, holding back what is left of a unit for the next piece.
-fn take(
-    segment: &mut Segment,
-    mut piece: &[u8],
-    out: &AtomicFile,
-    values: &mut Vec<u8>,
-    scales: &mut Vec<u8>,
-) -> Result<()> {
-    let unit = segment.unit_bytes() as usize;
+/// runs, holding back what is left of a unit for the next piece.
+fn take(segment: &mut Segment, mut piece: &[u8], out: &AtomicFile, scratch: &mut Scratch) -> Result<()> {
+    let unit = segment.runs.unit_bytes() as usize;
     if !segment.carry.is_empty() {
         let wanted = (unit - segment.carry.len()).min(piece.len());
         segment.carry.extend_from_slice(&piece[..wanted]);
@@ -546,39 +528,23 @@ fn take(
             return Ok(());
         }
         let carry = std::mem::take(&mut segment.carry);
-        convert_run(segment, &carry, out, values, scales)?;
+        write_run(segment, &carry, out, scratch)?;
     }
-    let chunk = (quant::chunk_elements(segment.from, segment.to, CONVERT_CHUNK) * segment.from.size()) as usize;
     let whole = piece.len() / unit * unit;
-    for run in piece[..whole].chunks(chunk) {
-        convert_run(segment, run, out, values, scales)?;
+    for run in piece[..whole].chunks(segment.runs.run_bytes() as usize) {
+        write_run(segment, run, out, scratch)?;
     }
     segment.carry.extend_from_slice(&piece[whole..]);
     Ok(())
 }
 
 /// Converts whole units of a segment's source bytes and writes them where they lie in the pack.
-fn convert_run(
-    segment: &mut Segment,
-    src: &[u8],
-    out: &AtomicFile,
-    values: &mut Vec<u8>,
-    scales: &mut Vec<u8>,
-) -> Result<()> {
-    let count = src.len() as u64 / segment.from.size();
-    let (dst, dst_scales) = quant::element_ranges(segment.to, segment.elements, segment.done, count);
-    values.clear();
-    scales.clear();
-    segment
-        .converter
-        .as_mut()
-        .expect("only conversions carry")
-        .run(segment.from, segment.to, src, &[], values, scales); // a safetensors source has no scales: never quantized
-    out.write_at(values, segment.target + dst.start)?;
-    if let Some(dst_scales) = dst_scales {
-        out.write_at(scales, segment.target + dst_scales.start)?;
+fn write_run(segment: &mut Segment, values: &[u8], out: &AtomicFile, scratch: &mut Scratch) -> Result<()> {
+    let run = segment.runs.next_of(values, scratch);
+    out.write_at(run.values, segment.target + run.target.start)?;
+    if let Some(scales) = run.target_scales {
+        out.write_at(run.scales, segment.target + scales.start)?;
     }
-    segment.done += count;
     Ok(())
 }
 
@@ -586,7 +552,7 @@ fn convert_run(
 mod tests {
     use super::*;
     use crate::burnpack::BurnTarget;
-    use crate::dtype::QuantStore;
+    use crate::dtype::{DType, QuantStore};
     use crate::pack::pack_staged;
     use crate::pack::tests::{f32_bytes, item, request};
     use crate::source::tests::write_shard;
