@@ -311,13 +311,14 @@ impl<'a> TensorWriter<'a> {
         let bytes = shard.bytes(tensor);
         while copied < tensor.byte_len {
             let n = (tensor.byte_len - copied).min(COPY_CHUNK);
-            if let Err(e) = target.write_at(&bytes[copied as usize..(copied + n) as usize], copied) {
+            let piece = copied..copied + n;
+            if let Err(e) = target.write_at(&bytes[piece.start as usize..piece.end as usize], copied) {
                 // The kernel reads the mapping for write(2): a page past the shard's new end gives
                 // EFAULT there, not SIGBUS, and the error would blame the output.
                 return Err(shard.shrank_under(tensor, tensor.file_offset + copied + n).unwrap_or(e));
             }
             shard.check(Some(tensor))?;
-            release(shard, tensor.file_offset + copied, n);
+            release(shard, tensor, piece);
             copied += n;
             self.wrote(target, copied);
             self.summary.buffer_copied += n;
@@ -339,11 +340,7 @@ impl<'a> TensorWriter<'a> {
                 target.write_at(run.scales, scales.start)?;
             }
             // A quantized source's scales are small and share pages between runs: kept mapped.
-            release(
-                shard,
-                tensor.file_offset + run.source.start,
-                run.source.end - run.source.start,
-            );
+            release(shard, tensor, run.source);
             let written = (run.values.len() + run.scales.len()) as u64;
             // The values are written in order; the scales trail them in their own region.
             self.wrote(target, run.target.end);
@@ -407,9 +404,10 @@ impl Writeback {
     }
 }
 
-/// Drops consumed pages of the mapping from our resident set (they stay in the page cache),
-/// so RSS stays flat however large the model is.
-fn release(shard: &Shard, offset: u64, len: u64) {
+/// Drops the consumed bytes `within` a tensor's data from our resident set (the pages stay in the
+/// page cache), so RSS stays flat however large the model is. A hint: it changes no byte written.
+fn release(shard: &Shard, tensor: &SourceTensor, within: std::ops::Range<u64>) {
+    let (offset, len) = (tensor.file_offset + within.start, within.end - within.start);
     // SAFETY: the range is inside the read-only mapping and is not read again through it.
     unsafe {
         let _ = shard
