@@ -104,14 +104,20 @@ def test_a_config_that_makes_no_sense_is_named_key_by_key(config, key, message):
 
 def test_synthetic_values_are_at_realistic_scales(tiny_root):
     tensors = codec_tensors(tiny_root)
+    codec = HeartCodec().synthetic_value_scale
     for name, array in tensors.items():
-        mean, std = value_scale(name, array.shape)
+        mean, std = value_scale(name, array.shape, codec)
         if array.size >= 1000 and std > 0:  # enough values for the sample std to be within 20%
             assert abs(float(array.mean()) - mean) < 4 * std / math.sqrt(array.size) + 1e-6, name
             assert 0.8 * std < float(array.std()) < 1.2 * std, name
     assert value_scale("flow_matching.estimator.proj_in.ffn_2.weight", (16, 16)) == (0.0, 0.25)
     assert value_scale("scalar_model.decoder.0.parametrizations.weight.original0", (64, 1, 1)) == (1.0, 0.1)
     assert value_scale("flow_matching.estimator.transformer_blocks.0.attn_norm.weight", (16,)) == (1.0, 0.1)
+    # The codec's own names (PReLU slopes, VQ codebooks) by its rules; without them, by the layer kind.
+    prelu = "scalar_model.decoder.1.activation.weight"
+    assert (value_scale(prelu, (64,), codec), value_scale(prelu, (64,))) == ((0.25, 0.05), (0.0, 0.02))
+    codebook = "vq_embed.layers.0._codebook.embed"
+    assert (value_scale(codebook, (8, 4), codec), value_scale(codebook, (8, 4))) == ((0.0, 1.0), (0.0, 0.5))
 
 
 # ---- packing ------------------------------------------------------------------------------------
@@ -179,7 +185,8 @@ def test_the_codec_is_f32_only(tiny_root, tmp_path):
         assert {t.dtype for t in lm.tensors} == {"BF16"} and {t.dtype for t in codec_pack.tensors} == {"F32"}
     help_text = run_cli("pack", "--help", check_rc=0).stdout
     flowing = " ".join(help_text.split())  # argparse wraps lines
-    assert "cast on load" in flowing and "HeartCodec packs are always F32" in flowing
+    assert "cast on load" in flowing and "HeartCodec packs are F32 only" in flowing
+    assert "packed beside another model's pack, it stays F32, with a note" in flowing
 
 
 def test_a_bf16_codec_checkpoint_is_widened_to_f32_exactly(tmp_path):

@@ -129,6 +129,26 @@ def test_publish_layout_needs_the_runtime_files(tiny_ckpt, tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_runtime_file_no_pack_reads_is_refused_by_name(tiny_root, tmp_path):
+    """--tokenizer with only a codec pack: no pack given has a model that reads it, so the run stops
+    naming the file (it used to be dropped silently), and nothing is written."""
+    codec = tmp_path / "heartcodec.bpk"
+    run_cli("pack", tiny_root, "--subdir", "HeartCodec-oss", "-o", codec, "-q", check_rc=0)
+    tokenizer = tmp_path / "my-tokenizer.json"
+    tokenizer.write_bytes((tiny_root / "tokenizer.json").read_bytes())
+    proc = run_cli("publish-layout", tmp_path / "repo", "--pack", codec, "--tokenizer", tokenizer)
+    assert_clean_failure(proc, str(tokenizer), "no pack given has a model that reads it")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_runtime_files_are_found_for_the_model_that_reads_them(tiny_root):
+    """Beside both models' folders, the runtime files are the LM's: the codec's checkpoint has none."""
+    from heartmula_burn import load_checkpoints
+
+    by_folder = {c.model_dir.name: sorted(c.extras) for c in load_checkpoints(tiny_root)}
+    assert by_folder == {"HeartMuLa-oss-3B": ["gen_config.json", "tokenizer.json"], "HeartCodec-oss": []}
+
+
 def test_publish_layout_card_of_a_real_checkpoint_names_its_base_model(tiny_ckpt, tmp_path):
     real = tmp_path / "ckpt"
     shutil.copytree(tiny_ckpt, real, symlinks=True)

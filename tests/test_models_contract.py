@@ -68,3 +68,45 @@ def test_a_second_model_with_runtime_files_gets_its_own_hub_role(monkeypatch: py
     assert roles == ["lm", "codec", "gen", "codec-runtime"]
     options = build_parser().commands["download"]._option_string_actions
     assert "--gen-repo" in options and "--codec-runtime-repo" in options
+
+
+def test_help_texts_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`synthetic`, `sanity` and `publish-layout` describe the models registered, with figures
+    computed from their presets: today's two models by upstream's counts (by hand, above, and the
+    real checkpoints' F32 sizes), and a model added to the registry without a word of CLI code."""
+    from heartmula_burn._cli import build_parser
+    from heartmula_burn._cli import publish as publish_cli
+    from heartmula_burn._cli import sanity as sanity_cli
+    from heartmula_burn._cli import synthetic as synthetic_cli
+    from heartmula_burn._presets.heartcodec import HeartCodec
+
+    def helps() -> dict[str, str]:
+        commands = build_parser().commands
+        return {
+            name: " ".join(commands[name].format_help().split()) for name in ("synthetic", "sanity", "publish-layout")
+        }
+
+    today = helps()
+    for preset in PRESETS:
+        count = RELEASED_TENSORS[preset.name]
+        assert f"{preset.folder_names[0]}/ with all {count} tensor names" in today["synthetic"]
+        assert f"{preset.title}: {preset.sanity_summary}." in " ".join(today["sanity"].split())
+        assert preset.pack_name in today["publish-layout"]
+    assert "15.75 GB + 6.64 GB in F32" in today["synthetic"]  # the released checkpoints, widened
+    assert "--tokenizer PATH tokenizer.json (default: beside the HeartMuLa pack)" in today["publish-layout"]
+
+    class Fourth(HeartCodec):
+        name, title, pack_name = "fourth", "FourthModel", "fourth.bpk"
+        folder_names = ("Fourth-oss",)
+        runtime_files = ("fourth_vocab.json",)
+        sanity_summary = "its own forward"
+
+    added = (*PRESETS, Fourth())
+    for module in (publish_cli, sanity_cli, synthetic_cli):
+        monkeypatch.setattr(module, "PRESETS", added)
+    monkeypatch.setattr(publish_cli, "RUNTIME_FILES", ("tokenizer.json", "gen_config.json", "fourth_vocab.json"))
+    grown = helps()
+    assert "Fourth-oss/ with all 818 tensor names" in grown["synthetic"]  # the codec's shapes, renamed
+    assert "FourthModel: its own forward." in grown["sanity"]
+    assert "fourth.bpk" in grown["publish-layout"]
+    assert "--fourth-vocab PATH fourth_vocab.json (default: beside the FourthModel pack)" in grown["publish-layout"]

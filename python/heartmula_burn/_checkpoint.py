@@ -280,8 +280,11 @@ def _load(root: Path, model_dir: Path, remote: RemoteHeaders | None = None) -> C
             tensors = _shards_without_index(shards, shard_metadata, remote)
     config_path = model_dir / "config.json"
     config = read_json(config_path, "config.json") if config_path.exists() else None
+    # The runtime files of the model its config.json describes; of any model for a folder no
+    # preset recognises (what --any-model packs), as a pack of it is judged by its tensors later.
+    model = recognized(config) if config is not None else None
     extras = {}
-    for name in RUNTIME_FILES:  # looked for in CKPT_ROOT, then in the model folder
+    for name in model.runtime_files if model is not None else RUNTIME_FILES:  # CKPT_ROOT's, else the folder's
         for folder in (root if root.is_dir() else root.parent, model_dir):
             # Whatever is there under the name, even a FIFO or a broken link: copying it is what
             # checks it (and says what is wrong), rather than leaving it out silently.

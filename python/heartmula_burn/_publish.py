@@ -8,7 +8,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +16,7 @@ from ._atomic import copy_file, staged_folder, write_new
 from ._errors import OutputError, PackFileError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
-from ._presets import PRESETS, RUNTIME_FILES, Preset, acestep, config_of_pack, preset_for_pack
+from ._presets import PRESETS, Preset, acestep, config_of_pack, preset_for_pack, runtime_file_option
 from ._presets.acestep.folder import is_folder_pack
 from ._runtime_files import check_runtime_file, runtime_notes
 from ._synthetic import SYNTHETIC_KEY
@@ -243,14 +243,13 @@ def publish_layout(
     out_dir: str | Path,
     packs: Sequence[str | Path],
     *,
-    tokenizer: str | Path | None = None,
-    gen_config: str | Path | None = None,
+    runtime_files: Mapping[str, str | Path] | None = None,
     force: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
-    """Assembles OUT_DIR from the packs (each named as its model's runtime expects: heartmula.bpk,
-    heartcodec.bpk) and, when a HeartMuLa pack is among them, the runtime files (default: beside
-    that pack). OUT_DIR appears whole or not at all (built beside it, then renamed)."""
+    """Assembles OUT_DIR from the packs (each named as its model's runtime expects) and, when a
+    pack of a model with runtime files is among them, those files (`runtime_files`: by name,
+    default: beside that pack). OUT_DIR appears whole or not at all (built beside it, then renamed)."""
     out_dir = Path(out_dir)
     paths = [Path(p) for p in packs]
     if not paths:
@@ -265,8 +264,12 @@ def publish_layout(
             raise OutputError.at(
                 out_dir, f"two packs would both be named {min(n for n in names if names.count(n) > 1)}"
             )
-        lm = next((p for p in opened if p.preset is not None and p.preset.runtime_files), None)
-        own = [*OWN_FILES, *(RUNTIME_FILES if lm is not None else ())]
+        # The pack of the model the runtime is built around, which ships its runtime files.
+        lead = next(
+            ((p.path.parent, p.preset) for p in opened if p.preset is not None and p.preset.runtime_files), None
+        )
+        lead_files = lead[1].runtime_files if lead is not None else ()
+        own = [*OWN_FILES, *lead_files]
         clash = next((p for p in opened if p.file_name in own), None)
         if clash is not None:
             raise OutputError.at(
@@ -280,15 +283,17 @@ def publish_layout(
                     raise SourceError.at(path, f"{name} not found beside {p.path.name}, whose runtime reads it")
                 check_runtime_file(name, path, acestep.MODEL)
                 runtime[name] = path
-        if lm is not None:
-            given = {"tokenizer.json": tokenizer, "gen_config.json": gen_config}
-            for name in RUNTIME_FILES:
+        given = dict(runtime_files or {})
+        for name in sorted(set(given) - set(lead_files)):
+            raise SourceError.at(Path(given[name]), f"given as {name}, but no pack given has a model that reads it")
+        if lead is not None:
+            folder, model = lead
+            for name in model.runtime_files:
                 chosen = given.get(name)
-                path = Path(chosen) if chosen is not None else lm.path.parent / name
+                path = Path(chosen) if chosen is not None else folder / name
                 if not os.path.lexists(path):
-                    option = "--" + name.split(".")[0].replace("_", "-")
-                    raise SourceError.at(path, f"{name} not found (give it with {option})")
-                check_runtime_file(name, path, lm.preset.name if lm.preset else None)
+                    raise SourceError.at(path, f"{name} not found (give it with {runtime_file_option(name)})")
+                check_runtime_file(name, path, model.name)
                 runtime[name] = path
         with staged_folder(out_dir, overwrite=force) as partial:
             for p in opened:

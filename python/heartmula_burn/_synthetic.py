@@ -1,10 +1,10 @@
-"""Synthetic checkpoints laid out exactly as upstream ships them: CKPT_ROOT/HeartMuLa-oss-3B and
-CKPT_ROOT/HeartCodec-oss (shards, index, config.json) beside tokenizer.json and gen_config.json,
-tiny for tests or full-size for benchmarks.
+"""Synthetic checkpoints laid out exactly as upstream ships them: one folder per model (shards,
+index, config.json) beside the runtime files, tiny for tests or full-size for benchmarks.
 
 Values are deterministic for a seed and at realistic scales, so that a transposed or swapped
 weight changes a forward far beyond float noise: norm weights near 1, linear and convolution
-weights about 1/sqrt(fan_in), weight-norm magnitudes near 1, PReLU slopes near 0.25, small biases.
+weights about 1/sqrt(fan_in), weight-norm magnitudes near 1, small biases; a model adds rules for
+its own names (`Preset.synthetic_value_scale`).
 Shards are streamed to disk tensor by tensor, so a full-size checkpoint is written in bounded memory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,37 @@ def _seed(name: str, seed: int) -> int:
     return zlib.crc32(name.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
-def value_scale(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(mean, standard deviation) of a tensor's values, as trained weights of its kind have them."""
-    if name.endswith((".scale", "norm.weight", "parametrizations.weight.original0")):
-        return 1.0, 0.1  # RMSNorm weights; weight-norm magnitudes (each output's weight norm)
-    if ".activation" in name:
-        return 0.25, 0.05  # PReLU slopes (torch initialises them to 0.25)
-    if name.endswith(".initted"):
-        return 1.0, 0.0
-    if name.endswith(".cluster_size"):
-        return 4.0, 0.5
+# A model's own value rules, by tensor name, tried before the ones below: (mean, standard
+# deviation), or None where the generic rules decide.
+ValueScale = Callable[[str, tuple[int, ...]], "tuple[float, float] | None"]
+
+
+def value_scale(name: str, shape: tuple[int, ...], model: ValueScale | None = None) -> tuple[float, float]:
+    """(mean, standard deviation) of a tensor's values, as trained weights of its kind have them:
+    the model's own rule for the name if it has one, else the rule for the layer kind."""
+    own = model(name, shape) if model is not None else None
+    if own is not None:
+        return own
+    if name.endswith(("norm.weight", "parametrizations.weight.original0")):
+        return 1.0, 0.1  # norm weights; weight-norm magnitudes (each output's weight norm)
     if name.endswith(".bias"):
         return 0.0, 0.02
     if "scale_shift_table" in name:
-        return 0.0, 1 / math.sqrt(shape[-1])  # upstream initialises randn / sqrt(dim)
-    if "embedding" in name or name.endswith(("._codebook.embed", "._codebook.embed_avg")):
+        return 0.0, 1 / math.sqrt(shape[-1])  # adaLN tables, initialised randn / sqrt(dim)
+    if "embedding" in name:
         return 0.0, 1.0
-    if name == "audio_head":  # [codebooks, in, out]: h @ audio_head[i]
-        return 0.0, 1 / math.sqrt(shape[1])
     if len(shape) >= 2:  # Linear [out, in], Conv1d [out, in, k]; a weight-norm direction's scale is free
         return 0.0, 1 / math.sqrt(math.prod(shape[1:]))
     return 0.0, 0.02
 
 
-def tensor_chunks(name: str, shape: tuple[int, ...], seed: int, full: bool) -> Iterator[np.ndarray[Any, Any]]:
+def tensor_chunks(
+    name: str, shape: tuple[int, ...], seed: int, full: bool, model: ValueScale | None = None
+) -> Iterator[np.ndarray[Any, Any]]:
     """The tensor's f32 values in chunks. Tiny tensors are fresh normal draws; full-size tensors
     tile one random block (generating 5.6e9 fresh draws would dominate a benchmark)."""
     n = math.prod(shape)
-    mean, std = value_scale(name, shape)
+    mean, std = value_scale(name, shape, model)
     if not full:
         rng = np.random.default_rng(_seed(name, seed))
         yield (mean + std * rng.standard_normal(n)).astype(np.float32)
@@ -101,10 +104,18 @@ def _split(tensors: Shapes, num_shards: int, itemsize: int) -> list[list[str]]:
 
 
 def write_safetensors(
-    path: Path, tensors: Shapes, dtype: str, seed: int, full: bool, *, metadata: dict[str, str] | None = PT_METADATA
+    path: Path,
+    tensors: Shapes,
+    dtype: str,
+    seed: int,
+    full: bool,
+    *,
+    metadata: dict[str, str] | None = PT_METADATA,
+    model: ValueScale | None = None,
 ) -> None:
     """Streams one shard. Tensors are stored sorted by name, as the safetensors library stores them;
-    `metadata` is its __metadata__ (None: none, as some upstream files have)."""
+    `metadata` is its __metadata__ (None: none, as some upstream files have); `model` the model's
+    own value rules."""
     np_dtype = ST_DTYPES[dtype]
     header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
     offset = 0
@@ -119,7 +130,8 @@ def write_safetensors(
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for name in names:
-            f.writelines(chunk.astype(np_dtype).tobytes() for chunk in tensor_chunks(name, tensors[name], seed, full))
+            chunks = tensor_chunks(name, tensors[name], seed, full, model)
+            f.writelines(chunk.astype(np_dtype).tobytes() for chunk in chunks)
 
 
 # Written into every synthetic config.json: the weights are random, whatever the shapes say.
@@ -137,6 +149,7 @@ def write_model(
     seed: int,
     full: bool,
     with_index: bool = True,
+    model: ValueScale | None = None,
 ) -> None:
     """One model folder: config.json, shards (model-0000i-of-0000n.safetensors) and their index."""
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +160,7 @@ def write_model(
     weight_map = {}
     for i, group in enumerate(groups, start=1):
         shard_name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        write_safetensors(model_dir / shard_name, {n: tensors[n] for n in group}, dtype, seed, full)
+        write_safetensors(model_dir / shard_name, {n: tensors[n] for n in group}, dtype, seed, full, model=model)
         weight_map.update(dict.fromkeys(group, shard_name))
     if with_index:
         total = sum(math.prod(s) for s in tensors.values()) * ST_DTYPES[dtype].itemsize
@@ -167,10 +180,9 @@ def write_synthetic_checkpoint(
     backbone_layers: int | None = None,
     models: Sequence[str] = ("heartmula",),
 ) -> Path:
-    """Writes one folder per model in `models` (preset names), named as upstream ships it
-    (ROOT/HeartMuLa-oss-3B in `num_shards` shards, ROOT/HeartCodec-oss in 2 as released), and the
-    runtime files (ROOT/tokenizer.json, gen_config.json). `backbone_layers` scales the LM for
-    benchmarks. Returns ROOT."""
+    """Writes one folder per model in `models` (preset names), named as upstream ships it, in
+    `num_shards` shards unless the preset fixes its count, and every preset's runtime files in
+    ROOT. `backbone_layers` scales a model that can be scaled, for benchmarks. Returns ROOT."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for i, preset in enumerate(PRESETS):
@@ -189,5 +201,6 @@ def write_synthetic_checkpoint(
             seed=seed + i,
             full=full,
             with_index=with_index,
+            model=preset.synthetic_value_scale,
         )
     return root

@@ -20,7 +20,7 @@ from .._packing import (
     ProgressFn,
 )
 from .._presets import PRESETS, Preset
-from .._presets.acestep import HUB_ROLES, PLANNER_CHOICES, REPOSITORIES, VARIANTS
+from .._presets.acestep import DTYPE_NOTE, HUB_ROLES, PLANNER_CHOICES, REPOSITORIES, VARIANTS
 from .._text import shown
 
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
@@ -168,18 +168,26 @@ def _add_source_args(p: argparse.ArgumentParser, dtype_help: str) -> None:
     )
 
 
-DTYPE_HELP = (
-    "dtype of float tensors in the HeartMuLa pack: f32 (default, as upstream), bf16, f16, source (keep each "
-    "tensor's own), or q8: the Linear weights quantized as Burn 0.22's quantize_dynamic does (Q8S, one i8 per "
-    "value, one F32 scale per --q-block values), everything else F32, 42%% of the F32 pack's size; it targets "
-    "Burn 0.22. q8 stores the values PackedU32(0), four to a u32, as Burn's quantizer does on its GPU backend: "
-    "runtimes run it on wgpu/Vulkan and on the CPU; q8-native stores them Native, as Burn does on the CPU "
-    "(Flex), the same bytes under another descriptor, which wgpu cannot run. Narrowing rounds to nearest even, like torch; integers are never converted. BF16/F16: "
-    + NARROW_NOTE
-    + ". "
-    "HeartCodec packs are always F32 (Burn runtimes read only F32 codec tensors; heartlib warns bf16 degrades "
-    "the audio): packing a codec alone refuses other dtypes, and alongside the LM it stays F32, with a note"
-)
+def _dtype_help() -> str:
+    """--dtype's help: the dtypes, then what each model makes of them (from the registry)."""
+    kept = "; packed beside another model's pack, it stays {}, with a note"
+    per_model = [
+        p.dtype_note or (p.dtype_reason and p.dtype_reason + kept.format(p.dtypes[0].upper())) for p in PRESETS
+    ]
+    per_model.append(DTYPE_NOTE)
+    return (
+        "dtype of float tensors in the pack: f32 (default, as upstream), bf16, f16, source (keep each tensor's "
+        "own), or q8: the weights a model marks quantizable (below) quantized as Burn 0.22's quantize_dynamic "
+        "does (Q8S, one i8 per value, one F32 scale per --q-block values), everything else F32; it targets Burn "
+        "0.22. q8 stores the values PackedU32(0), four to a u32, as Burn's quantizer does on its GPU backend: "
+        "runtimes run it on wgpu/Vulkan and on the CPU; q8-native stores them Native, as Burn does on the CPU "
+        "(Flex), the same bytes under another descriptor, which wgpu cannot run. Narrowing rounds to nearest "
+        f"even, like torch; integers are never converted. BF16/F16: {NARROW_NOTE}. "
+        + ". ".join(note.rstrip(".") for note in per_model if note).replace("%", "%%")
+    )
+
+
+DTYPE_HELP = _dtype_help()
 
 
 def _block(text: str) -> int:

@@ -261,6 +261,7 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
 def _run_folder_model(args: argparse.Namespace) -> int:
     """`pack --model acestep-turbo|acestep-sft`: the model's runtime folder, from CKPT_ROOT or the Hub."""
     from .. import _hub as hub
+    from .._presets.acestep import DTYPE_NOTE
     from .._presets.acestep.folder import local_folders, pack_folder, plan_folder
 
     if args.manifest or args.subdir or args.any_model:
@@ -268,10 +269,7 @@ def _run_folder_model(args: argparse.Namespace) -> int:
             f"--model {args.model} packs its upstream folders: give no --manifest, --subdir or --any-model"
         )
     if args.dtype != "f32":
-        raise UsageError(
-            f"--model {args.model} packs are F32 (the runtime's modules never cast what they load): "
-            f"no --dtype {args.dtype}"
-        )
+        raise UsageError(f"{DTYPE_NOTE}: no --dtype {args.dtype}")
     streamer = None
     remote = None
     if args.stream:

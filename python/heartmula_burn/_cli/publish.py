@@ -9,6 +9,8 @@ from typing import Any
 
 from .. import __version__
 from .. import _hub as hub
+from .._presets import PRESETS, RUNTIME_FILES, runtime_file_option
+from .._presets.acestep import PUBLISH_NOTE
 from ._common import (
     UsageError,
     _say,
@@ -17,22 +19,50 @@ from ._common import (
 NAME = "publish-layout"
 
 
+def _dest(runtime_file: str) -> str:
+    return "runtime_file_" + runtime_file.replace(".", "_")
+
+
+def _description() -> str:
+    """What `publish-layout` assembles, from the registry."""
+    lead = next((p for p in PRESETS if p.runtime_files), None)
+    text = (
+        "Assemble OUT_DIR with the packs (named "
+        + " / ".join(p.pack_name for p in PRESETS)
+        + " by what they hold, hard-linked when possible)"
+    )
+    if lead is not None:
+        others = [p.pack_name for p in PRESETS if p is not lead]
+        files = len(PRESETS) + len(lead.runtime_files)
+        text += f", {' and '.join(lead.runtime_files)} (with a {lead.title} pack)"
+    text += (
+        ", a .gitattributes routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose "
+        "figures (tensor counts, dtypes, architecture, sizes, sha256) are read from the packs."
+    )
+    if lead is not None and others:
+        text += (
+            f" With only a {lead.title} pack given, {' and '.join(others)} beside it "
+            f"{'is' if len(others) == 1 else 'are'} included too: the {files} files a Burn {lead.title} runtime loads."
+        )
+    return text + f" {PUBLISH_NOTE}."
+
+
 def register(sub: Any) -> None:
     pl = sub.add_parser(
         "publish-layout",
         help="assemble a folder to publish as a model repository",
-        description="Assemble OUT_DIR with the packs (named heartmula.bpk / heartcodec.bpk by what they hold, "
-        "hard-linked when possible), tokenizer.json and gen_config.json (with a HeartMuLa pack), a .gitattributes "
-        "routing *.bpk and files over 10 MB through Git LFS, and a README.md model card whose figures (tensor "
-        "counts, dtypes, architecture, sizes, sha256) are read from the packs. With only a HeartMuLa pack given, a "
-        "heartcodec.bpk beside it is included too: the four files a Burn HeartMuLa runtime loads. With one pack of "
-        "an ACE-Step 1.5 folder given, every pack of that folder and the JSON files the runtime reads beside them "
-        "are included, and the card cites each upstream repository and commit the packs record.",
+        description=_description(),
     )
     pl.add_argument("out_dir", metavar="OUT_DIR")
     pl.add_argument("--pack", required=True, action="append", help="a pack to publish (repeat for each)")
-    pl.add_argument("--tokenizer", help="tokenizer.json (default: beside the HeartMuLa pack)")
-    pl.add_argument("--gen-config", help="gen_config.json (default: beside the HeartMuLa pack)")
+    for preset in PRESETS:  # each model's runtime files: tokenizer.json -> --tokenizer
+        for name in preset.runtime_files:
+            pl.add_argument(
+                runtime_file_option(name),
+                dest=_dest(name),
+                metavar="PATH",
+                help=f"{name} (default: beside the {preset.title} pack)",
+            )
     pl.add_argument("-f", "--force", action="store_true", help="replace an existing OUT_DIR")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pl.add_argument(
@@ -66,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
         summary = publish_layout(
             args.out_dir,
             packs,
-            tokenizer=args.tokenizer,
-            gen_config=args.gen_config,
+            runtime_files={n: getattr(args, _dest(n)) for n in RUNTIME_FILES if getattr(args, _dest(n)) is not None},
             force=args.force,
             progress=bar.update if bar is not None else None,
         )

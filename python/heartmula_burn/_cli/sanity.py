@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .._presets import PRESETS
 from ._common import (
     _count,
     _say,
@@ -20,21 +21,18 @@ def register(sub: Any) -> None:
         "sanity",
         help="run the model from a pack's weights and check that it behaves (needs torch)",
         description="Load the pack tensor by tensor (zero-copy from the mapped file) and run a deterministic "
-        "forward in f32 on fixed inputs. HeartMuLa: every weight finite, codebook-0 logits of the prompt, "
-        "teacher-forced logits of codebooks 1-7, a second frame through the KV cache (and against a full "
-        "recompute), greedy decoding of --frames frames. HeartCodec: every weight finite, weight-norm directions "
-        "non-zero, the VQ conditioning of fixed codes, one flow-matching estimator call at a fixed input and "
-        "timestep 0.5, and the ScalarModel decoder on a fixed latent (multiples of 1/9) to audio. With "
-        "--reference (the checkpoint folder or another pack) the same forward runs on the reference weights "
-        "cast to the pack's dtypes and must agree exactly; for a lossy pack (e.g. BF16 from F32) the difference "
-        "from the uncast reference is reported. Exit 0 when every check passes, 1 otherwise. Needs PyTorch: "
-        "pip install 'heartmula-burn[sanity]'.",
+        "forward in f32 on fixed inputs. "
+        + " ".join(f"{p.title}: {p.sanity_summary}." for p in PRESETS if p.sanity_summary)
+        + " With --reference (the checkpoint folder or another pack) the same forward runs on the reference "
+        "weights cast to the pack's dtypes and must agree exactly; for a lossy pack (e.g. BF16 from F32) the "
+        "difference from the uncast reference is reported. Exit 0 when every check passes, 1 otherwise. Needs "
+        "PyTorch: pip install 'heartmula-burn[sanity]'.",
     )
     sn.add_argument("pack", metavar="PACK")
     sn.add_argument("--reference", metavar="CKPT_ROOT|PACK", help="compare with this checkpoint folder or pack")
     sn.add_argument("--subdir", metavar="NAME", help="model folder inside the reference CKPT_ROOT")
     sn.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda, cuda:N or cpu")
-    sn.add_argument("--frames", type=_count, default=2, help="HeartMuLa: audio frames to decode greedily (default 2)")
+    sn.add_argument("--frames", type=_count, default=2, help="frames a generative model decodes greedily (default 2)")
     sn.add_argument(
         "--config",
         metavar="CONFIG_JSON",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from .._errors import OutputError
-from .._presets import PRESETS
+from .._fields import Fields
+from .._presets import PRESETS, Preset, Shapes
+from .._presets.acestep import SYNTHETIC_NAME as ACESTEP
+from .._presets.acestep import SYNTHETIC_NOTE, TITLE
 from ._common import (
     UsageError,
     _count,
@@ -15,25 +19,38 @@ from ._common import (
     _say,
 )
 
-# "both": every model the presets know (the name kept from when there were two).
-# "both": every preset's model (HeartMuLa and HeartCodec); "acestep": ACE-Step 1.5's folders.
-SYNTHETIC_MODELS = ("both", *(p.name for p in PRESETS), "acestep")
+# "both": every model of one upstream folder the presets know (the name kept from when there were
+# two); ACESTEP: the folders of a model packed by name.
+SYNTHETIC_MODELS = ("both", *(p.name for p in PRESETS), ACESTEP)
 SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
 
 NAME = "synthetic"
 
 
+def _full_shapes(preset: Preset) -> Shapes:
+    return preset.expected_tensors(Fields(preset.synthetic_config(True), Path("config.json")))
+
+
+def _description() -> str:
+    """What `synthetic` writes, model by model, from the registry."""
+    full = {p: _full_shapes(p) for p in PRESETS}
+    folders = ", ".join(f"{p.folder_names[0]}/ with all {len(shapes)} tensor names" for p, shapes in full.items())
+    runtime = sorted({name for p in PRESETS for name in p.synthetic_runtime_files()})
+    sizes = " + ".join(f"{sum(math.prod(s) for s in shapes.values()) * 4 / 1e9:.2f} GB" for shapes in full.values())
+    return (
+        f"Write a CKPT_ROOT laid out as upstream ships it ({folders}{''.join(', ' + n for n in runtime)}), with "
+        "deterministic random values at realistic scales (norm weights near 1, linear and conv weights about "
+        f"1/sqrt(fan_in)). Tiny by default; --full writes the real shapes ({sizes} in F32). --model {ACESTEP} "
+        f"writes {SYNTHETIC_NOTE}."
+    )
+
+
 def register(sub: Any) -> None:
+    titles = " and ".join(p.title for p in PRESETS)
     s = sub.add_parser(
         "synthetic",
-        help="write a synthetic checkpoint (HeartMuLa and HeartCodec, or ACE-Step 1.5) for trying the tool, tests "
-        "and benchmarks",
-        description="Write a CKPT_ROOT laid out as upstream ships it (HeartMuLa-oss-3B/ with all 289 tensor names, "
-        "HeartCodec-oss/ with all 818, tokenizer.json, gen_config.json), with deterministic random values at "
-        "realistic scales (norm weights near 1, linear and conv weights about 1/sqrt(fan_in)). Tiny by default; "
-        "--full writes the real shapes (15.75 GB + 6.64 GB in F32). --model acestep writes ACE-Step 1.5's folders "
-        "as `download --model` lays them out, with upstream's tensor names, in BF16 as upstream (about 24 GB with "
-        "--full: both DiTs and every planner).",
+        help=f"write a synthetic checkpoint ({titles}, or {TITLE}) for trying the tool, tests and benchmarks",
+        description=_description(),
     )
     s.add_argument("output", metavar="CKPT_ROOT")
     s.add_argument(
@@ -42,7 +59,9 @@ def register(sub: Any) -> None:
         default="both",
         help="which models (default both)",
     )
-    s.add_argument("--full", action="store_true", help="the real shapes (HeartMuLa-oss-3B, HeartCodec-oss)")
+    s.add_argument(
+        "--full", action="store_true", help=f"the real shapes ({', '.join(p.folder_names[0] for p in PRESETS)})"
+    )
     s.add_argument(
         "--dtype",
         **_one_of(SYNTHETIC_DTYPES, str.upper),
@@ -50,7 +69,13 @@ def register(sub: Any) -> None:
         help="dtype of the tensors (any case; default F32)",
     )
     s.add_argument("-f", "--force", action="store_true", help="write into a folder that is not empty")
-    s.add_argument("--shards", type=_count, default=4, help="shards of the HeartMuLa checkpoint (the codec has 2)")
+    fixed = "; ".join(f"{p.title} has {p.synthetic_shards}" for p in PRESETS if p.synthetic_shards is not None)
+    s.add_argument(
+        "--shards",
+        type=_count,
+        default=4,
+        help=f"shards of each checkpoint{f' ({fixed}, as released)' if fixed else ''} (default 4)",
+    )
     s.add_argument("--seed", type=int, default=0)
 
 
@@ -62,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         # Beside a real CKPT_ROOT, synthetic weights must never replace real files unasked.
         raise OutputError.at(out, "is not empty: synthetic files would replace what is there (use --force)")
-    if args.model == "acestep":
+    if args.model == ACESTEP:
         from .._presets.acestep.synthetic import write_checkpoint
 
         if args.dtype != "F32":
-            raise UsageError("--model acestep writes BF16, as upstream ships it: leave out --dtype")
-        _say(f"wrote synthetic checkpoint {write_checkpoint(out, full=args.full, seed=args.seed)} (acestep)")
+            raise UsageError(f"--model {ACESTEP} writes BF16, as upstream ships it: leave out --dtype")
+        _say(f"wrote synthetic checkpoint {write_checkpoint(out, full=args.full, seed=args.seed)} ({ACESTEP})")
         return 0
     root = write_synthetic_checkpoint(
         args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed, models=models

@@ -61,6 +61,8 @@ class Preset(ABC):
     runtime_role: ClassVar[str | None] = None
     dtypes: ClassVar[tuple[str, ...]]  # the --dtype values a pack of it may be written in
     dtype_reason: ClassVar[str] = ""  # why others are refused
+    sanity_summary: ClassVar[str] = ""  # `sanity --help`: what its forward checks
+    dtype_note: ClassVar[str] = ""  # --dtype's help on this model (default: dtype_reason)
     # The tensors `--dtype q8` quantizes (full names); None: the model has no quantized packs.
     quantizable: ClassVar[re.Pattern[str] | None] = None
     signature: ClassVar[frozenset[str]]  # tensors only this model has: a pack that names no model is told by them
@@ -113,6 +115,11 @@ class Preset(ABC):
     def synthetic_config(self, full: bool, layers: int | None = None) -> dict[str, Any]:
         """The config.json of a synthetic checkpoint: the released model's (`full`) or a tiny one
         with every tensor name; `layers` scales the main stack (benchmarks), where the model has one."""
+
+    def synthetic_value_scale(self, name: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+        """(mean, standard deviation) of a synthetic tensor of this model whose name alone says
+        what its values are like; None leaves it to the rules for its layer kind."""
+        return None
 
     def synthetic_runtime_files(self) -> dict[str, str]:
         """Name -> text of the runtime files a synthetic checkpoint holds beside the model folders."""
@@ -178,6 +185,11 @@ def _registry() -> tuple[Preset, ...]:
 PRESETS: tuple[Preset, ...] = _registry()
 # Every runtime file any model ships beside its pack, once each, in the presets' order.
 RUNTIME_FILES: tuple[str, ...] = tuple(dict.fromkeys(f for p in PRESETS for f in p.runtime_files))
+
+
+def runtime_file_option(name: str) -> str:
+    """The option that names a runtime file where one is asked for: tokenizer.json -> --tokenizer."""
+    return "--" + name.split(".")[0].replace("_", "-")
 
 
 def preset_named(name: str) -> Preset | None:

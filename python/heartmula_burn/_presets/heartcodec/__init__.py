@@ -292,10 +292,26 @@ class HeartCodec(Preset):
         "HeartCodec packs are F32 only: Burn HeartMuLa runtimes read only F32 codec tensors (any other "
         "dtype is silently replaced by defaults) and heartlib warns that bf16 degrades the codec's audio"
     )
+    sanity_summary = (
+        "every weight finite, weight-norm directions non-zero, the VQ conditioning of fixed codes, one "
+        "flow-matching estimator call at a fixed input and timestep 0.5, and the ScalarModel decoder on a fixed "
+        "latent (multiples of 1/9) to audio"
+    )
     hub_role = "codec"
     card_loading = card.LOADING
     signature = SIGNATURE
     releases = (Release("HeartMuLa/HeartCodec-oss"), Release("HeartMuLa/HeartCodec-oss-20260123"))
+
+    def synthetic_value_scale(self, name: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+        if ".activation" in name:
+            return 0.25, 0.05  # PReLU slopes (torch initialises them to 0.25)
+        if name.endswith(".initted"):
+            return 1.0, 0.0
+        if name.endswith(".cluster_size"):
+            return 4.0, 0.5
+        if name.endswith(("._codebook.embed", "._codebook.embed_avg")):
+            return 0.0, 1.0
+        return None
 
     def recognizes(self, config: Fields) -> bool:
         model_type = config.doc.get("model_type")

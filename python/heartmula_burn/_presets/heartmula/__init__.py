@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,6 +163,14 @@ class HeartMuLa(Preset):
         r"(backbone|decoder)\.layers\.\d+\.(attn\.(q|k|v|output)_proj|mlp\.w[123])\.weight"
         r"|projection\.weight|codebook0_head\.weight"
     )
+    sanity_summary = (
+        "every weight finite, codebook-0 logits of the prompt, teacher-forced logits of codebooks 1-7, a second "
+        "frame through the KV cache (and against a full recompute), greedy decoding of --frames frames"
+    )
+    dtype_note = (
+        "HeartMuLa: q8 quantizes the Linear weights of the backbone and the decoder, the projection and the "
+        "codebook-0 head; the pack is 42% of the F32 pack's size"
+    )
     hub_role = "lm"
     # Every 3B release has the same tensors and config (heartlib loads them all into HeartMuLa-oss-3B/).
     releases = (
@@ -193,6 +202,13 @@ class HeartMuLa(Preset):
         from .synthetic import heartmula_config
 
         return heartmula_config(full, layers)
+
+    def synthetic_value_scale(self, name: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+        if name.endswith(".scale"):
+            return 1.0, 0.1  # torchtune's RMSNorm weights
+        if name == "audio_head":  # [codebooks, in, out]: h @ audio_head[i]
+            return 0.0, 1 / math.sqrt(shape[1])
+        return None
 
     def synthetic_runtime_files(self) -> dict[str, str]:
         from .synthetic import GEN_CONFIG, TOKENIZER
