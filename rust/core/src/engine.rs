@@ -501,10 +501,15 @@ mod tests {
         assert_eq!(shard.bytes(&shard.tensors[0]), f32_bytes(&dequantized));
 
         let items = vec![item("w", &a, "w", DType::Q8S(48, QuantStore::PackedU32))];
-        assert_eq!(
-            crate::verify::verify_against(&out, &items, &mut |_| true).unwrap(),
-            vec![]
-        );
+        // Verify reports progress in the pack's bytes, values and scales, to the whole tensor.
+        let mut last = None;
+        let report = &mut |p: Progress| {
+            last = Some((p.done, p.total));
+            true
+        };
+        assert_eq!(crate::verify::verify_against(&out, &items, report).unwrap(), vec![]);
+        let packed = (values.len() + scales.len()) as u64;
+        assert_eq!(last, Some((packed, packed)));
         let f = OpenOptions::new().write(true).open(&out).unwrap();
         let last_scale = t.file_offset + (t.end - t.start) - 1;
         f.write_all_at(&[bytes[last_scale as usize] ^ 0x01], last_scale)

@@ -124,6 +124,10 @@ impl TensorRuns {
         let first = self.done;
         let (target, target_scales) = quant::element_ranges(self.to, self.elements, first, count);
         self.done += count;
+        debug_assert!(
+            self.done > first || count == 0,
+            "a run that does not advance would repeat forever"
+        );
         let (values, scales) = if self.converts() {
             let Scratch {
                 converter,
@@ -271,7 +275,10 @@ mod tests {
         let mut resumed = TensorRuns::new(DType::BF16, DType::F32, 6);
         resumed.resume_after(6);
         let rest = resumed.next_of(&source[6..], &mut scratch);
-        assert_eq!((rest.first, rest.count, rest.target.clone()), (3, 3, 12..24));
+        assert_eq!(
+            (rest.first, rest.count, rest.source.clone(), rest.target.clone()),
+            (3, 3, 6..12, 12..24)
+        );
         assert_eq!(rest.values, &whole[12..]);
     }
 }
