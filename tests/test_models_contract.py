@@ -110,3 +110,41 @@ def test_help_texts_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None
     assert "FourthModel: its own forward." in grown["sanity"]
     assert "fourth.bpk" in grown["publish-layout"]
     assert "--fourth-vocab PATH fourth_vocab.json (default: beside the FourthModel pack)" in grown["publish-layout"]
+
+
+def test_a_second_model_packed_by_name_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model packed by name registers a NamedModel; --model, its Hub options, `synthetic --model`
+    and the lookups by variant and by pack then know it, with no CLI code of its own."""
+    from types import MappingProxyType
+
+    from heartmula_burn import _presets
+    from heartmula_burn._cli import _common, build_parser
+    from heartmula_burn._cli import download as download_cli
+    from heartmula_burn._cli import publish as publish_cli
+    from heartmula_burn._cli import synthetic as synthetic_cli
+    from heartmula_burn._presets.acestep.named import AceStep
+
+    class Other(AceStep):
+        model, title = "other-1", "Other 1"
+        variants = MappingProxyType({"other-small": "the small one"})
+        hub_roles = MappingProxyType({"other": "Other-Repo"})
+        repositories = MappingProxyType({"Other-Repo": "someone/other"})
+        synthetic_name, synthetic_note = "other", "Other's folders"
+
+        def add_options(self, group, one_of):  # no options of its own
+            pass
+
+    added = (*_presets.NAMED_MODELS, Other())
+    for module in (_presets, _common, download_cli, synthetic_cli, publish_cli):
+        monkeypatch.setattr(module, "NAMED_MODELS", added)
+    commands = build_parser().commands
+    for command in ("pack", "download"):
+        options = commands[command]._option_string_actions
+        assert options["--model"].choices == ("acestep-turbo", "acestep-sft", "other-small")
+        assert "--other-repo" in options and "--acestep-repo" in options and "--planner" in options
+    assert "(default someone/other)" in " ".join(commands["pack"].format_help().split())
+    assert "--model other writes Other's folders." in " ".join(commands["synthetic"].format_help().split())
+    assert _presets.named_model("other-small").title == "Other 1"
+    assert _presets.named_model("acestep-sft").title == "ACE-Step 1.5"
+    assert _presets.named_model_of_pack({"model": "other-1"}).title == "Other 1"
+    assert _presets.named_model_of_pack({"model": "heartmula"}) is None

@@ -16,8 +16,7 @@ from ._atomic import copy_file, staged_folder, write_new
 from ._errors import OutputError, PackFileError, SourceError
 from ._fields import Fields
 from ._packfile import Pack, open_pack
-from ._presets import PRESETS, Preset, acestep, config_of_pack, preset_for_pack, runtime_file_option
-from ._presets.acestep.folder import is_folder_pack
+from ._presets import PRESETS, Preset, config_of_pack, named_model_of_pack, preset_for_pack, runtime_file_option
 from ._runtime_files import check_runtime_file, runtime_notes
 from ._synthetic import SYNTHETIC_KEY
 from ._text import shown
@@ -63,17 +62,17 @@ class _Published:
         # Random weights in upstream's shapes: the card must not present them as the upstream model.
         self.synthetic = config is not None and SYNTHETIC_KEY in config
         # Where it came from: that source, else its preset's upstream repository (commit unknown).
+        self.named = named_model_of_pack(meta)
         base = (
-            preset.base_model if preset is not None else acestep.default_repository(meta) if self.folder_part else None
+            preset.base_model
+            if preset is not None
+            else self.named.default_repository(meta)
+            if self.named is not None
+            else None
         )
         self.origin: tuple[str, str | None] | None = self.source or (
             (base, None) if base is not None and not self.synthetic else None
         )
-
-    @property
-    def folder_part(self) -> bool:
-        """A pack of a model whose runtime folder is many packs (ACE-Step 1.5)."""
-        return is_folder_pack(self.pack.metadata)
 
     def section(self, size: int) -> str:
         pack, meta = self.pack, self.pack.metadata
@@ -83,8 +82,8 @@ class _Published:
         title = (
             self.preset.title
             if self.preset
-            else f"{acestep.TITLE} {self.pack.metadata.get('part', '')}".strip()
-            if self.folder_part
+            else f"{self.named.title} {self.pack.metadata.get('part', '')}".strip()
+            if self.named is not None
             else "model"
         )
         lines = [
@@ -139,38 +138,35 @@ def model_card(packs: Sequence[_Published], files: dict[str, tuple[int, str]]) -
         for b in bases
     ) or ("Synthetic weights" if synthetic else "A safetensors checkpoint")
     sections = "\n\n".join(p.section(files[p.file_name][0]) for p in packs)
-    folder = any(p.folder_part for p in packs)
-    if folder:
-        runtime = (
-            "\nThe JSON files are upstream's configs and tokenizers under the runtime's names; maolan-generate "
-            "loads this folder as it is (`--model acestep-turbo --model-dir DIR`, or `acestep-sft` for `sft-` files)."
-        )
-        title = acestep.TITLE if not synthetic else f"Synthetic {acestep.TITLE}-shaped weights"
-    elif "tokenizer.json" in files:
-        runtime = (
-            "\n`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
-            "HeartMuLa runtime loads this folder as it is (all four files)."
-        )
+    named = next((p.named for p in packs if p.named is not None), None)
+    lead = next((p.preset for p in packs if p.preset is not None and p.preset.runtime_files), None)
+    if named is not None:
+        runtime = "\n" + named.card_runtime
+        title = named.title if not synthetic else f"Synthetic {named.title}-shaped weights"
+    elif lead is not None and all(name in files for name in lead.runtime_files):
+        runtime = "\n" + lead.card_runtime
     else:
         runtime = ""
-    # HeartMuLa's licence is Apache-2.0; for other models the card defers to each source repository.
+    # One licence the models of every pack share, else each source repository's word.
+    licences = {p.preset.licence if p.preset is not None else None for p in packs}
+    licence = licences.pop() if len(licences) == 1 else None
     license_yaml, license_line = (
-        ("other", "License: as each source repository states.")
-        if folder
-        else (
-            "apache-2.0",
-            "License: Apache-2.0, as upstream.",
-        )
+        (licence[0], f"License: {licence[1]}, as upstream.")
+        if licence is not None
+        else ("other", "License: as each source repository states.")
     )
-    tag = "acestep" if folder else "heartmula"
+    tags = "".join(
+        f"\n- {tag}"
+        for tag in dict.fromkeys(p.named.card_tag if p.named else p.preset.card_tag if p.preset else "" for p in packs)
+        if tag
+    )
     return f"""---
 license: {license_yaml}
 base_model:{base_yaml or " []"}
 library_name: burn
 tags:
 - burn
-- music-generation
-- {tag}
+- music-generation{tags}
 ---
 
 # {title} for Burn
@@ -229,7 +225,7 @@ def packs_beside(first: Path) -> list[Path]:
     """The packs a runtime loads beside `first` when it is the pack the runtime is built around
     (the one whose model ships the runtime files: heartmula.bpk), found beside it under the other
     models' pack names (heartcodec.bpk); none for any other pack."""
-    if first.is_file() and _is_folder_part(first):  # ACE-Step: every pack of its folder
+    if first.is_file() and _is_folder_part(first):  # a model packed by name: every pack of its folder
         beside = sorted(p for p in first.parent.glob("*.bpk") if p.is_file() and not p.samefile(first))
         return [p for p in beside if _is_folder_part(p)]
     lead = next((p for p in PRESETS if p.runtime_files and p.pack_name == first.name), None)
@@ -276,12 +272,15 @@ def publish_layout(
                 clash.path, f"a pack named {clash.file_name} would take the place of the {clash.file_name} of {out_dir}"
             )
         runtime: dict[str, Path] = {}  # each checked before it is copied
-        for p in opened:  # an ACE-Step pack's JSON files, found beside it
-            for name in acestep.json_files_of(p.file_name) if p.folder_part else ():
+        for p in opened:  # the JSON files of a model packed by name, found beside its packs
+            named = p.named
+            if named is None:
+                continue
+            for name in named.json_files_of(p.file_name):
                 path = p.path.parent / name
                 if not os.path.lexists(path):
                     raise SourceError.at(path, f"{name} not found beside {p.path.name}, whose runtime reads it")
-                check_runtime_file(name, path, acestep.MODEL)
+                check_runtime_file(name, path, named.model)
                 runtime[name] = path
         given = dict(runtime_files or {})
         for name in sorted(set(given) - set(lead_files)):
@@ -320,6 +319,6 @@ def publish_layout(
 def _is_folder_part(path: Path) -> bool:
     try:
         with open_pack(path) as pack:
-            return is_folder_pack(pack.metadata)
+            return named_model_of_pack(pack.metadata) is not None
     except (OSError, PackFileError):
         return False

@@ -13,8 +13,8 @@ from ._errors import CheckpointError
 from ._manifest import PACK_METADATA_KEY, PARAM_IDS_KEY, Manifest, build_manifest
 from ._packfile import Pack, dtype_info, open_pack, tensor_nbytes
 from ._packing import ProgressFn
-from ._presets import preset_for, preset_for_pack
-from ._presets.acestep.folder import Problem, is_folder_pack, verify_part
+from ._presets import named_model_of_pack, preset_for, preset_for_pack
+from ._presets.named import Problem
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # as transformers' save_pretrained default
 
@@ -40,9 +40,9 @@ def verify(
         manifest = Manifest.load(against)
     else:
         with open_pack(pack_path) as pack:
-            folder_model = is_folder_pack(pack.metadata)
-        if folder_model:
-            return lines + [_line(pack_path, p) for p in verify_part(pack_path, against, progress)]
+            named = named_model_of_pack(pack.metadata)
+        if named is not None:
+            return lines + [_line(pack_path, p) for p in named.verify(pack_path, against, progress)]
         with open_pack(pack_path) as pack:
             preset = preset_for_pack(pack.metadata, {t.name for t in pack.tensors})
             ckpt = load_checkpoint(against, subdir, model=preset.name if preset else None)

@@ -20,15 +20,17 @@ from typing import Any, Callable
 from .. import __version__
 from .. import _hub as hub
 from .._errors import HeartmulaBurnError
-from .._presets import PRESETS, acestep
+from .._presets import NAMED_MODELS, PRESETS
 from . import completion, download, export_raw, inspect, manifest, pack, publish, sanity, synthetic, unpack, verify
 from ._common import FOLDERS, Parser, Terminated, UsageError, _say
 
 _PACKS = ", ".join(p.pack_name for p in PRESETS)
 _RUNTIME = ", ".join(dict.fromkeys(f for p in PRESETS for f in p.runtime_files))
+_NAMED = " and ".join(m.title for m in NAMED_MODELS)
+_VARIANTS = ", ".join(v for m in NAMED_MODELS for v in m.variants)
 DESCRIPTION = (
     f"""\
-Convert the checkpoints of {", ".join(p.title for p in PRESETS)} and {acestep.TITLE} (or any safetensors
+Convert the checkpoints of {", ".join(p.title for p in PRESETS)} and {_NAMED} (or any safetensors
 checkpoint) into Burn packs (.bpk) that Burn's BurnpackStore loads directly, laid out as the runtime
 loads them. CKPT_ROOT is laid out as upstream ships it:
 """
@@ -42,7 +44,7 @@ loads them. CKPT_ROOT is laid out as upstream ships it:
 A model folder is found by its config.json, whatever its name (upstream's are {FOLDERS}).
 A folder holding a single model.safetensors, or shards without an index, works too.
 `pack CKPT_ROOT --model NAME -o OUT/` writes the runtime folder of a model made of several
-upstream repositories ({", ".join(acestep.VARIANTS)}; `download --model NAME CKPT_ROOT` fetches them)."""
+upstream repositories ({_VARIANTS}; `download --model NAME CKPT_ROOT` fetches them)."""
 )
 
 # In the order --help lists them.

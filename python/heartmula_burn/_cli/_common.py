@@ -19,8 +19,7 @@ from .._packing import (
     NARROW_NOTE,
     ProgressFn,
 )
-from .._presets import PRESETS, Preset
-from .._presets.acestep import DTYPE_NOTE, HUB_ROLES, PLANNER_CHOICES, REPOSITORIES, VARIANTS
+from .._presets import NAMED_MODELS, PRESETS, Preset, named_model
 from .._text import shown
 
 FOLDERS = ", ".join(name for p in PRESETS for name in p.folder_names)
@@ -94,42 +93,48 @@ def _add_hub_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_folder_model_args(p: argparse.ArgumentParser, what: str) -> None:
-    """--model and --planner, and the Hub options of the models packed by name (ACE-Step 1.5):
-    their repository roles, as the model declares them."""
-    g = p.add_argument_group(
-        "models chosen by name",
-        "a model whose runtime folder is made from several upstream repositories: "
-        + "; ".join(f"{name}: {v.note}" for name, v in VARIANTS.items()),
-    )
-    g.add_argument("--model", **_one_of(tuple(VARIANTS)), default=None, help=what)
-    g.add_argument(
-        "--planner",
-        **_one_of(PLANNER_CHOICES, lambda text: text.lower() if text.lower() == "all" else text.upper()),
-        default=None,
-        help="with --model acestep-turbo: the 5 Hz LM planner(s) (default 0.6B, the runtime's default; 1.7B and "
-        "4B go under the runtime's -1.7b / -4b names; all: the three). acestep-sft has the 4B planner",
-    )
-    for role, folder in HUB_ROLES.items():
-        g.add_argument(
-            f"--{role}-repo",
-            dest=_dest(role, "repo"),
-            metavar="REPO_ID",
-            help=f"with --model: what CKPT_ROOT/{folder}/ holds, from any repository (default {REPOSITORIES[folder]})",
+    """--model, the options of the models packed by name, and their Hub options: the repository
+    roles each declares."""
+    for model in NAMED_MODELS:
+        g = p.add_argument_group(
+            f"models chosen by name: {model.title}",
+            "a model whose runtime folder is made from several upstream repositories: "
+            + "; ".join(f"{name}: {note}" for name, note in model.variants.items()),
         )
-        g.add_argument(
-            f"--{role}-revision",
-            dest=_dest(role, "revision"),
-            metavar="REV",
-            help="a branch, tag or commit (default main)",
-        )
+        if model is NAMED_MODELS[0]:
+            g.add_argument("--model", **_one_of(tuple(v for m in NAMED_MODELS for v in m.variants)), help=what)
+        model.add_options(g, _one_of)
+        for role, folder in model.hub_roles.items():
+            g.add_argument(
+                f"--{role}-repo",
+                dest=_dest(role, "repo"),
+                metavar="REPO_ID",
+                help=f"with --model: what CKPT_ROOT/{folder}/ holds, from any repository "
+                f"(default {model.repositories[folder]})",
+            )
+            g.add_argument(
+                f"--{role}-revision",
+                dest=_dest(role, "revision"),
+                metavar="REV",
+                help="a branch, tag or commit (default main)",
+            )
+
+
+def _misplaced_folder_model_options(args: argparse.Namespace) -> None:
+    """A named model's own option given without --model of that model is a usage error."""
+    for model in NAMED_MODELS:
+        problem = model.misplaced_option(vars(args))
+        if problem is not None:
+            raise UsageError(problem)
 
 
 def _folder_model_specs(args: argparse.Namespace) -> list[hub.RepoSpec]:
     """The repositories `--model` needs, as its --ROLE-repo / --ROLE-revision options say."""
-    repos = {role: getattr(args, _dest(role, "repo")) for role in HUB_ROLES}
-    revisions = {role: getattr(args, _dest(role, "revision")) for role in HUB_ROLES}
+    model = named_model(args.model)
+    repos = {role: getattr(args, _dest(role, "repo")) for role in model.hub_roles}
+    revisions = {role: getattr(args, _dest(role, "revision")) for role in model.hub_roles}
     try:
-        return hub.folder_model_specs(args.model, args.planner, repos, revisions)
+        return model.hub_specs(args.model, vars(args), repos, revisions)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -174,7 +179,7 @@ def _dtype_help() -> str:
     per_model = [
         p.dtype_note or (p.dtype_reason and p.dtype_reason + kept.format(p.dtypes[0].upper())) for p in PRESETS
     ]
-    per_model.append(DTYPE_NOTE)
+    per_model += [m.dtype_note for m in NAMED_MODELS]
     return (
         "dtype of float tensors in the pack: f32 (default, as upstream), bf16, f16, source (keep each tensor's "
         "own), or q8: the weights a model marks quantizable (below) quantized as Burn 0.22's quantize_dynamic "

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import _hub as hub
-from .._presets import PRESETS, RUNTIME_FILES
+from .._presets import NAMED_MODELS, PRESETS, RUNTIME_FILES
 from ._common import (
-    UsageError,
     _add_folder_model_args,
     _add_hub_args,
     _folder_model_specs,
     _hub_specs,
+    _misplaced_folder_model_options,
     _say,
 )
 
@@ -40,8 +40,8 @@ def register(sub: Any) -> None:
     _add_folder_model_args(
         d,
         "fetch this model's repositories instead (only the files its runtime folder is made from), laid out as "
-        "`pack CKPT_ROOT --model NAME` reads them: CKPT_ROOT/Ace-Step1.5/ (its subfolders), "
-        "CKPT_ROOT/acestep-5Hz-lm-0.6B/, ...",
+        "`pack CKPT_ROOT --model NAME` reads them, each in the folder of its name: "
+        + ", ".join(f"CKPT_ROOT/{folder}/" for m in NAMED_MODELS for folder in m.repositories),
     )
     d.add_argument("-f", "--force", action="store_true", help="replace files in CKPT_ROOT this command did not make")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -50,8 +50,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.ckpt_root)
-    if args.planner is not None and args.model is None:
-        raise UsageError("--planner goes with --model acestep-turbo")
+    _misplaced_folder_model_options(args)
     specs = _folder_model_specs(args) if args.model is not None else _hub_specs(args)
     fetched = hub.download(specs, say=None if args.quiet else _say, quiet=args.quiet)
     written = hub.lay_out(root, fetched, force=args.force)

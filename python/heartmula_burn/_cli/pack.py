@@ -23,7 +23,7 @@ from .._packing import (
     plan_checkpoint,
     target_burn_version,
 )
-from .._presets import PRESETS, RUNTIME_FILES
+from .._presets import PRESETS, RUNTIME_FILES, named_model
 from ._common import (
     DTYPE_HELP,
     UsageError,
@@ -33,6 +33,7 @@ from ._common import (
     _connections,
     _folder_model_specs,
     _hub_specs,
+    _misplaced_folder_model_options,
     _one_of,
     _progress_bar,
     _say,
@@ -193,8 +194,7 @@ def _pack_jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
 def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         return _run_folder_model(args)
-    if args.planner is not None:
-        raise UsageError("--planner goes with --model acestep-turbo")
+    _misplaced_folder_model_options(args)
     try:
         checked_options(args.dtype, args.burn_version, args.q_block)
     except ValueError as e:
@@ -259,17 +259,16 @@ def _report_pack(args: argparse.Namespace, result: Conversion) -> None:
 
 
 def _run_folder_model(args: argparse.Namespace) -> int:
-    """`pack --model acestep-turbo|acestep-sft`: the model's runtime folder, from CKPT_ROOT or the Hub."""
+    """`pack --model NAME`: a named model's runtime folder, from CKPT_ROOT or the Hub."""
     from .. import _hub as hub
-    from .._presets.acestep import DTYPE_NOTE
-    from .._presets.acestep.folder import local_folders, pack_folder, plan_folder
 
+    model = named_model(args.model)
     if args.manifest or args.subdir or args.any_model:
         raise UsageError(
             f"--model {args.model} packs its upstream folders: give no --manifest, --subdir or --any-model"
         )
     if args.dtype != "f32":
-        raise UsageError(f"{DTYPE_NOTE}: no --dtype {args.dtype}")
+        raise UsageError(f"{model.dtype_note}: no --dtype {args.dtype}")
     streamer = None
     remote = None
     if args.stream:
@@ -292,7 +291,7 @@ def _run_folder_model(args: argparse.Namespace) -> int:
         fetched = hub.download(_folder_model_specs(args), say=None if args.quiet else _say, quiet=args.quiet)
         if args.hub_root:
             hub.lay_out(Path(args.hub_root), fetched, force=args.force)
-            folders = local_folders(args.hub_root)
+            folders = model.local_folders(args.hub_root)
         else:
             folders = {f.spec.folder or "": f.snapshot for f in fetched}
     elif not args.ckpt_root:
@@ -300,10 +299,10 @@ def _run_folder_model(args: argparse.Namespace) -> int:
             f"give a CKPT_ROOT (laid out as `download --model {args.model} CKPT_ROOT` lays it out) or --hub"
         )
     else:
-        folders = local_folders(args.ckpt_root)
+        folders = model.local_folders(args.ckpt_root)
     try:
         try:
-            plan = plan_folder(folders, args.output, model=args.model, planner=args.planner, remote=remote)
+            plan = model.plan(folders, args.output, args.model, vars(args), remote=remote)
         except ValueError as e:
             raise UsageError(str(e)) from None
         with contextlib.ExitStack() as bars:
@@ -311,7 +310,7 @@ def _run_folder_model(args: argparse.Namespace) -> int:
             def progress(job: Job) -> ProgressFn | None:
                 return bars.enter_context(_progress_bar(args.quiet, job.output.name))
 
-            result = pack_folder(
+            result = model.pack(
                 plan,
                 force=args.force,
                 progress_for=None if streamer else progress,

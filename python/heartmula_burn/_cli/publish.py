@@ -9,8 +9,7 @@ from typing import Any
 
 from .. import __version__
 from .. import _hub as hub
-from .._presets import PRESETS, RUNTIME_FILES, runtime_file_option
-from .._presets.acestep import PUBLISH_NOTE
+from .._presets import NAMED_MODELS, PRESETS, RUNTIME_FILES, runtime_file_option
 from ._common import (
     UsageError,
     _say,
@@ -44,7 +43,7 @@ def _description() -> str:
             f" With only a {lead.title} pack given, {' and '.join(others)} beside it "
             f"{'is' if len(others) == 1 else 'are'} included too: the {files} files a Burn {lead.title} runtime loads."
         )
-    return text + f" {PUBLISH_NOTE}."
+    return text + "".join(f" {m.publish_note}." for m in NAMED_MODELS)
 
 
 def register(sub: Any) -> None:

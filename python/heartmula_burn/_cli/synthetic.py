@@ -9,9 +9,7 @@ from typing import Any
 
 from .._errors import OutputError
 from .._fields import Fields
-from .._presets import PRESETS, Preset, Shapes
-from .._presets.acestep import SYNTHETIC_NAME as ACESTEP
-from .._presets.acestep import SYNTHETIC_NOTE, TITLE
+from .._presets import NAMED_MODELS, PRESETS, Preset, Shapes
 from ._common import (
     UsageError,
     _count,
@@ -20,8 +18,8 @@ from ._common import (
 )
 
 # "both": every model of one upstream folder the presets know (the name kept from when there were
-# two); ACESTEP: the folders of a model packed by name.
-SYNTHETIC_MODELS = ("both", *(p.name for p in PRESETS), ACESTEP)
+# two); then each model packed by name, its upstream folders.
+SYNTHETIC_MODELS = ("both", *(p.name for p in PRESETS), *(m.synthetic_name for m in NAMED_MODELS))
 SYNTHETIC_DTYPES = ("F32", "BF16", "F16")
 
 NAME = "synthetic"
@@ -40,16 +38,16 @@ def _description() -> str:
     return (
         f"Write a CKPT_ROOT laid out as upstream ships it ({folders}{''.join(', ' + n for n in runtime)}), with "
         "deterministic random values at realistic scales (norm weights near 1, linear and conv weights about "
-        f"1/sqrt(fan_in)). Tiny by default; --full writes the real shapes ({sizes} in F32). --model {ACESTEP} "
-        f"writes {SYNTHETIC_NOTE}."
+        f"1/sqrt(fan_in)). Tiny by default; --full writes the real shapes ({sizes} in F32)."
+        + "".join(f" --model {m.synthetic_name} writes {m.synthetic_note}." for m in NAMED_MODELS)
     )
 
 
 def register(sub: Any) -> None:
-    titles = " and ".join(p.title for p in PRESETS)
+    titles = ", or ".join([" and ".join(p.title for p in PRESETS), *(m.title for m in NAMED_MODELS)])
     s = sub.add_parser(
         "synthetic",
-        help=f"write a synthetic checkpoint ({titles}, or {TITLE}) for trying the tool, tests and benchmarks",
+        help=f"write a synthetic checkpoint ({titles}) for trying the tool, tests and benchmarks",
         description=_description(),
     )
     s.add_argument("output", metavar="CKPT_ROOT")
@@ -87,12 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         # Beside a real CKPT_ROOT, synthetic weights must never replace real files unasked.
         raise OutputError.at(out, "is not empty: synthetic files would replace what is there (use --force)")
-    if args.model == ACESTEP:
-        from .._presets.acestep.synthetic import write_checkpoint
-
+    named = next((m for m in NAMED_MODELS if m.synthetic_name == args.model), None)
+    if named is not None:
         if args.dtype != "F32":
-            raise UsageError(f"--model {ACESTEP} writes BF16, as upstream ships it: leave out --dtype")
-        _say(f"wrote synthetic checkpoint {write_checkpoint(out, full=args.full, seed=args.seed)} ({ACESTEP})")
+            raise UsageError(f"--model {args.model} writes the dtypes upstream ships: leave out --dtype")
+        _say(f"wrote synthetic checkpoint {named.write_synthetic(out, full=args.full, seed=args.seed)} ({args.model})")
         return 0
     root = write_synthetic_checkpoint(
         args.output, full=args.full, dtype=args.dtype, num_shards=args.shards, seed=args.seed, models=models

@@ -16,7 +16,7 @@ checks sizes only."""
 from ._client import INSTALL_HINT, THREAD_NAME, hub_errors, human, progress_bars
 from .download import Fetched, check, check_space, download, fetch, lay_out, plan
 from .push import Upload, push_folder
-from .repos import MODEL_PATTERNS, RUNTIME_ROLE, RepoSpec, default_specs, folder_model_specs, release_repo, repo_specs
+from .repos import MODEL_PATTERNS, RUNTIME_ROLE, RepoSpec, default_specs, release_repo, repo_specs
 
 __all__ = [
     "INSTALL_HINT",
@@ -31,7 +31,6 @@ __all__ = [
     "default_specs",
     "download",
     "fetch",
-    "folder_model_specs",
     "hub_errors",
     "human",
     "lay_out",

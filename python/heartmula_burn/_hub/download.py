@@ -222,7 +222,7 @@ def _ours(path: Path) -> bool:
     """Whether `path` is (or is a folder of nothing but) links `lay_out` made: replaced without --force."""
     if path.is_symlink():
         return _is_cache_link(path)
-    if path.is_dir():  # ACE-Step's folders hold folders of links
+    if path.is_dir():  # a named model's folders hold folders of links
         return all(_is_cache_link(p) or (p.is_dir() and _ours(p)) for p in path.iterdir())
     return False
 

@@ -84,26 +84,3 @@ def release_repo(role: str, name: str) -> str:
     if found is None:
         raise ValueError(f"{name!r} is no release of {preset.title} ({', '.join(r.name for r in preset.releases)})")
     return found
-
-
-def folder_model_specs(
-    model: str,
-    planner: str | None = None,
-    repos: Mapping[str, str | None] | None = None,
-    revisions: Mapping[str, str | None] | None = None,
-) -> list[RepoSpec]:
-    """The repositories an ACE-Step folder (`model`: "acestep-turbo", "acestep-sft") is made from,
-    with only the files it reads; `repos` and `revisions` replace a role's default (its folder's
-    repository under ACE-Step/, at main)."""
-    from .._presets.acestep import HUB_ROLES, REPOSITORIES, VARIANTS, chosen_planners, hub_files
-
-    variant = VARIANTS[model]
-    wanted = hub_files(variant, chosen_planners(variant, planner))
-    specs = []
-    for role, folder in HUB_ROLES.items():
-        if folder not in wanted:
-            continue
-        patterns, required = wanted[folder]
-        repo = (repos or {}).get(role) or REPOSITORIES[folder]
-        specs.append(RepoSpec(role, repo, (revisions or {}).get(role), folder, tuple(patterns), tuple(required)))
-    return specs

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._errors import CheckpointError
 from .._fields import Fields
+from .named import NamedModel
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -67,6 +68,9 @@ class Preset(ABC):
     quantizable: ClassVar[re.Pattern[str] | None] = None
     signature: ClassVar[frozenset[str]]  # tensors only this model has: a pack that names no model is told by them
     card_loading: ClassVar[str] = ""  # the model card's "Loading from Rust" section (markdown)
+    card_runtime: ClassVar[str] = ""  # the model card on its runtime files, when they are published
+    card_tag: ClassVar[str] = ""  # a tag of the model card
+    licence: ClassVar[tuple[str, str] | None] = None  # upstream's: (the Hub's id, its name)
     hub_role: ClassVar[str]  # its Hub options' prefix: "lm" gives --lm-repo, --lm-release, --lm-revision
     releases: ClassVar[tuple[Release, ...]]  # on the Hub; the first is the default
 
@@ -185,6 +189,29 @@ def _registry() -> tuple[Preset, ...]:
 PRESETS: tuple[Preset, ...] = _registry()
 # Every runtime file any model ships beside its pack, once each, in the presets' order.
 RUNTIME_FILES: tuple[str, ...] = tuple(dict.fromkeys(f for p in PRESETS for f in p.runtime_files))
+
+
+def _named_models() -> tuple[NamedModel, ...]:
+    from .acestep.named import AceStep
+
+    return (AceStep(),)
+
+
+# The models packed by name (`pack --model NAME`), one registration each.
+NAMED_MODELS: tuple[NamedModel, ...] = _named_models()
+
+
+def named_model(variant: str) -> NamedModel:
+    """The model that `--model variant` writes (a KeyError for none)."""
+    for model in NAMED_MODELS:
+        if variant in model.variants:
+            return model
+    raise KeyError(variant)
+
+
+def named_model_of_pack(metadata: Mapping[str, str]) -> NamedModel | None:
+    """The model packed by name that a pack is part of, if any."""
+    return next((m for m in NAMED_MODELS if m.owns(metadata)), None)
 
 
 def runtime_file_option(name: str) -> str:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..._manifest import Manifest, ManifestTensor, package_version
 from ..._packfile import Pack, dtype_info, open_pack
 from ..._packing import Conversion, Job, ProgressFn, StagePacks, make_folders, output_folder, pack_manifests
 from .. import config_of_pack, shape_problems
+from ..named import Problem
 from . import (
     MODEL,
     REPOSITORIES,
@@ -279,15 +280,6 @@ def pack_acestep(
 def is_folder_pack(metadata: Mapping[str, str]) -> bool:
     """Whether a pack is one part of an ACE-Step folder (verified against the CKPT_ROOT by its part)."""
     return metadata.get("model") == MODEL
-
-
-class Problem(Protocol):
-    """What `verify` reports: the core's `Problem`, or one found here."""
-
-    @property
-    def tensor(self) -> str | None: ...
-    @property
-    def message(self) -> str: ...
 
 
 def verify_part(pack_path: Path, against: Path, progress: ProgressFn | None = None) -> list[Problem]:

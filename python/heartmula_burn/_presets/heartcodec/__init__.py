@@ -299,6 +299,8 @@ class HeartCodec(Preset):
     )
     hub_role = "codec"
     card_loading = card.LOADING
+    card_tag = "heartmula"
+    licence = ("apache-2.0", "Apache-2.0")
     signature = SIGNATURE
     releases = (Release("HeartMuLa/HeartCodec-oss"), Release("HeartMuLa/HeartCodec-oss-20260123"))
 

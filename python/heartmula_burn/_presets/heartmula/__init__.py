@@ -155,6 +155,12 @@ class HeartMuLa(Preset):
     runtime_repo = "HeartMuLa/HeartMuLaGen"
     runtime_role = "gen"
     card_loading = card.LOADING
+    card_runtime = (
+        "`tokenizer.json` and `gen_config.json` are the runtime files of the upstream release; a Burn "
+        "HeartMuLa runtime loads this folder as it is (all four files)."
+    )
+    card_tag = "heartmula"
+    licence = ("apache-2.0", "Apache-2.0")
     signature = SIGNATURE
     dtypes = ("f32", "bf16", "f16", "source", "q8", "q8-native")
     # The Linear weights, where the bytes are: the runtime (maolan-generate 0.0.19, Burn 0.22.1)
