@@ -4,13 +4,18 @@ sub-folders), each with files a conversion does not read."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import assert_clean_failure, run_process
 from heartmula_burn._presets.acestep.synthetic import write_checkpoint
-from hub_helpers import hub_cli, metadata_of, tensors_of
+from hub_helpers import hub_cli, hub_env, metadata_of, tensors_of
 from hub_server import HubServer
 from test_acestep_folder import SFT_FILES, TURBO_FILES
 
@@ -151,3 +156,71 @@ def test_pack_hub_stream_writes_what_the_local_folder_gives(
     # The shards were read from the Hub, never stored in the cache.
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# The folders a turbo folder with the default planner streams its shards from.
+TURBO_SOURCES = (
+    "Ace-Step1.5/Qwen3-Embedding-0.6B",
+    "Ace-Step1.5/acestep-v15-turbo",
+    "Ace-Step1.5/vae",
+    "acestep-5Hz-lm-0.6B",
+)
+
+
+def journaled(out: Path) -> int:
+    """The shard bytes the stream's journal says are in its partial packs (0 while there is none)."""
+    for journal in out.glob(".*.resume.heartmula-journal"):
+        try:
+            return sum(s["next"] for s in json.loads(journal.read_text())["shards"])
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+def safetensors_served(hub: HubServer) -> int:
+    return sum(n for path, n in hub.body_bytes.items() if path.endswith(".safetensors"))
+
+
+def test_a_killed_stream_continues_where_it_was(ace_root: Path, ace_hub: HubServer, tmp_path: Path) -> None:
+    """`pack --hub --stream --model acestep-turbo` killed outright once its journal covers a third of
+    the shard bytes: nothing is under a final name, the hidden partials stay; the same command
+    fetches at most 80% of the shard bytes again and writes the folder a local pack writes."""
+    out = tmp_path / "out"
+    total = sum(p.stat().st_size for folder in TURBO_SOURCES for p in (ace_root / folder).glob("*.safetensors"))
+    command = ["pack", "--hub", "--stream", "--model", "acestep-turbo", "-o", str(out)]
+    ace_hub.slow_bytes_per_s = max(total // 40, 1)  # per connection
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "heartmula_burn", *command],
+            env=hub_env(ace_hub, tmp_path / "cache"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            deadline = time.monotonic() + 120
+            while journaled(out) < total / 3:
+                assert proc.poll() is None and time.monotonic() < deadline, "the stream ended or never got going"
+                time.sleep(0.02)
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+    finally:
+        ace_hub.slow_bytes_per_s = None
+    assert proc.returncode == -signal.SIGKILL, err
+    deadline = time.monotonic() + 30  # the server's side of the cut transfers ends at its next write
+    while ace_hub.open_bodies and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")], "nothing under a final name"
+    assert any(p.name.endswith(".resume.heartmula-journal") for p in out.iterdir())
+
+    before = safetensors_served(ace_hub)
+    proc = hub_cli(ace_hub, tmp_path / "cache", *command, check_rc=0)
+    fetched = safetensors_served(ace_hub) - before
+    assert fetched <= 0.8 * total, f"the rerun fetched {fetched} of {total} shard bytes: {proc.stderr}"
+    assert "continuing an interrupted run" in proc.stderr, proc.stderr
+    want = local(ace_root, tmp_path, "acestep-turbo")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir()), "no partial left"
+    for path in sorted(want.iterdir()):
+        if path.suffix == ".bpk":
+            assert tensors_of(out / path.name) == tensors_of(path), path.name
+        else:
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
