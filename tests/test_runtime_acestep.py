@@ -38,9 +38,9 @@ def checker() -> Path:
     return target / "release" / "acestep_load_check"
 
 
-def runtime_check(checker: Path, folder: Path, out: Path, prefix: str = "") -> dict[str, dict[str, Any]]:
+def runtime_check(checker: Path, folder: Path, out: Path, prefix: str = "", *options: str) -> dict[str, dict[str, Any]]:
     out.mkdir()
-    args = [str(checker), "check", str(folder), str(out), *(["--prefix", prefix] if prefix else [])]
+    args = [str(checker), "check", str(folder), str(out), *(["--prefix", prefix] if prefix else []), *options]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {d["pack"]: d for d in map(json.loads, proc.stdout.splitlines())}
@@ -80,3 +80,25 @@ def test_every_pack_loads_into_the_runtime_with_upstream_values(
             assert set(loaded) == set(expected), pack_name
             for tensor, values in expected.items():
                 assert loaded.numpy(tensor).tobytes() == values.tobytes(), (pack_name, tensor)
+
+
+@pytest.mark.skipif(
+    not any(Path("/usr/share/vulkan/icd.d").glob("*.json")), reason="no Vulkan driver (Mesa's lavapipe serves)"
+)
+def test_the_turbo_folder_loads_onto_the_runtimes_vulkan_device(checker: Path, tmp_path: Path) -> None:
+    """The runtime's default backend: every pack loads onto wgpu pinned to Vulkan, set up as
+    maolan-generate sets it up, nothing missing or unused, and reads back as upstream's widened."""
+    root = write_checkpoint(tmp_path / "ckpt")
+    folder = tmp_path / "runtime"
+    run_cli("pack", root, "--model", "acestep-turbo", "-o", folder, "-q", check_rc=0)
+    reports = runtime_check(checker, folder, tmp_path / "loaded", "", "--vulkan", "--skip-from-burnpack")
+    assert sorted(reports) == sorted(f for f in TURBO_FILES if f.endswith(".bpk"))
+    for report in reports.values():
+        assert report["missing"] == [] and report["unused"] == [] and report["errors"] == [], report
+        assert set(report["dtypes"]) == {"F32"}, report
+    for kind in ("acestep-dit.bpk", "acestep-condition.bpk", "acestep-vae.bpk", "qwen3-encoder.bpk", "acestep-lm.bpk"):
+        expected = expected_pack(root, kind, None)
+        with open_pack(tmp_path / "loaded" / kind) as loaded:
+            assert set(loaded) == set(expected), kind
+            for tensor, values in expected.items():
+                assert loaded.numpy(tensor).tobytes() == values.tobytes(), (kind, tensor)

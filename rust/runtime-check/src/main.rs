@@ -38,12 +38,14 @@ use serde_json::{Value, json};
 const USAGE: &str = "\
 usage:
   acestep_load_check --list-expected FOLDER [--prefix sft-]
-  acestep_load_check check FOLDER OUT_DIR [--prefix sft-] [--strict] [--skip-from-burnpack]
+  acestep_load_check check FOLDER OUT_DIR [--prefix sft-] [--strict] [--skip-from-burnpack] [--vulkan]
 
 --prefix: \"\" (turbo, the default) or \"sft-\", as the runtime's AceStepVariant.
 --strict: also fail on unused tensors and on warnings.
 --skip-from-burnpack: do not also call the runtime's own <Module>::from_burnpack (halves the
-  time on full-size packs; the check itself builds the module and calls load_from either way).";
+  time on full-size packs; the check itself builds the module and calls load_from either way).
+--vulkan: load onto the runtime's default GPU device (wgpu pinned to Vulkan, as maolan-generate's
+  vulkan_device sets it up) instead of Flex on the CPU; Mesa's lavapipe serves where no GPU is.";
 
 /// Which runtime module a pack is loaded into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -718,11 +720,25 @@ struct CheckOptions {
     prefix: String,
     strict: bool,
     from_burnpack: bool,
+    vulkan: bool,
+}
+
+/// The device the runtime loads onto: Flex on the CPU, or its Vulkan device, configured as
+/// maolan-generate 0.0.19's `vulkan_device` configures it.
+fn device(vulkan: bool) -> Result<Device> {
+    if !vulkan {
+        return Ok(Device::flex());
+    }
+    Device::wgpu_options()
+        .graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan)
+        .memory_config(burn::tensor::wgpu::MemoryConfiguration::ExclusivePages)
+        .init()
+        .map_err(|error| anyhow::anyhow!("Failed to initialize Vulkan: {error}"))
 }
 
 fn check(folder: &Path, out_dir: &Path, options: &CheckOptions) -> Result<bool> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let device = Device::flex();
+    let device = device(options.vulkan)?;
     let mut ok = true;
     let mut checked = 0;
     for spec in pack_specs(&options.prefix) {
@@ -750,6 +766,7 @@ fn run() -> Result<bool> {
     };
     let strict = take_flag("--strict");
     let skip_from_burnpack = take_flag("--skip-from-burnpack");
+    let vulkan = take_flag("--vulkan");
     let mut prefix = String::new();
     if let Some(i) = args.iter().position(|a| a == "--prefix") {
         if i + 1 >= args.len() {
@@ -770,6 +787,7 @@ fn run() -> Result<bool> {
                 prefix: prefix.clone(),
                 strict,
                 from_burnpack: !skip_from_burnpack,
+                vulkan,
             },
         ),
         _ => bail!("{USAGE}"),
