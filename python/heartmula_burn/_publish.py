@@ -283,7 +283,9 @@ def publish_layout(
                 check_runtime_file(name, path, named.model)
                 runtime[name] = path
         given = dict(runtime_files or {})
-        for name in sorted(set(given) - set(lead_files)):
+        unread = sorted(set(given) - set(lead_files))
+        if unread:
+            name = unread[0]
             raise SourceError.at(Path(given[name]), f"given as {name}, but no pack given has a model that reads it")
         if lead is not None:
             folder, model = lead

@@ -28,19 +28,6 @@ from . import upstream
 
 MODEL = "acestep-1.5"  # the packs' `model` metadata
 TITLE = "ACE-Step 1.5"
-# `synthetic --model acestep`: what it writes.
-SYNTHETIC_NAME = "acestep"
-SYNTHETIC_NOTE = (
-    f"{TITLE}'s folders as `download --model` lays them out, with upstream's tensor names, in BF16 as "
-    "upstream (about 24 GB with --full: both DiTs and every planner)"
-)
-# `publish-layout --help`: what it makes of one of this model's packs.
-PUBLISH_NOTE = (
-    f"With one pack of an {TITLE} folder given, every pack of that folder and the JSON files the runtime reads "
-    "beside them are included, and the card cites each upstream repository and commit the packs record"
-)
-# Why `pack --model` takes no --dtype, for its help and its refusal.
-DTYPE_NOTE = f"{TITLE} packs (pack --model) are F32 only: the runtime's modules never cast what they load"
 # CKPT_ROOT's folders, as `download --model acestep-*` lays them out: each the Hub repository of that name.
 REPOSITORIES = {
     "Ace-Step1.5": "ACE-Step/Ace-Step1.5",

@@ -277,11 +277,6 @@ def pack_acestep(
     return pack_folder(plan, force=force, burn_version=burn_version, copy_extras=copy_extras)
 
 
-def is_folder_pack(metadata: Mapping[str, str]) -> bool:
-    """Whether a pack is one part of an ACE-Step folder (verified against the CKPT_ROOT by its part)."""
-    return metadata.get("model") == MODEL
-
-
 def verify_part(pack_path: Path, against: Path, progress: ProgressFn | None = None) -> list[Problem]:
     """Problems of an ACE-Step pack against the CKPT_ROOT it was made from: the part its metadata
     names is planned again from `against` and compared tensor by tensor (bit for bit after widening)."""

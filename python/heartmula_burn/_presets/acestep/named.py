@@ -11,14 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..named import NamedModel, OneOf, Problem
 from . import (
-    DTYPE_NOTE,
     HUB_ROLES,
     MODEL,
     PLANNER_CHOICES,
-    PUBLISH_NOTE,
     REPOSITORIES,
-    SYNTHETIC_NAME,
-    SYNTHETIC_NOTE,
     TITLE,
     VARIANTS,
     chosen_planners,
@@ -40,15 +36,21 @@ class AceStep(NamedModel):
     variants = MappingProxyType({name: v.note for name, v in VARIANTS.items()})
     hub_roles = HUB_ROLES
     repositories = REPOSITORIES
-    dtype_note = DTYPE_NOTE
-    publish_note = PUBLISH_NOTE
+    dtype_note = f"{TITLE} packs (pack --model) are F32 only: the runtime's modules never cast what they load"
+    publish_note = (
+        f"With one pack of an {TITLE} folder given, every pack of that folder and the JSON files the runtime "
+        "reads beside them are included, and the card cites each upstream repository and commit the packs record"
+    )
     card_runtime = (
         "The JSON files are upstream's configs and tokenizers under the runtime's names; maolan-generate "
         "loads this folder as it is (`--model acestep-turbo --model-dir DIR`, or `acestep-sft` for `sft-` files)."
     )
     card_tag = "acestep"
-    synthetic_name = SYNTHETIC_NAME
-    synthetic_note = SYNTHETIC_NOTE
+    synthetic_name = "acestep"
+    synthetic_note = (
+        f"{TITLE}'s folders as `download --model` lays them out, with upstream's tensor names, in BF16 as "
+        "upstream (about 24 GB with --full: both DiTs and every planner)"
+    )
 
     def add_options(self, group: argparse._ArgumentGroup, one_of: OneOf) -> None:
         group.add_argument(
