@@ -3,7 +3,12 @@ environment pointed at a test server, and how packs fetched from it are compared
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,47 @@ def hub_env(server: HubServer, cache: Path, **extra: str) -> dict[str, str]:
 
 def hub_cli(server: HubServer, cache: Path, *args: Any, check_rc: int | None = None, **env: str) -> Any:
     return run_process(*args, env=hub_env(server, cache, **env), check_rc=check_rc)
+
+
+def journaled(out: Path) -> int:
+    """The shard bytes the journal of a stream into `out` says are in its partial packs (0 while
+    there is none)."""
+    for journal in out.glob(".*.resume.heartmula-journal"):
+        try:
+            return sum(s["next"] for s in json.loads(journal.read_text())["shards"])
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+def stopped_stream(
+    server: HubServer, cache: Path, out: Path, args: Sequence[str], *, covered: float, signum: int, bytes_per_s: int
+) -> tuple[int, str]:
+    """Runs `heartmula_burn *args` (a `pack --hub --stream` into `out`) with the server's bodies
+    throttled to `bytes_per_s` per connection, sends `signum` once the journal covers `covered`
+    shard bytes, and waits for the server's side of the cut transfers to end (at its next write).
+    Returns the exit status and stderr."""
+    server.slow_bytes_per_s = bytes_per_s
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "heartmula_burn", *args],
+            env=hub_env(server, cache),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            deadline = time.monotonic() + 120
+            while journaled(out) < covered:
+                assert proc.poll() is None and time.monotonic() < deadline, "the stream ended or never got going"
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        server.slow_bytes_per_s = None
+    deadline = time.monotonic() + 30
+    while server.open_bodies and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc.returncode, err
 
 
 def tensors_of(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:

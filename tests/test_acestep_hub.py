@@ -4,18 +4,14 @@ sub-folders), each with files a conversion does not read."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import assert_clean_failure, run_process
 from heartmula_burn._presets.acestep.synthetic import write_checkpoint
-from hub_helpers import hub_cli, hub_env, metadata_of, tensors_of
+from hub_helpers import hub_cli, metadata_of, stopped_stream, tensors_of
 from hub_server import HubServer
 from test_acestep_folder import SFT_FILES, TURBO_FILES
 
@@ -167,16 +163,6 @@ TURBO_SOURCES = (
 )
 
 
-def journaled(out: Path) -> int:
-    """The shard bytes the stream's journal says are in its partial packs (0 while there is none)."""
-    for journal in out.glob(".*.resume.heartmula-journal"):
-        try:
-            return sum(s["next"] for s in json.loads(journal.read_text())["shards"])
-        except (OSError, ValueError):
-            return 0
-    return 0
-
-
 def safetensors_served(hub: HubServer) -> int:
     return sum(n for path, n in hub.body_bytes.items() if path.endswith(".safetensors"))
 
@@ -188,27 +174,16 @@ def test_a_killed_stream_continues_where_it_was(ace_root: Path, ace_hub: HubServ
     out = tmp_path / "out"
     total = sum(p.stat().st_size for folder in TURBO_SOURCES for p in (ace_root / folder).glob("*.safetensors"))
     command = ["pack", "--hub", "--stream", "--model", "acestep-turbo", "-o", str(out)]
-    ace_hub.slow_bytes_per_s = max(total // 40, 1)  # per connection
-    try:
-        with subprocess.Popen(
-            [sys.executable, "-m", "heartmula_burn", *command],
-            env=hub_env(ace_hub, tmp_path / "cache"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            deadline = time.monotonic() + 120
-            while journaled(out) < total / 3:
-                assert proc.poll() is None and time.monotonic() < deadline, "the stream ended or never got going"
-                time.sleep(0.02)
-            proc.kill()
-            _, err = proc.communicate(timeout=60)
-    finally:
-        ace_hub.slow_bytes_per_s = None
-    assert proc.returncode == -signal.SIGKILL, err
-    deadline = time.monotonic() + 30  # the server's side of the cut transfers ends at its next write
-    while ace_hub.open_bodies and time.monotonic() < deadline:
-        time.sleep(0.05)
+    returncode, err = stopped_stream(
+        ace_hub,
+        tmp_path / "cache",
+        out,
+        command,
+        covered=total / 3,
+        signum=signal.SIGKILL,
+        bytes_per_s=max(total // 40, 1),  # per connection
+    )
+    assert returncode == -signal.SIGKILL, err
     assert not [p for p in out.iterdir() if not p.name.startswith(".")], "nothing under a final name"
     assert any(p.name.endswith(".resume.heartmula-journal") for p in out.iterdir())
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import LM, assert_clean_failure, crosscheck, repo_files, run_process
-from hub_helpers import TOKEN, assert_same_packs, hub_cli, hub_env
+from hub_helpers import TOKEN, assert_same_packs, hub_cli, hub_env, stopped_stream
 from hub_server import HubServer
 
 crosscheck("huggingface_hub")
@@ -362,42 +362,21 @@ def shard_bytes_served(hub: HubServer, tiny_root: Path) -> int:
     return sum(n for path, n in hub.body_bytes.items() if path in names)
 
 
-def journaled(out: Path) -> int:
-    """The shard bytes the run's journal says are in its partial packs (0 while there is none)."""
-    try:
-        return sum(
-            s["next"] for s in json.loads((out / ".heartmula.bpk.resume.heartmula-journal").read_text())["shards"]
-        )
-    except (OSError, ValueError):
-        return 0
-
-
 def killed_at(hub: HubServer, tiny_root: Path, out: Path, signum: int, fraction: float = 0.35) -> str:
     """Starts `pack --hub --stream` into `out` with the bodies slowed (about 5 s for 40% of the
     shard bytes), sends `signum` once its journal (every 2 s) covers `fraction` of them; returns
     its stderr."""
     total = sum(p.stat().st_size for p in shards_of(tiny_root).values())
-    hub.slow_bytes_per_s = max(total // 60, 1)  # per connection, 6 at once
-    try:
-        with subprocess.Popen(
-            [sys.executable, "-m", "heartmula_burn", "pack", "--hub", "--stream", "-o", f"{out}/"],
-            env=hub_env(hub, out.parent / "cache"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            deadline = time.monotonic() + 120
-            while journaled(out) < fraction * total:
-                assert proc.poll() is None and time.monotonic() < deadline, "the stream ended or never got going"
-                time.sleep(0.02)
-            proc.send_signal(signum)
-            _, err = proc.communicate(timeout=60)
-    finally:
-        hub.slow_bytes_per_s = None
-    assert proc.returncode == (-signum if signum == signal.SIGKILL else 128 + signum), err
-    deadline = time.monotonic() + 30  # the server's side of the cut transfers ends at its next write
-    while hub.open_bodies and time.monotonic() < deadline:
-        time.sleep(0.05)
+    returncode, err = stopped_stream(
+        hub,
+        out.parent / "cache",
+        out,
+        ["pack", "--hub", "--stream", "-o", f"{out}/"],
+        covered=fraction * total,
+        signum=signum,
+        bytes_per_s=max(total // 60, 1),  # per connection, 6 at once
+    )
+    assert returncode == (-signum if signum == signal.SIGKILL else 128 + signum), err
     return err
 
 
